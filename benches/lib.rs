@@ -1,0 +1,1 @@
+//! Shared helpers for the benchmarks live in the bench targets themselves.

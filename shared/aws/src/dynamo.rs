@@ -1,0 +1,330 @@
+//! DynamoDB adapters: [`DynamoJobStore`] (the `JobStore` port) and [`DynamoApiKeyStore`]
+//! (the `ApiKeyStore` port), over one table whose layout is described in
+//! `dynamo_codec`.
+//!
+//! Every state change is a conditional write, so two writers (an API call and an executor,
+//! or two executors after a redelivery) can never both win; a failed condition hands the
+//! stored record back (ReturnValuesOnConditionCheckFailure) so callers decide without a
+//! second read. All user-derived data travels in ExpressionAttributeValues; expression
+//! strings are built only from constants in this crate.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
+use ferry_core::JobId;
+use ferry_core::ports::{
+    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery,
+    StoreError,
+};
+
+use crate::dynamo_codec::{
+    GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, idem_pk, idem_to_item, item_to_apikey,
+    item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk,
+};
+
+/// Error codes DynamoDB uses to say "slow down"; they become `StoreError::Throttled`.
+const THROTTLE_CODES: [&str; 4] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "ThrottlingError",
+];
+
+/// How often `create` retries a transaction that lost a race it cannot judge yet
+/// (a concurrent transaction on the same key, or a binding that vanished after failing
+/// the condition). The retry then sees the winner's binding and returns `Duplicate`.
+const CREATE_TRIES: u32 = 4;
+
+/// Maps an SDK error: throttling codes to `Throttled`, anything else to `Unavailable`
+/// with the full error chain (the SDK's own `Display` says only "service error").
+fn store_err<E, R>(operation: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let throttled = err.code().is_some_and(|c| THROTTLE_CODES.contains(&c));
+    let message = format!("DynamoDB {operation}: {}", DisplayErrorContext(&err));
+    if throttled {
+        tracing::warn!(operation, "DynamoDB throttled the request");
+        StoreError::Throttled(message)
+    } else {
+        tracing::error!(operation, error = %message, "DynamoDB call failed");
+        StoreError::Unavailable(message)
+    }
+}
+
+/// A request that could not be built is a bug here; report it rather than panic.
+fn build_err(err: aws_smithy_types::error::operation::BuildError) -> StoreError {
+    StoreError::Unavailable(format!("DynamoDB request could not be built: {err}"))
+}
+
+/// Jobs and idempotency bindings in DynamoDB.
+#[derive(Debug, Clone)]
+pub struct DynamoJobStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoJobStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoJobStore { client, table: table.into() }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get_item(&self, pk: String) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_err("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// The job and its binding in one transaction: either both are written, or the key is
+    /// already bound (and unexpired) and nothing is.
+    async fn create_with_idem(&self, job: Item, idem: &IdempotencyRecord) -> Result<Created, StoreError> {
+        let idem_put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(idem_to_item(idem)))
+            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .expression_attribute_values(":now", n(idem.created_at))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_err)?;
+        let job_put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(job))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().put(idem_put).build(),
+            TransactWriteItem::builder().put(job_put).build(),
+        ];
+
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let err = match self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await {
+                Ok(_) => return Ok(Created::New),
+                Err(err) => err,
+            };
+            let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = err.as_service_error() else {
+                return Err(store_err("TransactWriteItems", err));
+            };
+            let reasons = cancel.cancellation_reasons();
+            let code = |i: usize| reasons.get(i).and_then(|r| r.code()).unwrap_or("None");
+            tracing::debug!(idem = code(0), job = code(1), "create transaction cancelled");
+
+            if code(0) == "ConditionalCheckFailed" {
+                // The old item normally comes back with the cancellation; read it if not.
+                let existing = match reasons[0].item() {
+                    Some(item) => Some(item.clone()),
+                    None => self.get_item(idem_pk(&idem.tenant, &idem.key)).await?,
+                };
+                if let Some(item) = existing {
+                    return Ok(Created::Duplicate(item_to_idem(&item)?));
+                }
+                // Deleted (TTL) between the check and the read: the key is free again.
+            } else if code(1) == "ConditionalCheckFailed" {
+                return Err(StoreError::AlreadyExists);
+            } else if reasons.iter().any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c))) {
+                return Err(StoreError::Throttled(format!("DynamoDB TransactWriteItems: {}", DisplayErrorContext(&err))));
+            } else if !reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
+                return Err(store_err("TransactWriteItems", err));
+            }
+            if tries >= CREATE_TRIES {
+                return Err(StoreError::Unavailable(format!(
+                    "DynamoDB TransactWriteItems: gave up after {tries} conflicting tries: {}",
+                    DisplayErrorContext(&err)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20 << tries)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl JobStore for DynamoJobStore {
+    async fn create(&self, job: &ferry_core::Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
+        let item = job_to_item(job);
+        if let Some(idem) = idem {
+            return self.create_with_idem(item, idem).await;
+        }
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Created::New),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::AlreadyExists)
+            }
+            Err(err) => Err(store_err("PutItem", err)),
+        }
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<ferry_core::Job>, StoreError> {
+        self.get_item(job_pk(id)).await?.as_ref().map(item_to_job).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        let limit = query.limit.clamp(1, 100) as usize;
+        let key_condition = if query.after.is_some() { "gsi1pk = :pk AND gsi1sk < :after" } else { "gsi1pk = :pk" };
+        let mut jobs = Vec::with_capacity(limit);
+        let mut start_key: Option<Item> = None;
+        loop {
+            // Limit counts items read before the filter, so ask only for what is missing
+            // and loop: the page then ends exactly on the last job returned.
+            let remaining = limit - jobs.len();
+            let mut request = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI1)
+                .key_condition_expression(key_condition)
+                .expression_attribute_values(":pk", s(tenant_gsi1pk(&query.tenant)))
+                .scan_index_forward(false)
+                .limit(remaining as i32)
+                .set_exclusive_start_key(start_key.take());
+            if let Some(after) = &query.after {
+                request = request.expression_attribute_values(":after", s(after.to_string()));
+            }
+            if let Some(status) = query.status {
+                request = request
+                    .filter_expression("#status = :status")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(status.as_str()));
+            }
+            let out = request.send().await.map_err(|e| store_err("Query", e))?;
+            for item in out.items() {
+                jobs.push(item_to_job(item)?);
+            }
+            let Some(last) = out.last_evaluated_key else {
+                return Ok(JobPage { jobs, next: None });
+            };
+            if jobs.len() >= limit {
+                jobs.truncate(limit);
+                let next = match last.get(GSI1SK) {
+                    Some(aws_sdk_dynamodb::types::AttributeValue::S(sk)) => sk
+                        .parse::<JobId>()
+                        .map_err(|e| StoreError::Corrupt(format!("LastEvaluatedKey {GSI1SK} {sk:?}: {e}")))?,
+                    _ => return Err(StoreError::Corrupt(format!("LastEvaluatedKey without {GSI1SK}"))),
+                };
+                return Ok(JobPage { jobs, next: Some(next) });
+            }
+            start_key = Some(last);
+        }
+    }
+
+    async fn update(&self, job: &ferry_core::Job, expected: Expected) -> Result<(), StoreError> {
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        let mut sets = Vec::new();
+        let mut removes = Vec::new();
+        // Every name gets a placeholder: several (status, ttl, output) are reserved words.
+        for (attr, value) in lifecycle_attrs(job) {
+            let name = format!("#{attr}");
+            names.insert(name.clone(), attr.to_string());
+            match value {
+                Some(value) => {
+                    let placeholder = format!(":{attr}");
+                    sets.push(format!("{name} = {placeholder}"));
+                    values.insert(placeholder, value);
+                }
+                None => removes.push(name),
+            }
+        }
+        let mut expression = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        values.insert(":expected_status".to_string(), s(expected.status.as_str()));
+        values.insert(":expected_attempt".to_string(), n(expected.attempt));
+
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(job_pk(&job.id)))
+            .update_expression(expression)
+            .condition_expression(
+                "attribute_exists(pk) AND #status = :expected_status AND #attempt = :expected_attempt",
+            )
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(e)) => {
+                    let current = e.item().map(item_to_job).transpose()?.map(Box::new);
+                    tracing::debug!(job_id = %job.id, found = current.is_some(), "update condition failed");
+                    Err(StoreError::ConditionFailed { current })
+                }
+                _ => Err(store_err("UpdateItem", err)),
+            },
+        }
+    }
+}
+
+/// API keys (stored by hash) in the jobs table.
+#[derive(Debug, Clone)]
+pub struct DynamoApiKeyStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoApiKeyStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoApiKeyStore { client, table: table.into() }
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for DynamoApiKeyStore {
+    async fn lookup(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        // Consistent, so a key works the moment `put` returns (key creation is rare,
+        // lookups are cheap either way at this size).
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(apikey_pk(key_hash)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_err("GetItem", e))?;
+        out.item.as_ref().map(|item| item_to_apikey(key_hash, item)).transpose()
+    }
+
+    async fn put(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(apikey_to_item(record)))
+            .send()
+            .await
+            .map_err(|e| store_err("PutItem", e))?;
+        Ok(())
+    }
+}

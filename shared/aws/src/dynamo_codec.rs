@@ -1,0 +1,300 @@
+//! Conversion between Ferry's records and DynamoDB items, and the table's key layout.
+//!
+//! One table holds three kinds of item, told apart by the prefix of `pk`:
+//! - `job#<id>`: a job; `gsi1pk = tenant#<tenant>`, `gsi1sk = <id>` put it on the tenant
+//!   index, newest last (ULIDs sort by creation time).
+//! - `idem#<tenant>#<sha256 hex of the key>`: an idempotency binding. The key is hashed so
+//!   client-chosen bytes never shape the partition key (length, odd characters).
+//! - `apikey#<key hash>`: an API key's tenant.
+//!
+//! Timestamps are numbers of milliseconds, except `ttl`, which DynamoDB's TTL requires in
+//! epoch seconds. An optional field that is `None` is an absent attribute, never NULL, so
+//! the item stays small and `attribute_exists` means what it says.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use ferry_core::ports::{ApiKeyRecord, IdempotencyRecord, StoreError};
+use ferry_core::{Job, JobError, JobId, Millis, TenantId};
+use sha2::{Digest, Sha256};
+
+/// A DynamoDB item.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+pub(crate) const PK: &str = "pk";
+pub(crate) const GSI1: &str = "gsi1";
+pub(crate) const GSI1PK: &str = "gsi1pk";
+pub(crate) const GSI1SK: &str = "gsi1sk";
+/// The attribute DynamoDB's TTL is enabled on.
+pub(crate) const TTL: &str = "ttl";
+
+pub(crate) fn job_pk(id: &JobId) -> String {
+    format!("job#{id}")
+}
+
+pub(crate) fn tenant_gsi1pk(tenant: &TenantId) -> String {
+    format!("tenant#{tenant}")
+}
+
+pub(crate) fn idem_pk(tenant: &TenantId, key: &str) -> String {
+    format!("idem#{tenant}#{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+pub(crate) fn apikey_pk(key_hash: &str) -> String {
+    format!("apikey#{key_hash}")
+}
+
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(crate) fn n(v: impl Into<u64>) -> AttributeValue {
+    AttributeValue::N(v.into().to_string())
+}
+
+/// The TTL attribute for a retention time in milliseconds.
+fn ttl_secs(retain_until: Millis) -> AttributeValue {
+    n(retain_until / 1000)
+}
+
+/// The fields an update may change, in one list so `create` and `update` cannot drift
+/// apart: `(attribute, value)`, where `None` means "absent" (REMOVE on update).
+pub(crate) fn lifecycle_attrs(job: &Job) -> Vec<(&'static str, Option<AttributeValue>)> {
+    let json = |v: &serde_json::Value| s(v.to_string());
+    vec![
+        ("status", Some(s(job.status.as_str()))),
+        ("attempt", Some(n(job.attempt))),
+        ("started_at", job.started_at.map(n)),
+        ("finished_at", job.finished_at.map(n)),
+        ("updated_at", Some(n(job.updated_at))),
+        ("cancel_requested_at", job.cancel_requested_at.map(n)),
+        ("executor_id", job.executor_id.clone().map(s)),
+        ("lease_until", job.lease_until.map(n)),
+        ("output", job.output.as_ref().map(json)),
+        ("error_type", job.error.as_ref().map(|e| s(e.kind.clone()))),
+        ("error_message", job.error.as_ref().map(|e| s(e.message.clone()))),
+        ("retain_until", Some(n(job.retain_until))),
+        (TTL, Some(ttl_secs(job.retain_until))),
+    ]
+}
+
+/// The whole item for a new job, keys included.
+pub(crate) fn job_to_item(job: &Job) -> Item {
+    let mut item = Item::new();
+    item.insert(PK.into(), s(job_pk(&job.id)));
+    item.insert(GSI1PK.into(), s(tenant_gsi1pk(&job.tenant)));
+    item.insert(GSI1SK.into(), s(job.id.to_string()));
+    item.insert("id".into(), s(job.id.to_string()));
+    item.insert("tenant".into(), s(job.tenant.as_str()));
+    item.insert("model".into(), s(job.model.clone()));
+    item.insert("task".into(), s(job.task.as_str()));
+    item.insert("input".into(), s(job.input.to_string()));
+    item.insert("params".into(), s(job.params.to_string()));
+    item.insert("timeout_s".into(), n(job.timeout_s));
+    item.insert("max_attempts".into(), n(job.max_attempts));
+    item.insert("created_at".into(), n(job.created_at));
+    item.insert("expires_at".into(), n(job.expires_at));
+    if let Some(key) = &job.idempotency_key {
+        item.insert("idempotency_key".into(), s(key.clone()));
+    }
+    item.insert("last_seq".into(), n(job.last_seq));
+    for (name, value) in lifecycle_attrs(job) {
+        if let Some(value) = value {
+            item.insert(name.into(), value);
+        }
+    }
+    item
+}
+
+/// Decodes a job item. Any missing required attribute or unparsable value is `Corrupt`,
+/// naming the item and attribute so an operator can find it.
+pub(crate) fn item_to_job(item: &Item) -> Result<Job, StoreError> {
+    let r = Reader(item);
+    let error = match (r.opt_s("error_type")?, r.opt_s("error_message")?) {
+        (Some(kind), message) => Some(JobError {
+            kind,
+            message: message.unwrap_or_default(),
+        }),
+        (None, _) => None,
+    };
+    Ok(Job {
+        id: r.parsed("id")?,
+        tenant: TenantId::new(r.s("tenant")?).map_err(|e| r.corrupt("tenant", e))?,
+        model: r.s("model")?,
+        task: r.parsed("task")?,
+        input: r.json("input")?,
+        params: r.json("params")?,
+        timeout_s: r.n("timeout_s")?,
+        max_attempts: r.n("max_attempts")?,
+        created_at: r.n("created_at")?,
+        expires_at: r.n("expires_at")?,
+        idempotency_key: r.opt_s("idempotency_key")?,
+        status: r.parsed("status")?,
+        attempt: r.n("attempt")?,
+        started_at: r.opt_n("started_at")?,
+        finished_at: r.opt_n("finished_at")?,
+        updated_at: r.n("updated_at")?,
+        cancel_requested_at: r.opt_n("cancel_requested_at")?,
+        executor_id: r.opt_s("executor_id")?,
+        lease_until: r.opt_n("lease_until")?,
+        output: r.opt_s("output")?.map(|t| parse_json(&r, "output", &t)).transpose()?,
+        error,
+        retain_until: r.n("retain_until")?,
+        // Written at creation and then only by the progress path: tolerate its absence.
+        last_seq: r.opt_n("last_seq")?.unwrap_or(0),
+    })
+}
+
+pub(crate) fn idem_to_item(rec: &IdempotencyRecord) -> Item {
+    HashMap::from([
+        (PK.into(), s(idem_pk(&rec.tenant, &rec.key))),
+        ("tenant".into(), s(rec.tenant.as_str())),
+        ("idem_key".into(), s(rec.key.clone())),
+        ("request_hash".into(), s(rec.request_hash.clone())),
+        ("job_id".into(), s(rec.job_id.to_string())),
+        ("created_at".into(), n(rec.created_at)),
+        ("expires_at".into(), n(rec.expires_at)),
+        (TTL.into(), ttl_secs(rec.expires_at)),
+    ])
+}
+
+pub(crate) fn item_to_idem(item: &Item) -> Result<IdempotencyRecord, StoreError> {
+    let r = Reader(item);
+    Ok(IdempotencyRecord {
+        tenant: TenantId::new(r.s("tenant")?).map_err(|e| r.corrupt("tenant", e))?,
+        key: r.s("idem_key")?,
+        request_hash: r.s("request_hash")?,
+        job_id: r.parsed("job_id")?,
+        created_at: r.n("created_at")?,
+        expires_at: r.n("expires_at")?,
+    })
+}
+
+pub(crate) fn apikey_to_item(rec: &ApiKeyRecord) -> Item {
+    HashMap::from([
+        (PK.into(), s(apikey_pk(&rec.key_hash))),
+        ("key_hash".into(), s(rec.key_hash.clone())),
+        ("tenant".into(), s(rec.tenant.as_str())),
+        ("created_at".into(), n(rec.created_at)),
+    ])
+}
+
+pub(crate) fn item_to_apikey(key_hash: &str, item: &Item) -> Result<ApiKeyRecord, StoreError> {
+    let r = Reader(item);
+    Ok(ApiKeyRecord {
+        key_hash: key_hash.to_string(),
+        tenant: TenantId::new(r.s("tenant")?).map_err(|e| r.corrupt("tenant", e))?,
+        created_at: r.n("created_at")?,
+    })
+}
+
+fn parse_json(r: &Reader<'_>, name: &str, text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| r.corrupt(name, e))
+}
+
+/// Typed access to an item's attributes, producing `Corrupt` errors that name the item.
+struct Reader<'a>(&'a Item);
+
+impl Reader<'_> {
+    fn corrupt(&self, name: &str, why: impl std::fmt::Display) -> StoreError {
+        let pk = match self.0.get(PK) {
+            Some(AttributeValue::S(pk)) => pk.as_str(),
+            _ => "?",
+        };
+        StoreError::Corrupt(format!("item {pk:?}, attribute {name:?}: {why}"))
+    }
+
+    fn opt_s(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.0.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(self.corrupt(name, "expected a string")),
+        }
+    }
+
+    fn s(&self, name: &str) -> Result<String, StoreError> {
+        self.opt_s(name)?.ok_or_else(|| self.corrupt(name, "missing"))
+    }
+
+    fn opt_n<T: TryFrom<u64>>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        match self.0.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => {
+                let wide: u64 = v
+                    .parse()
+                    .map_err(|_| self.corrupt(name, format!("{v:?} is not a non-negative integer")))?;
+                T::try_from(wide)
+                    .map(Some)
+                    .map_err(|_| self.corrupt(name, format!("{v} is out of range")))
+            }
+            Some(_) => Err(self.corrupt(name, "expected a number")),
+        }
+    }
+
+    fn n<T: TryFrom<u64>>(&self, name: &str) -> Result<T, StoreError> {
+        self.opt_n(name)?.ok_or_else(|| self.corrupt(name, "missing"))
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<T, StoreError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.s(name)?.parse().map_err(|e| self.corrupt(name, e))
+    }
+
+    fn json(&self, name: &str) -> Result<serde_json::Value, StoreError> {
+        parse_json(self, name, &self.s(name)?)
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use ferry_core::{JobStatus, Task};
+
+    fn sample() -> Job {
+        Job {
+            id: JobId::generate(1_700_000_000_000),
+            tenant: TenantId::new("acme").unwrap(),
+            model: "tiny".into(),
+            task: Task::TextGeneration,
+            input: serde_json::json!({"prompt": "hi"}),
+            params: serde_json::json!({}),
+            timeout_s: 30,
+            max_attempts: 3,
+            created_at: 1_700_000_000_000,
+            expires_at: 1_700_000_600_000,
+            idempotency_key: Some("k".into()),
+            status: JobStatus::Failed,
+            attempt: 2,
+            started_at: Some(1),
+            finished_at: Some(2),
+            updated_at: 3,
+            cancel_requested_at: None,
+            executor_id: Some("ex".into()),
+            lease_until: None,
+            output: Some(serde_json::json!({"text": "x"})),
+            error: Some(JobError { kind: "model_error".into(), message: "boom".into() }),
+            retain_until: 1_700_086_400_123,
+            last_seq: 7,
+        }
+    }
+
+    #[test]
+    fn job_round_trips_and_ttl_is_seconds() {
+        let job = sample();
+        let item = job_to_item(&job);
+        assert_eq!(item.get(TTL), Some(&AttributeValue::N("1700086400".into())));
+        assert!(!item.contains_key("lease_until"));
+        assert_eq!(item_to_job(&item).unwrap(), job);
+    }
+
+    #[test]
+    fn bad_items_are_corrupt() {
+        let mut item = job_to_item(&sample());
+        item.insert("attempt".into(), s("two"));
+        assert!(matches!(item_to_job(&item), Err(StoreError::Corrupt(_))));
+        item.remove("attempt");
+        assert!(matches!(item_to_job(&item), Err(StoreError::Corrupt(_))));
+    }
+}

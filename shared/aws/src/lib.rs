@@ -1,0 +1,75 @@
+//! `ferry-aws`: the AWS adapters for the ports in [`ferry_core::ports`].
+//!
+//! - [`DynamoJobStore`] and [`DynamoApiKeyStore`]: jobs, idempotency bindings and API keys
+//!   in one DynamoDB table (key `pk`, tenant index `gsi1`), see [`dynamo`].
+//! - [`SqsWorkQueue`]: the work queue on SQS, see [`sqs`].
+//! - [`config`]: building SDK configuration and the whole backend from the environment
+//!   (a Lambda) or from an explicit endpoint (tests, `ferry dev --backend aws` on moto).
+//! - [`bootstrap`]: creating the table and the queues when they are missing.
+//!
+//! Adapters report failures as the ports' own `StoreError` / `QueueError`; only bootstrap
+//! and configuration, which run before any handler, use [`AwsError`].
+
+pub mod bootstrap;
+pub mod config;
+pub mod dynamo;
+mod dynamo_codec;
+pub mod sqs;
+
+#[cfg(test)]
+mod tests;
+
+pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
+pub use config::{AwsBackend, AwsSettings, sdk_config_for_endpoint, sdk_config_from_env};
+pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
+pub use sqs::SqsWorkQueue;
+
+/// Re-exported so callers can build clients without naming the SDK crates themselves.
+pub use aws_config::SdkConfig;
+
+/// Errors from configuration and bootstrap, i.e. everything that happens before a port
+/// is used. Port methods never return this: they speak `StoreError` / `QueueError`.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    /// A setting is missing or malformed.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// An AWS call failed. `message` is the SDK error with its whole source chain.
+    #[error("{service} {operation} failed: {message}")]
+    Service {
+        service: &'static str,
+        operation: &'static str,
+        message: String,
+    },
+    /// A resource exists but does not have the shape Ferry needs (for example a table
+    /// created by hand without the tenant index).
+    #[error("incompatible resource: {0}")]
+    Incompatible(String),
+    /// A resource did not become ready in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+impl AwsError {
+    /// Wraps an SDK error, keeping its full source chain in the message (the SDK's own
+    /// `Display` only says "service error").
+    pub(crate) fn service(
+        service: &'static str,
+        operation: &'static str,
+        err: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        AwsError::Service {
+            service,
+            operation,
+            message: aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+        }
+    }
+}
+
+impl From<aws_smithy_types::error::operation::BuildError> for AwsError {
+    /// A request builder missing a required field is a bug in this crate, but surfacing
+    /// it as an error beats a panic during a cold start.
+    fn from(err: aws_smithy_types::error::operation::BuildError) -> Self {
+        AwsError::Config(format!("request could not be built: {err}"))
+    }
+}

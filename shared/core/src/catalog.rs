@@ -1,0 +1,214 @@
+//! The model catalog: which models the executors serve, in which pool, for which task.
+//! The API validates submissions against it and lists it at `GET /v1/models`; the executor
+//! loads models from it. One JSON file (`FERRY_MODELS_FILE`) or inline JSON (`FERRY_MODELS`)
+//! shared by both, or models registered from Hugging Face directories by `ferry dev --model`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::job::Task;
+
+/// One servable model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The id clients pass as `model`.
+    pub id: String,
+    pub task: Task,
+    /// The executor pool that serves it (for example `cpu` or `gpu`).
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// The model family, e.g. `LlamaForCausalLM` or `BertModel`, from its `config.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// A local Hugging Face directory (config.json, *.safetensors, tokenizer.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub path: Option<PathBuf>,
+    /// An S3 location to fetch the directory from, instead of `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_uri: Option<String>,
+    /// `f32`, `bf16` or `f16`; the executor picks when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// `cpu` or `cuda[:N]`; the executor picks when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Upper bound for `params.max_new_tokens` (text generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<u32>,
+    /// Upper bound for the number of `input.texts` (embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
+}
+
+fn default_pool() -> String {
+    "cpu".to_string()
+}
+
+/// Why a catalog could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid catalog JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid model id {0:?}: use 1 to 128 letters, digits, '.', '_', '-' or '/'")]
+    BadId(String),
+    #[error("model id {0:?} appears twice")]
+    Duplicate(String),
+    #[error("{0}: cannot tell the task: config.json names no known architecture ({1})")]
+    UnknownArchitecture(PathBuf, String),
+    #[error("--model expects ID=DIR, got {0:?}")]
+    BadSpec(String),
+}
+
+/// The file format: `{"models": [ModelSpec, ...]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    pub models: Vec<ModelSpec>,
+}
+
+impl Catalog {
+    /// Checks ids are valid and unique.
+    pub fn new(models: Vec<ModelSpec>) -> Result<Self, CatalogError> {
+        let mut seen = std::collections::HashSet::new();
+        for m in &models {
+            if !valid_model_id(&m.id) {
+                return Err(CatalogError::BadId(m.id.clone()));
+            }
+            if !seen.insert(m.id.clone()) {
+                return Err(CatalogError::Duplicate(m.id.clone()));
+            }
+        }
+        Ok(Catalog { models })
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, CatalogError> {
+        let parsed: Catalog = serde_json::from_str(text)?;
+        Catalog::new(parsed.models)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
+        Catalog::from_json(&text)
+    }
+
+    /// `FERRY_MODELS` (inline JSON) or `FERRY_MODELS_FILE`; the demo catalog when neither is set.
+    pub fn from_env() -> Result<Self, CatalogError> {
+        if let Ok(text) = std::env::var("FERRY_MODELS") {
+            return Catalog::from_json(&text);
+        }
+        if let Ok(path) = std::env::var("FERRY_MODELS_FILE") {
+            return Catalog::from_file(Path::new(&path));
+        }
+        Ok(Catalog::demo())
+    }
+
+    /// What `ferry dev` serves with no flags: a small chat model and a sentence embedder.
+    pub fn demo() -> Self {
+        let spec = |id: &str, task, arch: &str| ModelSpec {
+            id: id.into(),
+            task,
+            pool: default_pool(),
+            architecture: Some(arch.into()),
+            path: None,
+            s3_uri: None,
+            dtype: None,
+            device: None,
+            max_new_tokens: None,
+            max_batch: None,
+        };
+        Catalog {
+            models: vec![
+                spec("tiny-llama", Task::TextGeneration, "LlamaForCausalLM"),
+                spec("all-minilm-l6-v2", Task::Embeddings, "BertModel"),
+            ],
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    /// A spec for a Hugging Face directory, the task read from its `config.json`.
+    pub fn spec_from_dir(id: &str, dir: &Path) -> Result<ModelSpec, CatalogError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| CatalogError::Io { path: path.clone(), source })?;
+        let config: serde_json::Value = serde_json::from_str(&text)?;
+        let archs: Vec<String> = config["architectures"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let model_type = config["model_type"].as_str().unwrap_or("");
+        let (task, arch) = archs
+            .iter()
+            .find_map(|a| task_for_architecture(a).map(|t| (t, a.clone())))
+            .or_else(|| task_for_model_type(model_type).map(|t| (t, model_type.to_string())))
+            .ok_or_else(|| {
+                CatalogError::UnknownArchitecture(dir.to_owned(), format!("architectures {archs:?}, model_type {model_type:?}"))
+            })?;
+        if !valid_model_id(id) {
+            return Err(CatalogError::BadId(id.into()));
+        }
+        Ok(ModelSpec {
+            id: id.into(),
+            task,
+            pool: default_pool(),
+            architecture: Some(arch),
+            path: Some(dir.to_owned()),
+            s3_uri: None,
+            dtype: None,
+            device: None,
+            max_new_tokens: None,
+            max_batch: None,
+        })
+    }
+
+    /// Parses `ID=DIR` as given to `ferry dev --model`.
+    pub fn spec_from_arg(arg: &str) -> Result<ModelSpec, CatalogError> {
+        let (id, dir) = arg.split_once('=').ok_or_else(|| CatalogError::BadSpec(arg.into()))?;
+        Catalog::spec_from_dir(id, Path::new(dir))
+    }
+}
+
+/// `*ForCausalLM` generates text; BERT-style encoders embed.
+pub fn task_for_architecture(arch: &str) -> Option<Task> {
+    const ENCODERS: &[&str] = &[
+        "BertModel",
+        "BertForMaskedLM",
+        "RobertaModel",
+        "XLMRobertaModel",
+        "DistilBertModel",
+        "MPNetModel",
+        "NomicBertModel",
+        "JinaBertModel",
+    ];
+    if arch.ends_with("ForCausalLM") {
+        Some(Task::TextGeneration)
+    } else if ENCODERS.contains(&arch) {
+        Some(Task::Embeddings)
+    } else {
+        None
+    }
+}
+
+fn task_for_model_type(model_type: &str) -> Option<Task> {
+    match model_type {
+        "llama" | "mistral" | "qwen2" | "gemma" | "phi3" => Some(Task::TextGeneration),
+        "bert" | "roberta" | "xlm-roberta" | "distilbert" | "mpnet" => Some(Task::Embeddings),
+        _ => None,
+    }
+}
+
+/// Model ids appear in URLs and logs: keep them plain.
+pub fn valid_model_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+}

@@ -1,0 +1,129 @@
+//! The API's error shape: `{"error": {"type", "message", "field"?}}`, one `type` per HTTP
+//! status so clients can branch on either. Internal details never reach a client: a 500
+//! carries only a request id to find the logged cause.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, and where.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// One of `invalid_request` (400), `unauthorized` (401), `not_found` (404),
+    /// `method_not_allowed` (405), `conflict` (409), `payload_too_large` (413),
+    /// `unsupported_media_type` (415), `validation_error` (422), `rate_limited` (429),
+    /// `internal` (500), `unavailable` (503).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    /// The offending field as a path (`params.temperature`, `input.texts[2]`) or header name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An error on its way to becoming an HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+    /// The allowed methods, for 405.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), field: None, retry_after: None, allow: None }
+    }
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+    /// 400: the request is malformed (syntax, types, unknown or missing fields).
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message).with_field(field)
+    }
+    /// 422: well-formed but not acceptable (unknown model, out-of-range values).
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message).with_field(field)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, message).with_field("Authorization")
+    }
+    /// The one answer for "missing" and "someone else's": tenants cannot probe each other.
+    pub fn job_not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "no such job").with_field("id")
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError { retry_after: Some(retry_after), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message) }
+    }
+    pub fn internal(request_id: &str) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error; quote request id {request_id} when reporting it"),
+        )
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message) }
+    }
+
+    /// The `type` string for a status.
+    pub fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 => "invalid_request",
+            401 => "unauthorized",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            409 => "conflict",
+            413 => "payload_too_large",
+            415 => "unsupported_media_type",
+            422 => "validation_error",
+            429 => "rate_limited",
+            503 => "unavailable",
+            _ => "internal",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail { kind: self.kind().into(), message: self.message.clone(), field: self.field.clone() },
+        }
+    }
+
+    pub fn into_response(self) -> Response<Bytes> {
+        let mut resp = json_response(self.status, &self.body());
+        let headers = resp.headers_mut();
+        if let Some(s) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A JSON response; serialization of our own types cannot fail.
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Bytes> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Bytes::from(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

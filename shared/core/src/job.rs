@@ -1,0 +1,268 @@
+//! The job: Ferry's unit of work, as stored by every job store and shown (through
+//! [`crate::view::JobView`]) to API clients.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Milliseconds since the Unix epoch. One integer type for every timestamp keeps stores
+/// simple (DynamoDB numbers) and arithmetic exact.
+pub type Millis = u64;
+
+/// A job id: a ULID, so ids sort by creation time (the tenant index relies on that) and
+/// can be generated without coordination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(ulid::Ulid);
+
+impl JobId {
+    /// A fresh id whose time part is `now`.
+    pub fn generate(now: Millis) -> Self {
+        JobId(ulid::Ulid::from_parts(now, rand_bits()))
+    }
+
+    /// The creation time encoded in the id.
+    pub fn timestamp_ms(&self) -> Millis {
+        self.0.timestamp_ms()
+    }
+}
+
+fn rand_bits() -> u128 {
+    // ulid's own generator draws from `rand`; reuse it rather than add a dependency.
+    ulid::Ulid::new().random()
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a string is not a job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid job id (expected a 26-character ULID)")]
+pub struct InvalidJobId;
+
+impl FromStr for JobId {
+    type Err = InvalidJobId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // ULIDs are case-insensitive, but ids are shown in upper case: accept only the
+        // canonical form so one job never has two spellings.
+        if s.len() != 26 || s.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(InvalidJobId);
+        }
+        ulid::Ulid::from_string(s).map(JobId).map_err(|_| InvalidJobId)
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A tenant: the owner of API keys and jobs. Letters, digits, `-`, `_`, `.`; 1 to 64 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+/// Why a string is not a tenant id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant ids are 1 to 64 characters of letters, digits, '-', '_' or '.'")]
+pub struct InvalidTenantId;
+
+impl TenantId {
+    pub fn new(s: impl Into<String>) -> Result<Self, InvalidTenantId> {
+        let s = s.into();
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if ok { Ok(TenantId(s)) } else { Err(InvalidTenantId) }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = InvalidTenantId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        TenantId::new(s)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(t: TenantId) -> String {
+        t.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a model does, which decides the shape of a job's input and params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Input `{"prompt": string}`; params max_new_tokens, temperature, top_p, top_k, seed,
+    /// repetition_penalty, stop.
+    TextGeneration,
+    /// Input `{"texts": [string, ...]}`; no params.
+    Embeddings,
+}
+
+impl Task {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Task::TextGeneration => "text-generation",
+            Task::Embeddings => "embeddings",
+        }
+    }
+}
+
+impl FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text-generation" => Ok(Task::TextGeneration),
+            "embeddings" => Ok(Task::Embeddings),
+            other => Err(format!("unknown task {other:?}")),
+        }
+    }
+}
+
+/// The lifecycle states. See `docs/STATE_MACHINE.md` for the transition table, which
+/// [`crate::state`] enforces and a test checks against the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    /// A running job whose cancel was requested; the executor has not yet stopped it.
+    Cancelling,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    /// Still queued when its queue deadline (`expires_at`) passed.
+    Expired,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 8] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Cancelling,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::TimedOut,
+        JobStatus::Expired,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Cancelling => "cancelling",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Expired => "expired",
+        }
+    }
+
+    /// Terminal states never change again.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running | JobStatus::Cancelling)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}"))
+    }
+}
+
+/// Why a job failed (or was cancelled by force): a machine-readable type and a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobError {
+    /// A stable, snake_case class such as `enqueue_failed`, `model_error`, `expired`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+}
+
+/// A job as stored. Immutable fields are set at creation; the lifecycle fields change
+/// only through [`crate::state::transition`] and a conditional store write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub tenant: TenantId,
+    pub model: String,
+    pub task: Task,
+    /// The validated input, exactly as the client sent it.
+    pub input: serde_json::Value,
+    /// The validated params object (possibly empty).
+    pub params: serde_json::Value,
+    pub timeout_s: u64,
+    pub max_attempts: u32,
+    pub created_at: Millis,
+    /// A queued job not started by then becomes `expired`.
+    pub expires_at: Millis,
+    pub idempotency_key: Option<String>,
+
+    // Lifecycle: written by conditional updates.
+    pub status: JobStatus,
+    /// Starts at 1; each retry after a lost executor adds one.
+    pub attempt: u32,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub updated_at: Millis,
+    pub cancel_requested_at: Option<Millis>,
+    pub executor_id: Option<String>,
+    pub lease_until: Option<Millis>,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<JobError>,
+    /// When the store may delete the record (DynamoDB TTL); reads treat it as gone after.
+    pub retain_until: Millis,
+
+    /// Highest progress sequence number published (maintained by the progress path).
+    pub last_seq: u64,
+}
+
+impl Job {
+    /// Time spent queued before the (latest) start, or until now/finish if never started.
+    pub fn queue_delay_ms(&self, now: Millis) -> u64 {
+        let end = self.started_at.or(self.finished_at).unwrap_or(now);
+        end.saturating_sub(self.created_at)
+    }
+
+    /// Time spent executing, if it ever started.
+    pub fn execution_ms(&self, now: Millis) -> Option<u64> {
+        self.started_at
+            .map(|s| self.finished_at.unwrap_or(now).saturating_sub(s))
+    }
+}

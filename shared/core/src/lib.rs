@@ -1,0 +1,27 @@
+//! `ferry-core`: the part of Ferry that knows nothing of AWS or of any runtime.
+//!
+//! - [`job`]: the job, its ids and statuses.
+//! - [`state`]: the lifecycle state machine (every change is a compare-and-set).
+//! - [`ports`]: the traits adapters implement (job store, work queue, API keys, clock).
+//! - [`catalog`]: the models the executors serve.
+//! - [`service`]: submit, get, list, cancel and transitions over the ports.
+//! - [`api`]: the HTTP API as one plain async function over the service, called by the
+//!   Lambda (`functions/api`) and by `ferry dev` alike.
+
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod openapi;
+pub mod ports;
+pub mod ratelimit;
+pub mod routes;
+pub mod service;
+pub mod state;
+pub mod telemetry;
+pub mod validate;
+pub mod view;
+
+pub use job::{Job, JobError, JobId, JobStatus, Millis, Task, TenantId};

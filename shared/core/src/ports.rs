@@ -1,0 +1,221 @@
+//! Ports: the traits every handler is written against. Each has two adapter sets,
+//! `ferry-aws` (DynamoDB, SQS) and `ferry-local` (in-process), held to the same
+//! behaviour by the conformance suite in `tests/`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::job::{Job, JobId, JobStatus, Millis, TenantId};
+
+/// Errors from a job or key store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write found the record in another state. `current` is the record as
+    /// the store saw it (None when it does not exist), so callers can decide without a re-read.
+    #[error("condition failed: the record changed or does not exist")]
+    ConditionFailed { current: Option<Box<Job>> },
+    /// A create found a record with the same key.
+    #[error("record already exists")]
+    AlreadyExists,
+    /// The backing service is throttling us: retry later (HTTP 429 to clients).
+    #[error("store throttled: {0}")]
+    Throttled(String),
+    /// The backing service failed or could not be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Errors from a work queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The receipt handle is unknown or expired (the message was redelivered or deleted).
+    #[error("invalid or expired receipt handle")]
+    InvalidReceipt,
+    #[error("queue throttled: {0}")]
+    Throttled(String),
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// A received message body could not be decoded.
+    #[error("corrupt message: {0}")]
+    Corrupt(String),
+}
+
+/// The state a conditional update expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub status: JobStatus,
+    pub attempt: u32,
+}
+
+/// Binds an `Idempotency-Key` to the job it created, for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub tenant: TenantId,
+    /// The key as the client sent it (stores index a hash of it, never build expressions from it).
+    pub key: String,
+    /// SHA-256 of the canonical request, to tell "same request again" from "other request, same key".
+    pub request_hash: String,
+    pub job_id: JobId,
+    pub created_at: Millis,
+    /// After this the key may be reused.
+    pub expires_at: Millis,
+}
+
+/// The outcome of [`JobStore::create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The job (and its idempotency record, if any) was written.
+    New,
+    /// The idempotency key was already bound: nothing was written; here is the binding.
+    Duplicate(IdempotencyRecord),
+}
+
+/// A page query over one tenant's jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub tenant: TenantId,
+    pub status: Option<JobStatus>,
+    /// 1..=100.
+    pub limit: u32,
+    /// Exclusive start: only jobs strictly older than this id.
+    pub after: Option<JobId>,
+}
+
+/// One page of jobs. `next` is the id to pass as `after` for the following page; it may be
+/// present even when the following page turns out empty (DynamoDB cannot know in advance).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next: Option<JobId>,
+}
+
+/// Durable job records with compare-and-set updates.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Writes a new job. With `idem`, the job and the key binding are written atomically,
+    /// or, when the key is already bound for this tenant (and not expired), nothing is
+    /// written and the existing binding is returned. A job with the same id already
+    /// present is `AlreadyExists`.
+    async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError>;
+
+    /// Reads a job by id (any tenant: callers check ownership).
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// A tenant's jobs, newest first, optionally of one status.
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError>;
+
+    /// Writes `job`'s lifecycle fields (status, attempt, started/finished/updated times,
+    /// cancel request, executor, lease, output, error, retain_until) if and only if the
+    /// stored job has `expected` status and attempt. Immutable fields and `last_seq` are
+    /// never written here. On a mismatch, `ConditionFailed` carries the stored job.
+    async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError>;
+}
+
+/// What an API key resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Hex SHA-256 of the key; the key itself is never stored.
+    pub key_hash: String,
+    pub tenant: TenantId,
+    pub created_at: Millis,
+}
+
+/// API keys, stored hashed.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    async fn lookup(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Inserts or replaces the record for `record.key_hash`.
+    async fn put(&self, record: &ApiKeyRecord) -> Result<(), StoreError>;
+}
+
+/// A unit of work on the queue: ids, never the input (SQS messages are capped at 1 MiB and
+/// the store is the source of truth).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkMessage {
+    pub job_id: JobId,
+    /// The attempt this message is for; a message for an older attempt is stale.
+    pub attempt: u32,
+    pub tenant: TenantId,
+    pub model: String,
+    /// Correlates logs across the API, the queue and the executor.
+    pub trace_id: String,
+}
+
+/// A received message, invisible to other receivers until its visibility timeout lapses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub message: WorkMessage,
+    /// Opaque handle for `delete` and `set_visibility`.
+    pub receipt: String,
+    /// How many times this message has been received, this time included (starts at 1).
+    pub receive_count: u32,
+}
+
+/// Approximate depth, as SQS reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    pub visible: u64,
+    pub in_flight: u64,
+}
+
+/// An at-least-once work queue with visibility timeouts (SQS semantics).
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    async fn send(&self, message: &WorkMessage) -> Result<(), QueueError>;
+
+    /// Receives up to `max` (1..=10) messages, waiting up to `wait` (<= 20 s) for the first;
+    /// received messages are hidden for `visibility`.
+    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Acknowledges a message: it is never delivered again.
+    async fn delete(&self, receipt: &str) -> Result<(), QueueError>;
+
+    /// Extends (or, with zero, ends) the invisibility of a received message.
+    async fn set_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError>;
+}
+
+/// Wall-clock time, a port so tests can move it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Millis;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    pub fn new(start: Millis) -> Self {
+        ManualClock(std::sync::atomic::AtomicU64::new(start))
+    }
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn set(&self, now: Millis) {
+        self.0.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,201 @@
+//! The job service: submit, read, list, cancel and transition jobs over the ports. The HTTP
+//! API calls it, and so will the WebSocket handler, the executor and the watchdog: the
+//! lifecycle rules live here once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::job::{Job, JobError, JobId, JobStatus, TenantId};
+use crate::ports::{
+    Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, StoreError, WorkMessage,
+    WorkQueue,
+};
+use crate::state::{self, Transition, TransitionError};
+use crate::validate::ValidSubmit;
+
+/// Why a service call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Missing, someone else's, or past retention: one answer for all three.
+    #[error("no such job")]
+    NotFound,
+    #[error("the job is already {0}")]
+    AlreadyFinished(JobStatus),
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error("the job was recorded but could not be queued: {0}")]
+    EnqueueFailed(QueueError),
+    #[error("the job kept changing under a concurrent writer")]
+    Contended,
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// The outcome of a submit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// A new job was recorded and queued.
+    New(Job),
+    /// The `Idempotency-Key` was bound to this job by an earlier, identical request.
+    Existing(Job),
+}
+
+impl Submitted {
+    pub fn job(&self) -> &Job {
+        match self {
+            Submitted::New(j) | Submitted::Existing(j) => j,
+        }
+    }
+}
+
+/// The job service over its ports.
+#[derive(Clone)]
+pub struct JobService {
+    pub jobs: Arc<dyn JobStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub clock: Arc<dyn Clock>,
+    pub catalog: Arc<Catalog>,
+    pub config: Config,
+}
+
+impl JobService {
+    /// Records a validated job, then queues its id. The record comes first so an executor
+    /// never receives a message for a job it cannot read.
+    pub async fn submit(
+        &self,
+        tenant: &TenantId,
+        req: ValidSubmit,
+        idempotency_key: Option<String>,
+        trace_id: &str,
+    ) -> Result<Submitted, ServiceError> {
+        let now = self.clock.now();
+        let c = &self.config;
+        let expires_at = now + c.queue_ttl_s * 1000;
+        let job = Job {
+            id: JobId::generate(now),
+            tenant: tenant.clone(),
+            model: req.model.id.clone(),
+            task: req.model.task,
+            input: req.input,
+            params: req.params,
+            timeout_s: req.timeout_s,
+            max_attempts: c.max_attempts,
+            created_at: now,
+            expires_at,
+            idempotency_key: idempotency_key.clone(),
+            status: JobStatus::Queued,
+            attempt: 1,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+            cancel_requested_at: None,
+            executor_id: None,
+            lease_until: None,
+            output: None,
+            error: None,
+            retain_until: expires_at + c.retention_s * 1000,
+            last_seq: 0,
+        };
+        let idem = idempotency_key.map(|key| IdempotencyRecord {
+            tenant: tenant.clone(),
+            key,
+            request_hash: req.request_hash.clone(),
+            job_id: job.id,
+            created_at: now,
+            expires_at: now + c.idempotency_ttl_s * 1000,
+        });
+        match self.jobs.create(&job, idem.as_ref()).await? {
+            Created::Duplicate(record) => {
+                if record.request_hash != req.request_hash {
+                    return Err(ServiceError::IdempotencyMismatch);
+                }
+                let existing = self.get(tenant, &record.job_id).await?;
+                Ok(Submitted::Existing(existing))
+            }
+            Created::New => {
+                let message = WorkMessage {
+                    job_id: job.id,
+                    attempt: job.attempt,
+                    tenant: tenant.clone(),
+                    model: job.model.clone(),
+                    trace_id: trace_id.to_string(),
+                };
+                if let Err(e) = self.queue.send(&message).await {
+                    tracing::error!(job_id = %job.id, error = %e, "enqueue failed; failing the job");
+                    let error = JobError { kind: "enqueue_failed".into(), message: "the work queue was unavailable".into() };
+                    if let Err(e2) = self.apply(&job, Transition::Fail { error }).await {
+                        tracing::error!(job_id = %job.id, error = %e2, "could not mark the unqueued job failed");
+                    }
+                    return Err(ServiceError::EnqueueFailed(e));
+                }
+                tracing::info!(job_id = %job.id, tenant = %tenant, model = %job.model, "job queued");
+                Ok(Submitted::New(job))
+            }
+        }
+    }
+
+    /// A tenant's job; `NotFound` when missing, another tenant's, or past retention.
+    pub async fn get(&self, tenant: &TenantId, id: &JobId) -> Result<Job, ServiceError> {
+        match self.jobs.get(id).await? {
+            Some(job) if &job.tenant == tenant && job.retain_until > self.clock.now() => Ok(job),
+            _ => Err(ServiceError::NotFound),
+        }
+    }
+
+    /// A page of a tenant's jobs, newest first (records past retention are skipped: the
+    /// store's TTL may take days to delete them).
+    pub async fn list(&self, query: &ListQuery) -> Result<JobPage, ServiceError> {
+        let mut page = self.jobs.list(query).await?;
+        let now = self.clock.now();
+        page.jobs.retain(|j| j.retain_until > now && j.tenant == query.tenant);
+        Ok(page)
+    }
+
+    /// Cancels a job: queued -> cancelled at once, running -> cancelling (the executor stops
+    /// it), cancelling stays as it is; a finished job is `AlreadyFinished`. Races with the
+    /// executor (queued -> running under us) are retried against the fresh state.
+    pub async fn cancel(&self, tenant: &TenantId, id: &JobId) -> Result<Job, ServiceError> {
+        for _ in 0..5 {
+            let job = self.get(tenant, id).await?;
+            match job.status {
+                JobStatus::Cancelling => return Ok(job),
+                s if s.is_terminal() => return Err(ServiceError::AlreadyFinished(s)),
+                _ => match self.apply(&job, Transition::RequestCancel).await {
+                    Err(ServiceError::Store(StoreError::ConditionFailed { .. })) => continue,
+                    other => return other,
+                },
+            }
+        }
+        Err(ServiceError::Contended)
+    }
+
+    /// Applies a transition to `job` as read, with a compare-and-set on its status and
+    /// attempt. Returns the job as written.
+    pub async fn apply(&self, job: &Job, t: Transition) -> Result<Job, ServiceError> {
+        let now = self.clock.now();
+        let next = state::transition(job, &t, now, self.config.retention_s * 1000)?;
+        self.jobs.update(&next, Expected { status: job.status, attempt: job.attempt }).await?;
+        Ok(next)
+    }
+
+    /// Polls until the job is terminal or `timeout` passes; returns the last state seen.
+    pub async fn wait_terminal(&self, tenant: &TenantId, id: &JobId, timeout: Duration) -> Result<Job, ServiceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut interval = Duration::from_millis(50);
+        loop {
+            let job = self.get(tenant, id).await?;
+            let now = tokio::time::Instant::now();
+            if job.status.is_terminal() || now >= deadline {
+                return Ok(job);
+            }
+            tokio::time::sleep(interval.min(deadline - now)).await;
+            interval = (interval * 3 / 2).min(Duration::from_millis(500));
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! What clients see: the job view (the stable JSON shape of a job) and the list and model
+//! envelopes. Timestamps are RFC 3339 strings; durations are integer milliseconds.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::catalog::ModelSpec;
+use crate::job::{Job, JobError, JobId, JobStatus, Millis, Task};
+
+/// A job as the API shows it. Every key is always present (null when unknown), so clients
+/// can rely on the shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    #[schema(value_type = String, example = "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B")]
+    pub id: JobId,
+    pub model: String,
+    pub task: Task,
+    pub status: JobStatus,
+    /// 1 for the first try; grows when a lost executor's job is retried.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_s: u64,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// A queued job not started by then expires.
+    pub expires_at: String,
+    pub cancel_requested_at: Option<String>,
+    /// Time queued before starting (so far, if still queued).
+    pub queue_delay_ms: u64,
+    /// Time executing (so far, if still running); null if it never started.
+    pub execution_ms: Option<u64>,
+    /// The sequence number of the latest progress event.
+    pub last_seq: u64,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    pub error: Option<JobError>,
+    pub idempotency_key: Option<String>,
+}
+
+impl JobView {
+    pub fn new(job: &Job, now: Millis) -> Self {
+        JobView {
+            id: job.id,
+            model: job.model.clone(),
+            task: job.task,
+            status: job.status,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            timeout_s: job.timeout_s,
+            input: job.input.clone(),
+            params: job.params.clone(),
+            created_at: rfc3339(job.created_at),
+            started_at: job.started_at.map(rfc3339),
+            finished_at: job.finished_at.map(rfc3339),
+            expires_at: rfc3339(job.expires_at),
+            cancel_requested_at: job.cancel_requested_at.map(rfc3339),
+            queue_delay_ms: job.queue_delay_ms(now),
+            execution_ms: job.execution_ms(now),
+            last_seq: job.last_seq,
+            output: job.output.clone(),
+            error: job.error.clone(),
+            idempotency_key: job.idempotency_key.clone(),
+        }
+    }
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next (older) page; null at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelView {
+    pub id: String,
+    pub task: Task,
+    pub pool: String,
+    pub architecture: Option<String>,
+    pub dtype: Option<String>,
+    pub device: Option<String>,
+}
+
+impl From<&ModelSpec> for ModelView {
+    fn from(m: &ModelSpec) -> Self {
+        ModelView {
+            id: m.id.clone(),
+            task: m.task,
+            pool: m.pool.clone(),
+            architecture: m.architecture.clone(),
+            dtype: m.dtype.clone(),
+            device: m.device.clone(),
+        }
+    }
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelView>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    pub version: String,
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: Millis) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}

@@ -1,0 +1,211 @@
+//! The embedded job store: DynamoDB's table, tenant index and idempotency items, in memory.
+//!
+//! One mutex guards jobs, the per-tenant index and the idempotency bindings together, so
+//! a create (job + binding) is atomic exactly as the DynamoDB transaction is, and an
+//! update's check and write cannot interleave with another's.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use ferry_core::job::{Job, JobId, TenantId};
+use ferry_core::ports::{Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError};
+
+use crate::lock;
+
+/// Jobs in memory, with the same conditional-write semantics as `DynamoJobStore`.
+#[derive(Debug, Default)]
+pub struct MemoryJobStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    jobs: HashMap<JobId, Job>,
+    /// The tenant index: ULIDs sort by creation time, so iterating backwards is newest first.
+    by_tenant: HashMap<TenantId, BTreeSet<JobId>>,
+    /// Idempotency bindings per (tenant, client key).
+    idem: HashMap<(TenantId, String), IdempotencyRecord>,
+}
+
+impl MemoryJobStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of jobs stored (every tenant), for tests and `ferry dev` diagnostics.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
+        let mut inner = lock(&self.inner);
+        // Validate everything before writing anything: the create is all-or-nothing.
+        if let Some(rec) = idem {
+            let slot = (rec.tenant.clone(), rec.key.clone());
+            if let Some(existing) = inner.idem.get(&slot) {
+                // An expired binding is replaced, as the DynamoDB condition
+                // `attribute_not_exists(pk) OR expires_at < :created_at` allows.
+                if existing.expires_at >= rec.created_at {
+                    return Ok(Created::Duplicate(existing.clone()));
+                }
+            }
+        }
+        if inner.jobs.contains_key(&job.id) {
+            return Err(StoreError::AlreadyExists);
+        }
+        if let Some(rec) = idem {
+            inner.idem.insert((rec.tenant.clone(), rec.key.clone()), rec.clone());
+        }
+        inner.by_tenant.entry(job.tenant.clone()).or_default().insert(job.id);
+        inner.jobs.insert(job.id, job.clone());
+        Ok(Created::New)
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        Ok(lock(&self.inner).jobs.get(id).cloned())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        let inner = lock(&self.inner);
+        let Some(ids) = inner.by_tenant.get(&query.tenant) else {
+            return Ok(JobPage { jobs: Vec::new(), next: None });
+        };
+        let limit = query.limit.clamp(1, 100) as usize;
+        let older = match query.after {
+            Some(after) => ids.range(..after),
+            None => ids.range(..),
+        };
+        let mut matching = older
+            .rev()
+            .filter_map(|id| inner.jobs.get(id))
+            .filter(|job| query.status.is_none_or(|s| job.status == s));
+        let jobs: Vec<Job> = matching.by_ref().take(limit).cloned().collect();
+        // Unlike DynamoDB we can look ahead, so `next` is only set when a further page
+        // really has jobs (the port allows either).
+        let next = if matching.next().is_some() { jobs.last().map(|j| j.id) } else { None };
+        Ok(JobPage { jobs, next })
+    }
+
+    async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        let Some(stored) = inner.jobs.get_mut(&job.id) else {
+            return Err(StoreError::ConditionFailed { current: None });
+        };
+        if stored.status != expected.status || stored.attempt != expected.attempt {
+            return Err(StoreError::ConditionFailed { current: Some(Box::new(stored.clone())) });
+        }
+        // Only the lifecycle fields: immutable fields and `last_seq` (owned by the
+        // progress path) keep their stored values whatever `job` carries.
+        stored.status = job.status;
+        stored.attempt = job.attempt;
+        stored.started_at = job.started_at;
+        stored.finished_at = job.finished_at;
+        stored.updated_at = job.updated_at;
+        stored.cancel_requested_at = job.cancel_requested_at;
+        stored.executor_id = job.executor_id.clone();
+        stored.lease_until = job.lease_until;
+        stored.output = job.output.clone();
+        stored.error = job.error.clone();
+        stored.retain_until = job.retain_until;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::job::{JobStatus, Task};
+
+    fn job(tenant: &str, ts: u64) -> Job {
+        Job {
+            id: JobId::generate(ts),
+            tenant: TenantId::new(tenant).unwrap(),
+            model: "m".into(),
+            task: Task::Embeddings,
+            input: serde_json::json!({"texts": ["a"]}),
+            params: serde_json::json!({}),
+            timeout_s: 60,
+            max_attempts: 3,
+            created_at: ts,
+            expires_at: ts + 1000,
+            idempotency_key: None,
+            status: JobStatus::Queued,
+            attempt: 1,
+            started_at: None,
+            finished_at: None,
+            updated_at: ts,
+            cancel_requested_at: None,
+            executor_id: None,
+            lease_until: None,
+            output: None,
+            error: None,
+            retain_until: ts + 10_000,
+            last_seq: 0,
+        }
+    }
+
+    fn idem(tenant: &str, key: &str, job_id: JobId, created_at: u64) -> IdempotencyRecord {
+        IdempotencyRecord {
+            tenant: TenantId::new(tenant).unwrap(),
+            key: key.into(),
+            request_hash: "h".into(),
+            job_id,
+            created_at,
+            expires_at: created_at + 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicate_binding_writes_nothing() {
+        let store = MemoryJobStore::new();
+        let a = job("t", 1);
+        let b = job("t", 2);
+        let ra = idem("t", "k", a.id, 1);
+        assert_eq!(store.create(&a, Some(&ra)).await.unwrap(), Created::New);
+        let got = store.create(&b, Some(&idem("t", "k", b.id, 2))).await.unwrap();
+        assert_eq!(got, Created::Duplicate(ra));
+        assert_eq!(store.len(), 1);
+        // Past expiry the key binds afresh.
+        let c = job("t", 300);
+        assert_eq!(store.create(&c, Some(&idem("t", "k", c.id, 300))).await.unwrap(), Created::New);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn list_sets_next_only_when_more_match() {
+        let store = MemoryJobStore::new();
+        for ts in 1..=4 {
+            store.create(&job("t", ts), None).await.unwrap();
+        }
+        let q = |after| ListQuery { tenant: TenantId::new("t").unwrap(), status: None, limit: 2, after };
+        let p1 = store.list(&q(None)).await.unwrap();
+        assert_eq!(p1.jobs.iter().map(|j| j.created_at).collect::<Vec<_>>(), [4, 3]);
+        let p2 = store.list(&q(p1.next)).await.unwrap();
+        assert_eq!(p2.jobs.iter().map(|j| j.created_at).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(p2.next, None);
+    }
+
+    #[tokio::test]
+    async fn update_keeps_immutable_fields() {
+        let store = MemoryJobStore::new();
+        let original = job("t", 1);
+        store.create(&original, None).await.unwrap();
+        let mut changed = original.clone();
+        changed.model = "other".into();
+        changed.last_seq = 9;
+        changed.status = JobStatus::Running;
+        store.update(&changed, Expected { status: JobStatus::Queued, attempt: 1 }).await.unwrap();
+        let stored = store.get(&original.id).await.unwrap().unwrap();
+        assert_eq!((stored.model.as_str(), stored.last_seq, stored.status), ("m", 0, JobStatus::Running));
+        let err = store.update(&changed, Expected { status: JobStatus::Queued, attempt: 1 }).await;
+        assert!(matches!(err, Err(StoreError::ConditionFailed { current: Some(j) }) if j.status == JobStatus::Running));
+    }
+}

@@ -1,0 +1,25 @@
+//! `ferry-local`: in-process adapters for Ferry's ports, the backend of `ferry dev` and of
+//! fast tests.
+//!
+//! Each adapter mirrors the semantics of its AWS counterpart in `ferry-aws` (DynamoDB
+//! conditional writes, SQS visibility timeouts and redrive) rather than offering some
+//! simpler behaviour, so code that works against these works in the cloud. The
+//! conformance suite in `tests/` runs the same cases against both.
+//!
+//! - [`MemoryJobStore`]: jobs with idempotency bindings and compare-and-set updates.
+//! - [`MemoryApiKeyStore`]: hashed API keys.
+//! - [`MemoryQueue`]: an at-least-once queue with long polling and an optional dead-letter queue.
+
+mod jobs;
+mod keys;
+mod queue;
+
+pub use jobs::MemoryJobStore;
+pub use keys::MemoryApiKeyStore;
+pub use queue::MemoryQueue;
+
+/// Locks a std mutex, ignoring poisoning: every critical section in this crate validates
+/// before it mutates, so a panic inside one cannot leave half-written state behind.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

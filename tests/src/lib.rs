@@ -1,0 +1,5 @@
+//! Support for Ferry's cross-crate tests (`tests/tests/*.rs`): the backends the port
+//! conformance suite runs against, and the moto emulator that hosts the AWS ones.
+
+pub mod backends;
+pub mod moto;
