@@ -1,1 +1,11 @@
+//! The `ferry` command as a library, so tests start the very same local stack in-process:
+//!
+//! - [`server`]: serves [`ferry_core::api::Api`] over HTTP/1.1 (axum), with graceful shutdown.
+//! - [`stack`]: builds the local stack (embedded or AWS adapters, keys, models).
+//! - [`client`]: a small client of the HTTP API for `ferry submit/get/list/cancel`.
+//! - [`demo`]: the demo job `ferry dev --demo` runs against itself.
 
+pub mod client;
+pub mod demo;
+pub mod server;
+pub mod stack;

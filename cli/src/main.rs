@@ -1,1 +1,346 @@
-fn main() {}
+//! `ferry`: the local stack and a client for the HTTP API. See README.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ferry_cli::client::{Client, ClientError};
+use ferry_cli::stack::{self, BackendKind, DEV_API_KEY, StackOptions};
+use ferry_cli::{demo, server};
+use ferry_core::config::Config;
+use ferry_core::view::JobView;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Long GPU jobs for serverless apps: local stack and API client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the local stack: the HTTP API over embedded (or AWS) adapters.
+    Dev(DevArgs),
+    /// Submit a job.
+    Submit(SubmitArgs),
+    /// Show a job.
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List your jobs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the models the executors serve.
+    Models {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run the demo job against a running API.
+    Demo {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// AWS helpers.
+    #[command(subcommand)]
+    Aws(AwsCommand),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Base URL of the API.
+    #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key (the dev stack's default key when unset).
+    #[arg(long, env = "FERRY_API_KEY", default_value = DEV_API_KEY, hide_default_value = true)]
+    api_key: String,
+    /// Print the API's JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Address of the HTTP API.
+    #[arg(long = "http", env = "FERRY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Which adapters to run on.
+    #[arg(long, env = "FERRY_BACKEND", value_enum, default_value = "embedded")]
+    backend: BackendKind,
+    /// KEY or KEY=TENANT (repeatable); default: one dev key, printed at start.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// ID=DIR: serve a Hugging Face model directory (repeatable).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// A model catalog file (JSON: {"models": [...]}).
+    #[arg(long, env = "FERRY_MODELS_FILE")]
+    models_file: Option<PathBuf>,
+    /// DynamoDB table (AWS backend).
+    #[arg(long, env = "FERRY_TABLE", default_value = "ferry-jobs")]
+    table: String,
+    /// SQS queue name (AWS backend); its dead-letter queue is NAME-dlq.
+    #[arg(long, env = "FERRY_QUEUE_NAME", default_value = "ferry-work")]
+    queue: String,
+    /// Requests per second per tenant (0: off). Defaults to FERRY_RATE_LIMIT_PER_S or 50.
+    #[arg(long)]
+    rate_limit: Option<f64>,
+    /// Run the demo job once the API is up.
+    #[arg(long)]
+    demo: bool,
+    /// With --demo: stop after the demo instead of serving on.
+    #[arg(long, requires = "demo")]
+    once: bool,
+    /// Answer every request with a constant 202 (the benchmark ceiling).
+    #[arg(long, hide = true)]
+    constant_202: bool,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// Model id (see `ferry models`).
+    #[arg(long)]
+    model: String,
+    /// Prompt for a text-generation model.
+    #[arg(long, conflicts_with_all = ["text", "input"])]
+    prompt: Option<String>,
+    /// A text to embed (repeatable).
+    #[arg(long, conflicts_with = "input")]
+    text: Vec<String>,
+    /// The whole input as JSON.
+    #[arg(long)]
+    input: Option<String>,
+    /// Params as a JSON object.
+    #[arg(long)]
+    params: Option<String>,
+    /// Execution timeout in seconds.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Idempotency-Key header.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait up to N seconds (max 25) for the job to finish.
+    #[arg(long)]
+    wait: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum AwsCommand {
+    /// Create the DynamoDB table and SQS queues if missing (uses AWS_ENDPOINT_URL etc.).
+    Bootstrap {
+        #[arg(long, env = "FERRY_TABLE", default_value = "ferry-jobs")]
+        table: String,
+        #[arg(long, env = "FERRY_QUEUE_NAME", default_value = "ferry-work")]
+        queue: String,
+    },
+    /// Store a new API key (hashed) for a tenant and print it once.
+    CreateKey {
+        #[arg(long)]
+        tenant: String,
+        /// Use this key instead of a random one.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, env = "FERRY_TABLE", default_value = "ferry-jobs")]
+        table: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ferry_core::telemetry::init(ferry_core::telemetry::in_aws());
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Api { .. }) => eprintln!("error: {e}"),
+                _ => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Dev(args) => dev(args).await,
+        Command::Submit(a) => {
+            let input = match (&a.prompt, a.text.is_empty(), &a.input) {
+                (Some(p), _, _) => serde_json::json!({"prompt": p}),
+                (None, false, _) => serde_json::json!({"texts": a.text}),
+                (None, true, Some(raw)) => serde_json::from_str(raw).context("--input is not JSON")?,
+                (None, true, None) => anyhow::bail!("give --prompt, --text or --input"),
+            };
+            let mut body = serde_json::json!({"model": a.model, "input": input});
+            if let Some(p) = &a.params {
+                body["params"] = serde_json::from_str(p).context("--params is not JSON")?;
+            }
+            if let Some(t) = a.timeout {
+                body["timeout_s"] = t.into();
+            }
+            let c = client(&a.client);
+            let ans = c.submit(&body, a.idempotency_key.as_deref(), a.wait).await?;
+            print_job(&ans.body, a.client.json)
+        }
+        Command::Get { id, client: ca } => print_job(&client(&ca).get(&id).await?.body, ca.json),
+        Command::Cancel { id, client: ca } => print_job(&client(&ca).cancel(&id).await?.body, ca.json),
+        Command::List { status, limit, cursor, client: ca } => {
+            let page = client(&ca).list(status.as_deref(), limit, cursor.as_deref()).await?.body;
+            if ca.json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                println!("{:<26}  {:<10}  {:<20}  CREATED", "ID", "STATUS", "MODEL");
+                for j in &page.jobs {
+                    println!("{:<26}  {:<10}  {:<20}  {}", j.id, j.status.as_str(), j.model, j.created_at);
+                }
+                if let Some(c) = page.next_cursor {
+                    println!("more: ferry list --cursor {c}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { client: ca } => {
+            let models = client(&ca).models().await?.body;
+            if ca.json {
+                println!("{}", serde_json::to_string_pretty(&models)?);
+            } else {
+                for m in &models.models {
+                    println!("{:<24} {:<16} pool={}", m.id, m.task.as_str(), m.pool);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { client: ca } => {
+            demo::run(&client(&ca), &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&ferry_core::openapi::document())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Aws(cmd) => aws(cmd).await,
+    }
+}
+
+fn client(a: &ClientArgs) -> Client {
+    Client::new(&a.url, &a.api_key)
+}
+
+/// Prints a job; the exit code tells failed/cancelled/timed-out jobs apart for scripts.
+fn print_job(job: &JobView, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(job)?);
+    } else {
+        println!("job {}  {}  model={}  attempt {}/{}", job.id, job.status, job.model, job.attempt, job.max_attempts);
+        println!("  created {}  queue delay {} ms", job.created_at, job.queue_delay_ms);
+        if let Some(ms) = job.execution_ms {
+            println!("  ran {ms} ms");
+        }
+        if let Some(out) = &job.output {
+            println!("  output: {out}");
+        }
+        if let Some(e) = &job.error {
+            println!("  error: {} ({})", e.message, e.kind);
+        }
+    }
+    use ferry_core::JobStatus::*;
+    Ok(match job.status {
+        Failed | Cancelled | TimedOut | Expired => ExitCode::from(3),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::from_env()?;
+    if let Some(r) = a.rate_limit {
+        config.rate_limit_per_s = r;
+    }
+    let listener = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
+    let addr = listener.local_addr()?;
+    let mode = if a.constant_202 {
+        server::Mode::Constant202
+    } else {
+        let opts = StackOptions {
+            backend: a.backend,
+            api_keys: a.api_keys,
+            models: a.models,
+            models_file: a.models_file,
+            table: a.table,
+            queue: a.queue,
+            aws_endpoint: None,
+            config,
+        };
+        let stack = stack::build(&opts).await?;
+        println!("ferry dev: HTTP API on http://{addr} ({:?} backend)", a.backend);
+        for (key, tenant) in &stack.api_keys {
+            println!("  API key for tenant {tenant}: {key}");
+        }
+        for m in &stack.api.service.catalog.models {
+            println!("  model {} ({}, pool {})", m.id, m.task.as_str(), m.pool);
+        }
+        if a.demo {
+            let key = stack.api_keys[0].0.clone();
+            let url = format!("http://{addr}");
+            let once = a.once;
+            tokio::spawn(async move {
+                let result = demo::run(&Client::new(&url, &key), &mut std::io::stdout()).await;
+                if let Err(e) = &result {
+                    eprintln!("demo failed: {e:#}");
+                }
+                if once {
+                    std::process::exit(if result.is_ok() { 0 } else { 1 });
+                }
+            });
+        }
+        server::Mode::Api(stack.api)
+    };
+    println!("Ctrl-C stops it.");
+    server::serve(listener, mode, server::shutdown_signal()).await?;
+    println!("ferry dev: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
+    let sdk = ferry_aws::sdk_config_from_env().await;
+    match cmd {
+        AwsCommand::Bootstrap { table, queue } => {
+            let urls = ferry_aws::bootstrap(&sdk, &table, &queue).await?;
+            println!("table {table} ready\nqueue {}\ndead-letter queue {}", urls.queue_url, urls.dlq_url);
+        }
+        AwsCommand::CreateKey { tenant, key, table } => {
+            use ferry_core::ports::ApiKeyStore;
+            let key = key.unwrap_or_else(ferry_core::auth::generate_api_key);
+            let (key, tenant) = stack::parse_key_arg(&format!("{key}={tenant}"))?;
+            let store = ferry_aws::DynamoApiKeyStore::new(aws_sdk_dynamodb_client(&sdk), table);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+            let record = ferry_core::ports::ApiKeyRecord { key_hash: ferry_core::auth::hash_api_key(&key), tenant: tenant.clone(), created_at: now };
+            store.put(&record).await?;
+            println!("API key for tenant {tenant} (shown once, stored hashed):\n{key}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn aws_sdk_dynamodb_client(sdk: &ferry_aws::SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(sdk)
+}

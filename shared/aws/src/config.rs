@@ -108,7 +108,12 @@ impl AwsBackend {
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let settings = AwsSettings::from_env(&sqs).await?;
         tracing::info!(table = %settings.table, queue_url = %settings.queue_url, "AWS backend configured");
-        Ok(Self::from_clients(dynamo, sqs, &settings.table, &settings.queue_url))
+        Ok(Self::from_clients(
+            dynamo,
+            sqs,
+            &settings.table,
+            &settings.queue_url,
+        ))
     }
 
     /// The backend for a known table and queue URL.

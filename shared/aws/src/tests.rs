@@ -1,84 +1,23 @@
-//! Tests of the adapters against moto (`moto_server`, PyPI `moto[server]`), which one
-//! test process starts on a free port and shares; each test uses its own table and queue
-//! names so they run in parallel. Without `moto_server` on PATH the tests print a note
-//! and pass, so a machine without Python still builds and tests. `FERRY_TEST_MOTO_URL`
-//! points them at a server already running instead.
+//! Tests of the adapters against moto (see [`moto`] for the harness); each test uses its
+//! own table and queue names so they run in parallel on one server. Without
+//! `moto_server` on PATH they print a note and pass, so a machine without Python still
+//! builds and tests.
 //!
 //! The cross-backend conformance suite lives in `tests/`; these only check what is
 //! specific to DynamoDB and SQS (conditions, transactions, paging, receipts).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+mod moto;
+
+use std::time::Duration;
 
 use ferry_core::ports::{
-    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobStore, ListQuery, QueueError,
-    StoreError, WorkMessage, WorkQueue,
+    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobStore, ListQuery,
+    QueueError, StoreError, WorkMessage, WorkQueue,
 };
-use ferry_core::{Job, JobId, JobStatus, TenantId, Task};
+use ferry_core::{Job, JobId, JobStatus, Task, TenantId};
 
-use crate::{AwsBackend, QueueUrls, bootstrap, sdk_config_for_endpoint};
-
-/// The moto endpoint, or None when moto is unavailable (tests then skip).
-fn moto() -> Option<&'static str> {
-    static ENDPOINT: OnceLock<Option<String>> = OnceLock::new();
-    ENDPOINT.get_or_init(start_moto).as_deref()
-}
-
-fn start_moto() -> Option<String> {
-    if let Ok(url) = std::env::var("FERRY_TEST_MOTO_URL") {
-        return Some(url);
-    }
-    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    // A watcher shell ends moto when this test process exits, so no server outlives it.
-    let script = format!(
-        "moto_server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
-         while kill -0 {parent} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done; kill $m 2>/dev/null",
-        parent = std::process::id()
-    );
-    let has_moto = Command::new("sh")
-        .args(["-c", "command -v moto_server"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_moto {
-        eprintln!("moto_server not found: skipping ferry-aws emulator tests");
-        return None;
-    }
-    Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().ok()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if http_ok(port) {
-            return Some(format!("http://127.0.0.1:{port}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("moto_server did not answer on port {port} within 30 s");
-}
-
-/// Whether something answers HTTP on the port.
-fn http_ok(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 8];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/")
-}
-
-/// A fresh table and queue for one test.
-async fn backend(test: &str) -> Option<(AwsBackend, QueueUrls)> {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let endpoint = moto()?;
-    let name = format!("{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
-    let sdk = sdk_config_for_endpoint(endpoint).await;
-    let urls = bootstrap(&sdk, &name, &name).await.expect("bootstrap");
-    Some((AwsBackend::connect(&sdk, &name, &urls.queue_url).await, urls))
-}
+use crate::{bootstrap, sdk_config_for_endpoint};
+use moto::{backend, moto};
 
 fn tenant(name: &str) -> TenantId {
     TenantId::new(name).unwrap()
@@ -116,25 +55,37 @@ const T0: u64 = 1_750_000_000_000;
 
 #[tokio::test]
 async fn bootstrap_is_idempotent() {
-    let Some((_, urls)) = backend("boot").await else { return };
+    let Some((_, urls)) = backend("boot").await else {
+        return;
+    };
     let sdk = sdk_config_for_endpoint(moto().unwrap()).await;
     let name = urls.queue_url.rsplit('/').next().unwrap().to_string();
-    let again = bootstrap(&sdk, &name, &name).await.expect("second bootstrap");
+    let again = bootstrap(&sdk, &name, &name)
+        .await
+        .expect("second bootstrap");
     assert_eq!(again, urls);
     assert!(urls.dlq_url.ends_with("-dlq"));
 }
 
 #[tokio::test]
 async fn create_get_update() {
-    let Some((b, _)) = backend("crud").await else { return };
+    let Some((b, _)) = backend("crud").await else {
+        return;
+    };
     let mut j = job("acme", T0);
     assert_eq!(b.jobs.create(&j, None).await.unwrap(), Created::New);
-    assert!(matches!(b.jobs.create(&j, None).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        b.jobs.create(&j, None).await,
+        Err(StoreError::AlreadyExists)
+    ));
     assert_eq!(b.jobs.get(&j.id).await.unwrap().as_ref(), Some(&j));
     assert_eq!(b.jobs.get(&JobId::generate(T0)).await.unwrap(), None);
 
     // queued -> running sets optional fields...
-    let queued = Expected { status: JobStatus::Queued, attempt: 1 };
+    let queued = Expected {
+        status: JobStatus::Queued,
+        attempt: 1,
+    };
     j.status = JobStatus::Running;
     j.started_at = Some(T0 + 5);
     j.executor_id = Some("ex-1".into());
@@ -144,7 +95,10 @@ async fn create_get_update() {
     assert_eq!(b.jobs.get(&j.id).await.unwrap().as_ref(), Some(&j));
 
     // ...and running -> succeeded removes the lease.
-    let running = Expected { status: JobStatus::Running, attempt: 1 };
+    let running = Expected {
+        status: JobStatus::Running,
+        attempt: 1,
+    };
     let mut done = j.clone();
     done.status = JobStatus::Succeeded;
     done.finished_at = Some(T0 + 9);
@@ -155,7 +109,9 @@ async fn create_get_update() {
 
     // A stale writer sees the stored job.
     match b.jobs.update(&j, running).await {
-        Err(StoreError::ConditionFailed { current: Some(current) }) => assert_eq!(*current, done),
+        Err(StoreError::ConditionFailed {
+            current: Some(current),
+        }) => assert_eq!(*current, done),
         other => panic!("expected ConditionFailed with current, got {other:?}"),
     }
     match b.jobs.update(&job("acme", T0), queued).await {
@@ -166,7 +122,9 @@ async fn create_get_update() {
 
 #[tokio::test]
 async fn idempotent_create() {
-    let Some((b, _)) = backend("idem").await else { return };
+    let Some((b, _)) = backend("idem").await else {
+        return;
+    };
     let first = job("acme", T0);
     let record = |job: &Job, key: &str, created_at: u64| IdempotencyRecord {
         tenant: job.tenant.clone(),
@@ -177,35 +135,59 @@ async fn idempotent_create() {
         expires_at: created_at + 1_000,
     };
     let rec = record(&first, "key with spaces/and#hash", T0);
-    assert_eq!(b.jobs.create(&first, Some(&rec)).await.unwrap(), Created::New);
+    assert_eq!(
+        b.jobs.create(&first, Some(&rec)).await.unwrap(),
+        Created::New
+    );
 
     // Same key, same tenant: nothing written, the binding comes back.
     let second = job("acme", T0 + 1);
-    let dup = b.jobs.create(&second, Some(&record(&second, &rec.key, T0 + 1))).await.unwrap();
+    let dup = b
+        .jobs
+        .create(&second, Some(&record(&second, &rec.key, T0 + 1)))
+        .await
+        .unwrap();
     assert_eq!(dup, Created::Duplicate(rec.clone()));
     assert_eq!(b.jobs.get(&second.id).await.unwrap(), None);
 
     // Same key, other tenant: independent.
     let other = job("globex", T0 + 2);
-    let created = b.jobs.create(&other, Some(&record(&other, &rec.key, T0 + 2))).await.unwrap();
+    let created = b
+        .jobs
+        .create(&other, Some(&record(&other, &rec.key, T0 + 2)))
+        .await
+        .unwrap();
     assert_eq!(created, Created::New);
 
     // After expiry the key binds again.
     let later = job("acme", T0 + 5_000);
-    let created = b.jobs.create(&later, Some(&record(&later, &rec.key, T0 + 5_000))).await.unwrap();
+    let created = b
+        .jobs
+        .create(&later, Some(&record(&later, &rec.key, T0 + 5_000)))
+        .await
+        .unwrap();
     assert_eq!(created, Created::New);
 
     // A job id clash is AlreadyExists, and the fresh key stays unbound.
-    let clash = b.jobs.create(&first, Some(&record(&first, "fresh", T0 + 6_000))).await;
+    let clash = b
+        .jobs
+        .create(&first, Some(&record(&first, "fresh", T0 + 6_000)))
+        .await;
     assert!(matches!(clash, Err(StoreError::AlreadyExists)), "{clash:?}");
     let fresh = job("acme", T0 + 6_001);
-    let created = b.jobs.create(&fresh, Some(&record(&fresh, "fresh", T0 + 6_001))).await.unwrap();
+    let created = b
+        .jobs
+        .create(&fresh, Some(&record(&fresh, "fresh", T0 + 6_001)))
+        .await
+        .unwrap();
     assert_eq!(created, Created::New);
 }
 
 #[tokio::test]
 async fn list_pages_newest_first_with_filter() {
-    let Some((b, _)) = backend("list").await else { return };
+    let Some((b, _)) = backend("list").await else {
+        return;
+    };
     let mut all = Vec::new();
     for i in 0..7 {
         let mut j = job("acme", T0 + i * 1000);
@@ -219,7 +201,12 @@ async fn list_pages_newest_first_with_filter() {
     b.jobs.create(&job("globex", T0 + 500), None).await.unwrap();
     all.reverse(); // newest first
 
-    let mut query = ListQuery { tenant: tenant("acme"), status: None, limit: 3, after: None };
+    let mut query = ListQuery {
+        tenant: tenant("acme"),
+        status: None,
+        limit: 3,
+        after: None,
+    };
     let mut seen = Vec::new();
     loop {
         let page = b.jobs.list(&query).await.unwrap();
@@ -233,22 +220,52 @@ async fn list_pages_newest_first_with_filter() {
     assert_eq!(seen, all.iter().map(|j| j.id).collect::<Vec<_>>());
 
     // Filtered: the Limit-before-filter loop still fills pages.
-    let query = ListQuery { tenant: tenant("acme"), status: Some(JobStatus::Queued), limit: 2, after: None };
+    let query = ListQuery {
+        tenant: tenant("acme"),
+        status: Some(JobStatus::Queued),
+        limit: 2,
+        after: None,
+    };
     let page = b.jobs.list(&query).await.unwrap();
-    let queued: Vec<_> = all.iter().filter(|j| j.status == JobStatus::Queued).map(|j| j.id).collect();
-    assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), queued[..2]);
+    let queued: Vec<_> = all
+        .iter()
+        .filter(|j| j.status == JobStatus::Queued)
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(
+        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        queued[..2]
+    );
     assert_eq!(page.next, Some(queued[1]));
-    let rest = b.jobs.list(&ListQuery { after: page.next, limit: 10, ..query }).await.unwrap();
-    assert_eq!(rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), queued[2..]);
+    let rest = b
+        .jobs
+        .list(&ListQuery {
+            after: page.next,
+            limit: 10,
+            ..query
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        queued[2..]
+    );
     assert_eq!(rest.next, None);
 
-    let none = ListQuery { tenant: tenant("initech"), status: None, limit: 5, after: None };
+    let none = ListQuery {
+        tenant: tenant("initech"),
+        status: None,
+        limit: 5,
+        after: None,
+    };
     assert!(b.jobs.list(&none).await.unwrap().jobs.is_empty());
 }
 
 #[tokio::test]
 async fn queue_round_trip() {
-    let Some((b, _)) = backend("queue").await else { return };
+    let Some((b, _)) = backend("queue").await else {
+        return;
+    };
     let q = &b.queue;
     let msg = |i: u64, trace: &str| WorkMessage {
         job_id: JobId::generate(T0 + i),
@@ -261,7 +278,10 @@ async fn queue_round_trip() {
     q.send(&m1).await.unwrap();
     q.send(&m2).await.unwrap();
 
-    let got = q.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
+    let got = q
+        .receive(10, Duration::from_secs(1), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 2, "{got:?}");
     let mut messages: Vec<_> = got.iter().map(|d| d.message.clone()).collect();
     messages.sort_by_key(|m| m.job_id);
@@ -272,8 +292,13 @@ async fn queue_round_trip() {
 
     // Zero visibility hands a message straight back, with its count raised.
     let first = &got[0];
-    q.set_visibility(&first.receipt, Duration::ZERO).await.unwrap();
-    let again = q.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
+    q.set_visibility(&first.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = q
+        .receive(10, Duration::from_secs(1), Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message, first.message);
     assert_eq!(again[0].receive_count, 2);
@@ -284,23 +309,46 @@ async fn queue_round_trip() {
 
     for bad in ["not-a-receipt", ""] {
         let deleted = q.delete(bad).await;
-        assert!(matches!(deleted, Err(QueueError::InvalidReceipt)), "{bad:?}: {deleted:?}");
+        assert!(
+            matches!(deleted, Err(QueueError::InvalidReceipt)),
+            "{bad:?}: {deleted:?}"
+        );
         let changed = q.set_visibility(bad, Duration::from_secs(5)).await;
-        assert!(matches!(changed, Err(QueueError::InvalidReceipt)), "{bad:?}: {changed:?}");
+        assert!(
+            matches!(changed, Err(QueueError::InvalidReceipt)),
+            "{bad:?}: {changed:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn api_keys() {
-    let Some((b, _)) = backend("keys").await else { return };
-    let rec = ApiKeyRecord { key_hash: "ab".repeat(32), tenant: tenant("acme"), created_at: T0 };
+    let Some((b, _)) = backend("keys").await else {
+        return;
+    };
+    let rec = ApiKeyRecord {
+        key_hash: "ab".repeat(32),
+        tenant: tenant("acme"),
+        created_at: T0,
+    };
     assert_eq!(b.keys.lookup(&rec.key_hash).await.unwrap(), None);
     b.keys.put(&rec).await.unwrap();
-    assert_eq!(b.keys.lookup(&rec.key_hash).await.unwrap(), Some(rec.clone()));
-    let moved = ApiKeyRecord { tenant: tenant("globex"), ..rec.clone() };
+    assert_eq!(
+        b.keys.lookup(&rec.key_hash).await.unwrap(),
+        Some(rec.clone())
+    );
+    let moved = ApiKeyRecord {
+        tenant: tenant("globex"),
+        ..rec.clone()
+    };
     b.keys.put(&moved).await.unwrap();
     assert_eq!(b.keys.lookup(&rec.key_hash).await.unwrap(), Some(moved));
     // Keys and jobs share the table but never show up in a tenant's list.
-    let query = ListQuery { tenant: tenant("globex"), status: None, limit: 10, after: None };
+    let query = ListQuery {
+        tenant: tenant("globex"),
+        status: None,
+        limit: 10,
+        after: None,
+    };
     assert!(b.jobs.list(&query).await.unwrap().jobs.is_empty());
 }

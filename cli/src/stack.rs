@@ -1,0 +1,135 @@
+//! Builds the local stack `ferry dev` serves: the same [`Api`] the Lambda runs, over the
+//! embedded adapters (default) or the AWS adapters pointed at `AWS_ENDPOINT_URL` (for
+//! example a moto server), with missing tables and queues created.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use ferry_core::api::Api;
+use ferry_core::auth::hash_api_key;
+use ferry_core::catalog::Catalog;
+use ferry_core::config::Config;
+use ferry_core::ports::{ApiKeyRecord, ApiKeyStore, Clock, JobStore, SystemClock, WorkQueue};
+use ferry_core::service::JobService;
+use ferry_core::TenantId;
+
+/// The key `ferry dev` accepts when given none, and the CLI's default key: the dev server
+/// listens on loopback only, so a well-known key is a convenience, not a hole.
+pub const DEV_API_KEY: &str = "fry_dev_local_key";
+/// The tenant of keys given without one.
+pub const DEV_TENANT: &str = "dev";
+
+/// Which adapters the stack runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// In-process store and queue: nothing else to run.
+    Embedded,
+    /// DynamoDB and SQS through the AWS SDK (`AWS_ENDPOINT_URL` for an emulator).
+    Aws,
+}
+
+/// How to build the stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub backend: BackendKind,
+    /// `KEY` or `KEY=TENANT`; empty means [`DEV_API_KEY`] for tenant [`DEV_TENANT`].
+    pub api_keys: Vec<String>,
+    /// `ID=DIR` Hugging Face model directories.
+    pub models: Vec<String>,
+    pub models_file: Option<PathBuf>,
+    /// DynamoDB table and SQS queue names (AWS backend).
+    pub table: String,
+    pub queue: String,
+    /// An explicit AWS endpoint; `None` reads the environment.
+    pub aws_endpoint: Option<String>,
+    pub config: Config,
+}
+
+impl StackOptions {
+    /// Embedded adapters, the dev key, the demo catalog, default config.
+    pub fn embedded() -> Self {
+        StackOptions {
+            backend: BackendKind::Embedded,
+            api_keys: vec![],
+            models: vec![],
+            models_file: None,
+            table: "ferry-jobs".into(),
+            queue: "ferry-work".into(),
+            aws_endpoint: None,
+            config: Config::default(),
+        }
+    }
+}
+
+/// A built stack, with handles tests and the demo use.
+pub struct Stack {
+    pub api: Arc<Api>,
+    pub jobs: Arc<dyn JobStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub keys: Arc<dyn ApiKeyStore>,
+    /// The accepted keys, in clear (only `ferry dev` knows them; stores hold hashes).
+    pub api_keys: Vec<(String, TenantId)>,
+}
+
+/// Parses `KEY` or `KEY=TENANT`.
+pub fn parse_key_arg(arg: &str) -> anyhow::Result<(String, TenantId)> {
+    let (key, tenant) = arg.split_once('=').unwrap_or((arg, DEV_TENANT));
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) || key.len() > 256 {
+        bail!("API keys are 1 to 256 visible ASCII characters");
+    }
+    let tenant = TenantId::new(tenant).with_context(|| format!("bad tenant in --api-key {key}=..."))?;
+    Ok((key.to_string(), tenant))
+}
+
+/// The catalog: a file and/or `--model` directories, else `FERRY_MODELS[_FILE]`, else the demo.
+pub fn build_catalog(opts: &StackOptions) -> anyhow::Result<Catalog> {
+    let mut models = match &opts.models_file {
+        Some(path) => Catalog::from_file(path)?.models,
+        None if opts.models.is_empty() => return Ok(Catalog::from_env()?),
+        None => vec![],
+    };
+    for arg in &opts.models {
+        models.push(Catalog::spec_from_arg(arg)?);
+    }
+    Ok(Catalog::new(models)?)
+}
+
+/// Builds the stack and registers its keys.
+pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
+    let catalog = Arc::new(build_catalog(opts)?);
+    let api_keys = if opts.api_keys.is_empty() {
+        vec![(DEV_API_KEY.to_string(), TenantId::new(DEV_TENANT)?)]
+    } else {
+        opts.api_keys.iter().map(|a| parse_key_arg(a)).collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let (jobs, queue, keys): (Arc<dyn JobStore>, Arc<dyn WorkQueue>, Arc<dyn ApiKeyStore>) = match opts.backend {
+        BackendKind::Embedded => {
+            let dlq = Arc::new(ferry_local::MemoryQueue::new());
+            (
+                Arc::new(ferry_local::MemoryJobStore::new()),
+                Arc::new(ferry_local::MemoryQueue::with_dead_letter(dlq, 5)),
+                Arc::new(ferry_local::MemoryApiKeyStore::new()),
+            )
+        }
+        BackendKind::Aws => {
+            let sdk = match &opts.aws_endpoint {
+                Some(endpoint) => ferry_aws::sdk_config_for_endpoint(endpoint).await,
+                None => ferry_aws::sdk_config_from_env().await,
+            };
+            let urls = ferry_aws::bootstrap(&sdk, &opts.table, &opts.queue)
+                .await
+                .context("creating the DynamoDB table and SQS queues")?;
+            let b = ferry_aws::AwsBackend::connect(&sdk, &opts.table, &urls.queue_url).await;
+            (b.jobs, b.queue, b.keys)
+        }
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    for (key, tenant) in &api_keys {
+        let record = ApiKeyRecord { key_hash: hash_api_key(key), tenant: tenant.clone(), created_at: clock.now() };
+        keys.put(&record).await.context("registering API keys")?;
+    }
+    let service = JobService { jobs: jobs.clone(), queue: queue.clone(), clock, catalog, config: opts.config.clone() };
+    let api = Arc::new(Api::new(service, keys.clone()));
+    Ok(Stack { api, jobs, queue, keys, api_keys })
+}

@@ -1,0 +1,372 @@
+//! Job store and API key store cases.
+//!
+//! On moto, the tenant index (a GSI) is read-after-write consistent; on real DynamoDB it is
+//! eventually consistent, so these list cases would need retries there.
+
+use std::collections::HashSet;
+
+use ferry_core::ports::{ApiKeyRecord, Created, Expected, JobPage, ListQuery, StoreError};
+use ferry_core::{Job, JobError, JobId, JobStatus, Task, TenantId};
+use ferry_tests::backends::Backend;
+use serde_json::json;
+
+use crate::support::{T0, full_job, idem, queued_job, tenant, tricky_json};
+
+async fn get(b: &Backend, id: &JobId) -> Job {
+    b.jobs.get(id).await.expect("get").unwrap_or_else(|| panic!("[{}] job {id} missing", b.name))
+}
+
+async fn list(b: &Backend, tenant: &TenantId, status: Option<JobStatus>, limit: u32, after: Option<JobId>) -> JobPage {
+    let query = ListQuery { tenant: tenant.clone(), status, limit, after };
+    b.jobs.list(&query).await.expect("list")
+}
+
+/// Follows `next` to the end; checks each page's shape on the way.
+async fn list_all(b: &Backend, tenant: &TenantId, status: Option<JobStatus>, limit: u32) -> Vec<Job> {
+    let mut all = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let page = list(b, tenant, status, limit, after).await;
+        assert!(page.jobs.len() <= limit as usize, "[{}] page over the limit", b.name);
+        if let Some(next) = page.next {
+            // `next` is the last job returned, so the following page starts right after it.
+            assert_eq!(Some(next), page.jobs.last().map(|j| j.id), "[{}] next is not the last job", b.name);
+        }
+        all.extend(page.jobs);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+    panic!("[{}] pagination did not end", b.name);
+}
+
+fn ids(jobs: &[Job]) -> Vec<JobId> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+fn sorted_desc(mut ids: Vec<JobId>) -> Vec<JobId> {
+    ids.sort_by(|a, b| b.cmp(a));
+    ids
+}
+
+const QUEUED_1: Expected = Expected { status: JobStatus::Queued, attempt: 1 };
+
+pub async fn case_create_get_round_trip(b: Backend) {
+    let t = tenant("round-trip");
+    let full = full_job(&t, T0);
+    assert_eq!(b.jobs.create(&full, None).await.unwrap(), Created::New);
+    assert_eq!(get(&b, &full.id).await, full, "[{}] every field set", b.name);
+
+    let mut bare = queued_job(&t, T0 + 1);
+    bare.input = tricky_json();
+    bare.params = json!({});
+    assert_eq!(b.jobs.create(&bare, None).await.unwrap(), Created::New);
+    assert_eq!(get(&b, &bare.id).await, bare, "[{}] optional fields unset", b.name);
+
+    // Other JSON shapes at the top level, and the other task.
+    let mut odd = queued_job(&t, T0 + 2);
+    odd.task = Task::TextGeneration;
+    odd.input = json!("just a string");
+    odd.params = json!([1.5, -0.25, u64::MAX, i64::MIN]);
+    odd.output = Some(json!(null));
+    b.jobs.create(&odd, None).await.unwrap();
+    let got = get(&b, &odd.id).await;
+    assert_eq!((&got.input, &got.params, got.task), (&odd.input, &odd.params, odd.task), "[{}]", b.name);
+    // The numbers must come back as numbers, not strings or lossy floats.
+    assert_eq!(got.params[2].as_u64(), Some(u64::MAX));
+    assert_eq!(got.params[3].as_i64(), Some(i64::MIN));
+}
+
+pub async fn case_create_duplicate_id(b: Backend) {
+    let t = tenant("dup");
+    let job = queued_job(&t, T0);
+    b.jobs.create(&job, None).await.unwrap();
+    let mut again = job.clone();
+    again.model = "other".into();
+    assert!(matches!(b.jobs.create(&again, None).await, Err(StoreError::AlreadyExists)), "[{}]", b.name);
+
+    // With a fresh idempotency key, a duplicate id still fails, and atomically: the key
+    // must not have been bound by the failed create.
+    let rec = idem(&t, "fresh-key", &again, T0);
+    assert!(matches!(b.jobs.create(&again, Some(&rec)).await, Err(StoreError::AlreadyExists)), "[{}]", b.name);
+    let other = queued_job(&t, T0 + 1);
+    let rec = idem(&t, "fresh-key", &other, T0 + 1);
+    assert_eq!(b.jobs.create(&other, Some(&rec)).await.unwrap(), Created::New, "[{}] key was bound", b.name);
+    assert_eq!(get(&b, &job.id).await, job, "[{}] original overwritten", b.name);
+}
+
+pub async fn case_idempotent_create(b: Backend) {
+    let (t, u) = (tenant("idem-a"), tenant("idem-b"));
+    let key = "client key with spaces, ünïcode & 🔑 — and a very long tail ".repeat(4);
+    let first = queued_job(&t, T0);
+    let first_rec = idem(&t, &key, &first, T0);
+    assert_eq!(b.jobs.create(&first, Some(&first_rec)).await.unwrap(), Created::New);
+
+    // Same tenant, same key, another job: the first binding comes back, nothing is written.
+    let second = queued_job(&t, T0 + 10);
+    let second_rec = idem(&t, &key, &second, T0 + 10);
+    let got = b.jobs.create(&second, Some(&second_rec)).await.unwrap();
+    assert_eq!(got, Created::Duplicate(first_rec.clone()), "[{}]", b.name);
+    assert_eq!(b.jobs.get(&second.id).await.unwrap(), None, "[{}] duplicate wrote its job", b.name);
+    assert_eq!(ids(&list_all(&b, &t, None, 10).await), vec![first.id], "[{}]", b.name);
+
+    // Another tenant may use the same key.
+    let theirs = queued_job(&u, T0 + 20);
+    let theirs_rec = idem(&u, &key, &theirs, T0 + 20);
+    assert_eq!(b.jobs.create(&theirs, Some(&theirs_rec)).await.unwrap(), Created::New, "[{}]", b.name);
+    // ... and that did not disturb the first tenant's binding.
+    let third = queued_job(&t, T0 + 30);
+    let got = b.jobs.create(&third, Some(&idem(&t, &key, &third, T0 + 30))).await.unwrap();
+    assert_eq!(got, Created::Duplicate(first_rec), "[{}]", b.name);
+    assert_eq!(list_all(&b, &u, None, 10).await, vec![theirs], "[{}]", b.name);
+}
+
+pub async fn case_expired_binding_is_replaced(b: Backend) {
+    let t = tenant("idem-expiry");
+    let first = queued_job(&t, T0);
+    let first_rec = idem(&t, "k", &first, T0);
+    b.jobs.create(&first, Some(&first_rec)).await.unwrap();
+
+    // Exactly at expiry the binding still holds (expires_at < created_at is what frees it).
+    let at = first_rec.expires_at;
+    let early = queued_job(&t, at);
+    let got = b.jobs.create(&early, Some(&idem(&t, "k", &early, at))).await.unwrap();
+    assert_eq!(got, Created::Duplicate(first_rec), "[{}]", b.name);
+
+    let later = queued_job(&t, at + 1);
+    let later_rec = idem(&t, "k", &later, at + 1);
+    assert_eq!(b.jobs.create(&later, Some(&later_rec)).await.unwrap(), Created::New, "[{}]", b.name);
+    // The new binding replaced the old one.
+    let again = queued_job(&t, at + 2);
+    let got = b.jobs.create(&again, Some(&idem(&t, "k", &again, at + 2))).await.unwrap();
+    assert_eq!(got, Created::Duplicate(later_rec), "[{}]", b.name);
+    assert_eq!(ids(&list_all(&b, &t, None, 10).await), vec![later.id, first.id], "[{}]", b.name);
+}
+
+pub async fn case_get_missing(b: Backend) {
+    assert_eq!(b.jobs.get(&JobId::generate(T0)).await.unwrap(), None, "[{}]", b.name);
+}
+
+pub async fn case_list_pages_newest_first(b: Backend) {
+    let (t, other) = (tenant("pages"), tenant("pages-other"));
+    let mut created = Vec::new();
+    for i in 0..25 {
+        let job = queued_job(&t, T0 + i * 1000);
+        b.jobs.create(&job, None).await.unwrap();
+        created.push(job.id);
+        if i % 5 == 0 {
+            b.jobs.create(&queued_job(&other, T0 + i * 1000 + 1), None).await.unwrap();
+        }
+    }
+    let all = list_all(&b, &t, None, 10).await;
+    let got = ids(&all);
+    assert_eq!(got, sorted_desc(created.clone()), "[{}] not all jobs, newest first", b.name);
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), 25, "[{}] duplicates", b.name);
+    assert!(got.windows(2).all(|w| w[0] > w[1]), "[{}] not strictly descending", b.name);
+    assert!(all.iter().all(|j| j.tenant == t), "[{}] other tenant's job listed", b.name);
+
+    // The first page is the newest ten, whole jobs.
+    let first = list(&b, &t, None, 10, None).await;
+    assert_eq!(first.jobs.len(), 10, "[{}]", b.name);
+    assert_eq!(first.jobs[0], get(&b, &created[24]).await, "[{}]", b.name);
+    // A limit covering everything needs no further page.
+    let everything = list(&b, &t, None, 100, None).await;
+    assert_eq!((everything.jobs.len(), everything.next), (25, None), "[{}]", b.name);
+}
+
+pub async fn case_list_status_filter_across_pages(b: Backend) {
+    let t = tenant("filter");
+    let statuses = [JobStatus::Queued, JobStatus::Running, JobStatus::Succeeded];
+    let mut running = Vec::new();
+    for i in 0..30u64 {
+        let mut job = queued_job(&t, T0 + i * 1000);
+        job.status = statuses[(i % 3) as usize];
+        b.jobs.create(&job, None).await.unwrap();
+        if job.status == JobStatus::Running {
+            running.push(job.id);
+        }
+    }
+    // A limit of 4 against 10 matches among 30 forces the store to read past filtered-out
+    // jobs within and across pages.
+    let got = list_all(&b, &t, Some(JobStatus::Running), 4).await;
+    assert_eq!(ids(&got), sorted_desc(running), "[{}]", b.name);
+    assert!(got.iter().all(|j| j.status == JobStatus::Running), "[{}]", b.name);
+
+    let none = list(&b, &t, Some(JobStatus::Failed), 10, None).await;
+    assert_eq!((none.jobs.len(), none.next), (0, None), "[{}]", b.name);
+
+    // A status change moves the job between filtered lists.
+    let mut job = got[0].clone();
+    job.status = JobStatus::Failed;
+    b.jobs.update(&job, Expected { status: JobStatus::Running, attempt: 1 }).await.unwrap();
+    assert_eq!(ids(&list_all(&b, &t, Some(JobStatus::Failed), 10).await), vec![job.id], "[{}]", b.name);
+    assert_eq!(list_all(&b, &t, Some(JobStatus::Running), 4).await.len(), 9, "[{}]", b.name);
+}
+
+pub async fn case_list_tenant_isolation_and_after(b: Backend) {
+    let (a, z, nobody) = (tenant("iso-a"), tenant("iso-z"), tenant("iso-nobody"));
+    let mut mine = Vec::new();
+    for i in 0..3 {
+        let job = queued_job(&a, T0 + i * 10);
+        b.jobs.create(&job, None).await.unwrap();
+        mine.push(job.id);
+        b.jobs.create(&queued_job(&z, T0 + i * 10 + 5), None).await.unwrap();
+    }
+    let page = list(&b, &a, None, 10, None).await;
+    assert_eq!(ids(&page.jobs), sorted_desc(mine.clone()), "[{}]", b.name);
+    assert_eq!(page.next, None, "[{}]", b.name);
+    let empty = list(&b, &nobody, None, 10, None).await;
+    assert_eq!((empty.jobs.len(), empty.next), (0, None), "[{}]", b.name);
+
+    // `after` is exclusive.
+    let page = list(&b, &a, None, 10, Some(mine[1])).await;
+    assert_eq!(ids(&page.jobs), vec![mine[0]], "[{}]", b.name);
+    let page = list(&b, &a, None, 10, Some(mine[0])).await;
+    assert!(page.jobs.is_empty(), "[{}]", b.name);
+}
+
+pub async fn case_update_writes_lifecycle_fields(b: Backend) {
+    let t = tenant("update");
+    let job = queued_job(&t, T0);
+    b.jobs.create(&job, None).await.unwrap();
+
+    let mut running = job.clone();
+    running.status = JobStatus::Running;
+    running.started_at = Some(T0 + 100);
+    running.updated_at = T0 + 100;
+    running.executor_id = Some("exec-1".into());
+    running.lease_until = Some(T0 + 60_100);
+    b.jobs.update(&running, QUEUED_1).await.unwrap();
+    assert_eq!(get(&b, &job.id).await, running, "[{}]", b.name);
+
+    // Retry: attempt 2, then success with output; lease and executor removed (Some -> None).
+    let mut retried = running.clone();
+    retried.status = JobStatus::Queued;
+    retried.attempt = 2;
+    retried.started_at = None;
+    retried.executor_id = None;
+    retried.lease_until = None;
+    retried.error = Some(JobError { kind: "executor_lost".into(), message: "lease expired".into() });
+    retried.updated_at = T0 + 70_000;
+    b.jobs.update(&retried, Expected { status: JobStatus::Running, attempt: 1 }).await.unwrap();
+    assert_eq!(get(&b, &job.id).await, retried, "[{}]", b.name);
+
+    let mut done = retried.clone();
+    done.status = JobStatus::Succeeded;
+    done.started_at = Some(T0 + 71_000);
+    done.finished_at = Some(T0 + 72_000);
+    done.updated_at = T0 + 72_000;
+    done.cancel_requested_at = Some(T0 + 71_500);
+    done.error = None;
+    done.output = Some(json!({"embeddings": [[0.1, -0.2, 3.5e-8]], "note": "✓"}));
+    done.retain_until = T0 + 999_000;
+    b.jobs.update(&done, Expected { status: JobStatus::Queued, attempt: 2 }).await.unwrap();
+    assert_eq!(get(&b, &job.id).await, done, "[{}]", b.name);
+}
+
+pub async fn case_update_condition_failures(b: Backend) {
+    let t = tenant("cas");
+    let job = queued_job(&t, T0);
+    b.jobs.create(&job, None).await.unwrap();
+    let mut change = job.clone();
+    change.status = JobStatus::Running;
+    change.updated_at = T0 + 5;
+
+    let wrong_status = Expected { status: JobStatus::Running, attempt: 1 };
+    match b.jobs.update(&change, wrong_status).await {
+        Err(StoreError::ConditionFailed { current: Some(current) }) => assert_eq!(*current, job, "[{}]", b.name),
+        other => panic!("[{}] wrong status: expected ConditionFailed with the job, got {other:?}", b.name),
+    }
+    let wrong_attempt = Expected { status: JobStatus::Queued, attempt: 2 };
+    match b.jobs.update(&change, wrong_attempt).await {
+        Err(StoreError::ConditionFailed { current: Some(current) }) => assert_eq!(*current, job, "[{}]", b.name),
+        other => panic!("[{}] wrong attempt: expected ConditionFailed with the job, got {other:?}", b.name),
+    }
+    assert_eq!(get(&b, &job.id).await, job, "[{}] a failed update wrote", b.name);
+
+    let missing = queued_job(&t, T0 + 1);
+    match b.jobs.update(&missing, QUEUED_1).await {
+        Err(StoreError::ConditionFailed { current: None }) => {}
+        other => panic!("[{}] missing job: expected ConditionFailed without a job, got {other:?}", b.name),
+    }
+    // An update must never create the job.
+    assert_eq!(b.jobs.get(&missing.id).await.unwrap(), None, "[{}]", b.name);
+}
+
+pub async fn case_update_leaves_immutable_fields(b: Backend) {
+    let t = tenant("immutable");
+    let mut original = full_job(&t, T0);
+    original.status = JobStatus::Queued;
+    original.attempt = 1;
+    b.jobs.create(&original, None).await.unwrap();
+
+    let mut tampered = queued_job(&tenant("someone-else"), T0 + 5);
+    tampered.id = original.id;
+    tampered.task = Task::Embeddings;
+    tampered.idempotency_key = None;
+    tampered.last_seq = 99;
+    tampered.status = JobStatus::Running;
+    tampered.updated_at = T0 + 9;
+    b.jobs.update(&tampered, QUEUED_1).await.unwrap();
+
+    let stored = get(&b, &original.id).await;
+    // Lifecycle fields come from the update, everything else from the create.
+    let expected = Job {
+        status: tampered.status,
+        attempt: tampered.attempt,
+        started_at: tampered.started_at,
+        finished_at: tampered.finished_at,
+        updated_at: tampered.updated_at,
+        cancel_requested_at: tampered.cancel_requested_at,
+        executor_id: tampered.executor_id.clone(),
+        lease_until: tampered.lease_until,
+        output: tampered.output.clone(),
+        error: tampered.error.clone(),
+        retain_until: tampered.retain_until,
+        ..original.clone()
+    };
+    assert_eq!(stored, expected, "[{}]", b.name);
+    // Still listed under its real tenant only.
+    assert_eq!(ids(&list_all(&b, &t, None, 10).await), vec![original.id], "[{}]", b.name);
+    assert!(list_all(&b, &tampered.tenant, None, 10).await.is_empty(), "[{}]", b.name);
+}
+
+pub async fn case_concurrent_updates_one_wins(b: Backend) {
+    let t = tenant("race");
+    for round in 0..5 {
+        let job = queued_job(&t, T0 + round);
+        b.jobs.create(&job, None).await.unwrap();
+        let mut start = job.clone();
+        start.status = JobStatus::Running;
+        start.executor_id = Some("exec-a".into());
+        let mut cancel = job.clone();
+        cancel.status = JobStatus::Cancelled;
+        cancel.finished_at = Some(T0 + 50);
+
+        let (r1, r2) = tokio::join!(b.jobs.update(&start, QUEUED_1), b.jobs.update(&cancel, QUEUED_1));
+        let stored = get(&b, &job.id).await;
+        match (r1, r2) {
+            (Ok(()), Err(StoreError::ConditionFailed { current: Some(current) })) => {
+                assert_eq!((&stored, &*current), (&start, &start), "[{}]", b.name);
+            }
+            (Err(StoreError::ConditionFailed { current: Some(current) }), Ok(())) => {
+                assert_eq!((&stored, &*current), (&cancel, &cancel), "[{}]", b.name);
+            }
+            other => panic!("[{}] expected exactly one winner, got {other:?}", b.name),
+        }
+    }
+}
+
+pub async fn case_api_keys(b: Backend) {
+    let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    assert_eq!(b.keys.lookup(hash).await.unwrap(), None, "[{}]", b.name);
+    let record = ApiKeyRecord { key_hash: hash.into(), tenant: tenant("keys"), created_at: T0 };
+    b.keys.put(&record).await.unwrap();
+    assert_eq!(b.keys.lookup(hash).await.unwrap(), Some(record.clone()), "[{}]", b.name);
+
+    let replaced = ApiKeyRecord { tenant: tenant("keys-2"), created_at: T0 + 1, ..record };
+    b.keys.put(&replaced).await.unwrap();
+    assert_eq!(b.keys.lookup(hash).await.unwrap(), Some(replaced), "[{}]", b.name);
+    assert_eq!(b.keys.lookup(&hash.replace('9', "8")).await.unwrap(), None, "[{}]", b.name);
+}

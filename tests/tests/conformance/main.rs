@@ -1,0 +1,62 @@
+//! The port conformance suite: every case is written once, against the port traits, and
+//! run on both backends, the embedded adapters (`embedded::*`) and the AWS adapters on
+//! moto (`aws::*`). A case that passes on one backend and fails on the other is a bug in
+//! an adapter, or a documented emulator gap (see the comments at the cases).
+//!
+//! AWS cases skip (with a message) when `moto_server` is not installed, except in CI,
+//! where they fail. Each case gets a fresh backend, so cases run in parallel.
+
+mod jobs;
+mod queue;
+mod support;
+
+/// Generates `embedded::<name>` and `aws::<name>` tests from `<name> => <module>::<case>`.
+macro_rules! conformance {
+    ($($name:ident => $module:ident :: $case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$case(ferry_tests::backends::embedded()).await;
+                }
+            )*
+        }
+        mod aws {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(backend) = ferry_tests::backends::aws().await else {
+                        eprintln!("skipping: moto_server not installed");
+                        return;
+                    };
+                    crate::$module::$case(backend).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    create_get_round_trip => jobs::case_create_get_round_trip,
+    create_duplicate_id => jobs::case_create_duplicate_id,
+    idempotent_create => jobs::case_idempotent_create,
+    expired_binding_is_replaced => jobs::case_expired_binding_is_replaced,
+    get_missing => jobs::case_get_missing,
+    list_pages_newest_first => jobs::case_list_pages_newest_first,
+    list_status_filter_across_pages => jobs::case_list_status_filter_across_pages,
+    list_tenant_isolation_and_after => jobs::case_list_tenant_isolation_and_after,
+    update_writes_lifecycle_fields => jobs::case_update_writes_lifecycle_fields,
+    update_condition_failures => jobs::case_update_condition_failures,
+    update_leaves_immutable_fields => jobs::case_update_leaves_immutable_fields,
+    concurrent_updates_one_wins => jobs::case_concurrent_updates_one_wins,
+    api_keys => jobs::case_api_keys,
+    queue_round_trip => queue::case_round_trip,
+    receive_empty_waits => queue::case_receive_empty_waits,
+    long_poll_wakes_on_send => queue::case_long_poll_wakes_on_send,
+    visibility_expiry_redelivers => queue::case_visibility_expiry_redelivers,
+    set_visibility_zero => queue::case_set_visibility_zero,
+    delete_is_final => queue::case_delete_is_final,
+    depth_counts => queue::case_depth_counts,
+    dead_letter_after_max_receives => queue::case_dead_letter_after_max_receives,
+    batch_receive => queue::case_batch_receive,
+}
