@@ -17,9 +17,23 @@ pub type Millis = u64;
 pub struct JobId(ulid::Ulid);
 
 impl JobId {
-    /// A fresh id whose time part is `now`.
+    /// A fresh id whose time part is `now`. Ids from one process are strictly increasing
+    /// (monotonic within a millisecond, as the ULID spec suggests), so "newest first" is
+    /// also submission order for one API instance.
     pub fn generate(now: Millis) -> Self {
-        JobId(ulid::Ulid::from_parts(now, rand_bits()))
+        static LAST: std::sync::Mutex<(Millis, u128)> = std::sync::Mutex::new((0, 0));
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let random_max = (1u128 << 80) - 1;
+        // Fresh randomness leaves headroom (top bit clear) for increments in the same ms.
+        let (ms, random) = if now > last.0 {
+            (now, rand_bits() & (random_max >> 1))
+        } else if last.1 < random_max {
+            (last.0, last.1 + 1)
+        } else {
+            (last.0 + 1, rand_bits() & (random_max >> 1))
+        };
+        *last = (ms, random);
+        JobId(ulid::Ulid::from_parts(ms, random))
     }
 
     /// The creation time encoded in the id.
