@@ -158,7 +158,7 @@ impl FromStr for Task {
 
 /// The lifecycle states. See `docs/STATE_MACHINE.md` for the transition table, which
 /// [`crate::state`] enforces and a test checks against the document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,

@@ -1,0 +1,76 @@
+//! The model catalog (files, Hugging Face directories) and environment configuration.
+
+use ferry_core::catalog::{Catalog, CatalogError};
+use ferry_core::config::Config;
+use ferry_core::job::Task;
+
+fn model_dir(config: &str) -> tempdir::Dir {
+    let dir = tempdir::Dir::new();
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    dir
+}
+
+mod tempdir {
+    /// A throwaway directory (no dependency needed for this).
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!("ferry-test-{}", ulid_like()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn ulid_like() -> String {
+        format!("{}-{:?}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    }
+}
+
+#[test]
+fn task_comes_from_config_architectures() {
+    let llama = model_dir(r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}"#);
+    let spec = Catalog::spec_from_arg(&format!("my-llama={}", llama.path().display())).unwrap();
+    assert_eq!((spec.task, spec.architecture.as_deref()), (Task::TextGeneration, Some("LlamaForCausalLM")));
+    assert_eq!(spec.path.as_deref(), Some(llama.path()));
+
+    let bert = model_dir(r#"{"architectures": ["BertModel"], "model_type": "bert"}"#);
+    assert_eq!(Catalog::spec_from_dir("minilm", bert.path()).unwrap().task, Task::Embeddings);
+
+    let bare = model_dir(r#"{"model_type": "bert"}"#);
+    assert_eq!(Catalog::spec_from_dir("b", bare.path()).unwrap().task, Task::Embeddings);
+
+    let vision = model_dir(r#"{"architectures": ["ViTModel"], "model_type": "vit"}"#);
+    assert!(matches!(Catalog::spec_from_dir("v", vision.path()), Err(CatalogError::UnknownArchitecture(..))));
+    assert!(matches!(Catalog::spec_from_arg("no-equals-sign"), Err(CatalogError::BadSpec(_))));
+    assert!(matches!(Catalog::spec_from_dir("x", std::path::Path::new("/nonexistent")), Err(CatalogError::Io { .. })));
+}
+
+#[test]
+fn catalog_files_are_checked() {
+    let ok = Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings"}, {"id": "org/b-1.5", "task": "text-generation", "pool": "gpu"}]}"#).unwrap();
+    assert_eq!(ok.get("a").unwrap().pool, "cpu");
+    assert_eq!(ok.get("org/b-1.5").unwrap().pool, "gpu");
+    assert!(matches!(Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings"}, {"id": "a", "task": "embeddings"}]}"#), Err(CatalogError::Duplicate(_))));
+    assert!(matches!(Catalog::from_json(r#"{"models": [{"id": "a b", "task": "embeddings"}]}"#), Err(CatalogError::BadId(_))));
+    assert!(Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings", "colour": 1}]}"#).is_err(), "unknown fields refused");
+    assert!(Catalog::from_json(r#"{"models": [{"id": "a", "task": "painting"}]}"#).is_err());
+}
+
+#[test]
+fn config_reads_env_and_refuses_nonsense() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+    let c = Config::from_lookup(env(&[("FERRY_MAX_BODY_BYTES", "4096"), ("FERRY_MAX_ATTEMPTS", "5"), ("FERRY_RATE_LIMIT_PER_S", "0")])).unwrap();
+    assert_eq!((c.max_body_bytes, c.max_attempts, c.rate_limit_per_s), (4096, 5, 0.0));
+    assert_eq!(c.default_timeout_s, 600);
+    for bad in [&[("FERRY_MAX_ATTEMPTS", "0")][..], &[("FERRY_MAX_WAIT_S", "60")], &[("FERRY_MAX_BODY_BYTES", "lots")], &[("FERRY_DEFAULT_TIMEOUT_S", "100"), ("FERRY_MAX_TIMEOUT_S", "10")]] {
+        let err = Config::from_lookup(env(bad)).unwrap_err();
+        assert!(err.to_string().contains("FERRY_"), "{err}");
+    }
+}
