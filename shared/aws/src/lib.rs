@@ -5,7 +5,7 @@
 //! - [`SqsWorkQueue`]: the work queue on SQS, see [`sqs`].
 //! - [`config`]: building SDK configuration and the whole backend from the environment
 //!   (a Lambda) or from an explicit endpoint (tests, `ferry dev --backend aws` on moto).
-//! - [`bootstrap`]: creating the table and the queues when they are missing.
+//! - [`bootstrap`](mod@bootstrap): creating the table and the queues when they are missing.
 //!
 //! Adapters report failures as the ports' own `StoreError` / `QueueError`; only bootstrap
 //! and configuration, which run before any handler, use [`AwsError`].

@@ -4,7 +4,7 @@
 //! tenant, model and trace id ride in String message attributes (`ferry.tenant`,
 //! `ferry.model`, `ferry.trace_id`), so an executor can route and log before it reads
 //! the job and the body stays tiny. The job store stays the source of truth; redrive to a
-//! dead-letter queue (set up in [`crate::bootstrap`]) takes care of poison messages.
+//! dead-letter queue (set up in [`crate::bootstrap`](mod@crate::bootstrap)) takes care of poison messages.
 
 use std::collections::HashMap;
 use std::time::Duration;
