@@ -1,0 +1,135 @@
+//! The real `ferry` binary: `ferry dev` on a free port, the client commands against it with
+//! readable and `--json` output and their exit codes, and a clean stop on Ctrl-C (SIGINT).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct Dev {
+    child: Child,
+    url: String,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev(extra: &[&str]) -> Dev {
+    let mut child = Command::new(FERRY)
+        .args(["dev", "--http", "127.0.0.1:0", "--api-key", "k-cli-test=acme"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferry starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("ferry dev prints its address");
+        if let Some(rest) = line.split("HTTP API on ").nth(1) {
+            let url = rest.split_whitespace().next().unwrap().to_string();
+            return Dev { child, url, lines };
+        }
+    }
+}
+
+fn ferry(dev: &Dev, args: &[&str]) -> (i32, String) {
+    let out = Command::new(FERRY)
+        .args(args)
+        .args(["--url", &dev.url])
+        .env("FERRY_API_KEY", "k-cli-test")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn client_commands_against_dev_and_clean_ctrl_c() {
+    let dev = start_dev(&[]);
+    let (code, out) = ferry(&dev, &["submit", "--model", "tiny-llama", "--prompt", "hi", "--params", r#"{"max_new_tokens": 4}"#, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["status"], "queued");
+
+    let (code, out) = ferry(&dev, &["get", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("queued"), "{out}");
+
+    let (code, out) = ferry(&dev, &["list", "--status", "queued"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&id), "{out}");
+
+    let (code, out) = ferry(&dev, &["models", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("all-minilm-l6-v2"));
+
+    // A cancelled job exits non-zero, so scripts can tell.
+    let (code, out) = ferry(&dev, &["cancel", &id]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("cancelled"));
+
+    // API errors are shown with their field and exit 1.
+    let (code, out) = ferry(&dev, &["submit", "--model", "tiny-llama", "--prompt", "hi", "--params", r#"{"temprature": 1}"#]);
+    assert_eq!(code, 1);
+    assert!(out.contains("params.temprature") && out.contains("400"), "{out}");
+    let (code, out) = ferry(&dev, &["get", "nope"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("field: id"), "{out}");
+
+    // Ctrl-C: the server stops cleanly and exits 0.
+    let mut dev = dev;
+    let pid = dev.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = dev.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ferry dev did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let rest: Vec<String> = dev.lines.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+}
+
+#[test]
+fn demo_runs_and_exits_with_once() {
+    let out = Command::new(FERRY)
+        .args(["dev", "--http", "127.0.0.1:0", "--demo", "--once"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("fry_dev_local_key"), "the dev key is printed: {text}");
+    assert!(text.contains("-> HTTP 202") && text.contains("cancelled"), "{text}");
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let out = Command::new(FERRY).args(["dev", "--api-key", "k=bad tenant!", "--http", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tenant"));
+    let out = Command::new(FERRY).args(["dev", "--model", "x=/nonexistent", "--http", "127.0.0.1:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+}
