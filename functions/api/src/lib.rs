@@ -3,11 +3,19 @@
 
 use bytes::Bytes;
 use ferry_core::api::Api;
-use lambda_http::{Body, Request, Response};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
 
 /// Answers one API Gateway HTTP API (payload v2) request with the shared handler.
 pub async fn handle(api: &Api, req: Request) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let stage = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
+        _ => None,
+    };
+    let (mut parts, body) = req.into_parts();
+    if let Some(uri) = strip_stage(&parts.uri, stage.as_deref()) {
+        parts.uri = uri;
+    }
     let body = match body {
         Body::Empty => Bytes::new(),
         Body::Text(s) => Bytes::from(s),
@@ -22,4 +30,37 @@ pub async fn handle(api: &Api, req: Request) -> Response<Body> {
         Err(e) => Body::Binary(e.into_bytes()),
     };
     Response::from_parts(parts, body)
+}
+
+/// `lambda_http` puts a named stage in front of the path (`/prod/v1/jobs`); the routes are
+/// stage-independent, so it is removed here. The `$default` stage has no prefix.
+fn strip_stage(uri: &http::Uri, stage: Option<&str>) -> Option<http::Uri> {
+    let stage = stage.filter(|s| *s != "$default" && !s.is_empty())?;
+    let prefix = format!("/{stage}");
+    let rest = uri.path().strip_prefix(&prefix)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let path = if rest.is_empty() { "/" } else { rest };
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_stage;
+
+    #[test]
+    fn named_stages_are_stripped() {
+        let uri: http::Uri = "https://x.example/prod/v1/jobs?limit=2".parse().unwrap();
+        assert_eq!(strip_stage(&uri, Some("prod")).unwrap().to_string(), "https://x.example/v1/jobs?limit=2");
+        assert!(strip_stage(&uri, Some("$default")).is_none());
+        assert!(strip_stage(&uri, Some("pro")).is_none(), "only a whole segment is a stage");
+        assert!(strip_stage(&uri, None).is_none());
+    }
 }

