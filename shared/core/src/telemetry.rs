@@ -7,9 +7,13 @@ use tracing_subscriber::EnvFilter;
 /// (default `info`). Safe to call twice (the second call is ignored).
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let _ = if json {
-        builder.json().with_current_span(false).with_writer(std::io::stdout).try_init()
+        builder.json().with_ansi(false).with_current_span(false).with_writer(std::io::stdout).try_init()
     } else {
         builder.try_init()
     };
