@@ -151,7 +151,8 @@ fn main() {
     }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let opts = StackOptions { config: Config { rate_limit_per_s: 0.0, ..Default::default() }, ..StackOptions::embedded() };
+    let opts =
+        StackOptions { config: Config { rate_limit_per_s: 0.0, ..Default::default() }, ..StackOptions::embedded() };
     let stack = rt.block_on(stack::build(&opts)).expect("building the embedded stack");
     let api: Arc<Api> = stack.api.clone();
 
@@ -186,7 +187,9 @@ fn main() {
         if log { "on (telemetry::init, RUST_LOG or info)" } else { "off (no subscriber)" }
     );
     println!();
-    println!("| operation | median ns/op (batch means) | batch mean min – max | per-op p50 | per-op p99 | per-op max | ops/s (1 thread) | × floor |");
+    println!(
+        "| operation | median ns/op (batch means) | batch mean min – max | per-op p50 | per-op p99 | per-op max | ops/s (1 thread) | × floor |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut failed = false;
     for op in ops.iter_mut() {
@@ -210,7 +213,10 @@ fn main() {
         );
         if op.wrong_status > 0 {
             failed = true;
-            eprintln!("error: {} answered {} responses with a status other than {}", op.name, op.wrong_status, op.expect);
+            eprintln!(
+                "error: {} answered {} responses with a status other than {}",
+                op.name, op.wrong_status, op.expect
+            );
         }
     }
     println!();

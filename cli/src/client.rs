@@ -49,11 +49,20 @@ pub struct Client {
 
 impl Client {
     pub fn new(base_url: &str, api_key: &str) -> Self {
-        Client { base: base_url.trim_end_matches('/').to_string(), key: api_key.to_string(), http: reqwest::Client::new() }
+        Client {
+            base: base_url.trim_end_matches('/').to_string(),
+            key: api_key.to_string(),
+            http: reqwest::Client::new(),
+        }
     }
 
     /// `POST /v1/jobs` with an optional `Idempotency-Key` and `Prefer: wait=N`.
-    pub async fn submit(&self, body: &serde_json::Value, idempotency_key: Option<&str>, wait: Option<u64>) -> Result<Answer<JobView>, ClientError> {
+    pub async fn submit(
+        &self,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+        wait: Option<u64>,
+    ) -> Result<Answer<JobView>, ClientError> {
         let mut req = self.http.post(format!("{}/v1/jobs", self.base)).json(body);
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
@@ -68,7 +77,12 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/jobs/{}", self.base, enc(id)))).await
     }
 
-    pub async fn list(&self, status: Option<&str>, limit: Option<u32>, cursor: Option<&str>) -> Result<Answer<JobList>, ClientError> {
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Answer<JobList>, ClientError> {
         let mut q: Vec<(&str, String)> = vec![];
         if let Some(s) = status {
             q.push(("status", s.to_string()));
@@ -114,6 +128,12 @@ impl Client {
 /// Path segments from users are percent-encoded so they cannot change the route.
 fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

@@ -33,7 +33,15 @@ pub async fn run(client: &Client, out: &mut (dyn Write + Send)) -> anyhow::Resul
     writeln!(out, "\nsubmitting to {} (Prefer: wait=1):\n  {body}", model.id)?;
     let submitted = client.submit(&body, Some(&format!("demo-{}", ulid::Ulid::new())), Some(1)).await?;
     let job = submitted.body;
-    writeln!(out, "-> HTTP {} job {} is {} (attempt {}/{})", submitted.status.as_u16(), job.id, job.status, job.attempt, job.max_attempts)?;
+    writeln!(
+        out,
+        "-> HTTP {} job {} is {} (attempt {}/{})",
+        submitted.status.as_u16(),
+        job.id,
+        job.status,
+        job.attempt,
+        job.max_attempts
+    )?;
     let read = client.get(&job.id.to_string()).await?.body;
     writeln!(out, "GET /v1/jobs/{}: status {}, queue delay {} ms", read.id, read.status, read.queue_delay_ms)?;
     let listed = client.list(None, Some(5), None).await?.body;

@@ -333,7 +333,11 @@ async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
             let (key, tenant) = stack::parse_key_arg(&format!("{key}={tenant}"))?;
             let store = ferry_aws::DynamoApiKeyStore::new(aws_sdk_dynamodb_client(&sdk), table);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
-            let record = ferry_core::ports::ApiKeyRecord { key_hash: ferry_core::auth::hash_api_key(&key), tenant: tenant.clone(), created_at: now };
+            let record = ferry_core::ports::ApiKeyRecord {
+                key_hash: ferry_core::auth::hash_api_key(&key),
+                tenant: tenant.clone(),
+                created_at: now,
+            };
             store.put(&record).await?;
             println!("API key for tenant {tenant} (shown once, stored hashed):\n{key}");
         }

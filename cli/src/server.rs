@@ -24,7 +24,11 @@ pub enum Mode {
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests and returns.
-pub async fn serve(listener: TcpListener, mode: Mode, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    mode: Mode,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = axum::Router::new().fallback(handle).with_state(mode);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

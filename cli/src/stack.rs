@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use ferry_core::TenantId;
 use ferry_core::api::Api;
 use ferry_core::auth::hash_api_key;
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
 use ferry_core::ports::{ApiKeyRecord, ApiKeyStore, Clock, JobStore, SystemClock, WorkQueue};
 use ferry_core::service::JobService;
-use ferry_core::TenantId;
 
 /// The key `ferry dev` accepts when given none, and the CLI's default key: the dev server
 /// listens on loopback only, so a well-known key is a convenience, not a hole.

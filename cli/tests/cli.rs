@@ -40,7 +40,9 @@ fn start_dev(extra: &[&str]) -> Dev {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("ferry dev prints its address");
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("ferry dev prints its address");
         if let Some(rest) = line.split("HTTP API on ").nth(1) {
             let url = rest.split_whitespace().next().unwrap().to_string();
             return Dev { child, url, lines };
@@ -63,7 +65,10 @@ fn ferry(dev: &Dev, args: &[&str]) -> (i32, String) {
 #[test]
 fn client_commands_against_dev_and_clean_ctrl_c() {
     let dev = start_dev(&[]);
-    let (code, out) = ferry(&dev, &["submit", "--model", "tiny-llama", "--prompt", "hi", "--params", r#"{"max_new_tokens": 4}"#, "--json"]);
+    let (code, out) = ferry(
+        &dev,
+        &["submit", "--model", "tiny-llama", "--prompt", "hi", "--params", r#"{"max_new_tokens": 4}"#, "--json"],
+    );
     assert_eq!(code, 0, "{out}");
     let job: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = job["id"].as_str().unwrap().to_string();
@@ -87,7 +92,8 @@ fn client_commands_against_dev_and_clean_ctrl_c() {
     assert!(out.contains("cancelled"));
 
     // API errors are shown with their field and exit 1.
-    let (code, out) = ferry(&dev, &["submit", "--model", "tiny-llama", "--prompt", "hi", "--params", r#"{"temprature": 1}"#]);
+    let (code, out) =
+        ferry(&dev, &["submit", "--model", "tiny-llama", "--prompt", "hi", "--params", r#"{"temprature": 1}"#]);
     assert_eq!(code, 1);
     assert!(out.contains("params.temprature") && out.contains("400"), "{out}");
     let (code, out) = ferry(&dev, &["get", "nope"]);
@@ -126,7 +132,8 @@ fn demo_runs_and_exits_with_once() {
 
 #[test]
 fn bad_flags_are_refused() {
-    let out = Command::new(FERRY).args(["dev", "--api-key", "k=bad tenant!", "--http", "127.0.0.1:0"]).output().unwrap();
+    let out =
+        Command::new(FERRY).args(["dev", "--api-key", "k=bad tenant!", "--http", "127.0.0.1:0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tenant"));
     let out = Command::new(FERRY).args(["dev", "--model", "x=/nonexistent", "--http", "127.0.0.1:0"]).output().unwrap();

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -39,11 +39,7 @@ pub struct QueueUrls {
 
 /// Creates the table and the queues (`<queue_name>` and `<queue_name>-dlq`, with messages
 /// dead-lettered after 5 receives) if missing.
-pub async fn bootstrap(
-    sdk: &SdkConfig,
-    table: &str,
-    queue_name: &str,
-) -> Result<QueueUrls, AwsError> {
+pub async fn bootstrap(sdk: &SdkConfig, table: &str, queue_name: &str) -> Result<QueueUrls, AwsError> {
     ensure_table(&aws_sdk_dynamodb::Client::new(sdk), table).await?;
     let urls = ensure_queues(&aws_sdk_sqs::Client::new(sdk), queue_name, 5).await?;
     tracing::info!(table, queue_url = %urls.queue_url, dlq_url = %urls.dlq_url, "AWS resources ready");
@@ -56,25 +52,13 @@ pub async fn bootstrap(
 pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), AwsError> {
     match client.describe_table().table_name(table).send().await {
         Ok(out) => {
-            let desc = out
-                .table
-                .ok_or_else(|| AwsError::Incompatible(format!("table {table}: no description")))?;
-            if !desc
-                .global_secondary_indexes()
-                .iter()
-                .any(|g| g.index_name() == Some(GSI1))
-            {
-                return Err(AwsError::Incompatible(format!(
-                    "table {table} exists without index {GSI1}"
-                )));
+            let desc = out.table.ok_or_else(|| AwsError::Incompatible(format!("table {table}: no description")))?;
+            if !desc.global_secondary_indexes().iter().any(|g| g.index_name() == Some(GSI1)) {
+                return Err(AwsError::Incompatible(format!("table {table} exists without index {GSI1}")));
             }
             tracing::debug!(table, "table exists");
         }
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_resource_not_found_exception()) =>
-        {
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
             create_table(client, table).await?;
         }
         Err(err) => return Err(AwsError::service("DynamoDB", "DescribeTable", err)),
@@ -84,27 +68,14 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Res
 }
 
 async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), AwsError> {
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-    };
-    let string_attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
+    let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
+    let string_attr =
+        |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
     let gsi = GlobalSecondaryIndex::builder()
         .index_name(GSI1)
         .key_schema(key(GSI1PK, KeyType::Hash)?)
         .key_schema(key(GSI1SK, KeyType::Range)?)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
         .build()?;
     let stream = StreamSpecification::builder()
         .stream_enabled(true)
@@ -128,13 +99,7 @@ async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<
             Ok(())
         }
         // Someone else (a parallel start) created it first: fine, wait for it like ours.
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|e| e.is_resource_in_use_exception()) =>
-        {
-            Ok(())
-        }
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => Ok(()),
         Err(err) => Err(AwsError::service("DynamoDB", "CreateTable", err)),
     }
 }
@@ -159,9 +124,7 @@ async fn wait_active(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(
             return Ok(());
         }
         if start.elapsed() > TABLE_READY_TIMEOUT {
-            return Err(AwsError::Timeout(format!(
-                "table {table} not ACTIVE after {TABLE_READY_TIMEOUT:?}"
-            )));
+            return Err(AwsError::Timeout(format!("table {table} not ACTIVE after {TABLE_READY_TIMEOUT:?}")));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -190,10 +153,7 @@ async fn ensure_ttl(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<()
         }
         _ => {}
     }
-    let spec = TimeToLiveSpecification::builder()
-        .enabled(true)
-        .attribute_name(TTL)
-        .build()?;
+    let spec = TimeToLiveSpecification::builder().enabled(true).attribute_name(TTL).build()?;
     client
         .update_time_to_live()
         .table_name(table)
@@ -214,18 +174,13 @@ pub async fn ensure_queues(
     max_receive_count: u32,
 ) -> Result<QueueUrls, AwsError> {
     if max_receive_count == 0 {
-        return Err(AwsError::Config(
-            "max_receive_count must be at least 1".into(),
-        ));
+        return Err(AwsError::Config("max_receive_count must be at least 1".into()));
     }
     let dlq_url = ensure_queue(
         client,
         &format!("{name}-dlq"),
         HashMap::from([
-            (
-                QueueAttributeName::MessageRetentionPeriod,
-                DLQ_RETENTION_S.to_string(),
-            ),
+            (QueueAttributeName::MessageRetentionPeriod, DLQ_RETENTION_S.to_string()),
             (QueueAttributeName::SqsManagedSseEnabled, "true".to_string()),
         ]),
     )
@@ -251,14 +206,8 @@ pub async fn ensure_queues(
         client,
         name,
         HashMap::from([
-            (
-                QueueAttributeName::VisibilityTimeout,
-                QUEUE_VISIBILITY_S.to_string(),
-            ),
-            (
-                QueueAttributeName::ReceiveMessageWaitTimeSeconds,
-                QUEUE_WAIT_S.to_string(),
-            ),
+            (QueueAttributeName::VisibilityTimeout, QUEUE_VISIBILITY_S.to_string()),
+            (QueueAttributeName::ReceiveMessageWaitTimeSeconds, QUEUE_WAIT_S.to_string()),
             (QueueAttributeName::SqsManagedSseEnabled, "true".to_string()),
             (QueueAttributeName::RedrivePolicy, redrive.to_string()),
         ]),
@@ -274,17 +223,12 @@ async fn ensure_queue(
     name: &str,
     attributes: HashMap<QueueAttributeName, String>,
 ) -> Result<String, AwsError> {
-    let created = client
-        .create_queue()
-        .queue_name(name)
-        .set_attributes(Some(attributes.clone()))
-        .send()
-        .await;
+    let created = client.create_queue().queue_name(name).set_attributes(Some(attributes.clone())).send().await;
     match created {
         Ok(out) => {
-            let url = out.queue_url.ok_or_else(|| {
-                AwsError::Incompatible(format!("CreateQueue returned no URL for {name}"))
-            })?;
+            let url = out
+                .queue_url
+                .ok_or_else(|| AwsError::Incompatible(format!("CreateQueue returned no URL for {name}")))?;
             tracing::debug!(queue = name, url, "queue ready");
             Ok(url)
         }
@@ -297,10 +241,7 @@ async fn ensure_queue(
                 .send()
                 .await
                 .map_err(|e| AwsError::service("SQS", "SetQueueAttributes", e))?;
-            tracing::info!(
-                queue = name,
-                "queue existed with other attributes; updated them"
-            );
+            tracing::info!(queue = name, "queue existed with other attributes; updated them");
             Ok(url)
         }
         Err(err) => Err(AwsError::service("SQS", "CreateQueue", err)),

@@ -70,8 +70,7 @@ impl AwsSettings {
         let queue_url = match non_empty("FERRY_QUEUE_URL") {
             Some(url) => url,
             None => {
-                let name =
-                    non_empty("FERRY_QUEUE_NAME").unwrap_or_else(|| DEFAULT_QUEUE_NAME.to_string());
+                let name = non_empty("FERRY_QUEUE_NAME").unwrap_or_else(|| DEFAULT_QUEUE_NAME.to_string());
                 resolve_queue_url(sqs, &name).await?
             }
         };
@@ -81,14 +80,9 @@ impl AwsSettings {
 
 /// Looks a queue's URL up by name.
 pub async fn resolve_queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String, AwsError> {
-    let out = sqs
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .map_err(|e| AwsError::service("SQS", "GetQueueUrl", e))?;
-    out.queue_url
-        .ok_or_else(|| AwsError::Config(format!("GetQueueUrl returned no URL for queue {name:?}")))
+    let out =
+        sqs.get_queue_url().queue_name(name).send().await.map_err(|e| AwsError::service("SQS", "GetQueueUrl", e))?;
+    out.queue_url.ok_or_else(|| AwsError::Config(format!("GetQueueUrl returned no URL for queue {name:?}")))
 }
 
 /// The three AWS-backed ports, sharing clients (each SDK client holds a connection pool
@@ -108,22 +102,12 @@ impl AwsBackend {
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let settings = AwsSettings::from_env(&sqs).await?;
         tracing::info!(table = %settings.table, queue_url = %settings.queue_url, "AWS backend configured");
-        Ok(Self::from_clients(
-            dynamo,
-            sqs,
-            &settings.table,
-            &settings.queue_url,
-        ))
+        Ok(Self::from_clients(dynamo, sqs, &settings.table, &settings.queue_url))
     }
 
     /// The backend for a known table and queue URL.
     pub async fn connect(sdk: &SdkConfig, table: &str, queue_url: &str) -> AwsBackend {
-        Self::from_clients(
-            aws_sdk_dynamodb::Client::new(sdk),
-            aws_sdk_sqs::Client::new(sdk),
-            table,
-            queue_url,
-        )
+        Self::from_clients(aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sqs::Client::new(sdk), table, queue_url)
     }
 
     /// The backend over clients the caller already has.

@@ -19,22 +19,17 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 use ferry_core::JobId;
 use ferry_core::ports::{
-    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery,
-    StoreError,
+    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError,
 };
 
 use crate::dynamo_codec::{
-    GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, idem_pk, idem_to_item, item_to_apikey,
-    item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk,
+    GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, idem_pk, idem_to_item, item_to_apikey, item_to_idem,
+    item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk,
 };
 
 /// Error codes DynamoDB uses to say "slow down"; they become `StoreError::Throttled`.
-const THROTTLE_CODES: [&str; 4] = [
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "ThrottlingError",
-];
+const THROTTLE_CODES: [&str; 4] =
+    ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "ThrottlingError"];
 
 /// How often `create` retries a transaction that lost a race it cannot judge yet
 /// (a concurrent transaction on the same key, or a binding that vanished after failing
@@ -73,10 +68,7 @@ pub struct DynamoJobStore {
 
 impl DynamoJobStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        DynamoJobStore {
-            client,
-            table: table.into(),
-        }
+        DynamoJobStore { client, table: table.into() }
     }
 
     pub fn table(&self) -> &str {
@@ -98,11 +90,7 @@ impl DynamoJobStore {
 
     /// The job and its binding in one transaction: either both are written, or the key is
     /// already bound (and unexpired) and nothing is.
-    async fn create_with_idem(
-        &self,
-        job: Item,
-        idem: &IdempotencyRecord,
-    ) -> Result<Created, StoreError> {
+    async fn create_with_idem(&self, job: Item, idem: &IdempotencyRecord) -> Result<Created, StoreError> {
         let idem_put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(idem_to_item(idem)))
@@ -117,36 +105,22 @@ impl DynamoJobStore {
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(build_err)?;
-        let items = vec![
-            TransactWriteItem::builder().put(idem_put).build(),
-            TransactWriteItem::builder().put(job_put).build(),
-        ];
+        let items =
+            vec![TransactWriteItem::builder().put(idem_put).build(), TransactWriteItem::builder().put(job_put).build()];
 
         let mut tries = 0;
         loop {
             tries += 1;
-            let err = match self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await
-            {
+            let err = match self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await {
                 Ok(_) => return Ok(Created::New),
                 Err(err) => err,
             };
-            let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
-                err.as_service_error()
-            else {
+            let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = err.as_service_error() else {
                 return Err(store_err("TransactWriteItems", err));
             };
             let reasons = cancel.cancellation_reasons();
             let code = |i: usize| reasons.get(i).and_then(|r| r.code()).unwrap_or("None");
-            tracing::debug!(
-                idem = code(0),
-                job = code(1),
-                "create transaction cancelled"
-            );
+            tracing::debug!(idem = code(0), job = code(1), "create transaction cancelled");
 
             if code(0) == "ConditionalCheckFailed" {
                 // The old item normally comes back with the cancellation; read it if not.
@@ -160,18 +134,12 @@ impl DynamoJobStore {
                 // Deleted (TTL) between the check and the read: the key is free again.
             } else if code(1) == "ConditionalCheckFailed" {
                 return Err(StoreError::AlreadyExists);
-            } else if reasons
-                .iter()
-                .any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c)))
-            {
+            } else if reasons.iter().any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c))) {
                 return Err(StoreError::Throttled(format!(
                     "DynamoDB TransactWriteItems: {}",
                     DisplayErrorContext(&err)
                 )));
-            } else if !reasons
-                .iter()
-                .any(|r| r.code() == Some("TransactionConflict"))
-            {
+            } else if !reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
                 return Err(store_err("TransactWriteItems", err));
             }
             if tries >= CREATE_TRIES {
@@ -187,11 +155,7 @@ impl DynamoJobStore {
 
 #[async_trait]
 impl JobStore for DynamoJobStore {
-    async fn create(
-        &self,
-        job: &ferry_core::Job,
-        idem: Option<&IdempotencyRecord>,
-    ) -> Result<Created, StoreError> {
+    async fn create(&self, job: &ferry_core::Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
         let item = job_to_item(job);
         if let Some(idem) = idem {
             return self.create_with_idem(item, idem).await;
@@ -206,11 +170,7 @@ impl JobStore for DynamoJobStore {
             .await;
         match result {
             Ok(_) => Ok(Created::New),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
                 Err(StoreError::AlreadyExists)
             }
             Err(err) => Err(store_err("PutItem", err)),
@@ -218,20 +178,12 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<ferry_core::Job>, StoreError> {
-        self.get_item(job_pk(id))
-            .await?
-            .as_ref()
-            .map(item_to_job)
-            .transpose()
+        self.get_item(job_pk(id)).await?.as_ref().map(item_to_job).transpose()
     }
 
     async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
         let limit = query.limit.clamp(1, 100) as usize;
-        let key_condition = if query.after.is_some() {
-            "gsi1pk = :pk AND gsi1sk < :after"
-        } else {
-            "gsi1pk = :pk"
-        };
+        let key_condition = if query.after.is_some() { "gsi1pk = :pk AND gsi1sk < :after" } else { "gsi1pk = :pk" };
         let mut jobs = Vec::with_capacity(limit);
         let mut start_key: Option<Item> = None;
         loop {
@@ -267,21 +219,14 @@ impl JobStore for DynamoJobStore {
             if jobs.len() >= limit {
                 jobs.truncate(limit);
                 let next = match last.get(GSI1SK) {
-                    Some(aws_sdk_dynamodb::types::AttributeValue::S(sk)) => {
-                        sk.parse::<JobId>().map_err(|e| {
-                            StoreError::Corrupt(format!("LastEvaluatedKey {GSI1SK} {sk:?}: {e}"))
-                        })?
-                    }
+                    Some(aws_sdk_dynamodb::types::AttributeValue::S(sk)) => sk
+                        .parse::<JobId>()
+                        .map_err(|e| StoreError::Corrupt(format!("LastEvaluatedKey {GSI1SK} {sk:?}: {e}")))?,
                     _ => {
-                        return Err(StoreError::Corrupt(format!(
-                            "LastEvaluatedKey without {GSI1SK}"
-                        )));
+                        return Err(StoreError::Corrupt(format!("LastEvaluatedKey without {GSI1SK}")));
                     }
                 };
-                return Ok(JobPage {
-                    jobs,
-                    next: Some(next),
-                });
+                return Ok(JobPage { jobs, next: Some(next) });
             }
             start_key = Some(last);
         }
@@ -349,10 +294,7 @@ pub struct DynamoApiKeyStore {
 
 impl DynamoApiKeyStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        DynamoApiKeyStore {
-            client,
-            table: table.into(),
-        }
+        DynamoApiKeyStore { client, table: table.into() }
     }
 }
 
@@ -370,10 +312,7 @@ impl ApiKeyStore for DynamoApiKeyStore {
             .send()
             .await
             .map_err(|e| store_err("GetItem", e))?;
-        out.item
-            .as_ref()
-            .map(|item| item_to_apikey(key_hash, item))
-            .transpose()
+        out.item.as_ref().map(|item| item_to_apikey(key_hash, item)).transpose()
     }
 
     async fn put(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {

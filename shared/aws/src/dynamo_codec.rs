@@ -37,10 +37,7 @@ pub(crate) fn tenant_gsi1pk(tenant: &TenantId) -> String {
 }
 
 pub(crate) fn idem_pk(tenant: &TenantId, key: &str) -> String {
-    format!(
-        "idem#{tenant}#{}",
-        hex::encode(Sha256::digest(key.as_bytes()))
-    )
+    format!("idem#{tenant}#{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
 pub(crate) fn apikey_pk(key_hash: &str) -> String {
@@ -75,10 +72,7 @@ pub(crate) fn lifecycle_attrs(job: &Job) -> Vec<(&'static str, Option<AttributeV
         ("lease_until", job.lease_until.map(n)),
         ("output", job.output.as_ref().map(json)),
         ("error_type", job.error.as_ref().map(|e| s(e.kind.clone()))),
-        (
-            "error_message",
-            job.error.as_ref().map(|e| s(e.message.clone())),
-        ),
+        ("error_message", job.error.as_ref().map(|e| s(e.message.clone()))),
         ("retain_until", Some(n(job.retain_until))),
         (TTL, Some(ttl_secs(job.retain_until))),
     ]
@@ -117,10 +111,7 @@ pub(crate) fn job_to_item(job: &Job) -> Item {
 pub(crate) fn item_to_job(item: &Item) -> Result<Job, StoreError> {
     let r = Reader(item);
     let error = match (r.opt_s("error_type")?, r.opt_s("error_message")?) {
-        (Some(kind), message) => Some(JobError {
-            kind,
-            message: message.unwrap_or_default(),
-        }),
+        (Some(kind), message) => Some(JobError { kind, message: message.unwrap_or_default() }),
         (None, _) => None,
     };
     Ok(Job {
@@ -143,10 +134,7 @@ pub(crate) fn item_to_job(item: &Item) -> Result<Job, StoreError> {
         cancel_requested_at: r.opt_n("cancel_requested_at")?,
         executor_id: r.opt_s("executor_id")?,
         lease_until: r.opt_n("lease_until")?,
-        output: r
-            .opt_s("output")?
-            .map(|t| parse_json(&r, "output", &t))
-            .transpose()?,
+        output: r.opt_s("output")?.map(|t| parse_json(&r, "output", &t)).transpose()?,
         error,
         retain_until: r.n("retain_until")?,
         // Written at creation and then only by the progress path: tolerate its absence.
@@ -222,28 +210,23 @@ impl Reader<'_> {
     }
 
     fn s(&self, name: &str) -> Result<String, StoreError> {
-        self.opt_s(name)?
-            .ok_or_else(|| self.corrupt(name, "missing"))
+        self.opt_s(name)?.ok_or_else(|| self.corrupt(name, "missing"))
     }
 
     fn opt_n<T: TryFrom<u64>>(&self, name: &str) -> Result<Option<T>, StoreError> {
         match self.0.get(name) {
             None | Some(AttributeValue::Null(_)) => Ok(None),
             Some(AttributeValue::N(v)) => {
-                let wide: u64 = v.parse().map_err(|_| {
-                    self.corrupt(name, format!("{v:?} is not a non-negative integer"))
-                })?;
-                T::try_from(wide)
-                    .map(Some)
-                    .map_err(|_| self.corrupt(name, format!("{v} is out of range")))
+                let wide: u64 =
+                    v.parse().map_err(|_| self.corrupt(name, format!("{v:?} is not a non-negative integer")))?;
+                T::try_from(wide).map(Some).map_err(|_| self.corrupt(name, format!("{v} is out of range")))
             }
             Some(_) => Err(self.corrupt(name, "expected a number")),
         }
     }
 
     fn n<T: TryFrom<u64>>(&self, name: &str) -> Result<T, StoreError> {
-        self.opt_n(name)?
-            .ok_or_else(|| self.corrupt(name, "missing"))
+        self.opt_n(name)?.ok_or_else(|| self.corrupt(name, "missing"))
     }
 
     fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<T, StoreError>
@@ -285,10 +268,7 @@ mod unit {
             executor_id: Some("ex".into()),
             lease_until: None,
             output: Some(serde_json::json!({"text": "x"})),
-            error: Some(JobError {
-                kind: "model_error".into(),
-                message: "boom".into(),
-            }),
+            error: Some(JobError { kind: "model_error".into(), message: "boom".into() }),
             retain_until: 1_700_086_400_123,
             last_seq: 7,
         }

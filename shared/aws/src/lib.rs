@@ -36,11 +36,7 @@ pub enum AwsError {
     Config(String),
     /// An AWS call failed. `message` is the SDK error with its whole source chain.
     #[error("{service} {operation} failed: {message}")]
-    Service {
-        service: &'static str,
-        operation: &'static str,
-        message: String,
-    },
+    Service { service: &'static str, operation: &'static str, message: String },
     /// A resource exists but does not have the shape Ferry needs (for example a table
     /// created by hand without the tenant index).
     #[error("incompatible resource: {0}")]

@@ -12,9 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{
-    Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-};
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use ferry_core::ports::{Delivery, QueueDepth, QueueError, WorkMessage, WorkQueue};
 use ferry_core::{JobId, TenantId};
 
@@ -28,20 +26,11 @@ const MAX_WAIT_S: u64 = 20;
 const MAX_VISIBILITY_S: u64 = 43_200;
 
 /// Error codes meaning the receipt handle is unknown, malformed or no longer in flight.
-const RECEIPT_CODES: [&str; 4] = [
-    "ReceiptHandleIsInvalid",
-    "InvalidIdFormat",
-    "MessageNotInflight",
-    "AWS.SimpleQueueService.MessageNotInflight",
-];
+const RECEIPT_CODES: [&str; 4] =
+    ["ReceiptHandleIsInvalid", "InvalidIdFormat", "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight"];
 
 /// Error codes meaning "slow down".
-const THROTTLE_CODES: [&str; 4] = [
-    "RequestThrottled",
-    "ThrottlingException",
-    "Throttling",
-    "OverLimit",
-];
+const THROTTLE_CODES: [&str; 4] = ["RequestThrottled", "ThrottlingException", "Throttling", "OverLimit"];
 
 fn queue_err<E, R>(operation: &str, err: SdkError<E, R>) -> QueueError
 where
@@ -67,9 +56,7 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     let code = err.code().unwrap_or_default();
-    let about_receipt = err
-        .message()
-        .is_some_and(|m| m.to_ascii_lowercase().contains("receipt"));
+    let about_receipt = err.message().is_some_and(|m| m.to_ascii_lowercase().contains("receipt"));
     if RECEIPT_CODES.contains(&code) || (code == "InvalidParameterValue" && about_receipt) {
         tracing::debug!(operation, code, "invalid receipt handle");
         return QueueError::InvalidReceipt;
@@ -89,9 +76,7 @@ fn string_attr(value: &str) -> Result<MessageAttributeValue, QueueError> {
         .data_type("String")
         .string_value(value)
         .build()
-        .map_err(|e| {
-            QueueError::Unavailable(format!("SQS message attribute could not be built: {e}"))
-        })
+        .map_err(|e| QueueError::Unavailable(format!("SQS message attribute could not be built: {e}")))
 }
 
 /// The work queue on SQS.
@@ -103,10 +88,7 @@ pub struct SqsWorkQueue {
 
 impl SqsWorkQueue {
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        SqsWorkQueue {
-            client,
-            queue_url: queue_url.into(),
-        }
+        SqsWorkQueue { client, queue_url: queue_url.into() }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -120,9 +102,7 @@ impl SqsWorkQueue {
 pub(crate) fn decode(message: &Message) -> Result<Delivery, QueueError> {
     let id = message.message_id().unwrap_or("?");
     let corrupt = |why: String| QueueError::Corrupt(format!("message {id}: {why}"));
-    let receipt = message
-        .receipt_handle()
-        .ok_or_else(|| corrupt("no receipt handle".into()))?;
+    let receipt = message.receipt_handle().ok_or_else(|| corrupt("no receipt handle".into()))?;
     let body: serde_json::Value = serde_json::from_str(message.body().unwrap_or_default())
         .map_err(|e| corrupt(format!("body is not JSON: {e}")))?;
     let job_id: JobId = body
@@ -138,12 +118,7 @@ pub(crate) fn decode(message: &Message) -> Result<Delivery, QueueError> {
         .ok_or_else(|| corrupt("body has no valid attempt".into()))?;
 
     let attrs = message.message_attributes();
-    let attr = |name: &str| {
-        attrs
-            .and_then(|a| a.get(name))
-            .and_then(|v| v.string_value())
-            .map(str::to_string)
-    };
+    let attr = |name: &str| attrs.and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_string);
     let tenant = attr(ATTR_TENANT).ok_or_else(|| corrupt(format!("no {ATTR_TENANT} attribute")))?;
     let tenant = TenantId::new(tenant).map_err(|e| corrupt(format!("{ATTR_TENANT}: {e}")))?;
 
@@ -168,17 +143,10 @@ pub(crate) fn decode(message: &Message) -> Result<Delivery, QueueError> {
 #[async_trait]
 impl WorkQueue for SqsWorkQueue {
     async fn send(&self, message: &WorkMessage) -> Result<(), QueueError> {
-        let body =
-            serde_json::json!({"job_id": message.job_id.to_string(), "attempt": message.attempt});
-        let mut attributes = HashMap::from([(
-            ATTR_TENANT.to_string(),
-            string_attr(message.tenant.as_str())?,
-        )]);
+        let body = serde_json::json!({"job_id": message.job_id.to_string(), "attempt": message.attempt});
+        let mut attributes = HashMap::from([(ATTR_TENANT.to_string(), string_attr(message.tenant.as_str())?)]);
         // SQS rejects empty attribute values: leave empty ones out (they decode as empty).
-        for (name, value) in [
-            (ATTR_MODEL, &message.model),
-            (ATTR_TRACE, &message.trace_id),
-        ] {
+        for (name, value) in [(ATTR_MODEL, &message.model), (ATTR_TRACE, &message.trace_id)] {
             if !value.is_empty() {
                 attributes.insert(name.to_string(), string_attr(value)?);
             }
@@ -201,12 +169,7 @@ impl WorkQueue for SqsWorkQueue {
         Ok(())
     }
 
-    async fn receive(
-        &self,
-        max: u32,
-        wait: Duration,
-        visibility: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         let out = self
             .client
             .receive_message()
@@ -274,10 +237,7 @@ impl WorkQueue for SqsWorkQueue {
             .await
             .map_err(|e| queue_err("GetQueueAttributes", e))?;
         let count = |name: QueueAttributeName| {
-            out.attributes()
-                .and_then(|a| a.get(&name))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
+            out.attributes().and_then(|a| a.get(&name)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         };
         Ok(QueueDepth {
             visible: count(QueueAttributeName::ApproximateNumberOfMessages),

@@ -11,8 +11,8 @@ mod moto;
 use std::time::Duration;
 
 use ferry_core::ports::{
-    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobStore, ListQuery,
-    QueueError, StoreError, WorkMessage, WorkQueue,
+    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobStore, ListQuery, QueueError, StoreError,
+    WorkMessage, WorkQueue,
 };
 use ferry_core::{Job, JobId, JobStatus, Task, TenantId};
 
@@ -60,9 +60,7 @@ async fn bootstrap_is_idempotent() {
     };
     let sdk = sdk_config_for_endpoint(moto().unwrap()).await;
     let name = urls.queue_url.rsplit('/').next().unwrap().to_string();
-    let again = bootstrap(&sdk, &name, &name)
-        .await
-        .expect("second bootstrap");
+    let again = bootstrap(&sdk, &name, &name).await.expect("second bootstrap");
     assert_eq!(again, urls);
     assert!(urls.dlq_url.ends_with("-dlq"));
 }
@@ -74,18 +72,12 @@ async fn create_get_update() {
     };
     let mut j = job("acme", T0);
     assert_eq!(b.jobs.create(&j, None).await.unwrap(), Created::New);
-    assert!(matches!(
-        b.jobs.create(&j, None).await,
-        Err(StoreError::AlreadyExists)
-    ));
+    assert!(matches!(b.jobs.create(&j, None).await, Err(StoreError::AlreadyExists)));
     assert_eq!(b.jobs.get(&j.id).await.unwrap().as_ref(), Some(&j));
     assert_eq!(b.jobs.get(&JobId::generate(T0)).await.unwrap(), None);
 
     // queued -> running sets optional fields...
-    let queued = Expected {
-        status: JobStatus::Queued,
-        attempt: 1,
-    };
+    let queued = Expected { status: JobStatus::Queued, attempt: 1 };
     j.status = JobStatus::Running;
     j.started_at = Some(T0 + 5);
     j.executor_id = Some("ex-1".into());
@@ -95,10 +87,7 @@ async fn create_get_update() {
     assert_eq!(b.jobs.get(&j.id).await.unwrap().as_ref(), Some(&j));
 
     // ...and running -> succeeded removes the lease.
-    let running = Expected {
-        status: JobStatus::Running,
-        attempt: 1,
-    };
+    let running = Expected { status: JobStatus::Running, attempt: 1 };
     let mut done = j.clone();
     done.status = JobStatus::Succeeded;
     done.finished_at = Some(T0 + 9);
@@ -109,9 +98,7 @@ async fn create_get_update() {
 
     // A stale writer sees the stored job.
     match b.jobs.update(&j, running).await {
-        Err(StoreError::ConditionFailed {
-            current: Some(current),
-        }) => assert_eq!(*current, done),
+        Err(StoreError::ConditionFailed { current: Some(current) }) => assert_eq!(*current, done),
         other => panic!("expected ConditionFailed with current, got {other:?}"),
     }
     match b.jobs.update(&job("acme", T0), queued).await {
@@ -135,51 +122,29 @@ async fn idempotent_create() {
         expires_at: created_at + 1_000,
     };
     let rec = record(&first, "key with spaces/and#hash", T0);
-    assert_eq!(
-        b.jobs.create(&first, Some(&rec)).await.unwrap(),
-        Created::New
-    );
+    assert_eq!(b.jobs.create(&first, Some(&rec)).await.unwrap(), Created::New);
 
     // Same key, same tenant: nothing written, the binding comes back.
     let second = job("acme", T0 + 1);
-    let dup = b
-        .jobs
-        .create(&second, Some(&record(&second, &rec.key, T0 + 1)))
-        .await
-        .unwrap();
+    let dup = b.jobs.create(&second, Some(&record(&second, &rec.key, T0 + 1))).await.unwrap();
     assert_eq!(dup, Created::Duplicate(rec.clone()));
     assert_eq!(b.jobs.get(&second.id).await.unwrap(), None);
 
     // Same key, other tenant: independent.
     let other = job("globex", T0 + 2);
-    let created = b
-        .jobs
-        .create(&other, Some(&record(&other, &rec.key, T0 + 2)))
-        .await
-        .unwrap();
+    let created = b.jobs.create(&other, Some(&record(&other, &rec.key, T0 + 2))).await.unwrap();
     assert_eq!(created, Created::New);
 
     // After expiry the key binds again.
     let later = job("acme", T0 + 5_000);
-    let created = b
-        .jobs
-        .create(&later, Some(&record(&later, &rec.key, T0 + 5_000)))
-        .await
-        .unwrap();
+    let created = b.jobs.create(&later, Some(&record(&later, &rec.key, T0 + 5_000))).await.unwrap();
     assert_eq!(created, Created::New);
 
     // A job id clash is AlreadyExists, and the fresh key stays unbound.
-    let clash = b
-        .jobs
-        .create(&first, Some(&record(&first, "fresh", T0 + 6_000)))
-        .await;
+    let clash = b.jobs.create(&first, Some(&record(&first, "fresh", T0 + 6_000))).await;
     assert!(matches!(clash, Err(StoreError::AlreadyExists)), "{clash:?}");
     let fresh = job("acme", T0 + 6_001);
-    let created = b
-        .jobs
-        .create(&fresh, Some(&record(&fresh, "fresh", T0 + 6_001)))
-        .await
-        .unwrap();
+    let created = b.jobs.create(&fresh, Some(&record(&fresh, "fresh", T0 + 6_001))).await.unwrap();
     assert_eq!(created, Created::New);
 }
 
@@ -201,12 +166,7 @@ async fn list_pages_newest_first_with_filter() {
     b.jobs.create(&job("globex", T0 + 500), None).await.unwrap();
     all.reverse(); // newest first
 
-    let mut query = ListQuery {
-        tenant: tenant("acme"),
-        status: None,
-        limit: 3,
-        after: None,
-    };
+    let mut query = ListQuery { tenant: tenant("acme"), status: None, limit: 3, after: None };
     let mut seen = Vec::new();
     loop {
         let page = b.jobs.list(&query).await.unwrap();
@@ -220,44 +180,16 @@ async fn list_pages_newest_first_with_filter() {
     assert_eq!(seen, all.iter().map(|j| j.id).collect::<Vec<_>>());
 
     // Filtered: the Limit-before-filter loop still fills pages.
-    let query = ListQuery {
-        tenant: tenant("acme"),
-        status: Some(JobStatus::Queued),
-        limit: 2,
-        after: None,
-    };
+    let query = ListQuery { tenant: tenant("acme"), status: Some(JobStatus::Queued), limit: 2, after: None };
     let page = b.jobs.list(&query).await.unwrap();
-    let queued: Vec<_> = all
-        .iter()
-        .filter(|j| j.status == JobStatus::Queued)
-        .map(|j| j.id)
-        .collect();
-    assert_eq!(
-        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-        queued[..2]
-    );
+    let queued: Vec<_> = all.iter().filter(|j| j.status == JobStatus::Queued).map(|j| j.id).collect();
+    assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), queued[..2]);
     assert_eq!(page.next, Some(queued[1]));
-    let rest = b
-        .jobs
-        .list(&ListQuery {
-            after: page.next,
-            limit: 10,
-            ..query
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-        queued[2..]
-    );
+    let rest = b.jobs.list(&ListQuery { after: page.next, limit: 10, ..query }).await.unwrap();
+    assert_eq!(rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), queued[2..]);
     assert_eq!(rest.next, None);
 
-    let none = ListQuery {
-        tenant: tenant("initech"),
-        status: None,
-        limit: 5,
-        after: None,
-    };
+    let none = ListQuery { tenant: tenant("initech"), status: None, limit: 5, after: None };
     assert!(b.jobs.list(&none).await.unwrap().jobs.is_empty());
 }
 
@@ -278,10 +210,7 @@ async fn queue_round_trip() {
     q.send(&m1).await.unwrap();
     q.send(&m2).await.unwrap();
 
-    let got = q
-        .receive(10, Duration::from_secs(1), Duration::from_secs(30))
-        .await
-        .unwrap();
+    let got = q.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
     assert_eq!(got.len(), 2, "{got:?}");
     let mut messages: Vec<_> = got.iter().map(|d| d.message.clone()).collect();
     messages.sort_by_key(|m| m.job_id);
@@ -292,13 +221,8 @@ async fn queue_round_trip() {
 
     // Zero visibility hands a message straight back, with its count raised.
     let first = &got[0];
-    q.set_visibility(&first.receipt, Duration::ZERO)
-        .await
-        .unwrap();
-    let again = q
-        .receive(10, Duration::from_secs(1), Duration::from_secs(30))
-        .await
-        .unwrap();
+    q.set_visibility(&first.receipt, Duration::ZERO).await.unwrap();
+    let again = q.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message, first.message);
     assert_eq!(again[0].receive_count, 2);
@@ -309,15 +233,9 @@ async fn queue_round_trip() {
 
     for bad in ["not-a-receipt", ""] {
         let deleted = q.delete(bad).await;
-        assert!(
-            matches!(deleted, Err(QueueError::InvalidReceipt)),
-            "{bad:?}: {deleted:?}"
-        );
+        assert!(matches!(deleted, Err(QueueError::InvalidReceipt)), "{bad:?}: {deleted:?}");
         let changed = q.set_visibility(bad, Duration::from_secs(5)).await;
-        assert!(
-            matches!(changed, Err(QueueError::InvalidReceipt)),
-            "{bad:?}: {changed:?}"
-        );
+        assert!(matches!(changed, Err(QueueError::InvalidReceipt)), "{bad:?}: {changed:?}");
     }
 }
 
@@ -326,29 +244,14 @@ async fn api_keys() {
     let Some((b, _)) = backend("keys").await else {
         return;
     };
-    let rec = ApiKeyRecord {
-        key_hash: "ab".repeat(32),
-        tenant: tenant("acme"),
-        created_at: T0,
-    };
+    let rec = ApiKeyRecord { key_hash: "ab".repeat(32), tenant: tenant("acme"), created_at: T0 };
     assert_eq!(b.keys.lookup(&rec.key_hash).await.unwrap(), None);
     b.keys.put(&rec).await.unwrap();
-    assert_eq!(
-        b.keys.lookup(&rec.key_hash).await.unwrap(),
-        Some(rec.clone())
-    );
-    let moved = ApiKeyRecord {
-        tenant: tenant("globex"),
-        ..rec.clone()
-    };
+    assert_eq!(b.keys.lookup(&rec.key_hash).await.unwrap(), Some(rec.clone()));
+    let moved = ApiKeyRecord { tenant: tenant("globex"), ..rec.clone() };
     b.keys.put(&moved).await.unwrap();
     assert_eq!(b.keys.lookup(&rec.key_hash).await.unwrap(), Some(moved));
     // Keys and jobs share the table but never show up in a tenant's list.
-    let query = ListQuery {
-        tenant: tenant("globex"),
-        status: None,
-        limit: 10,
-        after: None,
-    };
+    let query = ListQuery { tenant: tenant("globex"), status: None, limit: 10, after: None };
     assert!(b.jobs.list(&query).await.unwrap().jobs.is_empty());
 }

@@ -89,7 +89,13 @@ impl Api {
         let allowed: Vec<&str> = ROUTES.iter().filter(|(_, t)| *t == template).map(|(m, _)| *m).collect();
         if !allowed.iter().any(|m| *m == method.as_str()) {
             let mut e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {template}"));
-            e.allow = Some(if allowed.len() > 1 { "GET, POST" } else if allowed[0] == "GET" { "GET" } else { "POST" });
+            e.allow = Some(if allowed.len() > 1 {
+                "GET, POST"
+            } else if allowed[0] == "GET" {
+                "GET"
+            } else {
+                "POST"
+            });
             return Err(e);
         }
         match template {
@@ -117,8 +123,8 @@ impl Api {
             None => return Err(ApiError::unauthorized("missing the header Authorization: Bearer <api key>")),
             Some(h) => h.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?,
         };
-        let key = bearer_key(header)
-            .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
+        let key =
+            bearer_key(header).ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
         match self.keys.lookup(&hash_api_key(key)).await {
             Ok(Some(record)) => Ok(record.tenant),
             Ok(None) => Err(ApiError::unauthorized("invalid API key")),
@@ -135,7 +141,8 @@ impl Api {
             ServiceError::Contended | ServiceError::Store(StoreError::ConditionFailed { .. }) => {
                 ApiError::conflict("the job changed concurrently; retry the request")
             }
-            ServiceError::Store(StoreError::Throttled(ref m)) | ServiceError::Queue(crate::ports::QueueError::Throttled(ref m)) => {
+            ServiceError::Store(StoreError::Throttled(ref m))
+            | ServiceError::Queue(crate::ports::QueueError::Throttled(ref m)) => {
                 tracing::warn!(request_id, cause = %m, "backend throttled");
                 ApiError::rate_limited("the service is overloaded; retry shortly", 1)
             }

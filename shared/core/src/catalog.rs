@@ -93,8 +93,8 @@ impl Catalog {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, CatalogError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
         Catalog::from_json(&text)
     }
 
@@ -138,8 +138,7 @@ impl Catalog {
     /// A spec for a Hugging Face directory, the task read from its `config.json`.
     pub fn spec_from_dir(id: &str, dir: &Path) -> Result<ModelSpec, CatalogError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| CatalogError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io { path: path.clone(), source })?;
         let config: serde_json::Value = serde_json::from_str(&text)?;
         let archs: Vec<String> = config["architectures"]
             .as_array()
@@ -151,7 +150,10 @@ impl Catalog {
             .find_map(|a| task_for_architecture(a).map(|t| (t, a.clone())))
             .or_else(|| task_for_model_type(model_type).map(|t| (t, model_type.to_string())))
             .ok_or_else(|| {
-                CatalogError::UnknownArchitecture(dir.to_owned(), format!("architectures {archs:?}, model_type {model_type:?}"))
+                CatalogError::UnknownArchitecture(
+                    dir.to_owned(),
+                    format!("architectures {archs:?}, model_type {model_type:?}"),
+                )
             })?;
         if !valid_model_id(id) {
             return Err(CatalogError::BadId(id.into()));
@@ -208,7 +210,5 @@ fn task_for_model_type(model_type: &str) -> Option<Task> {
 
 /// Model ids appear in URLs and logs: keep them plain.
 pub fn valid_model_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
 }

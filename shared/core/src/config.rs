@@ -70,8 +70,12 @@ impl Config {
 
     /// As [`Config::from_env`], reading variables through `get` (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        fn parse<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, var: &str, into: &mut T, ok: fn(&T) -> bool)
-        -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            get: &dyn Fn(&str) -> Option<String>,
+            var: &str,
+            into: &mut T,
+            ok: fn(&T) -> bool,
+        ) -> Result<(), ConfigError> {
             if let Some(value) = get(var) {
                 let v = value.trim().parse::<T>().ok().filter(ok).ok_or_else(|| ConfigError {
                     var: var.into(),

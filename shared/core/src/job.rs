@@ -96,9 +96,7 @@ pub struct InvalidTenantId;
 impl TenantId {
     pub fn new(s: impl Into<String>) -> Result<Self, InvalidTenantId> {
         let s = s.into();
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if ok { Ok(TenantId(s)) } else { Err(InvalidTenantId) }
     }
     pub fn as_str(&self) -> &str {
@@ -213,10 +211,7 @@ impl fmt::Display for JobStatus {
 impl FromStr for JobStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown status {s:?}"))
+        JobStatus::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown status {s:?}"))
     }
 }
 
@@ -276,7 +271,6 @@ impl Job {
 
     /// Time spent executing, if it ever started.
     pub fn execution_ms(&self, now: Millis) -> Option<u64> {
-        self.started_at
-            .map(|s| self.finished_at.unwrap_or(now).saturating_sub(s))
+        self.started_at.map(|s| self.finished_at.unwrap_or(now).saturating_sub(s))
     }
 }

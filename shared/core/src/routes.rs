@@ -171,8 +171,9 @@ pub async fn cancel_job(api: &Api, ctx: &Ctx) -> Result<Response<Bytes>, ApiErro
 
 fn path_job_id(ctx: &Ctx) -> Result<JobId, ApiError> {
     let raw = ctx.path_id.as_deref().unwrap_or("");
-    raw.parse()
-        .map_err(|_| ApiError::bad_request("id", format!("{} is not a job id (a 26-character ULID)", crate::validate::quote(raw))))
+    raw.parse().map_err(|_| {
+        ApiError::bad_request("id", format!("{} is not a job id (a 26-character ULID)", crate::validate::quote(raw)))
+    })
 }
 
 fn check_json_content_type(req: &Request<Bytes>) -> Result<(), ApiError> {
@@ -214,9 +215,10 @@ fn prefer_wait(req: &Request<Bytes>, max: u64) -> Result<Option<u64>, ApiError> 
             if let Some((k, val)) = pref.split_once('=')
                 && k.trim().eq_ignore_ascii_case("wait")
             {
-                let n: u64 = val.trim().trim_matches('"').parse().map_err(|_| {
-                    ApiError::bad_request("Prefer", "Prefer: wait=N takes a whole number of seconds")
-                })?;
+                let n: u64 =
+                    val.trim().trim_matches('"').parse().map_err(|_| {
+                        ApiError::bad_request("Prefer", "Prefer: wait=N takes a whole number of seconds")
+                    })?;
                 wait = Some(n.min(max));
             }
         }

@@ -128,7 +128,8 @@ impl JobService {
                 };
                 if let Err(e) = self.queue.send(&message).await {
                     tracing::error!(job_id = %job.id, error = %e, "enqueue failed; failing the job");
-                    let error = JobError { kind: "enqueue_failed".into(), message: "the work queue was unavailable".into() };
+                    let error =
+                        JobError { kind: "enqueue_failed".into(), message: "the work queue was unavailable".into() };
                     if let Err(e2) = self.apply(&job, Transition::Fail { error }).await {
                         tracing::error!(job_id = %job.id, error = %e2, "could not mark the unqueued job failed");
                     }

@@ -153,10 +153,8 @@ pub fn transition(job: &Job, t: &Transition, now: Millis, retention_ms: u64) -> 
             }
         }
         Transition::Expire => {
-            next.error = Some(JobError {
-                kind: "expired".into(),
-                message: "the job was not started before it expired".into(),
-            });
+            next.error =
+                Some(JobError { kind: "expired".into(), message: "the job was not started before it expired".into() });
         }
     }
     if to.is_terminal() {

@@ -98,11 +98,10 @@ pub fn parse_submit(body: &[u8], catalog: &Catalog, limits: &Limits) -> Result<V
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request("body", "the request body is empty; expected a JSON object"));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("body", "the request body must be a JSON object"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))?;
+    let obj =
+        value.as_object().ok_or_else(|| ApiError::bad_request("body", "the request body must be a JSON object"))?;
     reject_unknown(obj, "", &["model", "input", "params", "timeout_s"])?;
 
     let model_id = match obj.get("model") {
@@ -112,7 +111,9 @@ pub fn parse_submit(body: &[u8], catalog: &Catalog, limits: &Limits) -> Result<V
     };
     let model = catalog
         .get(model_id)
-        .ok_or_else(|| ApiError::invalid("model", format!("unknown model {}; GET /v1/models lists them", quote(model_id))))?
+        .ok_or_else(|| {
+            ApiError::invalid("model", format!("unknown model {}; GET /v1/models lists them", quote(model_id)))
+        })?
         .clone();
 
     let timeout_s = match obj.get("timeout_s") {
@@ -181,8 +182,7 @@ fn check_embeddings_input(input: &Value, model: &ModelSpec, limits: &Limits) -> 
 }
 
 fn text_generation_params(params: &Map<String, Value>, model: &ModelSpec, limits: &Limits) -> Result<Value, ApiError> {
-    const KNOWN: &[&str] =
-        &["max_new_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty", "stop"];
+    const KNOWN: &[&str] = &["max_new_tokens", "temperature", "top_p", "top_k", "seed", "repetition_penalty", "stop"];
     reject_unknown(params, "params", KNOWN)?;
     let max_tokens = model.max_new_tokens.unwrap_or(limits.max_new_tokens);
     let mut out = TextGenerationParams::default();
@@ -193,7 +193,9 @@ fn text_generation_params(params: &Map<String, Value>, model: &ModelSpec, limits
         let field = format!("params.{key}");
         match key.as_str() {
             "max_new_tokens" => out.max_new_tokens = Some(integer(v, &field, 1, max_tokens as u64)? as u32),
-            "temperature" => out.temperature = Some(number(v, &field, |x| (0.0..=2.0).contains(&x), "between 0 and 2")?),
+            "temperature" => {
+                out.temperature = Some(number(v, &field, |x| (0.0..=2.0).contains(&x), "between 0 and 2")?)
+            }
             "top_p" => out.top_p = Some(number(v, &field, |x| x > 0.0 && x <= 1.0, "greater than 0 and at most 1")?),
             "top_k" => out.top_k = Some(integer(v, &field, 1, 1000)? as u32),
             "seed" => out.seed = Some(integer(v, &field, 0, u64::MAX)?),

@@ -29,7 +29,11 @@ mod tempdir {
         }
     }
     fn ulid_like() -> String {
-        format!("{}-{:?}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+        format!(
+            "{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        )
     }
 }
 
@@ -57,19 +61,40 @@ fn catalog_files_are_checked() {
     let ok = Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings"}, {"id": "org/b-1.5", "task": "text-generation", "pool": "gpu"}]}"#).unwrap();
     assert_eq!(ok.get("a").unwrap().pool, "cpu");
     assert_eq!(ok.get("org/b-1.5").unwrap().pool, "gpu");
-    assert!(matches!(Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings"}, {"id": "a", "task": "embeddings"}]}"#), Err(CatalogError::Duplicate(_))));
-    assert!(matches!(Catalog::from_json(r#"{"models": [{"id": "a b", "task": "embeddings"}]}"#), Err(CatalogError::BadId(_))));
-    assert!(Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings", "colour": 1}]}"#).is_err(), "unknown fields refused");
+    assert!(matches!(
+        Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings"}, {"id": "a", "task": "embeddings"}]}"#),
+        Err(CatalogError::Duplicate(_))
+    ));
+    assert!(matches!(
+        Catalog::from_json(r#"{"models": [{"id": "a b", "task": "embeddings"}]}"#),
+        Err(CatalogError::BadId(_))
+    ));
+    assert!(
+        Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings", "colour": 1}]}"#).is_err(),
+        "unknown fields refused"
+    );
     assert!(Catalog::from_json(r#"{"models": [{"id": "a", "task": "painting"}]}"#).is_err());
 }
 
 #[test]
 fn config_reads_env_and_refuses_nonsense() {
-    let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
-    let c = Config::from_lookup(env(&[("FERRY_MAX_BODY_BYTES", "4096"), ("FERRY_MAX_ATTEMPTS", "5"), ("FERRY_RATE_LIMIT_PER_S", "0")])).unwrap();
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    };
+    let c = Config::from_lookup(env(&[
+        ("FERRY_MAX_BODY_BYTES", "4096"),
+        ("FERRY_MAX_ATTEMPTS", "5"),
+        ("FERRY_RATE_LIMIT_PER_S", "0"),
+    ]))
+    .unwrap();
     assert_eq!((c.max_body_bytes, c.max_attempts, c.rate_limit_per_s), (4096, 5, 0.0));
     assert_eq!(c.default_timeout_s, 600);
-    for bad in [&[("FERRY_MAX_ATTEMPTS", "0")][..], &[("FERRY_MAX_WAIT_S", "60")], &[("FERRY_MAX_BODY_BYTES", "lots")], &[("FERRY_DEFAULT_TIMEOUT_S", "100"), ("FERRY_MAX_TIMEOUT_S", "10")]] {
+    for bad in [
+        &[("FERRY_MAX_ATTEMPTS", "0")][..],
+        &[("FERRY_MAX_WAIT_S", "60")],
+        &[("FERRY_MAX_BODY_BYTES", "lots")],
+        &[("FERRY_DEFAULT_TIMEOUT_S", "100"), ("FERRY_MAX_TIMEOUT_S", "10")],
+    ] {
         let err = Config::from_lookup(env(bad)).unwrap_err();
         assert!(err.to_string().contains("FERRY_"), "{err}");
     }

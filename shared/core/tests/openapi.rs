@@ -27,7 +27,8 @@ fn document_lists_exactly_the_routes() {
 fn schemas_describe_the_bodies() {
     let doc = serde_json::to_value(ferry_core::openapi::document()).unwrap();
     let schemas = &doc["components"]["schemas"];
-    for name in ["SubmitJob", "JobView", "JobList", "ErrorBody", "ModelList", "TextGenerationParams", "EmbeddingsInput"] {
+    for name in ["SubmitJob", "JobView", "JobList", "ErrorBody", "ModelList", "TextGenerationParams", "EmbeddingsInput"]
+    {
         assert!(schemas[name].is_object(), "schema {name} missing");
     }
     let view = schemas["JobView"]["properties"].as_object().unwrap();

@@ -86,7 +86,10 @@ fn every_pair_is_allowed_or_refused_as_the_table_says() {
                             reached.insert((from, to));
                         }
                         // Only `Renew` keeps a status: another transition "staying" is refused.
-                        Err(e) => assert!(from == to && !matches!(t, Transition::Renew { .. }), "{from} -> {to} by {t:?}: {e}"),
+                        Err(e) => assert!(
+                            from == to && !matches!(t, Transition::Renew { .. }),
+                            "{from} -> {to} by {t:?}: {e}"
+                        ),
                     }
                 } else {
                     assert_eq!(result, Err(TransitionError::Illegal { from, to }), "{from} -> {to} by {t:?}");
@@ -113,8 +116,17 @@ fn terminal_states_never_change() {
 
 #[test]
 fn times_and_fields_follow_the_transition() {
-    let claimed = transition(&job(JobStatus::Queued, 1), &Transition::Claim { executor_id: "e1".into(), lease_until: 9_000 }, 5_000, RETENTION).unwrap();
-    assert_eq!((claimed.started_at, claimed.executor_id.as_deref(), claimed.lease_until), (Some(5_000), Some("e1"), Some(9_000)));
+    let claimed = transition(
+        &job(JobStatus::Queued, 1),
+        &Transition::Claim { executor_id: "e1".into(), lease_until: 9_000 },
+        5_000,
+        RETENTION,
+    )
+    .unwrap();
+    assert_eq!(
+        (claimed.started_at, claimed.executor_id.as_deref(), claimed.lease_until),
+        (Some(5_000), Some("e1"), Some(9_000))
+    );
     assert_eq!(claimed.queue_delay_ms(6_000), 4_000);
     assert!(claimed.retain_until >= 5_000 + 60_000 + RETENTION, "kept at least until it could time out");
     let done = transition(&claimed, &Transition::Succeed { output: serde_json::json!(42) }, 7_000, RETENTION).unwrap();
@@ -124,7 +136,13 @@ fn times_and_fields_follow_the_transition() {
 
     let cancelling = transition(&claimed, &Transition::RequestCancel, 6_000, RETENTION).unwrap();
     assert_eq!((cancelling.status, cancelling.cancel_requested_at), (JobStatus::Cancelling, Some(6_000)));
-    let forced = transition(&cancelling, &Transition::ConfirmCancel { partial_output: Some(serde_json::json!("p")), forced: true }, 8_000, RETENTION).unwrap();
+    let forced = transition(
+        &cancelling,
+        &Transition::ConfirmCancel { partial_output: Some(serde_json::json!("p")), forced: true },
+        8_000,
+        RETENTION,
+    )
+    .unwrap();
     assert_eq!(forced.error.unwrap().kind, "cancel_forced");
     assert_eq!(forced.output, Some(serde_json::json!("p")));
 
@@ -143,7 +161,10 @@ fn attempts_grow_on_retry_and_stop_at_the_maximum() {
         j
     };
     let retried = transition(&running(1), &Transition::Requeue { next_attempt: true }, 5_000, RETENTION).unwrap();
-    assert_eq!((retried.status, retried.attempt, retried.executor_id.clone(), retried.lease_until), (JobStatus::Queued, 2, None, None));
+    assert_eq!(
+        (retried.status, retried.attempt, retried.executor_id.clone(), retried.lease_until),
+        (JobStatus::Queued, 2, None, None)
+    );
     let released = transition(&running(2), &Transition::Requeue { next_attempt: false }, 5_000, RETENTION).unwrap();
     assert_eq!(released.attempt, 2, "a graceful release resumes the same attempt");
     assert_eq!(

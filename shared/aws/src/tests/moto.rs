@@ -22,11 +22,7 @@ fn start_moto() -> Option<String> {
     if let Ok(url) = std::env::var("FERRY_TEST_MOTO_URL") {
         return Some(url);
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
     // A watcher shell ends moto when this test process exits, so no server outlives it.
     let script = format!(
         "moto_server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
@@ -42,11 +38,7 @@ fn start_moto() -> Option<String> {
         eprintln!("moto_server not found: skipping ferry-aws emulator tests");
         return None;
     }
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .spawn()
-        .ok()?;
+    Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().ok()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if http_ok(port) {
@@ -63,10 +55,7 @@ fn http_ok(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n")
-        .is_err()
-    {
+    if stream.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n").is_err() {
         return false;
     }
     let mut head = [0u8; 8];
@@ -77,15 +66,8 @@ fn http_ok(port: u16) -> bool {
 pub(super) async fn backend(test: &str) -> Option<(AwsBackend, QueueUrls)> {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let endpoint = moto()?;
-    let name = format!(
-        "{test}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    );
+    let name = format!("{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
     let sdk = sdk_config_for_endpoint(endpoint).await;
     let urls = bootstrap(&sdk, &name, &name).await.expect("bootstrap");
-    Some((
-        AwsBackend::connect(&sdk, &name, &urls.queue_url).await,
-        urls,
-    ))
+    Some((AwsBackend::connect(&sdk, &name, &urls.queue_url).await, urls))
 }
