@@ -38,7 +38,8 @@ wait "$moto"
 pub struct MotoServer {
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub endpoint: String,
-    /// Where moto's request log goes, for post-mortems of a failed test.
+    /// Where moto's output goes while it starts, kept only when it fails to start; set
+    /// `FERRY_MOTO_LOG` to a path to keep the whole request log of a run.
     pub log: PathBuf,
     child: Child,
     /// Held open to keep the guard's watcher waiting; closing it stops moto.
@@ -61,8 +62,15 @@ impl MotoServer {
 
     fn try_start() -> Result<MotoServer, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let log = std::env::temp_dir().join(format!("ferry-moto-{}-{port}.log", std::process::id()));
-        let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let keep_log = std::env::var_os("FERRY_MOTO_LOG").map(PathBuf::from);
+        let log = keep_log
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-moto-{}-{port}.log", std::process::id())));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
         let mut child = Command::new("sh")
             .arg("-c")
@@ -80,7 +88,14 @@ impl MotoServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let start = Instant::now();
         loop {
-            if answers_http(addr) {
+            // Our moto must still be running: if another server took the port between
+            // `free_port` and moto's bind, moto exits and the answer was not its own.
+            if answers_http(addr) && matches!(server.child.try_wait(), Ok(None)) {
+                if keep_log.is_none() {
+                    // moto keeps writing to the unlinked file, which vanishes with it:
+                    // no log files pile up in the temp directory, run after run.
+                    let _ = std::fs::remove_file(&server.log);
+                }
                 return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -113,7 +128,9 @@ impl Drop for MotoServer {
 
 /// Whether `moto_server` is on PATH.
 pub fn installed() -> bool {
-    let Some(path) = std::env::var_os("PATH") else { return false };
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
     std::env::split_paths(&path).any(|dir| dir.join(MOTO_BIN).is_file())
 }
 

@@ -168,7 +168,8 @@ async fn submit_embeddings(backend: &str) {
 
 async fn idempotency_key(backend: &str) {
     let Some(h) = start(backend, |_| {}).await else { return };
-    let with_key = |body: &Value, key: &str| h.req("POST", "/v1/jobs", Some(KEY_A)).header("Idempotency-Key", key).json(body);
+    let with_key =
+        |body: &Value, key: &str| h.req("POST", "/v1/jobs", Some(KEY_A)).header("Idempotency-Key", key).json(body);
     let (s1, first) = send(with_key(&text_job(), "order-42")).await;
     assert_eq!(s1, StatusCode::ACCEPTED);
     let (s2, again) = send(with_key(&text_job(), "order-42")).await;
@@ -181,7 +182,8 @@ async fn idempotency_key(backend: &str) {
     assert_eq!(s3, StatusCode::CONFLICT);
     assert_eq!(err["error"]["field"], "Idempotency-Key");
     // Another tenant's identical key is its own.
-    let (s4, theirs) = send(h.req("POST", "/v1/jobs", Some(KEY_B)).header("Idempotency-Key", "order-42").json(&text_job())).await;
+    let (s4, theirs) =
+        send(h.req("POST", "/v1/jobs", Some(KEY_B)).header("Idempotency-Key", "order-42").json(&text_job())).await;
     assert_eq!(s4, StatusCode::ACCEPTED);
     assert_ne!(theirs["id"], first["id"]);
     assert_eq!(h.job_count(KEY_A).await, 1);
@@ -193,7 +195,8 @@ async fn idempotency_key(backend: &str) {
 async fn prefer_wait_times_out_then_returns_terminal(backend: &str) {
     let Some(h) = start(backend, |_| {}).await else { return };
     let t0 = Instant::now();
-    let resp = h.req("POST", "/v1/jobs", Some(KEY_A)).header("Prefer", "wait=1").json(&text_job()).send().await.unwrap();
+    let resp =
+        h.req("POST", "/v1/jobs", Some(KEY_A)).header("Prefer", "wait=1").json(&text_job()).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert_eq!(resp.headers()["preference-applied"], "wait=1");
     assert!(t0.elapsed() >= Duration::from_millis(900), "waited {:?}", t0.elapsed());
@@ -202,7 +205,13 @@ async fn prefer_wait_times_out_then_returns_terminal(backend: &str) {
     let h = Arc::new(h);
     let h2 = h.clone();
     let waiter = tokio::spawn(async move {
-        send(h2.req("POST", "/v1/jobs", Some(KEY_A)).header("Prefer", "wait=20").header("Idempotency-Key", "w1").json(&text_job())).await
+        send(
+            h2.req("POST", "/v1/jobs", Some(KEY_A))
+                .header("Prefer", "wait=20")
+                .header("Idempotency-Key", "w1")
+                .json(&text_job()),
+        )
+        .await
     });
     let id = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -318,10 +327,13 @@ async fn list_pages_and_filters(backend: &str) {
     newest_first.reverse();
     assert_eq!(all.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), newest_first);
     let cancelled = collect(Some("cancelled")).await;
-    let expect: Vec<String> = newest_first.iter().filter(|id| ids.iter().position(|x| x == *id).unwrap() % 3 == 0).cloned().collect();
+    let expect: Vec<String> =
+        newest_first.iter().filter(|id| ids.iter().position(|x| x == *id).unwrap() % 3 == 0).cloned().collect();
     assert_eq!(cancelled.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), expect);
     assert!(cancelled.iter().all(|(_, s)| s == "cancelled"));
-    for bad in ["limit=0", "limit=101", "limit=x", "status=done", "cursor=zzz", "cursor=", "colour=red", "limit=1&limit=2"] {
+    for bad in
+        ["limit=0", "limit=101", "limit=x", "status=done", "cursor=zzz", "cursor=", "colour=red", "limit=1&limit=2"]
+    {
         let (s, e) = send(h.req("GET", &format!("/v1/jobs?{bad}"), Some(KEY_A))).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {e}");
         assert!(e["error"]["field"].is_string(), "{bad}: {e}");
@@ -444,7 +456,8 @@ async fn meta_routes(backend: &str) {
 async fn unicode_round_trips(backend: &str) {
     let Some(h) = start(backend, |_| {}).await else { return };
     let prompt = "Grüße, 世界! 🚢 \"quotes\" \\ tab\there\nnew line — ÿ";
-    let (s, job) = h.submit(KEY_A, json!({"model": "tiny-llama", "input": {"prompt": prompt}, "params": {"stop": "\n\n"}})).await;
+    let (s, job) =
+        h.submit(KEY_A, json!({"model": "tiny-llama", "input": {"prompt": prompt}, "params": {"stop": "\n\n"}})).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{job}");
     let (_, got) = send(h.req("GET", &format!("/v1/jobs/{}", job["id"].as_str().unwrap()), Some(KEY_A))).await;
     assert_eq!(got["input"]["prompt"], prompt);

@@ -43,7 +43,10 @@ fn load_expected() -> BTreeMap<String, Expected> {
         .map(|(name, v)| {
             let obj = v.as_object().unwrap_or_else(|| panic!("expected.json: {name} is not an object"));
             for k in obj.keys() {
-                assert!(["status", "field", "headers"].contains(&k.as_str()), "expected.json: {name} has unknown key {k}");
+                assert!(
+                    ["status", "field", "headers"].contains(&k.as_str()),
+                    "expected.json: {name} has unknown key {k}"
+                );
             }
             let status = obj
                 .get("status")
@@ -59,7 +62,9 @@ fn load_expected() -> BTreeMap<String, Expected> {
                     h.as_object()
                         .unwrap_or_else(|| panic!("expected.json: {name}.headers is not an object"))
                         .iter()
-                        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().expect("header values are strings").to_string()))
+                        .map(|(k, v)| {
+                            (k.to_ascii_lowercase(), v.as_str().expect("header values are strings").to_string())
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -174,7 +179,10 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
     check(status == expected.status, format!("status {status}, expected {}; body {text}", expected.status));
     check(matches!(resp.body(), Body::Text(_)), "the body is not sent as text".into());
     let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    check(header("content-type").as_deref() == Some("application/json"), format!("content-type {:?}", header("content-type")));
+    check(
+        header("content-type").as_deref() == Some("application/json"),
+        format!("content-type {:?}", header("content-type")),
+    );
     check(header("x-request-id").is_some_and(|v| v.parse::<ulid::Ulid>().is_ok()), "no ULID x-request-id".into());
     for (k, v) in &expected.headers {
         check(header(k).as_deref() == Some(v.as_str()), format!("header {k}: {:?}, expected {v:?}", header(k)));
@@ -195,7 +203,10 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
         for k in err.keys() {
             check(["type", "message", "field"].contains(&k.as_str()), format!("unexpected key error.{k}"));
         }
-        check(err.get("type").and_then(Value::as_str) == Some(error_kind(status)), format!("error.type {:?}", err.get("type")));
+        check(
+            err.get("type").and_then(Value::as_str) == Some(error_kind(status)),
+            format!("error.type {:?}", err.get("type")),
+        );
         check(
             err.get("message").and_then(Value::as_str).is_some_and(|m| !m.trim().is_empty()),
             format!("error.message {:?}", err.get("message")),
@@ -217,7 +228,8 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
             }
         }
         ("GET", "/v1/models" | "/prod/v1/models") => {
-            let ids: Vec<&str> = json["models"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
+            let ids: Vec<&str> =
+                json["models"].as_array().into_iter().flatten().filter_map(|m| m["id"].as_str()).collect();
             check(ids.contains(&"tiny-llama") && ids.contains(&"all-minilm-l6-v2"), format!("models {ids:?}"));
         }
         ("POST", "/v1/jobs") => {
@@ -234,7 +246,12 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
             };
             check(json["task"] == task, format!("task {}", json["task"]));
             // The job is stored for the key's tenant.
-            match stack.api.service.get(&TenantId::new(TENANT).unwrap(), &id.parse().unwrap_or(JobId::generate(0))).await {
+            match stack
+                .api
+                .service
+                .get(&TenantId::new(TENANT).unwrap(), &id.parse().unwrap_or(JobId::generate(0)))
+                .await
+            {
                 Ok(job) => check(job.status == JobStatus::Queued, format!("stored status {}", job.status)),
                 Err(e) => check(false, format!("the submitted job is not stored for {TENANT}: {e}")),
             }
@@ -253,11 +270,14 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
         }
         _ => check(false, format!("no success check for {method} {path}; add one to events_replay.rs")),
     }
-    let idem = serde_json::from_str::<Value>(&read_event(name)).ok().and_then(|e| {
-        e["headers"]["idempotency-key"].as_str().map(str::to_string)
-    });
+    let idem = serde_json::from_str::<Value>(&read_event(name))
+        .ok()
+        .and_then(|e| e["headers"]["idempotency-key"].as_str().map(str::to_string));
     if let Some(key) = idem {
-        check(json["idempotency_key"] == key.as_str(), format!("idempotency_key {}, sent {key}", json["idempotency_key"]));
+        check(
+            json["idempotency_key"] == key.as_str(),
+            format!("idempotency_key {}, sent {key}", json["idempotency_key"]),
+        );
     }
     problems
 }
@@ -302,7 +322,10 @@ fn events_are_realistic_http_api_v2_payloads() {
             stage == "$default" || ev["rawPath"].as_str().is_some_and(|p| p.starts_with(&format!("/{stage}/"))),
             "stage is neither $default nor the rawPath prefix",
         );
-        check(ev["rawPath"].is_string() && ev["rawPath"] == ctx["http"]["path"], "rawPath differs from requestContext.http.path");
+        check(
+            ev["rawPath"].is_string() && ev["rawPath"] == ctx["http"]["path"],
+            "rawPath differs from requestContext.http.path",
+        );
         check(ev["rawQueryString"].is_string(), "no rawQueryString");
         for k in ["accountId", "apiId", "domainName", "requestId", "time"] {
             check(ctx[k].as_str().is_some_and(|s| !s.is_empty()), &format!("no requestContext.{k}"));
@@ -316,7 +339,10 @@ fn events_are_realistic_http_api_v2_payloads() {
         check(!headers.is_empty(), "no headers");
         check(headers.keys().all(|k| *k == k.to_ascii_lowercase()), "header names are not lower case");
         check(headers.get("host") == ctx.get("domainName"), "host differs from requestContext.domainName");
-        check(headers.get("user-agent") == ctx["http"].get("userAgent"), "user-agent differs from requestContext.http.userAgent");
+        check(
+            headers.get("user-agent") == ctx["http"].get("userAgent"),
+            "user-agent differs from requestContext.http.userAgent",
+        );
         if let Some(auth) = headers.get("authorization").and_then(Value::as_str)
             && name != "error-bad-key.json"
         {
@@ -326,7 +352,10 @@ fn events_are_realistic_http_api_v2_payloads() {
         if let Ok(req) = lambda_http::request::from_str(&read_event(&name)) {
             let body = body_bytes(req.body());
             let len = headers.get("content-length").and_then(Value::as_str).and_then(|s| s.parse::<usize>().ok());
-            check(len == Some(body.len()) || (len.is_none() && body.is_empty()), "content-length differs from the body's length");
+            check(
+                len == Some(body.len()) || (len.is_none() && body.is_empty()),
+                "content-length differs from the body's length",
+            );
         }
     }
     assert!(problems.is_empty(), "unrealistic events:\n{}", problems.join("\n"));

@@ -83,10 +83,8 @@ impl JobStore for MemoryJobStore {
             Some(after) => ids.range(..after),
             None => ids.range(..),
         };
-        let mut matching = older
-            .rev()
-            .filter_map(|id| inner.jobs.get(id))
-            .filter(|job| query.status.is_none_or(|s| job.status == s));
+        let mut matching =
+            older.rev().filter_map(|id| inner.jobs.get(id)).filter(|job| query.status.is_none_or(|s| job.status == s));
         let jobs: Vec<Job> = matching.by_ref().take(limit).cloned().collect();
         // Unlike DynamoDB we can look ahead, so `next` is only set when a further page
         // really has jobs (the port allows either).

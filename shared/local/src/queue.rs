@@ -18,6 +18,10 @@ use tokio::time::Instant;
 
 use crate::lock;
 
+/// SQS's caps on one receive: messages, and long-polling time.
+const MAX_BATCH: u32 = 10;
+const MAX_WAIT: Duration = Duration::from_secs(20);
+
 /// Numbers queue instances, so a receipt from one queue is never valid on another.
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -154,8 +158,9 @@ impl WorkQueue for MemoryQueue {
     }
 
     async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
-        let max = max.clamp(1, 10) as usize;
-        let deadline = Instant::now() + wait;
+        // SQS's limits, so a caller that works here is not rejected or capped there.
+        let max = max.clamp(1, MAX_BATCH) as usize;
+        let deadline = Instant::now() + wait.min(MAX_WAIT);
         loop {
             // Register for wake-ups before looking, so a send between the look and the
             // wait is not missed.
@@ -236,18 +241,27 @@ mod tests {
     async fn redelivers_after_visibility_with_new_receipt() {
         let q = MemoryQueue::new();
         q.send(&msg(1)).await.unwrap();
-        let first = q.receive(10, Duration::ZERO, VIS).await.unwrap();
+        let short = Duration::from_secs(7);
+        let first = q.receive(10, Duration::ZERO, short).await.unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(q.depth().await.unwrap(), QueueDepth { visible: 0, in_flight: 1 });
         // A long poll wakes when the message becomes visible again, not at its own deadline.
         let start = Instant::now();
-        let second = q.receive(10, Duration::from_secs(60), VIS).await.unwrap();
-        assert_eq!(start.elapsed(), VIS);
+        let second = q.receive(10, Duration::from_secs(20), VIS).await.unwrap();
+        assert_eq!(start.elapsed(), short);
         assert_eq!(second[0].receive_count, 2);
         assert_ne!(second[0].receipt, first[0].receipt);
         assert!(matches!(q.delete(&first[0].receipt).await, Err(QueueError::InvalidReceipt)));
         q.delete(&second[0].receipt).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_poll_is_capped_at_20_s() {
+        let q = MemoryQueue::new();
+        let start = Instant::now();
+        assert!(q.receive(1, Duration::from_secs(90), VIS).await.unwrap().is_empty());
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
     }
 
     #[tokio::test(start_paused = true)]

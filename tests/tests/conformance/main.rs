@@ -9,6 +9,7 @@
 mod jobs;
 mod queue;
 mod support;
+mod update;
 
 /// Generates `embedded::<name>` and `aws::<name>` tests from `<name> => <module>::<case>`.
 macro_rules! conformance {
@@ -45,10 +46,10 @@ conformance! {
     list_pages_newest_first => jobs::case_list_pages_newest_first,
     list_status_filter_across_pages => jobs::case_list_status_filter_across_pages,
     list_tenant_isolation_and_after => jobs::case_list_tenant_isolation_and_after,
-    update_writes_lifecycle_fields => jobs::case_update_writes_lifecycle_fields,
-    update_condition_failures => jobs::case_update_condition_failures,
-    update_leaves_immutable_fields => jobs::case_update_leaves_immutable_fields,
-    concurrent_updates_one_wins => jobs::case_concurrent_updates_one_wins,
+    update_writes_lifecycle_fields => update::case_update_writes_lifecycle_fields,
+    update_condition_failures => update::case_update_condition_failures,
+    update_leaves_immutable_fields => update::case_update_leaves_immutable_fields,
+    concurrent_updates_one_wins => update::case_concurrent_updates_one_wins,
     api_keys => jobs::case_api_keys,
     queue_round_trip => queue::case_round_trip,
     receive_empty_waits => queue::case_receive_empty_waits,

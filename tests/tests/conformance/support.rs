@@ -1,7 +1,9 @@
-//! Builders for the values the cases store and send.
+//! Builders for the values the cases store and send, and readers that check what the
+//! store returns on the way.
 
-use ferry_core::ports::{IdempotencyRecord, WorkMessage};
+use ferry_core::ports::{Expected, IdempotencyRecord, JobPage, ListQuery, WorkMessage};
 use ferry_core::{Job, JobError, JobId, JobStatus, Millis, Task, TenantId};
+use ferry_tests::backends::Backend;
 use serde_json::json;
 
 /// A fixed, realistic epoch (mid-2025) so timestamps look like production ones.
@@ -110,3 +112,54 @@ pub fn message(tenant: &TenantId, n: u64) -> WorkMessage {
         trace_id: format!("4bf92f3577b34da6a3ce929d0e0e{n:04x}"),
     }
 }
+
+/// A job that must exist.
+pub async fn get(b: &Backend, id: &JobId) -> Job {
+    b.jobs.get(id).await.expect("get").unwrap_or_else(|| panic!("[{}] job {id} missing", b.name))
+}
+
+/// One page of a tenant's jobs.
+pub async fn list(
+    b: &Backend,
+    tenant: &TenantId,
+    status: Option<JobStatus>,
+    limit: u32,
+    after: Option<JobId>,
+) -> JobPage {
+    let query = ListQuery { tenant: tenant.clone(), status, limit, after };
+    b.jobs.list(&query).await.expect("list")
+}
+
+/// Follows `next` to the end; checks each page's shape on the way.
+pub async fn list_all(b: &Backend, tenant: &TenantId, status: Option<JobStatus>, limit: u32) -> Vec<Job> {
+    let mut all = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let page = list(b, tenant, status, limit, after).await;
+        assert!(page.jobs.len() <= limit as usize, "[{}] page over the limit", b.name);
+        if let Some(next) = page.next {
+            // `next` is the last job returned, so the following page starts right after it.
+            assert_eq!(Some(next), page.jobs.last().map(|j| j.id), "[{}] next is not the last job", b.name);
+        }
+        all.extend(page.jobs);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+    panic!("[{}] pagination did not end", b.name);
+}
+
+/// The ids, in order.
+pub fn ids(jobs: &[Job]) -> Vec<JobId> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+/// Newest first, the order `list` promises.
+pub fn sorted_desc(mut ids: Vec<JobId>) -> Vec<JobId> {
+    ids.sort_by(|a, b| b.cmp(a));
+    ids
+}
+
+/// The state of a job just created.
+pub const QUEUED_1: Expected = Expected { status: JobStatus::Queued, attempt: 1 };
