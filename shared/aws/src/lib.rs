@@ -16,9 +16,6 @@ pub mod dynamo;
 mod dynamo_codec;
 pub mod sqs;
 
-#[cfg(test)]
-mod tests;
-
 pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
 pub use config::{AwsBackend, AwsSettings, sdk_config_for_endpoint, sdk_config_from_env};
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};

@@ -255,7 +255,8 @@ pub struct Job {
     pub lease_until: Option<Millis>,
     pub output: Option<serde_json::Value>,
     pub error: Option<JobError>,
-    /// When the store may delete the record (DynamoDB TTL); reads treat it as gone after.
+    /// When the store may delete the record (DynamoDB TTL). Stores keep returning it until
+    /// they delete it; the job service treats it as gone from then on.
     pub retain_until: Millis,
 
     /// Highest progress sequence number published (maintained by the progress path).

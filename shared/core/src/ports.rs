@@ -32,7 +32,9 @@ pub enum StoreError {
 /// Errors from a work queue.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    /// The receipt handle is unknown or expired (the message was redelivered or deleted).
+    /// The receipt handle is unknown or expired. SQS reports it for malformed handles and for
+    /// changing the visibility of a message no longer in flight; `delete` with an old handle
+    /// may instead succeed without effect, so callers must not rely on getting it there.
     #[error("invalid or expired receipt handle")]
     InvalidReceipt,
     #[error("queue throttled: {0}")]

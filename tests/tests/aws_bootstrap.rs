@@ -1,0 +1,93 @@
+//! AWS-only behaviour that the cross-backend conformance suite cannot express: what
+//! `ferry aws bootstrap` (and `ferry dev --backend aws`) creates, that it is idempotent, and
+//! how the Lambda's settings resolve a queue name. Runs against the moto server.
+
+use aws_sdk_dynamodb::types::{ProjectionType, TimeToLiveStatus};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+fn unique() -> String {
+    format!("boot-{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+}
+
+#[tokio::test]
+async fn bootstrap_creates_the_table_and_queues_once() {
+    let Some(moto) = ferry_tests::moto::shared() else { return };
+    let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
+    let name = unique();
+    let urls = ferry_aws::bootstrap(&sdk, &name, &name).await.expect("first bootstrap");
+    let again = ferry_aws::bootstrap(&sdk, &name, &name).await.expect("second bootstrap is a no-op");
+    assert_eq!(again, urls);
+    assert!(urls.dlq_url.ends_with(&format!("{name}-dlq")));
+
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = dynamo.describe_table().table_name(&name).send().await.unwrap().table.unwrap();
+    let keys: Vec<_> = table.key_schema().iter().map(|k| k.attribute_name().to_string()).collect();
+    assert_eq!(keys, ["pk"]);
+    let gsi = &table.global_secondary_indexes()[0];
+    assert_eq!(gsi.index_name(), Some("gsi1"));
+    assert_eq!(gsi.projection().and_then(|p| p.projection_type()), Some(&ProjectionType::All));
+    assert!(table.stream_specification().is_some_and(|s| s.stream_enabled()), "the dispatcher needs the stream");
+    let ttl = dynamo.describe_time_to_live().table_name(&name).send().await.unwrap();
+    let ttl = ttl.time_to_live_description().unwrap();
+    assert_eq!(ttl.attribute_name(), Some("ttl"));
+    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&urls.queue_url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let redrive = attrs.attributes().unwrap().get(&QueueAttributeName::RedrivePolicy).expect("a redrive policy");
+    let redrive: serde_json::Value = serde_json::from_str(redrive).unwrap();
+    assert!(redrive["deadLetterTargetArn"].as_str().unwrap().ends_with(&format!("{name}-dlq")));
+    assert_eq!(redrive["maxReceiveCount"].to_string().trim_matches('"'), "5");
+}
+
+#[tokio::test]
+async fn settings_resolve_a_queue_name_and_prefer_an_explicit_url() {
+    let Some(moto) = ferry_tests::moto::shared() else { return };
+    let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let name = unique();
+    let urls = ferry_aws::bootstrap(&sdk, &name, &name).await.unwrap();
+    let by_name = ferry_aws::AwsSettings::from_lookup(&sqs, |k| match k {
+        "FERRY_TABLE" => Some(name.clone()),
+        "FERRY_QUEUE_NAME" => Some(name.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!((by_name.table.as_str(), by_name.queue_url.as_str()), (name.as_str(), urls.queue_url.as_str()));
+    let by_url =
+        ferry_aws::AwsSettings::from_lookup(&sqs, |k| (k == "FERRY_QUEUE_URL").then(|| "http://q/explicit".into()))
+            .await
+            .unwrap();
+    assert_eq!((by_url.table.as_str(), by_url.queue_url.as_str()), ("ferry-jobs", "http://q/explicit"));
+    let missing = ferry_aws::AwsSettings::from_lookup(&sqs, |k| (k == "FERRY_QUEUE_NAME").then(|| unique())).await;
+    assert!(missing.is_err(), "an unknown queue name is an error, not a default");
+}
+
+#[tokio::test]
+async fn an_incompatible_table_is_refused() {
+    let Some(moto) = ferry_tests::moto::shared() else { return };
+    let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let name = unique();
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    dynamo
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap(),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let err = ferry_aws::ensure_table(&dynamo, &name).await.unwrap_err();
+    assert!(err.to_string().contains("gsi1"), "{err}");
+}
