@@ -291,7 +291,11 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             config,
         };
         let stack = stack::build(&opts).await?;
-        println!("ferry dev: HTTP API on http://{addr} ({:?} backend)", a.backend);
+        let backend = match a.backend {
+            BackendKind::Embedded => "embedded",
+            BackendKind::Aws => "aws",
+        };
+        println!("ferry dev: HTTP API on http://{addr} ({backend} backend)");
         for (key, tenant) in &stack.api_keys {
             println!("  API key for tenant {tenant}: {key}");
         }
