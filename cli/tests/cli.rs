@@ -20,6 +20,8 @@ impl Drop for Dev {
     }
 }
 
+// The child is owned by `Dev`, whose Drop kills and waits for it.
+#[allow(clippy::zombie_processes)]
 fn start_dev(extra: &[&str]) -> Dev {
     let mut child = Command::new(FERRY)
         .args(["dev", "--http", "127.0.0.1:0", "--api-key", "k-cli-test=acme"])

@@ -340,6 +340,9 @@ async fn list_pages_and_filters(backend: &str) {
     }
 }
 
+/// (method, path, API key, content type, body, expected status, expected error field)
+type Case<'a> = (&'a str, String, Option<&'a str>, Option<&'a str>, Vec<u8>, u16, Option<&'a str>);
+
 /// Every malformed or unacceptable request gets a 4xx naming the field, and nothing is stored.
 async fn bad_input_never_changes_state(backend: &str) {
     let Some(h) = start(backend, |_| {}).await else { return };
@@ -347,7 +350,7 @@ async fn bad_input_never_changes_state(backend: &str) {
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
     let valid_id = JobId::generate(1_700_000_000_000).to_string();
     // (method, path, key, content-type, body, status, field)
-    let cases: Vec<(&str, String, Option<&str>, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/jobs".into(), None, Some("application/json"), text_job().to_string().into(), 401, Some("Authorization")),
         ("POST", "/v1/jobs".into(), Some("wrong-key"), Some("application/json"), text_job().to_string().into(), 401, Some("Authorization")),
         ("GET", "/v1/jobs".into(), None, None, vec![], 401, Some("Authorization")),

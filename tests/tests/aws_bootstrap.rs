@@ -66,7 +66,7 @@ async fn settings_resolve_a_queue_name_and_prefer_an_explicit_url() {
             .await
             .unwrap();
     assert_eq!((by_url.table.as_str(), by_url.queue_url.as_str()), ("ferry-jobs", "http://q/explicit"));
-    let missing = ferry_aws::AwsSettings::from_lookup(&sqs, |k| (k == "FERRY_QUEUE_NAME").then(|| unique())).await;
+    let missing = ferry_aws::AwsSettings::from_lookup(&sqs, |k| (k == "FERRY_QUEUE_NAME").then(unique)).await;
     assert!(missing.is_err(), "an unknown queue name is an error, not a default");
 }
 
