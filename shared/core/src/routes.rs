@@ -120,6 +120,11 @@ pub async fn list_jobs(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Res
     let mut query = ListQuery { tenant: ctx.tenant().clone(), status: None, limit: 20, after: None };
     let mut seen = Vec::new();
     for (k, v) in parse_query(req.uri().query().unwrap_or(""))? {
+        // `?status=&limit=&cursor=` from a client that always sends every parameter means
+        // "not set", not "invalid".
+        if v.is_empty() && ["status", "limit", "cursor"].contains(&k.as_str()) {
+            continue;
+        }
         if seen.contains(&k) {
             return Err(ApiError::bad_request(k.clone(), format!("query parameter {k} given twice")));
         }
