@@ -16,6 +16,7 @@ pub mod error;
 pub mod job;
 pub mod openapi;
 pub mod ports;
+pub mod progress;
 pub mod ratelimit;
 pub mod routes;
 pub mod service;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::job::{Job, JobId, JobStatus, Millis, TenantId};
+use crate::progress::ProgressEvent;
 
 /// Errors from a job or key store.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,86 @@ pub trait JobStore: Send + Sync {
     /// stored job has `expected` status and attempt. Immutable fields and `last_seq` are
     /// never written here. On a mismatch, `ConditionFailed` carries the stored job.
     async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError>;
+}
+
+/// Stored progress events, for replay. Implemented by the job store's adapters, because an
+/// append moves the job's `last_seq` in the same atomic write.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Stores `event` (whose `seq` must be `expected_last_seq + 1`) and sets the job's
+    /// `last_seq` to it, atomically, if and only if the job's `last_seq` is still
+    /// `expected_last_seq`. Otherwise nothing is written and the result is
+    /// `ConditionFailed { current }` with the stored job (None when the job does not
+    /// exist), so the caller can retry with the next number. `retain_until` bounds how
+    /// long the event is kept (the job's retention).
+    async fn append(
+        &self,
+        event: &ProgressEvent,
+        expected_last_seq: u64,
+        retain_until: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Up to `limit` events of a job with `seq > after`, in order. `last_seq` is the job's
+    /// (read by the caller), so stores can fetch by key without a query.
+    async fn read(
+        &self,
+        job_id: &JobId,
+        after: u64,
+        last_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<ProgressEvent>, StoreError>;
+}
+
+/// A WebSocket connection, recorded at `$connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// API Gateway's connection id.
+    pub id: String,
+    pub tenant: TenantId,
+    pub connected_at: Millis,
+    /// API Gateway closes connections after 2 h; the record may be deleted after this.
+    pub expires_at: Millis,
+}
+
+/// Connections and their job subscriptions.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    /// Records (or replaces) a connection.
+    async fn put(&self, connection: &Connection) -> Result<(), StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<Connection>, StoreError>;
+    /// Removes a connection and all its subscriptions; returns the jobs it followed.
+    /// Deleting an unknown connection is not an error.
+    async fn delete(&self, id: &str) -> Result<Vec<JobId>, StoreError>;
+    /// Subscribes a connection to a job (idempotent).
+    async fn subscribe(&self, id: &str, job_id: &JobId) -> Result<(), StoreError>;
+    /// Idempotent as well.
+    async fn unsubscribe(&self, id: &str, job_id: &JobId) -> Result<(), StoreError>;
+    /// The connections subscribed to a job, read consistently: a subscription written
+    /// before this call is always seen.
+    async fn subscribers(&self, job_id: &JobId) -> Result<Vec<String>, StoreError>;
+}
+
+/// Why a message could not be delivered to a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    /// The connection is closed or unknown (HTTP 410): its record should be deleted.
+    #[error("connection gone")]
+    Gone,
+    /// Too many messages too fast: retry with backoff.
+    #[error("rate limit exceeded")]
+    LimitExceeded,
+    /// The message is larger than the gateway accepts.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("delivery failed: {0}")]
+    Failed(String),
+}
+
+/// Pushes messages to WebSocket connections (the API Gateway Management API, or the local
+/// gateway of `ferry dev`).
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    async fn post(&self, connection_id: &str, data: &[u8]) -> Result<(), NotifyError>;
 }
 
 /// What an API key resolves to.

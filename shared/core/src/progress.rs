@@ -1,0 +1,57 @@
+//! Progress events: what executors report about a running job, stored for replay and
+//! pushed to subscribed WebSocket connections. Each event has a gap-free `seq` per job,
+//! starting at 1, taken with a conditional write on the job's `last_seq` so two writers
+//! can never take the same number; clients resume after a drop from the last `seq` they saw.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::job::{JobError, JobId, JobStatus, Millis};
+
+/// One stored event. Serialized flat: `{"job_id", "seq", "time", "type", ...body fields}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProgressEvent {
+    #[schema(value_type = String)]
+    pub job_id: JobId,
+    /// 1, 2, 3, ... per job, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch when the event was stored.
+    pub time: Millis,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened. The serde tag `type` names the variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// The job entered a new state.
+    Status { status: JobStatus, attempt: u32 },
+    /// A log line from the executor (`level`: debug, info, warn, error).
+    Log { level: String, message: String },
+    /// One generated token (TGI's shape): its position, id, text and log-probability.
+    Token { index: u32, id: u32, text: String, logprob: Option<f32> },
+    /// Work done so far, 0 to 100, with an optional note (loading a model, a batch done).
+    Percentage { percent: f32, message: Option<String> },
+    /// The final output (also stored on the job).
+    Result {
+        #[schema(value_type = Object)]
+        output: serde_json::Value,
+    },
+    /// The job failed, or a step of it did.
+    Error { error: JobError },
+}
+
+impl EventBody {
+    /// Whether this event ends the stream for a follower.
+    pub fn is_final(&self) -> bool {
+        match self {
+            EventBody::Status { status, .. } => status.is_terminal(),
+            _ => false,
+        }
+    }
+}
+
+/// API Gateway's WebSocket frame limit is 32 KB (and 128 KB per message): a single event
+/// larger than this is refused at publish time rather than closing the client's connection.
+pub const MAX_EVENT_BYTES: usize = 32 * 1024;
