@@ -13,6 +13,7 @@ use crate::auth::{bearer_key, hash_api_key};
 use crate::error::ApiError;
 use crate::job::TenantId;
 use crate::ports::{ApiKeyStore, StoreError};
+use crate::publish::ProgressHub;
 use crate::ratelimit::RateLimiter;
 use crate::routes;
 use crate::service::{JobService, ServiceError};
@@ -27,6 +28,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),
     ("POST", "/v1/jobs/{id}/cancel"),
+    ("GET", "/v1/jobs/{id}/events"),
 ];
 
 /// Per-request context handed to route functions.
@@ -47,17 +49,25 @@ impl Ctx {
     }
 }
 
-/// The API: the job service, the key store and a rate limiter.
+/// The API: the job service, the key store, the progress path and a rate limiter.
 pub struct Api {
     pub service: JobService,
     pub keys: Arc<dyn ApiKeyStore>,
+    /// Stored progress events (`GET /v1/jobs/{id}/events`); without it that route is 503.
+    pub progress: Option<Arc<ProgressHub>>,
     limiter: RateLimiter,
 }
 
 impl Api {
     pub fn new(service: JobService, keys: Arc<dyn ApiKeyStore>) -> Self {
         let limiter = RateLimiter::new(service.config.rate_limit_per_s, service.config.rate_limit_burst);
-        Api { service, keys, limiter }
+        Api { service, keys, progress: None, limiter }
+    }
+
+    /// Serves progress events from `hub`.
+    pub fn with_progress(mut self, hub: Arc<ProgressHub>) -> Self {
+        self.progress = Some(hub);
+        self
     }
 
     /// Answers one request. Never panics on input and never returns internals in a body.
@@ -114,6 +124,7 @@ impl Api {
             (&Method::GET, "/v1/jobs") => routes::list_jobs(self, &ctx, req).await,
             (&Method::GET, "/v1/jobs/{id}") => routes::get_job(self, &ctx).await,
             (&Method::POST, "/v1/jobs/{id}/cancel") => routes::cancel_job(self, &ctx).await,
+            (&Method::GET, "/v1/jobs/{id}/events") => routes::job_events(self, &ctx, req).await,
             _ => Err(ApiError::internal(request_id)),
         }
     }
@@ -170,6 +181,7 @@ pub fn match_path(path: &str) -> Option<(&'static str, Option<String>)> {
         ["v1", "jobs"] => Some(("/v1/jobs", None)),
         ["v1", "jobs", id] if !id.is_empty() => Some(("/v1/jobs/{id}", Some(id.to_string()))),
         ["v1", "jobs", id, "cancel"] if !id.is_empty() => Some(("/v1/jobs/{id}/cancel", Some(id.to_string()))),
+        ["v1", "jobs", id, "events"] if !id.is_empty() => Some(("/v1/jobs/{id}/events", Some(id.to_string()))),
         _ => None,
     }
 }

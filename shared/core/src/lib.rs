@@ -17,6 +17,7 @@ pub mod job;
 pub mod openapi;
 pub mod ports;
 pub mod progress;
+pub mod publish;
 pub mod ratelimit;
 pub mod routes;
 pub mod service;

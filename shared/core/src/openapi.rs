@@ -18,6 +18,7 @@ use crate::routes;
         routes::list_jobs,
         routes::get_job,
         routes::cancel_job,
+        routes::job_events,
     ),
     components(schemas(
         crate::validate::SubmitJob,
@@ -25,6 +26,9 @@ use crate::routes;
         crate::validate::TextGenerationParams,
         crate::validate::EmbeddingsInput,
         crate::view::JobView,
+        crate::routes::EventList,
+        crate::progress::ProgressEvent,
+        crate::progress::EventBody,
         crate::view::JobList,
         crate::view::ModelList,
         crate::view::ModelView,

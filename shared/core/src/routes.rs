@@ -174,6 +174,73 @@ pub async fn cancel_job(api: &Api, ctx: &Ctx) -> Result<Response<Bytes>, ApiErro
     Ok(json_response(status, &JobView::new(&job, api.service.clock.now())))
 }
 
+/// Progress events of a job after `after`, for clients without WebSockets. With `wait=S`
+/// (at most 20) the call long-polls until an event arrives, the job finishes, or S passes.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Job id (ULID)"),
+        ("after" = Option<u64>, Query, description = "Only events with a larger seq (default 0: all)"),
+        ("wait" = Option<u64>, Query, description = "Seconds to wait for a first event, 0 to 20 (default 0)"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses((status = 200, body = EventList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn job_events(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
+    let id = path_job_id(ctx)?;
+    let (mut after, mut wait, mut limit) = (0u64, 0u64, 100u32);
+    let mut seen = Vec::new();
+    for (k, v) in parse_query(req.uri().query().unwrap_or(""))? {
+        if v.is_empty() {
+            continue;
+        }
+        if seen.contains(&k) {
+            return Err(ApiError::bad_request(k.clone(), format!("query parameter {k} given twice")));
+        }
+        let bad = |msg: &str| ApiError::bad_request(k.clone(), msg.to_string());
+        match k.as_str() {
+            "after" => after = v.parse().map_err(|_| bad("after must be a sequence number (0 or more)"))?,
+            "wait" => wait = v.parse().ok().filter(|w| *w <= 20).ok_or_else(|| bad("wait must be 0 to 20 seconds"))?,
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| bad("limit must be an integer from 1 to 1000"))?
+            }
+            other => {
+                let q = crate::validate::quote(other);
+                return Err(ApiError::bad_request(
+                    other,
+                    format!("unknown query parameter {q}; known: after, wait, limit"),
+                ));
+            }
+        }
+        seen.push(k);
+    }
+    let hub = api.progress.as_ref().ok_or_else(|| ApiError::unavailable("progress events are not configured"))?;
+    let (events, status, last_seq) =
+        hub.events_after(ctx.tenant(), &id, after, limit, Duration::from_secs(wait)).await.map_err(|e| match e {
+            crate::publish::PublishError::NotFound => ApiError::job_not_found(),
+            other => {
+                tracing::error!(request_id = %ctx.request_id, error = %other, "reading events failed");
+                ApiError::internal(&ctx.request_id)
+            }
+        })?;
+    let next_after = events.last().map_or(after, |e| e.seq);
+    Ok(json_response(StatusCode::OK, &EventList { events, status, last_seq, next_after }))
+}
+
+/// `GET /v1/jobs/{id}/events`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub events: Vec<crate::progress::ProgressEvent>,
+    /// The job's status now.
+    pub status: JobStatus,
+    /// The job's latest event number.
+    pub last_seq: u64,
+    /// Pass as `after` to continue.
+    pub next_after: u64,
+}
+
 fn path_job_id(ctx: &Ctx) -> Result<JobId, ApiError> {
     let raw = ctx.path_id.as_deref().unwrap_or("");
     raw.parse().map_err(|_| {
