@@ -3,6 +3,7 @@
 //! - [`DynamoJobStore`] and [`DynamoApiKeyStore`]: jobs, idempotency bindings and API keys
 //!   in one DynamoDB table (key `pk`, tenant index `gsi1`), see [`dynamo`].
 //! - [`SqsWorkQueue`]: the work queue on SQS, see [`sqs`].
+//! - [`ApiGatewayNotifier`]: pushes to WebSocket connections (Management API), see [`notifier`].
 //! - [`config`]: building SDK configuration and the whole backend from the environment
 //!   (a Lambda) or from an explicit endpoint (tests, `ferry dev --backend aws` on moto).
 //! - [`bootstrap`](mod@bootstrap): creating the table and the queues when they are missing.
@@ -14,11 +15,13 @@ pub mod bootstrap;
 pub mod config;
 pub mod dynamo;
 mod dynamo_codec;
+pub mod notifier;
 pub mod sqs;
 
 pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
 pub use config::{AwsBackend, AwsSettings, sdk_config_for_endpoint, sdk_config_from_env};
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
+pub use notifier::ApiGatewayNotifier;
 pub use sqs::SqsWorkQueue;
 
 /// Re-exported so callers can build clients without naming the SDK crates themselves.
