@@ -12,8 +12,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use crate::auth::{bearer_key, hash_api_key};
 use crate::error::ApiError;
 use crate::job::TenantId;
-use crate::ports::{ApiKeyStore, StoreError};
-use crate::publish::ProgressHub;
+use crate::ports::{ApiKeyStore, EventStore, StoreError};
 use crate::ratelimit::RateLimiter;
 use crate::routes;
 use crate::service::{JobService, ServiceError};
@@ -54,19 +53,19 @@ pub struct Api {
     pub service: JobService,
     pub keys: Arc<dyn ApiKeyStore>,
     /// Stored progress events (`GET /v1/jobs/{id}/events`); without it that route is 503.
-    pub progress: Option<Arc<ProgressHub>>,
+    pub events: Option<Arc<dyn EventStore>>,
     limiter: RateLimiter,
 }
 
 impl Api {
     pub fn new(service: JobService, keys: Arc<dyn ApiKeyStore>) -> Self {
         let limiter = RateLimiter::new(service.config.rate_limit_per_s, service.config.rate_limit_burst);
-        Api { service, keys, progress: None, limiter }
+        Api { service, keys, events: None, limiter }
     }
 
-    /// Serves progress events from `hub`.
-    pub fn with_progress(mut self, hub: Arc<ProgressHub>) -> Self {
-        self.progress = Some(hub);
+    /// Serves stored progress events from `events`.
+    pub fn with_events(mut self, events: Arc<dyn EventStore>) -> Self {
+        self.events = Some(events);
         self
     }
 

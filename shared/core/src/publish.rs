@@ -142,8 +142,7 @@ impl ProgressHub {
         Err(NotifyError::LimitExceeded)
     }
 
-    /// A tenant's job's events after `after`, waiting up to `wait` for the first one while
-    /// the job is not finished. Returns the events and the job's status and `last_seq`.
+    /// A tenant's job's events after `after`; see [`read_events`].
     pub async fn events_after(
         &self,
         tenant: &TenantId,
@@ -152,25 +151,39 @@ impl ProgressHub {
         limit: u32,
         wait: Duration,
     ) -> Result<(Vec<ProgressEvent>, JobStatus, u64), PublishError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut interval = Duration::from_millis(50);
-        loop {
-            let job = match self.jobs.get(job_id).await? {
-                Some(j) if &j.tenant == tenant && j.retain_until > self.clock.now() => j,
-                _ => return Err(PublishError::NotFound),
-            };
-            let now = tokio::time::Instant::now();
-            if job.last_seq > after || job.status.is_terminal() || now >= deadline {
-                let events = if job.last_seq > after {
-                    self.events.read(job_id, after, job.last_seq, limit).await?
-                } else {
-                    vec![]
-                };
-                return Ok((events, job.status, job.last_seq));
-            }
-            tokio::time::sleep(interval.min(deadline - now)).await;
-            interval = (interval * 3 / 2).min(Duration::from_millis(250));
+        read_events(&*self.jobs, &*self.events, &*self.clock, tenant, job_id, after, limit, wait).await
+    }
+}
+
+/// A tenant's job's events after `after`, waiting up to `wait` for the first one while the
+/// job is not finished. Returns the events and the job's status and `last_seq`. Another
+/// tenant's job, a missing one and one past retention are all `NotFound`.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_events(
+    jobs: &dyn JobStore,
+    events: &dyn EventStore,
+    clock: &dyn Clock,
+    tenant: &TenantId,
+    job_id: &JobId,
+    after: u64,
+    limit: u32,
+    wait: Duration,
+) -> Result<(Vec<ProgressEvent>, JobStatus, u64), PublishError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut interval = Duration::from_millis(50);
+    loop {
+        let job = match jobs.get(job_id).await? {
+            Some(j) if &j.tenant == tenant && j.retain_until > clock.now() => j,
+            _ => return Err(PublishError::NotFound),
+        };
+        let now = tokio::time::Instant::now();
+        if job.last_seq > after || job.status.is_terminal() || now >= deadline {
+            let found =
+                if job.last_seq > after { events.read(job_id, after, job.last_seq, limit).await? } else { vec![] };
+            return Ok((found, job.status, job.last_seq));
         }
+        tokio::time::sleep(interval.min(deadline - now)).await;
+        interval = (interval * 3 / 2).min(Duration::from_millis(250));
     }
 }
 

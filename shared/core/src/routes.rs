@@ -216,15 +216,19 @@ pub async fn job_events(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Re
         }
         seen.push(k);
     }
-    let hub = api.progress.as_ref().ok_or_else(|| ApiError::unavailable("progress events are not configured"))?;
+    let store = api.events.as_ref().ok_or_else(|| ApiError::unavailable("progress events are not configured"))?;
+    let svc = &api.service;
+    let wait = Duration::from_secs(wait);
     let (events, status, last_seq) =
-        hub.events_after(ctx.tenant(), &id, after, limit, Duration::from_secs(wait)).await.map_err(|e| match e {
-            crate::publish::PublishError::NotFound => ApiError::job_not_found(),
-            other => {
-                tracing::error!(request_id = %ctx.request_id, error = %other, "reading events failed");
-                ApiError::internal(&ctx.request_id)
-            }
-        })?;
+        crate::publish::read_events(&*svc.jobs, &**store, &*svc.clock, ctx.tenant(), &id, after, limit, wait)
+            .await
+            .map_err(|e| match e {
+                crate::publish::PublishError::NotFound => ApiError::job_not_found(),
+                other => {
+                    tracing::error!(request_id = %ctx.request_id, error = %other, "reading events failed");
+                    ApiError::internal(&ctx.request_id)
+                }
+            })?;
     let next_after = events.last().map_or(after, |e| e.seq);
     Ok(json_response(StatusCode::OK, &EventList { events, status, last_seq, next_after }))
 }
