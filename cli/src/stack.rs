@@ -11,7 +11,9 @@ use ferry_core::api::Api;
 use ferry_core::auth::hash_api_key;
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
-use ferry_core::ports::{ApiKeyRecord, ApiKeyStore, Clock, JobStore, SystemClock, WorkQueue};
+use ferry_core::ports::{
+    ApiKeyRecord, ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, SystemClock, WorkQueue,
+};
 use ferry_core::service::JobService;
 
 /// The key `ferry dev` accepts when given none, and the CLI's default key: the dev server
@@ -68,6 +70,10 @@ pub struct Stack {
     pub jobs: Arc<dyn JobStore>,
     pub queue: Arc<dyn WorkQueue>,
     pub keys: Arc<dyn ApiKeyStore>,
+    /// Stored progress events (the same object as `jobs`: an append moves the job's `last_seq`).
+    pub events: Arc<dyn EventStore>,
+    /// WebSocket connections and their subscriptions.
+    pub connections: Arc<dyn ConnectionStore>,
     /// The accepted keys, in clear (only `ferry dev` knows them; stores hold hashes).
     pub api_keys: Vec<(String, TenantId)>,
 }
@@ -103,13 +109,18 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
     } else {
         opts.api_keys.iter().map(|a| parse_key_arg(a)).collect::<anyhow::Result<Vec<_>>>()?
     };
-    let (jobs, queue, keys): (Arc<dyn JobStore>, Arc<dyn WorkQueue>, Arc<dyn ApiKeyStore>) = match opts.backend {
+    type Adapters =
+        (Arc<dyn JobStore>, Arc<dyn EventStore>, Arc<dyn WorkQueue>, Arc<dyn ApiKeyStore>, Arc<dyn ConnectionStore>);
+    let (jobs, events, queue, keys, connections): Adapters = match opts.backend {
         BackendKind::Embedded => {
             let dlq = Arc::new(ferry_local::MemoryQueue::new());
+            let store = Arc::new(ferry_local::MemoryJobStore::new());
             (
-                Arc::new(ferry_local::MemoryJobStore::new()),
+                store.clone(),
+                store,
                 Arc::new(ferry_local::MemoryQueue::with_dead_letter(dlq, 5)),
                 Arc::new(ferry_local::MemoryApiKeyStore::new()),
+                Arc::new(ferry_local::MemoryConnectionStore::new()),
             )
         }
         BackendKind::Aws => {
@@ -121,7 +132,8 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
                 .await
                 .context("creating the DynamoDB table and SQS queues")?;
             let b = ferry_aws::AwsBackend::connect(&sdk, &opts.table, &urls.queue_url).await;
-            (b.jobs, b.queue, b.keys)
+            let connections = ferry_aws::DynamoConnectionStore::new(aws_sdk_dynamodb::Client::new(&sdk), &opts.table);
+            (b.jobs.clone(), b.jobs, b.queue, b.keys, Arc::new(connections))
         }
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -130,6 +142,6 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         keys.put(&record).await.context("registering API keys")?;
     }
     let service = JobService { jobs: jobs.clone(), queue: queue.clone(), clock, catalog, config: opts.config.clone() };
-    let api = Arc::new(Api::new(service, keys.clone()));
-    Ok(Stack { api, jobs, queue, keys, api_keys })
+    let api = Arc::new(Api::new(service, keys.clone()).with_events(events.clone()));
+    Ok(Stack { api, jobs, queue, keys, events, connections, api_keys })
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_core::ports::{ApiKeyStore, JobStore, WorkQueue};
+use ferry_core::ports::{ApiKeyStore, ConnectionStore, EventStore, JobStore, WorkQueue};
 
 use crate::moto;
 
@@ -18,6 +18,9 @@ pub const MAX_RECEIVE_COUNT: u32 = 3;
 #[derive(Clone)]
 pub struct Backend {
     pub jobs: Arc<dyn JobStore>,
+    /// The same store as `jobs` (an append moves the job's `last_seq`), as its other port.
+    pub events: Arc<dyn EventStore>,
+    pub connections: Arc<dyn ConnectionStore>,
     pub keys: Arc<dyn ApiKeyStore>,
     pub queue: Arc<dyn WorkQueue>,
     /// Where `queue` dead-letters messages after [`MAX_RECEIVE_COUNT`] receives.
@@ -34,11 +37,14 @@ impl std::fmt::Debug for Backend {
 
 /// Fresh in-process adapters.
 pub fn embedded() -> Backend {
-    use ferry_local::{MemoryApiKeyStore, MemoryJobStore, MemoryQueue};
+    use ferry_local::{MemoryApiKeyStore, MemoryConnectionStore, MemoryJobStore, MemoryQueue};
     let dlq = Arc::new(MemoryQueue::new());
     let queue = MemoryQueue::with_dead_letter(dlq.clone(), MAX_RECEIVE_COUNT);
+    let jobs = Arc::new(MemoryJobStore::new());
     Backend {
-        jobs: Arc::new(MemoryJobStore::new()),
+        jobs: jobs.clone(),
+        events: jobs,
+        connections: Arc::new(MemoryConnectionStore::new()),
         keys: Arc::new(MemoryApiKeyStore::new()),
         queue: Arc::new(queue),
         dlq,
@@ -65,8 +71,11 @@ pub async fn aws() -> Option<Backend> {
         .await
         .unwrap_or_else(|e| panic!("creating queue {name} on moto at {}: {e}", server.endpoint));
 
+    let jobs = Arc::new(ferry_aws::DynamoJobStore::new(dynamo.clone(), &name));
     Some(Backend {
-        jobs: Arc::new(ferry_aws::DynamoJobStore::new(dynamo.clone(), &name)),
+        jobs: jobs.clone(),
+        events: jobs,
+        connections: Arc::new(ferry_aws::DynamoConnectionStore::new(dynamo.clone(), &name)),
         keys: Arc::new(ferry_aws::DynamoApiKeyStore::new(dynamo, &name)),
         queue: Arc::new(ferry_aws::SqsWorkQueue::new(sqs.clone(), urls.queue_url)),
         dlq: Arc::new(ferry_aws::SqsWorkQueue::new(sqs, urls.dlq_url)),

@@ -119,6 +119,7 @@ both_backends!(
     bad_input_never_changes_state,
     meta_routes,
     unicode_round_trips,
+    job_events_over_http,
 );
 
 async fn submit_get_list(backend: &str) {
@@ -328,7 +329,7 @@ async fn list_pages_and_filters(backend: &str) {
     assert_eq!(all.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>(), newest_first);
     let (s, empty) = send(h.req("GET", "/v1/jobs?status=&limit=&cursor=", Some(KEY_A))).await;
     assert_eq!(s, StatusCode::OK, "empty parameters mean unset: {empty}");
-    assert_eq!(empty["jobs"].as_array().unwrap().len(), 13.min(20));
+    assert_eq!(empty["jobs"].as_array().unwrap().len(), 13, "the default limit (20) holds them all");
     let cancelled = collect(Some("cancelled")).await;
     let expect: Vec<String> =
         newest_first.iter().filter(|id| ids.iter().position(|x| x == *id).unwrap() % 3 == 0).cloned().collect();
@@ -493,5 +494,75 @@ async fn statuses_in_list_filter_parse() {
     for s in JobStatus::ALL {
         let (code, _) = send(h.req("GET", &format!("/v1/jobs?status={s}"), Some(KEY_A))).await;
         assert_eq!(code, StatusCode::OK, "{s}");
+    }
+}
+
+/// A notifier for stacks where nothing subscribes: any post is a test failure.
+struct NoSubscribers;
+
+#[async_trait::async_trait]
+impl ferry_core::ports::Notifier for NoSubscribers {
+    async fn post(&self, id: &str, _: &[u8]) -> Result<(), ferry_core::ports::NotifyError> {
+        panic!("nothing subscribed, yet {id} was posted to");
+    }
+}
+
+async fn job_events_over_http(backend: &str) {
+    use ferry_core::progress::EventBody;
+    let Some(h) = start(backend, |_| {}).await else { return };
+    let hub = Arc::new(ferry_core::publish::ProgressHub {
+        jobs: h.stack.jobs.clone(),
+        events: h.stack.events.clone(),
+        connections: h.stack.connections.clone(),
+        notifier: Arc::new(NoSubscribers),
+        clock: Arc::new(ferry_core::ports::SystemClock),
+    });
+    let (_, job) = h.submit(KEY_A, text_job()).await;
+    let id: JobId = job["id"].as_str().unwrap().parse().unwrap();
+    let (s, none) = send(h.req("GET", &format!("/v1/jobs/{id}/events"), Some(KEY_A))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (none["events"].as_array().unwrap().len(), &none["last_seq"], &none["status"]),
+        (0, &json!(0), &json!("queued"))
+    );
+    for i in 0..3 {
+        let body = EventBody::Token { index: i, id: 7 + i, text: format!("tok{i}"), logprob: None };
+        hub.publish_progress(&id, body).await.unwrap();
+    }
+    let (s, all) = send(h.req("GET", &format!("/v1/jobs/{id}/events"), Some(KEY_A))).await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    let seqs: Vec<u64> = all["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!((&all["last_seq"], &all["next_after"]), (&json!(3), &json!(3)));
+    assert_eq!(all["events"][0]["type"], "token");
+    assert_eq!(all["events"][0]["text"], "tok0");
+    let (_, page) = send(h.req("GET", &format!("/v1/jobs/{id}/events?after=1&limit=1"), Some(KEY_A))).await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!((&page["events"][0]["seq"], &page["next_after"]), (&json!(2), &json!(2)));
+
+    // Long poll: the request returns as soon as the next event is stored.
+    let (hub2, id2) = (hub.clone(), id);
+    let publisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        hub2.publish_progress(&id2, EventBody::Percentage { percent: 50.0, message: Some("half".into()) })
+            .await
+            .unwrap();
+    });
+    let t0 = Instant::now();
+    let (s, next) = send(h.req("GET", &format!("/v1/jobs/{id}/events?after=3&wait=15"), Some(KEY_A))).await;
+    publisher.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(next["events"][0]["seq"], 4);
+    assert_eq!(next["events"][0]["percent"], 50.0);
+    assert!(t0.elapsed() < Duration::from_secs(10), "woke on the event");
+    let (_, view) = send(h.req("GET", &format!("/v1/jobs/{id}"), Some(KEY_A))).await;
+    assert_eq!(view["last_seq"], 4, "the job view shows the latest seq");
+
+    let (s, theirs) = send(h.req("GET", &format!("/v1/jobs/{id}/events"), Some(KEY_B))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{theirs}");
+    for (q, field) in [("after=-1", "after"), ("wait=21", "wait"), ("limit=0", "limit"), ("since=3", "since")] {
+        let (s, e) = send(h.req("GET", &format!("/v1/jobs/{id}/events?{q}"), Some(KEY_A))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {e}");
+        assert_eq!(e["error"]["field"], field);
     }
 }

@@ -265,6 +265,10 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
         ("GET", p) if p == format!("/v1/jobs/{SEEDED_JOB}") => {
             check(json["id"] == SEEDED_JOB && json["status"] == "queued", format!("job {text}"));
         }
+        ("GET", p) if p == format!("/v1/jobs/{SEEDED_JOB}/events") => {
+            let ok = json["events"].as_array().is_some_and(|e| e.is_empty()) && json["last_seq"] == 0;
+            check(ok && json["status"] == "queued", format!("events {text}"));
+        }
         ("POST", p) if p == format!("/v1/jobs/{SEEDED_JOB}/cancel") => {
             check(json["id"] == SEEDED_JOB && json["status"] == "cancelled", format!("job {text}"));
         }

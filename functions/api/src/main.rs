@@ -14,6 +14,7 @@ use lambda_http::{Error, Request, run, service_fn};
 async fn main() -> Result<(), Error> {
     ferry_core::telemetry::init(true);
     let backend = ferry_aws::AwsBackend::from_env().await?;
+    let events = backend.jobs.clone();
     let service = JobService {
         jobs: backend.jobs,
         queue: backend.queue,
@@ -21,7 +22,7 @@ async fn main() -> Result<(), Error> {
         catalog: Arc::new(Catalog::from_env()?),
         config: Config::from_env()?,
     };
-    let api = Api::new(service, backend.keys);
+    let api = Api::new(service, backend.keys).with_events(events);
     let api = &api;
     run(service_fn(move |req: Request| async move { Ok::<_, Error>(ferry_api_lambda::handle(api, req).await) })).await
 }

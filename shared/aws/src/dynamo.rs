@@ -1,5 +1,5 @@
-//! DynamoDB adapters: [`DynamoJobStore`] (the `JobStore` port) and [`DynamoApiKeyStore`]
-//! (the `ApiKeyStore` port), over one table whose layout is described in
+//! DynamoDB adapters: [`DynamoJobStore`] (the `JobStore` and `EventStore` ports) and
+//! [`DynamoApiKeyStore`] (the `ApiKeyStore` port), over one table whose layout is described in
 //! `dynamo_codec`.
 //!
 //! Every state change is a conditional write, so two writers (an API call and an executor,
@@ -16,15 +16,17 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
-use ferry_core::JobId;
+use aws_sdk_dynamodb::types::{KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 use ferry_core::ports::{
-    ApiKeyRecord, ApiKeyStore, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError,
+    ApiKeyRecord, ApiKeyStore, Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery,
+    StoreError,
 };
+use ferry_core::progress::ProgressEvent;
+use ferry_core::{JobId, Millis};
 
 use crate::dynamo_codec::{
-    GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, idem_pk, idem_to_item, item_to_apikey, item_to_idem,
-    item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk,
+    GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, event_pk, event_to_item, idem_pk, idem_to_item, item_to_apikey,
+    item_to_event, item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk,
 };
 
 /// Error codes DynamoDB uses to say "slow down"; they become `StoreError::Throttled`.
@@ -36,9 +38,20 @@ const THROTTLE_CODES: [&str; 4] =
 /// the condition). The retry then sees the winner's binding and returns `Duplicate`.
 const CREATE_TRIES: u32 = 4;
 
+/// How often `append` retries a transaction cancelled by a conflicting concurrent write
+/// to the job (an update, or another append still in flight): the retry then either
+/// succeeds or fails the `last_seq` condition and reports the winner.
+const APPEND_TRIES: u32 = 4;
+
+/// BatchGetItem takes at most 100 keys per call.
+const BATCH_GET_MAX: u64 = 100;
+
+/// How often `read` asks again for keys BatchGetItem left unprocessed before giving up.
+const BATCH_GET_TRIES: u32 = 8;
+
 /// Maps an SDK error: throttling codes to `Throttled`, anything else to `Unavailable`
 /// with the full error chain (the SDK's own `Display` says only "service error").
-fn store_err<E, R>(operation: &str, err: SdkError<E, R>) -> StoreError
+pub(crate) fn store_err<E, R>(operation: &str, err: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -55,7 +68,7 @@ where
 }
 
 /// A request that could not be built is a bug here; report it rather than panic.
-fn build_err(err: aws_smithy_types::error::operation::BuildError) -> StoreError {
+pub(crate) fn build_err(err: aws_smithy_types::error::operation::BuildError) -> StoreError {
     StoreError::Unavailable(format!("DynamoDB request could not be built: {err}"))
 }
 
@@ -282,6 +295,162 @@ impl JobStore for DynamoJobStore {
                 _ => Err(store_err("UpdateItem", err)),
             },
         }
+    }
+}
+
+#[async_trait]
+impl EventStore for DynamoJobStore {
+    async fn append(
+        &self,
+        event: &ProgressEvent,
+        expected_last_seq: u64,
+        retain_until: Millis,
+    ) -> Result<(), StoreError> {
+        if expected_last_seq.checked_add(1) != Some(event.seq) {
+            // A caller bug, reported like any mismatch (with the stored job) and writing nothing.
+            let current = self.get(&event.job_id).await?.map(Box::new);
+            return Err(StoreError::ConditionFailed { current });
+        }
+        let job_update = Update::builder()
+            .table_name(&self.table)
+            .key(PK, s(job_pk(&event.job_id)))
+            .update_expression("SET last_seq = :seq")
+            .condition_expression("attribute_exists(pk) AND last_seq = :expected")
+            .expression_attribute_values(":seq", n(event.seq))
+            .expression_attribute_values(":expected", n(expected_last_seq))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_err)?;
+        let event_put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(event_to_item(event, retain_until)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().update(job_update).build(),
+            TransactWriteItem::builder().put(event_put).build(),
+        ];
+
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let err = match self.client.transact_write_items().set_transact_items(Some(items.clone())).send().await {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = err.as_service_error() else {
+                return Err(store_err("TransactWriteItems", err));
+            };
+            let reasons = cancel.cancellation_reasons();
+            let code = |i: usize| reasons.get(i).and_then(|r| r.code()).unwrap_or("None");
+            tracing::debug!(job_id = %event.job_id, seq = event.seq, job = code(0), event = code(1), "append cancelled");
+
+            if code(0) == "ConditionalCheckFailed" {
+                // The old job comes back with the cancellation when it exists; a missing
+                // item means a missing job, but read to be sure if the service left it out.
+                let current = match reasons[0].item() {
+                    Some(item) => Some(item_to_job(item)?),
+                    None => self.get(&event.job_id).await?,
+                };
+                return Err(StoreError::ConditionFailed { current: current.map(Box::new) });
+            } else if code(1) == "ConditionalCheckFailed" {
+                // The event is already stored although the job passed its check. DynamoDB
+                // isolates transactions, so another append must have committed in between
+                // (emulators that do not isolate get here in a race): if the job moved
+                // on, that is an ordinary lost race. If it still says `expected_last_seq`,
+                // the table is inconsistent (hand-edited or restored), and retrying with
+                // the next number would loop: report that.
+                let current = self.get(&event.job_id).await?;
+                if current.as_ref().is_some_and(|job| job.last_seq == expected_last_seq) {
+                    return Err(StoreError::Corrupt(format!(
+                        "job {} has last_seq {expected_last_seq} but event {} already exists",
+                        event.job_id, event.seq
+                    )));
+                }
+                return Err(StoreError::ConditionFailed { current: current.map(Box::new) });
+            } else if reasons.iter().any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c))) {
+                return Err(StoreError::Throttled(format!(
+                    "DynamoDB TransactWriteItems: {}",
+                    DisplayErrorContext(&err)
+                )));
+            } else if !reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
+                return Err(store_err("TransactWriteItems", err));
+            }
+            if tries >= APPEND_TRIES {
+                return Err(StoreError::Unavailable(format!(
+                    "DynamoDB TransactWriteItems: gave up after {tries} conflicting tries: {}",
+                    DisplayErrorContext(&err)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10 << tries)).await;
+        }
+    }
+
+    async fn read(
+        &self,
+        job_id: &JobId,
+        after: u64,
+        last_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<ProgressEvent>, StoreError> {
+        // Events are fetched by exact key: seq after+1 ..= min(last_seq, after+limit).
+        // An event deleted by TTL is simply absent from the answer.
+        let end = last_seq.min(after.saturating_add(u64::from(limit)));
+        let mut events = Vec::new();
+        let mut first = after.saturating_add(1);
+        while first <= end {
+            let last = end.min(first + (BATCH_GET_MAX - 1));
+            let keys: Vec<Item> =
+                (first..=last).map(|seq| HashMap::from([(PK.to_string(), s(event_pk(job_id, seq)))])).collect();
+            for item in self.batch_get(keys).await? {
+                events.push(item_to_event(&item)?);
+            }
+            first = last + 1;
+        }
+        events.sort_by_key(|e| e.seq);
+        Ok(events)
+    }
+}
+
+impl DynamoJobStore {
+    /// BatchGetItem of up to 100 keys, consistently, asking again (with a short backoff)
+    /// for the keys the service leaves unprocessed.
+    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        let mut pending = keys;
+        let mut tries = 0;
+        while !pending.is_empty() {
+            tries += 1;
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(pending))
+                .consistent_read(true)
+                .build()
+                .map_err(build_err)?;
+            let mut out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| store_err("BatchGetItem", e))?;
+            if let Some(items) = out.responses.as_mut().and_then(|r| r.remove(&self.table)) {
+                found.extend(items);
+            }
+            pending =
+                out.unprocessed_keys.as_mut().and_then(|u| u.remove(&self.table)).map(|k| k.keys).unwrap_or_default();
+            if pending.is_empty() {
+                break;
+            }
+            if tries >= BATCH_GET_TRIES {
+                return Err(StoreError::Throttled(format!(
+                    "DynamoDB BatchGetItem: {} keys still unprocessed after {tries} tries",
+                    pending.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10 << tries.min(6))).await;
+        }
+        Ok(found)
     }
 }
 

@@ -6,6 +6,13 @@
 //! - `idem#<tenant>#<sha256 hex of the key>`: an idempotency binding. The key is hashed so
 //!   client-chosen bytes never shape the partition key (length, odd characters).
 //! - `apikey#<key hash>`: an API key's tenant.
+//! - `evt#<job id>#<seq, 20 digits>`: one progress event (`body` is the event's JSON);
+//!   its `ttl` is the job's retention. Written together with the job's `last_seq`.
+//! - `conn#<connection id>`: a WebSocket connection, with `subs`, the string set of the
+//!   jobs it follows.
+//! - `subs#<job id>`: `conns`, the string set of the connections following a job, so
+//!   `subscribers` is one strongly consistent GetItem (an index would be eventually
+//!   consistent and could miss a subscription just written).
 //!
 //! Timestamps are numbers of milliseconds, except `ttl`, which DynamoDB's TTL requires in
 //! epoch seconds. An optional field that is `None` is an absent attribute, never NULL, so
@@ -14,7 +21,8 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use ferry_core::ports::{ApiKeyRecord, IdempotencyRecord, StoreError};
+use ferry_core::ports::{ApiKeyRecord, Connection, IdempotencyRecord, StoreError};
+use ferry_core::progress::ProgressEvent;
 use ferry_core::{Job, JobError, JobId, Millis, TenantId};
 use sha2::{Digest, Sha256};
 
@@ -44,6 +52,19 @@ pub(crate) fn apikey_pk(key_hash: &str) -> String {
     format!("apikey#{key_hash}")
 }
 
+pub(crate) fn event_pk(job_id: &JobId, seq: u64) -> String {
+    // Zero-padded so the keys of one job sort by seq, should anything ever list them.
+    format!("evt#{job_id}#{seq:020}")
+}
+
+pub(crate) fn conn_pk(id: &str) -> String {
+    format!("conn#{id}")
+}
+
+pub(crate) fn subs_pk(job_id: &JobId) -> String {
+    format!("subs#{job_id}")
+}
+
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -53,7 +74,7 @@ pub(crate) fn n(v: impl Into<u64>) -> AttributeValue {
 }
 
 /// The TTL attribute for a retention time in milliseconds.
-fn ttl_secs(retain_until: Millis) -> AttributeValue {
+pub(crate) fn ttl_secs(retain_until: Millis) -> AttributeValue {
     n(retain_until / 1000)
 }
 
@@ -185,6 +206,59 @@ pub(crate) fn item_to_apikey(key_hash: &str, item: &Item) -> Result<ApiKeyRecord
     })
 }
 
+pub(crate) fn event_to_item(event: &ProgressEvent, retain_until: Millis) -> Result<Item, StoreError> {
+    let body = serde_json::to_string(event)
+        .map_err(|e| StoreError::Corrupt(format!("event {} #{} cannot be encoded: {e}", event.job_id, event.seq)))?;
+    Ok(HashMap::from([
+        (PK.into(), s(event_pk(&event.job_id, event.seq))),
+        ("job_id".into(), s(event.job_id.to_string())),
+        ("seq".into(), n(event.seq)),
+        ("time".into(), n(event.time)),
+        ("body".into(), s(body)),
+        (TTL.into(), ttl_secs(retain_until)),
+    ]))
+}
+
+pub(crate) fn item_to_event(item: &Item) -> Result<ProgressEvent, StoreError> {
+    let r = Reader(item);
+    let event: ProgressEvent = serde_json::from_str(&r.s("body")?).map_err(|e| r.corrupt("body", e))?;
+    let seq: u64 = r.n("seq")?;
+    if event.seq != seq {
+        return Err(r.corrupt("body", format!("holds seq {} but the item is seq {seq}", event.seq)));
+    }
+    Ok(event)
+}
+
+/// The attributes `ConnectionStore::put` sets (never `subs`, which a re-put keeps).
+pub(crate) fn connection_attrs(c: &Connection) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        ("id", s(c.id.clone())),
+        ("tenant", s(c.tenant.as_str())),
+        ("connected_at", n(c.connected_at)),
+        ("expires_at", n(c.expires_at)),
+        (TTL, ttl_secs(c.expires_at)),
+    ]
+}
+
+pub(crate) fn item_to_connection(id: &str, item: &Item) -> Result<Connection, StoreError> {
+    let r = Reader(item);
+    Ok(Connection {
+        id: id.to_string(),
+        tenant: TenantId::new(r.s("tenant")?).map_err(|e| r.corrupt("tenant", e))?,
+        connected_at: r.n("connected_at")?,
+        expires_at: r.n("expires_at")?,
+    })
+}
+
+/// A string set attribute's members; absent means empty (DynamoDB drops empty sets).
+pub(crate) fn string_set(item: &Item, name: &str) -> Result<Vec<String>, StoreError> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+        Some(AttributeValue::Ss(v)) => Ok(v.clone()),
+        Some(_) => Err(Reader(item).corrupt(name, "expected a string set")),
+    }
+}
+
 fn parse_json(r: &Reader<'_>, name: &str, text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|e| r.corrupt(name, e))
 }
@@ -281,6 +355,23 @@ mod unit {
         assert_eq!(item.get(TTL), Some(&AttributeValue::N("1700086400".into())));
         assert!(!item.contains_key("lease_until"));
         assert_eq!(item_to_job(&item).unwrap(), job);
+    }
+
+    #[test]
+    fn event_item_layout() {
+        let event = ProgressEvent {
+            job_id: sample().id,
+            seq: 42,
+            time: 1_700_000_000_500,
+            body: ferry_core::progress::EventBody::Token { index: 3, id: 9, text: "▁ü".into(), logprob: Some(-0.5) },
+        };
+        let item = event_to_item(&event, 1_700_086_400_999).unwrap();
+        assert_eq!(item.get(PK), Some(&s(format!("evt#{}#00000000000000000042", event.job_id))));
+        assert_eq!(item.get(TTL), Some(&AttributeValue::N("1700086400".into())));
+        assert_eq!(item_to_event(&item).unwrap(), event);
+        let mut wrong = item.clone();
+        wrong.insert("seq".into(), n(41u64));
+        assert!(matches!(item_to_event(&wrong), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! - [`DynamoJobStore`] and [`DynamoApiKeyStore`]: jobs, idempotency bindings and API keys
 //!   in one DynamoDB table (key `pk`, tenant index `gsi1`), see [`dynamo`].
+//! - [`DynamoJobStore`] is also the `EventStore` (progress events next to their job), and
+//!   [`DynamoConnectionStore`] keeps WebSocket connections and subscriptions, see [`connections`].
 //! - [`SqsWorkQueue`]: the work queue on SQS, see [`sqs`].
 //! - [`ApiGatewayNotifier`]: pushes to WebSocket connections (Management API), see [`notifier`].
 //! - [`config`]: building SDK configuration and the whole backend from the environment
@@ -13,6 +15,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod connections;
 pub mod dynamo;
 mod dynamo_codec;
 pub mod notifier;
@@ -20,6 +23,7 @@ pub mod sqs;
 
 pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
 pub use config::{AwsBackend, AwsSettings, sdk_config_for_endpoint, sdk_config_from_env};
+pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
 pub use notifier::ApiGatewayNotifier;
 pub use sqs::SqsWorkQueue;

@@ -166,7 +166,9 @@ pub trait ConnectionStore: Send + Sync {
     /// Removes a connection and all its subscriptions; returns the jobs it followed.
     /// Deleting an unknown connection is not an error.
     async fn delete(&self, id: &str) -> Result<Vec<JobId>, StoreError>;
-    /// Subscribes a connection to a job (idempotent).
+    /// Subscribes a connection to a job (idempotent). A connection that was never `put` (or
+    /// is already deleted) is `ConditionFailed { current: None }`: a subscribe racing
+    /// `$disconnect` must not resurrect a connection record.
     async fn subscribe(&self, id: &str, job_id: &JobId) -> Result<(), StoreError>;
     /// Idempotent as well.
     async fn unsubscribe(&self, id: &str, job_id: &JobId) -> Result<(), StoreError>;

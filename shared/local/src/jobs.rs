@@ -8,8 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use ferry_core::Millis;
 use ferry_core::job::{Job, JobId, TenantId};
-use ferry_core::ports::{Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError};
+use ferry_core::ports::{Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError};
+use ferry_core::progress::ProgressEvent;
 
 use crate::lock;
 
@@ -28,6 +30,9 @@ struct Inner {
     by_tenant: HashMap<TenantId, BTreeSet<JobId>>,
     /// Idempotency bindings per (tenant, client key).
     idem: HashMap<(TenantId, String), IdempotencyRecord>,
+    /// Progress events by (job, seq), under the same lock as the jobs so an append and
+    /// its `last_seq` move are one atomic step, as the DynamoDB transaction is.
+    events: BTreeMap<(JobId, u64), ProgressEvent>,
 }
 
 impl MemoryJobStore {
@@ -116,6 +121,46 @@ impl JobStore for MemoryJobStore {
         stored.error = job.error.clone();
         stored.retain_until = job.retain_until;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryJobStore {
+    async fn append(
+        &self,
+        event: &ProgressEvent,
+        expected_last_seq: u64,
+        _retain_until: Millis,
+    ) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        let Some(job) = inner.jobs.get_mut(&event.job_id) else {
+            return Err(StoreError::ConditionFailed { current: None });
+        };
+        // The port requires `seq == expected + 1`; a caller breaking that gets the
+        // stored job back like any other mismatch, and nothing is written.
+        if job.last_seq != expected_last_seq || Some(event.seq) != expected_last_seq.checked_add(1) {
+            return Err(StoreError::ConditionFailed { current: Some(Box::new(job.clone())) });
+        }
+        job.last_seq = event.seq;
+        // Events are not expired here: the embedded store keeps them as long as the job
+        // (which it does not expire either).
+        inner.events.insert((event.job_id, event.seq), event.clone());
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        job_id: &JobId,
+        after: u64,
+        last_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<ProgressEvent>, StoreError> {
+        let end = last_seq.min(after.saturating_add(u64::from(limit)));
+        if end <= after {
+            return Ok(Vec::new());
+        }
+        let inner = lock(&self.inner);
+        Ok(inner.events.range((*job_id, after + 1)..=(*job_id, end)).map(|(_, e)| e.clone()).collect())
     }
 }
 

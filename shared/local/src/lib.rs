@@ -6,14 +6,18 @@
 //! simpler behaviour, so code that works against these works in the cloud. The
 //! conformance suite in `tests/` runs the same cases against both.
 //!
-//! - [`MemoryJobStore`]: jobs with idempotency bindings and compare-and-set updates.
+//! - [`MemoryJobStore`]: jobs with idempotency bindings and compare-and-set updates, and
+//!   (as `EventStore`) their progress events.
+//! - [`MemoryConnectionStore`]: WebSocket connections and their job subscriptions.
 //! - [`MemoryApiKeyStore`]: hashed API keys.
 //! - [`MemoryQueue`]: an at-least-once queue with long polling and an optional dead-letter queue.
 
+mod connections;
 mod jobs;
 mod keys;
 mod queue;
 
+pub use connections::MemoryConnectionStore;
 pub use jobs::MemoryJobStore;
 pub use keys::MemoryApiKeyStore;
 pub use queue::MemoryQueue;

@@ -6,6 +6,7 @@
 //! AWS cases skip (with a message) when `moto_server` is not installed, except in CI,
 //! where they fail. Each case gets a fresh backend, so cases run in parallel.
 
+mod events;
 mod jobs;
 mod queue;
 mod support;
@@ -51,6 +52,15 @@ conformance! {
     update_leaves_immutable_fields => update::case_update_leaves_immutable_fields,
     concurrent_updates_one_wins => update::case_concurrent_updates_one_wins,
     api_keys => jobs::case_api_keys,
+    append_read_round_trip => events::case_append_read_round_trip,
+    read_across_batches => events::case_read_across_batches,
+    update_keeps_last_seq => events::case_update_keeps_last_seq,
+    append_condition_failures => events::case_append_condition_failures,
+    concurrent_appends_one_wins => events::case_concurrent_appends_one_wins,
+    connection_round_trip => events::case_connection_round_trip,
+    subscriptions => events::case_subscriptions,
+    delete_connection => events::case_delete_connection,
+    many_subscribers => events::case_many_subscribers,
     queue_round_trip => queue::case_round_trip,
     receive_empty_waits => queue::case_receive_empty_waits,
     long_poll_wakes_on_send => queue::case_long_poll_wakes_on_send,
