@@ -8,13 +8,13 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// The body of every error response.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// What went wrong, and where.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// One of `invalid_request` (400), `unauthorized` (401), `not_found` (404),
     /// `method_not_allowed` (405), `conflict` (409), `payload_too_large` (413),

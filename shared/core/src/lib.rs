@@ -25,5 +25,6 @@ pub mod state;
 pub mod telemetry;
 pub mod validate;
 pub mod view;
+pub mod ws;
 
 pub use job::{Job, JobError, JobId, JobStatus, Millis, Task, TenantId};
