@@ -103,10 +103,17 @@ impl ProgressHub {
         let limit = Arc::new(tokio::sync::Semaphore::new(FAN_OUT_CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
         for id in subscribers {
-            let (hub, data, limit) = (self.clone(), data.clone(), limit.clone());
+            let (hub, data, limit, job_id) = (self.clone(), data.clone(), limit.clone(), event.job_id);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                hub.deliver(&id, &data).await
+                let result = hub.deliver(&id, &data).await;
+                if result == Err(NotifyError::Gone) {
+                    // `deliver` deleted the connection; also drop this job's subscription in
+                    // case the connection record was already gone (a subscribe that raced
+                    // $disconnect), so later publishes stop trying it.
+                    let _ = hub.connections.unsubscribe(&id, &job_id).await;
+                }
+                result
             });
         }
         let mut out = FanOut::default();
