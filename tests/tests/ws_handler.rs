@@ -211,9 +211,10 @@ async fn refusals_and_bad_messages(s: Setup) {
     assert!(s.b.connections.subscribers(&theirs.id).await.unwrap().is_empty());
 
     let huge = format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(40 * 1024));
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 7] = [
         ("not json", "body"),
-        (r#"{"action":"dance"}"#, "body"),
+        (r#"{"action":"dance"}"#, "action"),
+        (r#"{"action":"ping","extra":1}"#, "body"),
         (r#"{"job_id":"x"}"#, "action"),
         (r#"{"action":"subscribe"}"#, "body"),
         (r#"{"action":"subscribe","job_id":"nope"}"#, "job_id"),

@@ -9,6 +9,10 @@
 //! `{"action": "subscribed", "job_id", "status", "last_seq"}` then replayed and live
 //! `{"action": "event", "event"}`, `{"action": "unsubscribed", "job_id"}`, `{"action": "pong"}`,
 //! and `{"action": "error", "error": {"type", "message", "field"?}}`.
+//!
+//! Ordering: the subscription is recorded before the replay is read, so no event is lost,
+//! but a live event can overtake the `subscribed` reply or replayed events. Clients keep the
+//! set of `seq`s they have seen, drop repeats, and order by `seq` (the CLI does).
 
 use std::sync::Arc;
 
@@ -62,7 +66,8 @@ impl WsResponse {
 enum ClientMessage {
     Subscribe { job_id: String, after_seq: Option<u64> },
     Unsubscribe { job_id: String },
-    Ping,
+    // A struct variant, so `deny_unknown_fields` applies to it too.
+    Ping {},
 }
 
 /// Replies other than events.
@@ -146,7 +151,9 @@ impl WsApi {
         let msg: ClientMessage = match serde_json::from_value(value.clone()) {
             Ok(m) => m,
             Err(e) => {
-                let field = if value.get("action").is_some_and(|a| a.is_string()) { "body" } else { "action" };
+                const ACTIONS: [&str; 3] = ["subscribe", "unsubscribe", "ping"];
+                let known = value.get("action").and_then(Value::as_str).is_some_and(|a| ACTIONS.contains(&a));
+                let field = if known { "body" } else { "action" };
                 let hint = "actions: subscribe {job_id, after_seq?}, unsubscribe {job_id}, ping";
                 return Some(error_reply(ApiError::bad_request(field, format!("{e}; {hint}"))));
             }
@@ -159,7 +166,7 @@ impl WsApi {
             Err(e) => return Some(self.internal(e, req)),
         };
         match msg {
-            ClientMessage::Ping => Some(Reply::Pong),
+            ClientMessage::Ping {} => Some(Reply::Pong),
             ClientMessage::Unsubscribe { job_id } => {
                 let id = match parse_id(&job_id) {
                     Ok(id) => id,
