@@ -3,9 +3,11 @@
 //! - [`server`]: serves [`ferry_core::api::Api`] over HTTP/1.1 (axum), with graceful shutdown.
 //! - [`stack`]: builds the local stack (embedded or AWS adapters, keys, models).
 //! - [`client`]: a small client of the HTTP API for `ferry submit/get/list/cancel`.
+//! - [`gateway`]: the local WebSocket API and Management API (API Gateway stand-in).
 //! - [`demo`]: the demo job `ferry dev --demo` runs against itself.
 
 pub mod client;
 pub mod demo;
+pub mod gateway;
 pub mod server;
 pub mod stack;

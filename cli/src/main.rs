@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ferry_cli::client::{Client, ClientError};
+use ferry_cli::gateway::{self, Gateway, NotifierChoice};
 use ferry_cli::stack::{self, BackendKind, DEV_API_KEY, StackOptions};
 use ferry_cli::{demo, server};
 use ferry_core::config::Config;
@@ -83,6 +84,13 @@ struct DevArgs {
     /// Address of the HTTP API.
     #[arg(long = "http", env = "FERRY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Address of the local WebSocket gateway (WebSocket API and Management API).
+    /// Default: the HTTP port + 1 (127.0.0.1:8081), or an ephemeral port when --http's is 0.
+    #[arg(long = "ws", env = "FERRY_WS_ADDR")]
+    ws: Option<SocketAddr>,
+    /// Serve POST /dev/jobs/{id}/progress on the gateway: publish a progress event by hand.
+    #[arg(long)]
+    dev_progress: bool,
     /// Which adapters to run on.
     #[arg(long, env = "FERRY_BACKEND", value_enum, default_value = "embedded")]
     backend: BackendKind,
@@ -277,6 +285,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     }
     let listener = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
     let addr = listener.local_addr()?;
+    let mut gateway = None;
     let mode = if a.constant_202 {
         server::Mode::Constant202
     } else {
@@ -291,11 +300,31 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             config,
         };
         let stack = stack::build(&opts).await?;
-        let backend = match a.backend {
-            BackendKind::Embedded => "embedded",
-            BackendKind::Aws => "aws",
+        let ws_addr = a.ws.unwrap_or_else(|| {
+            let port = if addr.port() == 0 || a.http.port() == 0 { 0 } else { addr.port().wrapping_add(1) };
+            SocketAddr::new(addr.ip(), port)
+        });
+        let ws_listener =
+            tokio::net::TcpListener::bind(ws_addr).await.with_context(|| format!("binding {ws_addr} (--ws)"))?;
+        let ws_addr = ws_listener.local_addr()?;
+        let ws_host = if ws_addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), ws_addr.port())
+        } else {
+            ws_addr
+        };
+        let (backend, notifier) = match (a.backend, stack.sdk.clone()) {
+            (BackendKind::Aws, Some(sdk)) => {
+                ("aws", NotifierChoice::ManagementApi { sdk: Box::new(sdk), endpoint: format!("http://{ws_host}") })
+            }
+            _ => ("embedded", NotifierChoice::Local),
         };
         println!("ferry dev: HTTP API on http://{addr} ({backend} backend)");
+        println!(
+            "ferry dev: WebSocket API on ws://{ws_host} (Management API: POST http://{ws_host}/@connections/{{id}})"
+        );
+        if a.dev_progress {
+            println!("  dev progress driver: POST http://{ws_host}/dev/jobs/{{id}}/progress");
+        }
         for (key, tenant) in &stack.api_keys {
             println!("  API key for tenant {tenant}: {key}");
         }
@@ -316,10 +345,26 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        gateway = Some((ws_listener, Gateway::new(&stack, notifier, a.dev_progress)));
         server::Mode::Api(stack.api)
     };
     println!("Ctrl-C stops it.");
-    server::serve(listener, mode, server::shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http = server::serve(listener, mode, stopped(stop_rx.clone()));
+    match gateway {
+        Some((ws_listener, gw)) => {
+            let ws = gateway::serve(ws_listener, gw, stopped(stop_rx));
+            tokio::try_join!(http, ws)?;
+        }
+        None => http.await?,
+    }
     println!("ferry dev: stopped");
     Ok(ExitCode::SUCCESS)
 }

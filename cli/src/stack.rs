@@ -12,9 +12,11 @@ use ferry_core::auth::hash_api_key;
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
 use ferry_core::ports::{
-    ApiKeyRecord, ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, SystemClock, WorkQueue,
+    ApiKeyRecord, ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, Notifier, SystemClock, WorkQueue,
 };
+use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
+use ferry_core::ws::WsApi;
 
 /// The key `ferry dev` accepts when given none, and the CLI's default key: the dev server
 /// listens on loopback only, so a well-known key is a convenience, not a hole.
@@ -76,6 +78,27 @@ pub struct Stack {
     pub connections: Arc<dyn ConnectionStore>,
     /// The accepted keys, in clear (only `ferry dev` knows them; stores hold hashes).
     pub api_keys: Vec<(String, TenantId)>,
+    pub clock: Arc<dyn Clock>,
+    /// The AWS SDK configuration (AWS backend only), for the Management API notifier.
+    pub sdk: Option<ferry_aws::SdkConfig>,
+}
+
+impl Stack {
+    /// The progress path over this stack's stores, pushing through `notifier`.
+    pub fn progress_hub(&self, notifier: Arc<dyn Notifier>) -> Arc<ProgressHub> {
+        Arc::new(ProgressHub {
+            jobs: self.jobs.clone(),
+            events: self.events.clone(),
+            connections: self.connections.clone(),
+            notifier,
+            clock: self.clock.clone(),
+        })
+    }
+
+    /// The WebSocket API over `hub` and this stack's keys.
+    pub fn ws_api(&self, hub: Arc<ProgressHub>) -> Arc<WsApi> {
+        Arc::new(WsApi { hub, keys: self.keys.clone() })
+    }
 }
 
 /// Parses `KEY` or `KEY=TENANT`.
@@ -111,6 +134,7 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
     };
     type Adapters =
         (Arc<dyn JobStore>, Arc<dyn EventStore>, Arc<dyn WorkQueue>, Arc<dyn ApiKeyStore>, Arc<dyn ConnectionStore>);
+    let mut sdk_config = None;
     let (jobs, events, queue, keys, connections): Adapters = match opts.backend {
         BackendKind::Embedded => {
             let dlq = Arc::new(ferry_local::MemoryQueue::new());
@@ -133,6 +157,7 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
                 .context("creating the DynamoDB table and SQS queues")?;
             let b = ferry_aws::AwsBackend::connect(&sdk, &opts.table, &urls.queue_url).await;
             let connections = ferry_aws::DynamoConnectionStore::new(aws_sdk_dynamodb::Client::new(&sdk), &opts.table);
+            sdk_config = Some(sdk);
             (b.jobs.clone(), b.jobs, b.queue, b.keys, Arc::new(connections))
         }
     };
@@ -141,7 +166,13 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         let record = ApiKeyRecord { key_hash: hash_api_key(key), tenant: tenant.clone(), created_at: clock.now() };
         keys.put(&record).await.context("registering API keys")?;
     }
-    let service = JobService { jobs: jobs.clone(), queue: queue.clone(), clock, catalog, config: opts.config.clone() };
+    let service = JobService {
+        jobs: jobs.clone(),
+        queue: queue.clone(),
+        clock: clock.clone(),
+        catalog,
+        config: opts.config.clone(),
+    };
     let api = Arc::new(Api::new(service, keys.clone()).with_events(events.clone()));
-    Ok(Stack { api, jobs, queue, keys, events, connections, api_keys })
+    Ok(Stack { api, jobs, queue, keys, events, connections, api_keys, clock, sdk: sdk_config })
 }
