@@ -2,4 +2,5 @@
 //! conformance suite runs against, and the moto emulator that hosts the AWS ones.
 
 pub mod backends;
+pub mod fixtures;
 pub mod moto;

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 
 use ferry_cli::stack::{self, Stack, StackOptions};
 use ferry_core::api::ROUTES;
-use ferry_core::ports::{Clock, SystemClock};
-use ferry_core::{Job, JobId, JobStatus, Task, TenantId};
+use ferry_core::{JobId, JobStatus, TenantId};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, RequestExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The key every authenticated event sends, and the tenant it belongs to.
 const KEY: &str = "fry_example_key";
@@ -112,32 +111,7 @@ async fn fresh_stack() -> Stack {
 
 /// The queued job the get and cancel events name, owned by the events' tenant.
 async fn seed(stack: &Stack) {
-    let now = SystemClock.now();
-    let job = Job {
-        id: SEEDED_JOB.parse().expect("seeded id is a ULID"),
-        tenant: TenantId::new(TENANT).unwrap(),
-        model: "tiny-llama".into(),
-        task: Task::TextGeneration,
-        input: json!({"prompt": "Seeded by events_replay"}),
-        params: json!({}),
-        timeout_s: 600,
-        max_attempts: 3,
-        created_at: now,
-        expires_at: now + 3_600_000,
-        idempotency_key: None,
-        status: JobStatus::Queued,
-        attempt: 1,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-        cancel_requested_at: None,
-        executor_id: None,
-        lease_until: None,
-        output: None,
-        error: None,
-        retain_until: now + 365 * 86_400_000,
-        last_seq: 0,
-    };
+    let job = ferry_tests::fixtures::job_with_id(SEEDED_JOB, TENANT, JobStatus::Queued);
     stack.jobs.create(&job, None).await.expect("seeding the job");
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::job::{Job, JobId, JobStatus, Task, TenantId};
+use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{Clock, Connection, Notifier, NotifyError, SystemClock};
 use ferry_core::progress::EventBody;
 use ferry_core::publish::{ProgressHub, PublishError, read_events};
@@ -35,32 +35,7 @@ impl Notifier for Recorder {
 }
 
 fn job(tenant: &str) -> Job {
-    let now = SystemClock.now();
-    Job {
-        id: JobId::generate(now),
-        tenant: TenantId::new(tenant).unwrap(),
-        model: "tiny-llama".into(),
-        task: Task::TextGeneration,
-        input: serde_json::json!({"prompt": "p"}),
-        params: serde_json::json!({}),
-        timeout_s: 60,
-        max_attempts: 3,
-        created_at: now,
-        expires_at: now + 3_600_000,
-        idempotency_key: None,
-        status: JobStatus::Running,
-        attempt: 1,
-        started_at: Some(now),
-        finished_at: None,
-        updated_at: now,
-        cancel_requested_at: None,
-        executor_id: Some("e".into()),
-        lease_until: Some(now + 60_000),
-        output: None,
-        error: None,
-        retain_until: now + 86_400_000,
-        last_seq: 0,
-    }
+    ferry_tests::fixtures::job(tenant, JobStatus::Running)
 }
 
 fn hub(b: &Backend, notifier: Arc<Recorder>) -> ProgressHub {

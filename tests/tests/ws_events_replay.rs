@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
 use aws_lambda_events::encodings::Body;
 use ferry_core::auth::hash_api_key;
-use ferry_core::job::{Job, JobId, JobStatus, Task, TenantId};
+use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{ApiKeyRecord, Clock, Connection, Notifier, NotifyError, SystemClock};
 use ferry_core::progress::EventBody;
 use ferry_core::publish::ProgressHub;
@@ -114,32 +114,7 @@ fn seeded_id() -> JobId {
 
 /// The queued job the subscribe and unsubscribe events name, owned by the key's tenant.
 fn job() -> Job {
-    let now = SystemClock.now();
-    Job {
-        id: seeded_id(),
-        tenant: tenant(),
-        model: "tiny-llama".into(),
-        task: Task::TextGeneration,
-        input: serde_json::json!({"prompt": "Seeded by ws_events_replay"}),
-        params: serde_json::json!({}),
-        timeout_s: 600,
-        max_attempts: 3,
-        created_at: now,
-        expires_at: now + 3_600_000,
-        idempotency_key: None,
-        status: JobStatus::Queued,
-        attempt: 1,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-        cancel_requested_at: None,
-        executor_id: None,
-        lease_until: None,
-        output: None,
-        error: None,
-        retain_until: now + 365 * 86_400_000,
-        last_seq: 0,
-    }
+    Job { id: seeded_id(), ..ferry_tests::fixtures::job(tenant().as_str(), JobStatus::Queued) }
 }
 
 /// A fresh embedded backend with the key, the job and its stored events, and the WebSocket

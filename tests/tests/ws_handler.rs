@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ferry_core::auth::hash_api_key;
-use ferry_core::job::{Job, JobId, JobStatus, Task, TenantId};
-use ferry_core::ports::{ApiKeyRecord, Clock, Notifier, NotifyError, SystemClock};
+use ferry_core::job::{Job, JobId, JobStatus, TenantId};
+use ferry_core::ports::{ApiKeyRecord, Notifier, NotifyError, SystemClock};
 use ferry_core::progress::EventBody;
 use ferry_core::publish::ProgressHub;
 use ferry_core::ws::{WsApi, WsRequest};
@@ -58,32 +58,7 @@ async fn setup(b: Backend) -> Setup {
 }
 
 fn job(tenant: &str) -> Job {
-    let now = SystemClock.now();
-    Job {
-        id: JobId::generate(now),
-        tenant: TenantId::new(tenant).unwrap(),
-        model: "tiny-llama".into(),
-        task: Task::TextGeneration,
-        input: serde_json::json!({"prompt": "p"}),
-        params: serde_json::json!({}),
-        timeout_s: 60,
-        max_attempts: 3,
-        created_at: now,
-        expires_at: now + 3_600_000,
-        idempotency_key: None,
-        status: JobStatus::Queued,
-        attempt: 1,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-        cancel_requested_at: None,
-        executor_id: None,
-        lease_until: None,
-        output: None,
-        error: None,
-        retain_until: now + 86_400_000,
-        last_seq: 0,
-    }
+    ferry_tests::fixtures::job(tenant, JobStatus::Queued)
 }
 
 fn conn_id() -> String {

@@ -1,0 +1,41 @@
+//! Jobs for tests that need one in a store without going through the API.
+
+use ferry_core::job::{Job, JobId, JobStatus, Task, TenantId};
+use ferry_core::ports::{Clock, SystemClock};
+
+/// A `tiny-llama` job of `tenant`, created now, in `status` (running jobs get a start,
+/// an executor and a lease), kept for a year.
+pub fn job(tenant: &str, status: JobStatus) -> Job {
+    let now = SystemClock.now();
+    let running = matches!(status, JobStatus::Running | JobStatus::Cancelling);
+    Job {
+        id: JobId::generate(now),
+        tenant: TenantId::new(tenant).expect("a valid tenant id"),
+        model: "tiny-llama".into(),
+        task: Task::TextGeneration,
+        input: serde_json::json!({"prompt": "made by a test"}),
+        params: serde_json::json!({}),
+        timeout_s: 600,
+        max_attempts: 3,
+        created_at: now,
+        expires_at: now + 3_600_000,
+        idempotency_key: None,
+        status,
+        attempt: 1,
+        started_at: running.then_some(now),
+        finished_at: None,
+        updated_at: now,
+        cancel_requested_at: None,
+        executor_id: running.then(|| "test-executor".to_string()),
+        lease_until: running.then_some(now + 60_000),
+        output: None,
+        error: None,
+        retain_until: now + 365 * 86_400_000,
+        last_seq: 0,
+    }
+}
+
+/// The same, with a fixed id (for events that name a job).
+pub fn job_with_id(id: &str, tenant: &str, status: JobStatus) -> Job {
+    Job { id: id.parse().expect("a ULID"), ..job(tenant, status) }
+}
