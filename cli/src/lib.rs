@@ -4,10 +4,12 @@
 //! - [`stack`]: builds the local stack (embedded or AWS adapters, keys, models).
 //! - [`client`]: a small client of the HTTP API for `ferry submit/get/list/cancel`.
 //! - [`gateway`]: the local WebSocket API and Management API (API Gateway stand-in).
+//! - [`follow`]: follows a job over the WebSocket API (`ferry watch`, `submit --follow`).
 //! - [`demo`]: the demo job `ferry dev --demo` runs against itself.
 
 pub mod client;
 pub mod demo;
+pub mod follow;
 pub mod gateway;
 pub mod server;
 pub mod stack;

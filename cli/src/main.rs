@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use ferry_cli::client::{Client, ClientError};
 use ferry_cli::gateway::{self, Gateway, NotifierChoice};
 use ferry_cli::stack::{self, BackendKind, DEV_API_KEY, StackOptions};
-use ferry_cli::{demo, server};
+use ferry_cli::{demo, follow, server};
 use ferry_core::config::Config;
 use ferry_core::view::JobView;
 
@@ -40,6 +40,15 @@ enum Command {
         limit: Option<u32>,
         #[arg(long)]
         cursor: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a job's progress over the WebSocket API until it ends (exit 0: succeeded,
+    /// 3: failed, cancelled, timed out or expired).
+    Watch {
+        id: String,
+        #[command(flatten)]
+        follow: FollowArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -77,6 +86,13 @@ struct ClientArgs {
     /// Print the API's JSON instead of a summary.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct FollowArgs {
+    /// WebSocket API URL. Default: from --url, http→ws and port + 1 (ws://127.0.0.1:8081/).
+    #[arg(long, env = "FERRY_WS_URL")]
+    ws_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -149,6 +165,11 @@ struct SubmitArgs {
     /// Wait up to N seconds (max 25) for the job to finish.
     #[arg(long)]
     wait: Option<u64>,
+    /// Then follow its progress over the WebSocket API, as `ferry watch` does.
+    #[arg(long)]
+    follow: bool,
+    #[command(flatten)]
+    follow_args: FollowArgs,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -208,8 +229,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let c = client(&a.client);
             let ans = c.submit(&body, a.idempotency_key.as_deref(), a.wait).await?;
+            if a.follow {
+                eprintln!("job {} {}", ans.body.id, ans.body.status);
+                return watch(&ans.body.id.to_string(), &a.follow_args, &a.client).await;
+            }
             print_job(&ans.body, a.client.json)
         }
+        Command::Watch { id, follow, client: ca } => watch(&id, &follow, &ca).await,
         Command::Get { id, client: ca } => print_job(&client(&ca).get(&id).await?.body, ca.json),
         Command::Cancel { id, client: ca } => print_job(&client(&ca).cancel(&id).await?.body, ca.json),
         Command::List { status, limit, cursor, client: ca } => {
@@ -254,6 +280,31 @@ fn client(a: &ClientArgs) -> Client {
     Client::new(&a.url, &a.api_key)
 }
 
+/// Follows a job over the WebSocket API; the exit code is `print_job`'s.
+async fn watch(id: &str, f: &FollowArgs, ca: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let ws_url = match &f.ws_url {
+        Some(u) => u.clone(),
+        None => follow::default_ws_url(&ca.url)?,
+    };
+    let opts = follow::FollowOptions::new(ws_url, &ca.api_key, id);
+    let mut printer = follow::Printer::new(ca.json);
+    let result = follow::follow(&opts, |e| printer.event(e)).await;
+    printer.finish();
+    let status = result?;
+    if !ca.json {
+        eprintln!("job {id} {status}");
+    }
+    Ok(exit_code(status))
+}
+
+fn exit_code(status: ferry_core::JobStatus) -> ExitCode {
+    use ferry_core::JobStatus::*;
+    match status {
+        Failed | Cancelled | TimedOut | Expired => ExitCode::from(3),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 /// Prints a job; the exit code tells failed/cancelled/timed-out jobs apart for scripts.
 fn print_job(job: &JobView, json: bool) -> anyhow::Result<ExitCode> {
     if json {
@@ -271,11 +322,7 @@ fn print_job(job: &JobView, json: bool) -> anyhow::Result<ExitCode> {
             println!("  error: {} ({})", e.message, e.kind);
         }
     }
-    use ferry_core::JobStatus::*;
-    Ok(match job.status {
-        Failed | Cancelled | TimedOut | Expired => ExitCode::from(3),
-        _ => ExitCode::SUCCESS,
-    })
+    Ok(exit_code(job.status))
 }
 
 async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
