@@ -2,5 +2,6 @@
 //! conformance suite runs against, and the moto emulator that hosts the AWS ones.
 
 pub mod backends;
+pub mod event_files;
 pub mod fixtures;
 pub mod moto;

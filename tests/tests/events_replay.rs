@@ -5,12 +5,13 @@
 //! against `events/expected.json`. Every event file must be listed there and every listed
 //! file must exist, so a new event cannot skip the check.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 
 use ferry_cli::stack::{self, Stack, StackOptions};
 use ferry_core::api::ROUTES;
+use ferry_core::error::ApiError;
 use ferry_core::{JobId, JobStatus, TenantId};
+use ferry_tests::event_files::EventDir;
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, RequestExt};
 use serde_json::Value;
@@ -21,8 +22,8 @@ const TENANT: &str = "acme";
 /// The job `get-job.json`, `cancel-job.json` and `error-method-not-allowed.json` name.
 const SEEDED_JOB: &str = "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B";
 
-fn events_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../events")
+fn events() -> EventDir {
+    EventDir::new("events")
 }
 
 /// One entry of `events/expected.json`.
@@ -35,23 +36,10 @@ struct Expected {
 }
 
 fn load_expected() -> BTreeMap<String, Expected> {
-    let path = events_dir().join("expected.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let map: BTreeMap<String, Value> = serde_json::from_str(&text).expect("expected.json is a JSON object");
-    map.into_iter()
-        .map(|(name, v)| {
-            let obj = v.as_object().unwrap_or_else(|| panic!("expected.json: {name} is not an object"));
-            for k in obj.keys() {
-                assert!(
-                    ["status", "field", "headers"].contains(&k.as_str()),
-                    "expected.json: {name} has unknown key {k}"
-                );
-            }
-            let status = obj
-                .get("status")
-                .and_then(Value::as_u64)
-                .and_then(|s| u16::try_from(s).ok())
-                .unwrap_or_else(|| panic!("expected.json: {name} needs an integer status"));
+    events()
+        .expected(&["status", "field", "headers"])
+        .into_iter()
+        .map(|(name, (status, obj))| {
             let field = obj.get("field").map(|f| {
                 f.as_str().unwrap_or_else(|| panic!("expected.json: {name}.field is not a string")).to_string()
             });
@@ -72,34 +60,10 @@ fn load_expected() -> BTreeMap<String, Expected> {
         .collect()
 }
 
-/// Every `events/*.json` but `expected.json`, by file name.
-fn event_files() -> BTreeSet<String> {
-    std::fs::read_dir(events_dir())
-        .expect("events/ exists")
-        .map(|e| e.expect("readable dir entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json") && n != "expected.json")
-        .collect()
-}
-
-fn read_event(name: &str) -> String {
-    std::fs::read_to_string(events_dir().join(name)).unwrap_or_else(|e| panic!("reading events/{name}: {e}"))
-}
-
-/// The `type` the API sends with each error status (see `ferry_core::error`).
+/// The `type` the API sends with an error status: the API's own mapping, so the test
+/// checks the body carries it rather than restating the table.
 fn error_kind(status: u16) -> &'static str {
-    match status {
-        400 => "invalid_request",
-        401 => "unauthorized",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        409 => "conflict",
-        413 => "payload_too_large",
-        415 => "unsupported_media_type",
-        422 => "validation_error",
-        429 => "rate_limited",
-        503 => "unavailable",
-        _ => "internal",
-    }
+    ApiError::new(http::StatusCode::from_u16(status).expect("a status code"), "").kind()
 }
 
 async fn fresh_stack() -> Stack {
@@ -133,7 +97,7 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
         }
     };
 
-    let request = match lambda_http::request::from_str(&read_event(name)) {
+    let request = match lambda_http::request::from_str(&events().read(name)) {
         Ok(r) => r,
         Err(e) => return vec![format!("lambda_http cannot deserialize it: {e}")],
     };
@@ -248,7 +212,7 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
         }
         _ => check(false, format!("no success check for {method} {path}; add one to events_replay.rs")),
     }
-    let idem = serde_json::from_str::<Value>(&read_event(name))
+    let idem = serde_json::from_str::<Value>(&events().read(name))
         .ok()
         .and_then(|e| e["headers"]["idempotency-key"].as_str().map(str::to_string));
     if let Some(key) = idem {
@@ -262,24 +226,15 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
 
 #[test]
 fn every_event_is_in_expected_json_and_back() {
-    let files = event_files();
-    let listed: BTreeSet<String> = load_expected().into_keys().collect();
-    let unlisted: Vec<_> = files.difference(&listed).collect();
-    let missing: Vec<_> = listed.difference(&files).collect();
-    assert!(
-        unlisted.is_empty() && missing.is_empty(),
-        "events without an entry in events/expected.json: {unlisted:?}; \
-         entries in events/expected.json without an event file: {missing:?}"
-    );
-    assert!(files.len() >= 20, "only {} events", files.len());
+    events().assert_all_listed(20);
 }
 
 /// The events look like what API Gateway sends, so replaying them means something.
 #[test]
 fn events_are_realistic_http_api_v2_payloads() {
     let mut problems = Vec::new();
-    for name in event_files() {
-        let ev: Value = match serde_json::from_str(&read_event(&name)) {
+    for name in events().files() {
+        let ev: Value = match serde_json::from_str(&events().read(&name)) {
             Ok(v) => v,
             Err(e) => {
                 problems.push(format!("{name}: not JSON: {e}"));
@@ -327,7 +282,7 @@ fn events_are_realistic_http_api_v2_payloads() {
             check(auth == format!("Bearer {KEY}"), "authorization is not the example key");
         }
         // content-length matches the (decoded) body, as API Gateway sends it.
-        if let Ok(req) = lambda_http::request::from_str(&read_event(&name)) {
+        if let Ok(req) = lambda_http::request::from_str(&events().read(&name)) {
             let body = body_bytes(req.body());
             let len = headers.get("content-length").and_then(Value::as_str).and_then(|s| s.parse::<usize>().ok());
             check(
@@ -343,7 +298,7 @@ fn events_are_realistic_http_api_v2_payloads() {
 async fn events_replay_through_the_lambda_handler() {
     let expected = load_expected();
     let mut failures = Vec::new();
-    for name in event_files() {
+    for name in events().files() {
         let Some(exp) = expected.get(&name) else {
             failures.push(format!("{name}: not listed in events/expected.json"));
             continue;

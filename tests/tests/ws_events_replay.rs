@@ -8,8 +8,7 @@
 //! The WebSocket events live in their own folder because `events_replay.rs` replays every
 //! `events/*.json` as an HTTP API event.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -22,6 +21,7 @@ use ferry_core::progress::EventBody;
 use ferry_core::publish::ProgressHub;
 use ferry_core::ws::WsApi;
 use ferry_tests::backends::{self, Backend};
+use ferry_tests::event_files::EventDir;
 use serde_json::Value;
 
 /// The key the authenticated `$connect` events send, and the tenant it belongs to.
@@ -32,8 +32,8 @@ const SEEDED_JOB: &str = "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B";
 /// Events stored for the seeded job before each replay.
 const SEEDED_EVENTS: u64 = 2;
 
-fn events_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/ws")
+fn events() -> EventDir {
+    EventDir::new("events/ws")
 }
 
 /// Records every post, by connection id.
@@ -65,20 +65,10 @@ struct Expected {
 }
 
 fn load_expected() -> BTreeMap<String, Expected> {
-    let path = events_dir().join("expected.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let map: BTreeMap<String, Value> = serde_json::from_str(&text).expect("expected.json is a JSON object");
-    map.into_iter()
-        .map(|(name, v)| {
-            let obj = v.as_object().unwrap_or_else(|| panic!("expected.json: {name} is not an object"));
-            for k in obj.keys() {
-                assert!(["status", "frames"].contains(&k.as_str()), "expected.json: {name} has unknown key {k}");
-            }
-            let status = obj
-                .get("status")
-                .and_then(Value::as_u64)
-                .and_then(|s| u16::try_from(s).ok())
-                .unwrap_or_else(|| panic!("expected.json: {name} needs an integer status"));
+    events()
+        .expected(&["status", "frames"])
+        .into_iter()
+        .map(|(name, (status, obj))| {
             let frames = obj
                 .get("frames")
                 .and_then(Value::as_array)
@@ -89,19 +79,6 @@ fn load_expected() -> BTreeMap<String, Expected> {
             (name, Expected { status, frames })
         })
         .collect()
-}
-
-/// Every `events/ws/*.json` but `expected.json`, by file name.
-fn event_files() -> BTreeSet<String> {
-    std::fs::read_dir(events_dir())
-        .expect("events/ws/ exists")
-        .map(|e| e.expect("readable dir entry").file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json") && n != "expected.json")
-        .collect()
-}
-
-fn read_event(name: &str) -> String {
-    std::fs::read_to_string(events_dir().join(name)).unwrap_or_else(|e| panic!("reading events/ws/{name}: {e}"))
 }
 
 fn tenant() -> TenantId {
@@ -149,7 +126,7 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
         }
     };
     // What lambda_runtime does with the invocation payload.
-    let event: ApiGatewayWebsocketProxyRequest = match serde_json::from_str(&read_event(name)) {
+    let event: ApiGatewayWebsocketProxyRequest = match serde_json::from_str(&events().read(name)) {
         Ok(e) => e,
         Err(e) => return vec![format!("not an ApiGatewayWebsocketProxyRequest: {e}")],
     };
@@ -244,24 +221,15 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
 
 #[test]
 fn every_ws_event_is_in_expected_json_and_back() {
-    let files = event_files();
-    let listed: BTreeSet<String> = load_expected().into_keys().collect();
-    let unlisted: Vec<_> = files.difference(&listed).collect();
-    let missing: Vec<_> = listed.difference(&files).collect();
-    assert!(
-        unlisted.is_empty() && missing.is_empty(),
-        "events without an entry in events/ws/expected.json: {unlisted:?}; \
-         entries in events/ws/expected.json without an event file: {missing:?}"
-    );
-    assert!(files.len() >= 10, "only {} events", files.len());
+    events().assert_all_listed(10);
 }
 
 /// The events look like what API Gateway sends, so replaying them means something.
 #[test]
 fn ws_events_are_realistic() {
     let mut problems = Vec::new();
-    for name in event_files() {
-        let ev: Value = match serde_json::from_str(&read_event(&name)) {
+    for name in events().files() {
+        let ev: Value = match serde_json::from_str(&events().read(&name)) {
             Ok(v) => v,
             Err(e) => {
                 problems.push(format!("{name}: not JSON: {e}"));
@@ -310,7 +278,7 @@ fn ws_events_are_realistic() {
 async fn ws_events_replay_through_the_lambda_handler() {
     let expected = load_expected();
     let mut failures = Vec::new();
-    for name in event_files() {
+    for name in events().files() {
         let Some(exp) = expected.get(&name) else {
             failures.push(format!("{name}: not listed in events/ws/expected.json"));
             continue;
