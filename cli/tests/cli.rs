@@ -1,61 +1,23 @@
 //! The real `ferry` binary: `ferry dev` on a free port, the client commands against it with
 //! readable and `--json` output and their exit codes, and a clean stop on Ctrl-C (SIGINT).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
 
-struct Dev {
-    child: Child,
-    url: String,
-    lines: std::sync::mpsc::Receiver<String>,
+use common::{DevProcess, FERRY, spawn_dev};
+
+fn start_dev(extra: &[&str]) -> DevProcess {
+    let mut args = vec!["--api-key", "k-cli-test=acme"];
+    args.extend_from_slice(extra);
+    spawn_dev(&args)
 }
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// The child is owned by `Dev`, whose Drop kills and waits for it.
-#[allow(clippy::zombie_processes)]
-fn start_dev(extra: &[&str]) -> Dev {
-    let mut child = Command::new(FERRY)
-        .args(["dev", "--http", "127.0.0.1:0", "--api-key", "k-cli-test=acme"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ferry starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("ferry dev prints its address");
-        if let Some(rest) = line.split("HTTP API on ").nth(1) {
-            let url = rest.split_whitespace().next().unwrap().to_string();
-            return Dev { child, url, lines };
-        }
-    }
-}
-
-fn ferry(dev: &Dev, args: &[&str]) -> (i32, String) {
+fn ferry(dev: &DevProcess, args: &[&str]) -> (i32, String) {
     let out = Command::new(FERRY)
         .args(args)
-        .args(["--url", &dev.url])
+        .args(["--url", &dev.http])
         .env("FERRY_API_KEY", "k-cli-test")
         .env("RUST_LOG", "warn")
         .output()

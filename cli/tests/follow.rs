@@ -3,7 +3,7 @@
 //! follow loop in-process against the local gateway, with its socket closed under it
 //! through the Management API to check that a resume misses nothing and repeats nothing.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,61 +16,16 @@ use ferry_core::JobStatus;
 use ferry_core::progress::EventBody;
 use serde_json::{Value, json};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+
+use common::{DevProcess, FERRY, spawn_dev};
 const KEY: &str = "k-follow";
 
-struct Dev {
-    child: Child,
-    http: String,
-    ws: String,
+fn start_dev() -> DevProcess {
+    spawn_dev(&["--dev-progress", "--api-key", &format!("{KEY}=acme"), "--rate-limit", "0"])
 }
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// The child is owned by `Dev`, whose Drop kills and waits for it.
-#[allow(clippy::zombie_processes)]
-fn start_dev() -> Dev {
-    let mut child = Command::new(FERRY)
-        .args(["dev", "--http", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--dev-progress"])
-        .args(["--api-key", &format!("{KEY}=acme"), "--rate-limit", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ferry starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (mut http, mut ws) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.is_none() || ws.is_none() {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("ferry dev prints its addresses");
-        if let Some(rest) = line.split("HTTP API on ").nth(1) {
-            http = Some(rest.split_whitespace().next().unwrap().to_string());
-        }
-        if let Some(rest) = line.split("WebSocket API on ").nth(1) {
-            ws = Some(rest.split_whitespace().next().unwrap().to_string());
-        }
-    }
-    // Keep draining stdout so ferry dev never blocks on a full pipe.
-    std::thread::spawn(move || while lines.recv().is_ok() {});
-    Dev { child, http: http.unwrap(), ws: ws.unwrap() }
-}
-
-impl Dev {
+impl DevProcess {
     fn ferry(&self, args: &[&str]) -> Command {
         let mut c = Command::new(FERRY);
         c.args(args)

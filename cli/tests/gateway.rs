@@ -3,6 +3,8 @@
 //! frames, the Management API (410 cleanup), fan-out to many connections, and the AWS
 //! notifier's real SDK wire path against the gateway's own Management API.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -439,36 +441,10 @@ async fn dev_progress_is_off_by_default() {
 /// serves it next to the HTTP API, and on Ctrl-C closes open sockets (1001) and exits 0.
 #[tokio::test]
 async fn ferry_dev_serves_the_gateway_and_stops_on_ctrl_c() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["dev", "--http", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--dev-progress", "--api-key", "k-bin=acme"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ferry starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (mut http, mut ws_url, mut driver) = (None, None, false);
-    while http.is_none() || ws_url.is_none() || !driver {
-        let line = lines.recv_timeout(Duration::from_secs(20)).expect("ferry dev prints its addresses");
-        if let Some(rest) = line.split("HTTP API on ").nth(1) {
-            http = Some(rest.split_whitespace().next().unwrap().to_string());
-        }
-        if let Some(rest) = line.split("WebSocket API on ").nth(1) {
-            ws_url = Some(rest.split_whitespace().next().unwrap().to_string());
-        }
-        driver |= line.contains("/dev/jobs/{id}/progress");
-    }
-    let ws_url = ws_url.unwrap();
+    use std::process::Command;
+    let mut dev = common::spawn_dev(&["--dev-progress", "--api-key", "k-bin=acme"]);
+    assert!(dev.startup.iter().any(|l| l.contains("/dev/jobs/{id}/progress")), "the driver is announced");
+    let ws_url = dev.ws.clone();
     assert!(ws_url.starts_with("ws://127.0.0.1:"), "{ws_url}");
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_url}/?token=k-bin")).await.expect("connects");
     send(&mut ws, json!({"action": "ping"})).await;
@@ -480,8 +456,9 @@ async fn ferry_dev_serves_the_gateway_and_stops_on_ctrl_c() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404, "the driver is on and the job is missing");
-    assert!(http.is_some());
+    assert!(dev.http.starts_with("http://127.0.0.1:"), "the HTTP API is served too: {}", dev.http);
 
+    let child = &mut dev.child;
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("closed on Ctrl-C") {
