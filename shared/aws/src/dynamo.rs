@@ -67,6 +67,49 @@ where
     }
 }
 
+/// A cancelled transaction whose own conditions the caller has already judged: throttling
+/// becomes `Throttled`, anything but a conflict with a concurrent transaction is a failure
+/// (`Some`); a conflict (`None`) is worth retrying after [`retry_pause`].
+fn transaction_failure<R>(
+    err: &SdkError<TransactWriteItemsError, R>,
+    reasons: &[aws_sdk_dynamodb::types::CancellationReason],
+) -> Option<StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let detail = || format!("DynamoDB TransactWriteItems: {}", DisplayErrorContext(err));
+    if reasons.iter().any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c))) {
+        tracing::warn!("DynamoDB throttled a transaction");
+        Some(StoreError::Throttled(detail()))
+    } else if !reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
+        let message = detail();
+        tracing::error!(error = %message, "DynamoDB transaction failed");
+        Some(StoreError::Unavailable(message))
+    } else {
+        None
+    }
+}
+
+/// How long to wait before try `tries + 1` of a transaction (exponential from `base_ms`),
+/// or `Unavailable` once `max_tries` are spent.
+fn retry_pause<R>(
+    err: &SdkError<TransactWriteItemsError, R>,
+    tries: u32,
+    max_tries: u32,
+    base_ms: u64,
+) -> Result<Duration, StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    if tries >= max_tries {
+        return Err(StoreError::Unavailable(format!(
+            "DynamoDB TransactWriteItems: gave up after {tries} conflicting tries: {}",
+            DisplayErrorContext(err)
+        )));
+    }
+    Ok(Duration::from_millis(base_ms << tries))
+}
+
 /// A request that could not be built is a bug here; report it rather than panic.
 pub(crate) fn build_err(err: aws_smithy_types::error::operation::BuildError) -> StoreError {
     StoreError::Unavailable(format!("DynamoDB request could not be built: {err}"))
@@ -147,21 +190,10 @@ impl DynamoJobStore {
                 // Deleted (TTL) between the check and the read: the key is free again.
             } else if code(1) == "ConditionalCheckFailed" {
                 return Err(StoreError::AlreadyExists);
-            } else if reasons.iter().any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c))) {
-                return Err(StoreError::Throttled(format!(
-                    "DynamoDB TransactWriteItems: {}",
-                    DisplayErrorContext(&err)
-                )));
-            } else if !reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
-                return Err(store_err("TransactWriteItems", err));
+            } else if let Some(e) = transaction_failure(&err, reasons) {
+                return Err(e);
             }
-            if tries >= CREATE_TRIES {
-                return Err(StoreError::Unavailable(format!(
-                    "DynamoDB TransactWriteItems: gave up after {tries} conflicting tries: {}",
-                    DisplayErrorContext(&err)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20 << tries)).await;
+            tokio::time::sleep(retry_pause(&err, tries, CREATE_TRIES, 20)?).await;
         }
     }
 }
@@ -369,21 +401,10 @@ impl EventStore for DynamoJobStore {
                     )));
                 }
                 return Err(StoreError::ConditionFailed { current: current.map(Box::new) });
-            } else if reasons.iter().any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c))) {
-                return Err(StoreError::Throttled(format!(
-                    "DynamoDB TransactWriteItems: {}",
-                    DisplayErrorContext(&err)
-                )));
-            } else if !reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
-                return Err(store_err("TransactWriteItems", err));
+            } else if let Some(e) = transaction_failure(&err, reasons) {
+                return Err(e);
             }
-            if tries >= APPEND_TRIES {
-                return Err(StoreError::Unavailable(format!(
-                    "DynamoDB TransactWriteItems: gave up after {tries} conflicting tries: {}",
-                    DisplayErrorContext(&err)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10 << tries)).await;
+            tokio::time::sleep(retry_pause(&err, tries, APPEND_TRIES, 10)?).await;
         }
     }
 
