@@ -417,9 +417,10 @@ impl EventStore for DynamoJobStore {
     ) -> Result<Vec<ProgressEvent>, StoreError> {
         // Events are fetched by exact key: seq after+1 ..= min(last_seq, after+limit).
         // An event deleted by TTL is simply absent from the answer.
-        let end = last_seq.min(after.saturating_add(u64::from(limit)));
+        let window = ferry_core::progress::read_window(after, last_seq, limit);
+        let end = *window.end();
         let mut events = Vec::new();
-        let mut first = after.saturating_add(1);
+        let mut first = *window.start();
         while first <= end {
             let last = end.min(first + (BATCH_GET_MAX - 1));
             let keys: Vec<Item> =

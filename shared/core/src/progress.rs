@@ -55,3 +55,10 @@ impl EventBody {
 /// API Gateway's WebSocket frame limit is 32 KB (and 128 KB per message): a single event
 /// larger than this is refused at publish time rather than closing the client's connection.
 pub const MAX_EVENT_BYTES: usize = 32 * 1024;
+
+/// The seqs `EventStore::read(job, after, last_seq, limit)` covers: `after + 1` to
+/// `min(last_seq, after + limit)` (empty when nothing is newer). One definition for every
+/// adapter.
+pub fn read_window(after: u64, last_seq: u64, limit: u32) -> std::ops::RangeInclusive<u64> {
+    after.saturating_add(1)..=last_seq.min(after.saturating_add(u64::from(limit)))
+}

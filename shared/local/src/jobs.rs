@@ -155,12 +155,13 @@ impl EventStore for MemoryJobStore {
         last_seq: u64,
         limit: u32,
     ) -> Result<Vec<ProgressEvent>, StoreError> {
-        let end = last_seq.min(after.saturating_add(u64::from(limit)));
-        if end <= after {
+        let window = ferry_core::progress::read_window(after, last_seq, limit);
+        if window.is_empty() {
             return Ok(Vec::new());
         }
         let inner = lock(&self.inner);
-        Ok(inner.events.range((*job_id, after + 1)..=(*job_id, end)).map(|(_, e)| e.clone()).collect())
+        let range = (*job_id, *window.start())..=(*job_id, *window.end());
+        Ok(inner.events.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
 
