@@ -427,7 +427,7 @@ async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
             use ferry_core::ports::ApiKeyStore;
             let key = key.unwrap_or_else(ferry_core::auth::generate_api_key);
             let (key, tenant) = stack::parse_key_arg(&format!("{key}={tenant}"))?;
-            let store = ferry_aws::DynamoApiKeyStore::new(aws_sdk_dynamodb_client(&sdk), table);
+            let store = ferry_aws::TableStores::new(aws_sdk_dynamodb::Client::new(&sdk), &table).keys;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
             let record = ferry_core::ports::ApiKeyRecord {
                 key_hash: ferry_core::auth::hash_api_key(&key),
@@ -439,8 +439,4 @@ async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn aws_sdk_dynamodb_client(sdk: &ferry_aws::SdkConfig) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(sdk)
 }

@@ -156,9 +156,8 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
                 .await
                 .context("creating the DynamoDB table and SQS queues")?;
             let b = ferry_aws::AwsBackend::connect(&sdk, &opts.table, &urls.queue_url).await;
-            let connections = ferry_aws::DynamoConnectionStore::new(aws_sdk_dynamodb::Client::new(&sdk), &opts.table);
             sdk_config = Some(sdk);
-            (b.jobs.clone(), b.jobs, b.queue, b.keys, Arc::new(connections))
+            (b.jobs.clone(), b.jobs, b.queue, b.keys, b.connections)
         }
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
-use ferry_aws::{ApiGatewayNotifier, DynamoApiKeyStore, DynamoConnectionStore, DynamoJobStore};
+use ferry_aws::{ApiGatewayNotifier, TableStores};
 use ferry_core::ports::SystemClock;
 use ferry_core::publish::ProgressHub;
 use ferry_core::ws::WsApi;
@@ -17,22 +17,17 @@ async fn main() -> Result<(), Error> {
         "FERRY_WS_MANAGEMENT_ENDPOINT is required: the WebSocket API's Management endpoint, \
          https://{api-id}.execute-api.{region}.amazonaws.com/{stage}",
     )?;
-    // Only the table is needed here (no queue), so AwsBackend::from_env, which also resolves
-    // the queue URL, is not used; the table name follows the same FERRY_TABLE rule.
+    // Only the table is needed here (no queue, so no queue URL lookup at cold start).
     let sdk = ferry_aws::sdk_config_from_env().await;
-    let table = std::env::var("FERRY_TABLE").ok().filter(|v| !v.trim().is_empty());
-    let table = table.unwrap_or_else(|| ferry_aws::config::DEFAULT_TABLE.to_string());
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let jobs = Arc::new(DynamoJobStore::new(dynamo.clone(), &table));
+    let stores = TableStores::from_env(&sdk);
     let hub = ProgressHub {
-        jobs: jobs.clone(),
-        events: jobs,
-        connections: Arc::new(DynamoConnectionStore::new(dynamo.clone(), &table)),
+        jobs: stores.jobs.clone(),
+        events: stores.jobs,
+        connections: stores.connections,
         notifier: Arc::new(ApiGatewayNotifier::new(&sdk, &endpoint)),
         clock: Arc::new(SystemClock),
     };
-    tracing::info!(%table, %endpoint, "ws function configured");
-    let api = WsApi { hub: Arc::new(hub), keys: Arc::new(DynamoApiKeyStore::new(dynamo, &table)) };
+    let api = WsApi { hub: Arc::new(hub), keys: stores.keys };
     let api = &api;
     run(service_fn(move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {
         Ok::<_, Error>(ferry_ws_lambda::handle(api, event.payload).await)

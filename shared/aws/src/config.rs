@@ -11,6 +11,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 
 use crate::AwsError;
+use crate::connections::DynamoConnectionStore;
 use crate::dynamo::{DynamoApiKeyStore, DynamoJobStore};
 use crate::sqs::SqsWorkQueue;
 
@@ -66,7 +67,7 @@ impl AwsSettings {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<AwsSettings, AwsError> {
         let non_empty = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let table = non_empty("FERRY_TABLE").unwrap_or_else(|| DEFAULT_TABLE.to_string());
+        let table = table_from_lookup(&lookup);
         let queue_url = match non_empty("FERRY_QUEUE_URL") {
             Some(url) => url,
             None => {
@@ -75,6 +76,37 @@ impl AwsSettings {
             }
         };
         Ok(AwsSettings { table, queue_url })
+    }
+}
+
+/// `FERRY_TABLE`, or the default table name.
+pub fn table_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> String {
+    lookup("FERRY_TABLE").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_TABLE.to_string())
+}
+
+/// The ports that live in the one DynamoDB table, over one client: jobs (and their
+/// events), API keys, WebSocket connections. The `ws` Lambda needs only these.
+#[derive(Debug, Clone)]
+pub struct TableStores {
+    pub jobs: Arc<DynamoJobStore>,
+    pub keys: Arc<DynamoApiKeyStore>,
+    pub connections: Arc<DynamoConnectionStore>,
+}
+
+impl TableStores {
+    pub fn new(dynamo: aws_sdk_dynamodb::Client, table: &str) -> Self {
+        TableStores {
+            jobs: Arc::new(DynamoJobStore::new(dynamo.clone(), table)),
+            keys: Arc::new(DynamoApiKeyStore::new(dynamo.clone(), table)),
+            connections: Arc::new(DynamoConnectionStore::new(dynamo, table)),
+        }
+    }
+
+    /// The stores for `sdk`, on `FERRY_TABLE`.
+    pub fn from_env(sdk: &SdkConfig) -> Self {
+        let table = table_from_lookup(|name| std::env::var(name).ok());
+        tracing::info!(%table, "DynamoDB stores configured");
+        Self::new(aws_sdk_dynamodb::Client::new(sdk), &table)
     }
 }
 
@@ -91,6 +123,7 @@ pub async fn resolve_queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<
 pub struct AwsBackend {
     pub jobs: Arc<DynamoJobStore>,
     pub keys: Arc<DynamoApiKeyStore>,
+    pub connections: Arc<DynamoConnectionStore>,
     pub queue: Arc<SqsWorkQueue>,
 }
 
@@ -117,10 +150,7 @@ impl AwsBackend {
         table: &str,
         queue_url: &str,
     ) -> AwsBackend {
-        AwsBackend {
-            jobs: Arc::new(DynamoJobStore::new(dynamo.clone(), table)),
-            keys: Arc::new(DynamoApiKeyStore::new(dynamo, table)),
-            queue: Arc::new(SqsWorkQueue::new(sqs, queue_url)),
-        }
+        let TableStores { jobs, keys, connections } = TableStores::new(dynamo, table);
+        AwsBackend { jobs, keys, connections, queue: Arc::new(SqsWorkQueue::new(sqs, queue_url)) }
     }
 }
