@@ -95,10 +95,6 @@ fn every_pair_is_allowed_or_refused_as_the_table_says() {
                     assert_eq!(result, Err(TransitionError::Illegal { from, to }), "{from} -> {to} by {t:?}");
                 }
             }
-            if !is_legal(from, to) {
-                // Illegal pairs no transition reaches are refused by construction; say so.
-                assert!(!reached.contains(&(from, to)));
-            }
         }
     }
     let legal: BTreeSet<_> = LEGAL.iter().copied().collect();
