@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
 use ferry_core::ports::{
     ApiKeyRecord, ApiKeyStore, Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery,
-    StoreError,
+    StoreError, is_append_batch,
 };
 use ferry_core::progress::ProgressEvent;
 use ferry_core::{JobId, Millis};
@@ -334,35 +334,40 @@ impl JobStore for DynamoJobStore {
 impl EventStore for DynamoJobStore {
     async fn append(
         &self,
-        event: &ProgressEvent,
+        events: &[ProgressEvent],
         expected_last_seq: u64,
         retain_until: Millis,
     ) -> Result<(), StoreError> {
-        if expected_last_seq.checked_add(1) != Some(event.seq) {
+        let Some(first) = events.first() else {
+            return Err(StoreError::ConditionFailed { current: None });
+        };
+        let job_id = first.job_id;
+        if !is_append_batch(events, expected_last_seq) {
             // A caller bug, reported like any mismatch (with the stored job) and writing nothing.
-            let current = self.get(&event.job_id).await?.map(Box::new);
+            let current = self.get(&job_id).await?.map(Box::new);
             return Err(StoreError::ConditionFailed { current });
         }
+        let last = events[events.len() - 1].seq;
         let job_update = Update::builder()
             .table_name(&self.table)
-            .key(PK, s(job_pk(&event.job_id)))
+            .key(PK, s(job_pk(&job_id)))
             .update_expression("SET last_seq = :seq")
             .condition_expression("attribute_exists(pk) AND last_seq = :expected")
-            .expression_attribute_values(":seq", n(event.seq))
+            .expression_attribute_values(":seq", n(last))
             .expression_attribute_values(":expected", n(expected_last_seq))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build_err)?;
-        let event_put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(event_to_item(event, retain_until)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(build_err)?;
-        let items = vec![
-            TransactWriteItem::builder().update(job_update).build(),
-            TransactWriteItem::builder().put(event_put).build(),
-        ];
+        let mut items = vec![TransactWriteItem::builder().update(job_update).build()];
+        for event in events {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(event_to_item(event, retain_until)?))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
 
         let mut tries = 0;
         loop {
@@ -376,28 +381,29 @@ impl EventStore for DynamoJobStore {
             };
             let reasons = cancel.cancellation_reasons();
             let code = |i: usize| reasons.get(i).and_then(|r| r.code()).unwrap_or("None");
-            tracing::debug!(job_id = %event.job_id, seq = event.seq, job = code(0), event = code(1), "append cancelled");
+            let event_failed = (1..=events.len()).any(|i| code(i) == "ConditionalCheckFailed");
+            tracing::debug!(%job_id, first = first.seq, last, job = code(0), event_failed, "append cancelled");
 
             if code(0) == "ConditionalCheckFailed" {
                 // The old job comes back with the cancellation when it exists; a missing
                 // item means a missing job, but read to be sure if the service left it out.
                 let current = match reasons[0].item() {
                     Some(item) => Some(item_to_job(item)?),
-                    None => self.get(&event.job_id).await?,
+                    None => self.get(&job_id).await?,
                 };
                 return Err(StoreError::ConditionFailed { current: current.map(Box::new) });
-            } else if code(1) == "ConditionalCheckFailed" {
+            } else if event_failed {
                 // The event is already stored although the job passed its check. DynamoDB
                 // isolates transactions, so another append must have committed in between
                 // (emulators that do not isolate get here in a race): if the job moved
                 // on, that is an ordinary lost race. If it still says `expected_last_seq`,
                 // the table is inconsistent (hand-edited or restored), and retrying with
                 // the next number would loop: report that.
-                let current = self.get(&event.job_id).await?;
+                let current = self.get(&job_id).await?;
                 if current.as_ref().is_some_and(|job| job.last_seq == expected_last_seq) {
                     return Err(StoreError::Corrupt(format!(
-                        "job {} has last_seq {expected_last_seq} but event {} already exists",
-                        event.job_id, event.seq
+                        "job {job_id} has last_seq {expected_last_seq} but one of events {}..={last} already exists",
+                        first.seq
                     )));
                 }
                 return Err(StoreError::ConditionFailed { current: current.map(Box::new) });

@@ -30,6 +30,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed (throttling, an unreachable service).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Throttled(_) | StoreError::Unavailable(_))
+    }
+}
+
 /// Errors from a work queue.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -118,19 +125,35 @@ pub trait JobStore: Send + Sync {
     async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError>;
 }
 
+/// Most events one [`EventStore::append`] takes: DynamoDB's 100 items per transaction,
+/// less the job's own update.
+pub const MAX_APPEND: usize = 99;
+
+/// Whether `events` is a batch [`EventStore::append`] accepts after `expected_last_seq`:
+/// 1 to [`MAX_APPEND`] events of one job, seqs `expected_last_seq + 1, + 2, ...`.
+pub fn is_append_batch(events: &[ProgressEvent], expected_last_seq: u64) -> bool {
+    !events.is_empty()
+        && events.len() <= MAX_APPEND
+        && events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.job_id == events[0].job_id && Some(e.seq) == expected_last_seq.checked_add(i as u64 + 1))
+}
+
 /// Stored progress events, for replay. Implemented by the job store's adapters, because an
 /// append moves the job's `last_seq` in the same atomic write.
 #[async_trait]
 pub trait EventStore: Send + Sync {
-    /// Stores `event` (whose `seq` must be `expected_last_seq + 1`) and sets the job's
-    /// `last_seq` to it, atomically, if and only if the job's `last_seq` is still
-    /// `expected_last_seq`. Otherwise nothing is written and the result is
-    /// `ConditionFailed { current }` with the stored job (None when the job does not
-    /// exist), so the caller can retry with the next number. `retain_until` bounds how
-    /// long the event is kept (the job's retention).
+    /// Stores `events` (one job's, with consecutive seqs from `expected_last_seq + 1`, 1 to
+    /// [`MAX_APPEND`] of them) and sets the job's `last_seq` to the last one, atomically, if
+    /// and only if the job's `last_seq` is still `expected_last_seq`. Otherwise nothing is
+    /// written and the result is `ConditionFailed { current }` with the stored job (None
+    /// when the job does not exist), so the caller can retry with the next numbers; a batch
+    /// breaking the shape rules is refused the same way. `retain_until` bounds how long the
+    /// events are kept (the job's retention).
     async fn append(
         &self,
-        event: &ProgressEvent,
+        events: &[ProgressEvent],
         expected_last_seq: u64,
         retain_until: Millis,
     ) -> Result<(), StoreError>;

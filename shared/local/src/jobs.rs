@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use ferry_core::Millis;
 use ferry_core::job::{Job, JobId, TenantId};
-use ferry_core::ports::{Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError};
+use ferry_core::ports::{
+    Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError, is_append_batch,
+};
 use ferry_core::progress::ProgressEvent;
 
 use crate::lock;
@@ -128,23 +130,28 @@ impl JobStore for MemoryJobStore {
 impl EventStore for MemoryJobStore {
     async fn append(
         &self,
-        event: &ProgressEvent,
+        events: &[ProgressEvent],
         expected_last_seq: u64,
         _retain_until: Millis,
     ) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
-        let Some(job) = inner.jobs.get_mut(&event.job_id) else {
+        let Some(job_id) = events.first().map(|e| e.job_id) else {
             return Err(StoreError::ConditionFailed { current: None });
         };
-        // The port requires `seq == expected + 1`; a caller breaking that gets the
-        // stored job back like any other mismatch, and nothing is written.
-        if job.last_seq != expected_last_seq || Some(event.seq) != expected_last_seq.checked_add(1) {
+        let Some(job) = inner.jobs.get_mut(&job_id) else {
+            return Err(StoreError::ConditionFailed { current: None });
+        };
+        // A batch breaking the port's shape rules gets the stored job back like any other
+        // mismatch, and nothing is written.
+        if job.last_seq != expected_last_seq || !is_append_batch(events, expected_last_seq) {
             return Err(StoreError::ConditionFailed { current: Some(Box::new(job.clone())) });
         }
-        job.last_seq = event.seq;
+        job.last_seq = events[events.len() - 1].seq;
         // Events are not expired here: the embedded store keeps them as long as the job
         // (which it does not expire either).
-        inner.events.insert((event.job_id, event.seq), event.clone());
+        for event in events {
+            inner.events.insert((event.job_id, event.seq), event.clone());
+        }
         Ok(())
     }
 

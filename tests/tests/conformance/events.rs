@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::ports::{Connection, StoreError};
+use ferry_core::ports::{Connection, MAX_APPEND, StoreError};
 use ferry_core::progress::{EventBody, ProgressEvent};
 use ferry_core::{Job, JobError, JobId, JobStatus, Millis};
 use ferry_tests::backends::Backend;
@@ -39,7 +39,7 @@ async fn append_all(b: &Backend, job: &Job, bodies: Vec<EventBody>, retain_until
     for (i, body) in bodies.into_iter().enumerate() {
         let e = event(job, i as u64 + 1, body);
         b.events
-            .append(&e, i as u64, retain_until)
+            .append(std::slice::from_ref(&e), i as u64, retain_until)
             .await
             .unwrap_or_else(|err| panic!("[{}] append {}: {err}", b.name, e.seq));
         events.push(e);
@@ -85,17 +85,70 @@ pub async fn case_append_read_round_trip(b: Backend) {
 }
 
 pub async fn case_read_across_batches(b: Backend) {
-    // More than one BatchGetItem's worth (100 keys) on DynamoDB. Kept small: moto copies
-    // the whole table on every transaction, so each append gets slower as events pile up.
-    const N: u64 = 120;
+    // More than one BatchGetItem's worth (100 keys) on DynamoDB, written in batched appends.
+    const N: u64 = 250;
     let job = queued_job(&tenant("events"), T0);
     b.jobs.create(&job, None).await.unwrap();
-    let bodies =
-        (0..N as u32).map(|i| EventBody::Token { index: i, id: i * 3, text: format!("t{i}"), logprob: None }).collect();
-    let events = append_all(&b, &job, bodies, job.retain_until).await;
+    let events: Vec<ProgressEvent> = (1..=N)
+        .map(|seq| {
+            let i = seq as u32;
+            event(&job, seq, EventBody::Token { index: i, id: i * 3, text: format!("t{i}"), logprob: None })
+        })
+        .collect();
+    for (i, chunk) in events.chunks(MAX_APPEND).enumerate() {
+        let expected = (i * MAX_APPEND) as u64;
+        b.events
+            .append(chunk, expected, job.retain_until)
+            .await
+            .unwrap_or_else(|e| panic!("[{}] chunk {i}: {e}", b.name));
+    }
+    assert_eq!(get(&b, &job.id).await.last_seq, N, "[{}]", b.name);
     assert_eq!(read(&b, &job.id, 0, N, 1000).await, events, "[{}]", b.name);
     assert_eq!(read(&b, &job.id, 10, N, 105).await, events[10..115], "[{}]", b.name);
     assert_eq!(read(&b, &job.id, 99, N, 1000).await, events[99..], "[{}]", b.name);
+}
+
+pub async fn case_append_batches(b: Backend) {
+    let job = queued_job(&tenant("events"), T0);
+    b.jobs.create(&job, None).await.unwrap();
+    let bodies = all_bodies();
+    let batch: Vec<ProgressEvent> = bodies.iter().cloned().zip(1..).map(|(body, seq)| event(&job, seq, body)).collect();
+    b.events.append(&batch[..4], 0, job.retain_until).await.unwrap();
+    assert_eq!(get(&b, &job.id).await.last_seq, 4, "[{}]", b.name);
+    let stored = get(&b, &job.id).await;
+
+    // Batches that break the rules write nothing, and say so with the stored job.
+    let other = queued_job(&tenant("events"), T0 + 1);
+    b.jobs.create(&other, None).await.unwrap();
+    let mixed = [batch[4].clone(), event(&other, 6, EventBody::Percentage { percent: 1.0, message: None })];
+    let gap = [batch[4].clone(), batch[6].clone()];
+    let too_many: Vec<ProgressEvent> = (5..=5 + MAX_APPEND as u64)
+        .map(|seq| event(&job, seq, EventBody::Log { level: "info".into(), message: format!("{seq}") }))
+        .collect();
+    for (name, bad, expected) in [
+        ("mixed jobs", &mixed[..], 4),
+        ("gap inside", &gap[..], 4),
+        ("stale", &batch[2..6], 2),
+        ("too many", &too_many[..], 4),
+    ] {
+        match b.events.append(bad, expected, job.retain_until).await {
+            Err(StoreError::ConditionFailed { current: Some(current) }) => {
+                assert_eq!(current.last_seq, 4, "[{}] {name}", b.name)
+            }
+            other => panic!("[{}] {name}: expected ConditionFailed with the job, got {other:?}", b.name),
+        }
+    }
+    match b.events.append(&[], 4, job.retain_until).await {
+        Err(StoreError::ConditionFailed { .. }) => {}
+        other => panic!("[{}] empty batch: expected ConditionFailed, got {other:?}", b.name),
+    }
+    assert_eq!(get(&b, &job.id).await, stored, "[{}]", b.name);
+    assert_eq!(get(&b, &other.id).await.last_seq, 0, "[{}]", b.name);
+
+    // The rest in one go, then all of it reads back in order.
+    b.events.append(&batch[4..], 4, job.retain_until).await.unwrap();
+    assert_eq!(get(&b, &job.id).await.last_seq, batch.len() as u64, "[{}]", b.name);
+    assert_eq!(read(&b, &job.id, 0, batch.len() as u64, 100).await, batch, "[{}]", b.name);
 }
 
 pub async fn case_update_keeps_last_seq(b: Backend) {
@@ -112,7 +165,7 @@ pub async fn case_update_keeps_last_seq(b: Backend) {
 
     // Appends go on from there.
     let next = event(&job, 4, EventBody::Percentage { percent: 50.0, message: None });
-    b.events.append(&next, 3, job.retain_until).await.unwrap();
+    b.events.append(std::slice::from_ref(&next), 3, job.retain_until).await.unwrap();
     assert_eq!(get(&b, &job.id).await.last_seq, 4, "[{}]", b.name);
     assert_eq!(seqs(&read(&b, &job.id, 0, 4, 10).await), [1, 2, 3, 4], "[{}]", b.name);
 }
@@ -121,11 +174,11 @@ pub async fn case_append_condition_failures(b: Backend) {
     let job = queued_job(&tenant("events"), T0);
     b.jobs.create(&job, None).await.unwrap();
     let first = event(&job, 1, EventBody::Log { level: "info".into(), message: "first".into() });
-    b.events.append(&first, 0, job.retain_until).await.unwrap();
+    b.events.append(std::slice::from_ref(&first), 0, job.retain_until).await.unwrap();
     let stored = get(&b, &job.id).await;
 
     let stale = event(&job, 1, EventBody::Log { level: "info".into(), message: "stale".into() });
-    match b.events.append(&stale, 0, job.retain_until).await {
+    match b.events.append(std::slice::from_ref(&stale), 0, job.retain_until).await {
         Err(StoreError::ConditionFailed { current: Some(current) }) => {
             assert_eq!(current.last_seq, 1, "[{}]", b.name);
             assert_eq!(*current, stored, "[{}]", b.name);
@@ -133,13 +186,13 @@ pub async fn case_append_condition_failures(b: Backend) {
         other => panic!("[{}] stale expected_last_seq: expected ConditionFailed with the job, got {other:?}", b.name),
     }
     let ahead = event(&job, 6, EventBody::Log { level: "info".into(), message: "ahead".into() });
-    match b.events.append(&ahead, 5, job.retain_until).await {
+    match b.events.append(std::slice::from_ref(&ahead), 5, job.retain_until).await {
         Err(StoreError::ConditionFailed { current: Some(current) }) => assert_eq!(current.last_seq, 1, "[{}]", b.name),
         other => panic!("[{}] expected_last_seq ahead: expected ConditionFailed, got {other:?}", b.name),
     }
     // `seq` must be `expected_last_seq + 1`.
     let gap = event(&job, 3, EventBody::Log { level: "info".into(), message: "gap".into() });
-    match b.events.append(&gap, 1, job.retain_until).await {
+    match b.events.append(std::slice::from_ref(&gap), 1, job.retain_until).await {
         Err(StoreError::ConditionFailed { current: Some(current) }) => assert_eq!(current.last_seq, 1, "[{}]", b.name),
         other => panic!("[{}] seq != expected + 1: expected ConditionFailed, got {other:?}", b.name),
     }
@@ -150,7 +203,7 @@ pub async fn case_append_condition_failures(b: Backend) {
     // A missing job: no job, no event.
     let missing = queued_job(&tenant("events"), T0 + 1);
     let orphan = event(&missing, 1, EventBody::Status { status: JobStatus::Running, attempt: 1 });
-    match b.events.append(&orphan, 0, missing.retain_until).await {
+    match b.events.append(std::slice::from_ref(&orphan), 0, missing.retain_until).await {
         Err(StoreError::ConditionFailed { current: None }) => {}
         other => panic!("[{}] missing job: expected ConditionFailed without a job, got {other:?}", b.name),
     }
@@ -166,7 +219,10 @@ pub async fn case_concurrent_appends_one_wins(b: Backend) {
         b.jobs.create(&job, None).await.unwrap();
         let a = event(&job, 1, EventBody::Log { level: "info".into(), message: "from a".into() });
         let c = event(&job, 1, EventBody::Log { level: "info".into(), message: "from c".into() });
-        let (ra, rc) = tokio::join!(b.events.append(&a, 0, job.retain_until), b.events.append(&c, 0, job.retain_until));
+        let (ra, rc) = tokio::join!(
+            b.events.append(std::slice::from_ref(&a), 0, job.retain_until),
+            b.events.append(std::slice::from_ref(&c), 0, job.retain_until)
+        );
         // See the moto note below: its unisolated transactions can leave an event stored
         // while the job still says 0, which the adapter rightly reports as Corrupt.
         if b.name == "aws" && [&ra, &rc].iter().any(|r| matches!(r, Err(StoreError::Corrupt(_)))) {

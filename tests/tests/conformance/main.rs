@@ -54,6 +54,7 @@ conformance! {
     api_keys => jobs::case_api_keys,
     append_read_round_trip => events::case_append_read_round_trip,
     read_across_batches => events::case_read_across_batches,
+    append_batches => events::case_append_batches,
     update_keeps_last_seq => events::case_update_keeps_last_seq,
     append_condition_failures => events::case_append_condition_failures,
     concurrent_appends_one_wins => events::case_concurrent_appends_one_wins,
