@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ferry_core::JobStatus;
 use ferry_core::progress::{EventBody, ProgressEvent};
+use ferry_core::publish::ServerMessage;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -93,9 +94,8 @@ pub fn default_ws_url(http_url: &str) -> anyhow::Result<String> {
 fn connect_url(ws_url: &str, api_key: &str) -> anyhow::Result<String> {
     let mut url = reqwest::Url::parse(ws_url).with_context(|| format!("--ws-url {ws_url} is not a URL"))?;
     match url.scheme() {
-        "ws" => {}
-        "wss" => bail!("wss:// URLs are not supported yet (this ferry is built without TLS for WebSockets): {ws_url}"),
-        s => bail!("--ws-url has scheme {s}; expected ws://"),
+        "ws" | "wss" => {}
+        s => bail!("--ws-url has scheme {s}; expected ws:// or wss://"),
     }
     url.query_pairs_mut().append_pair("token", api_key);
     Ok(url.to_string())
@@ -254,22 +254,24 @@ async fn connection(
                     ends_at = Some((status, last_seq));
                 }
             }
-            Some("event") => {
+            Some("event" | "events") => {
                 recheck.as_mut().reset(tokio::time::Instant::now() + opts.recheck_every);
-                let event: ProgressEvent = match serde_json::from_value(v["event"].clone()) {
-                    Ok(e) => e,
+                let message: ServerMessage = match serde_json::from_value(v) {
+                    Ok(m) => m,
                     Err(e) => {
                         tracing::warn!(error = %e, "unreadable event");
                         continue;
                     }
                 };
-                for e in seqs.push(event) {
-                    on_event(&e);
-                    if let EventBody::Status { status, .. } = &e.body
-                        && status.is_terminal()
-                    {
-                        let _ = ws.close(None).await;
-                        return Ok(Ended::Done(*status));
+                for event in message.into_events() {
+                    for e in seqs.push(event) {
+                        on_event(&e);
+                        if let EventBody::Status { status, .. } = &e.body
+                            && status.is_terminal()
+                        {
+                            let _ = ws.close(None).await;
+                            return Ok(Ended::Done(*status));
+                        }
                     }
                 }
                 if let Some((status, last)) = ends_at
@@ -394,6 +396,30 @@ mod tests {
         ProgressEvent { job_id, seq, time: 0, body: EventBody::Log { level: "info".into(), message: seq.to_string() } }
     }
 
+    /// `wss://` speaks TLS (API Gateway's WebSocket URLs are wss://): the server sees a TLS
+    /// ClientHello (a handshake record, 0x16 0x03) naming the host, not an HTTP request.
+    #[tokio::test]
+    async fn wss_urls_speak_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // One whole TLS record: a 5-byte header whose last two bytes are the length.
+            let mut header = [0u8; 5];
+            sock.read_exact(&mut header).await.unwrap();
+            let mut hello = vec![0u8; usize::from(u16::from_be_bytes([header[3], header[4]]))];
+            sock.read_exact(&mut hello).await.unwrap();
+            [&header[..], &hello].concat()
+        });
+        let url = connect_url(&format!("wss://localhost:{port}/prod"), "k").unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await;
+        assert!(!matches!(result, Ok(Ok(_))), "no TLS server there, so no connection");
+        let hello = server.await.unwrap();
+        assert_eq!(&hello[..2], [0x16, 0x03], "a TLS handshake record: {:?}", &hello[..hello.len().min(16)]);
+        assert!(hello.windows(9).any(|w| w == b"localhost"), "the ClientHello carries the host name (SNI)");
+    }
+
     #[test]
     fn seqs_are_ordered_and_deduplicated() {
         let mut s = Seqs::default();
@@ -413,7 +439,8 @@ mod tests {
         assert_eq!(default_ws_url("http://localhost:9000/api/").unwrap(), "ws://localhost:9001/");
         assert_eq!(default_ws_url("https://example.com").unwrap(), "wss://example.com:444/");
         assert_eq!(connect_url("ws://127.0.0.1:8081", "k y&").unwrap(), "ws://127.0.0.1:8081/?token=k+y%26");
-        assert!(connect_url("wss://x.example/", "k").unwrap_err().to_string().contains("not supported"));
+        assert_eq!(connect_url("wss://x.example/prod", "k").unwrap(), "wss://x.example/prod?token=k");
+        assert!(connect_url("https://x.example/", "k").unwrap_err().to_string().contains("expected ws://"));
         assert!(default_ws_url("ftp://x/").is_err());
     }
 

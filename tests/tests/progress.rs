@@ -7,10 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ferry_core::catalog::Catalog;
+use ferry_core::config::Config;
 use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{Clock, Connection, Notifier, NotifyError, SystemClock};
-use ferry_core::progress::EventBody;
-use ferry_core::publish::{ProgressHub, PublishError, read_events};
+use ferry_core::progress::{EventBody, MAX_EVENT_BYTES, ProgressEvent};
+use ferry_core::publish::{ProgressHub, PublishError, ServerMessage, read_events};
+use ferry_core::service::JobService;
+use ferry_core::stream::{ProgressStream, StreamError};
 use ferry_tests::backends::{self, Backend};
 
 /// Records posts; answers 410 for ids starting with "gone", 429 once for ids starting with "busy".
@@ -69,8 +73,107 @@ both_backends!(
     sequence_is_gap_free,
     fan_out_cleans_gone_and_retries_busy,
     refuses_what_cannot_be_delivered,
-    long_poll_read
+    long_poll_read,
+    stream_coalesces_bursts,
+    status_changes_are_published,
 );
+
+/// Registers a connection subscribed to `job`; returns its id.
+async fn subscriber(b: &Backend, job: &Job, prefix: &str) -> String {
+    let now = SystemClock.now();
+    let id = format!("{prefix}-{}", ulid::Ulid::new());
+    let c = Connection { id: id.clone(), tenant: job.tenant.clone(), connected_at: now, expires_at: now + 7_200_000 };
+    b.connections.put(&c).await.unwrap();
+    b.connections.subscribe(&id, &job.id).await.unwrap();
+    id
+}
+
+/// The events in the frames posted to `id`, in order, and the frames' sizes.
+fn posted_events(recorder: &Recorder, id: &str) -> (Vec<ProgressEvent>, Vec<usize>) {
+    let posts = recorder.posts.lock().unwrap();
+    let mine: Vec<&Vec<u8>> = posts.iter().filter(|(to, _)| to == id).map(|(_, data)| data).collect();
+    let sizes = mine.iter().map(|d| d.len()).collect();
+    let events = mine
+        .iter()
+        .flat_map(|d| serde_json::from_slice::<ServerMessage>(d).expect("a server message").into_events())
+        .collect();
+    (events, sizes)
+}
+
+async fn stream_coalesces_bursts(b: Backend) {
+    let j = job("acme");
+    b.jobs.create(&j, None).await.unwrap();
+    let conn = subscriber(&b, &j, "live").await;
+    let recorder = Arc::new(Recorder::default());
+    let stream = ProgressStream::new(Arc::new(hub(&b, recorder.clone())), j.id);
+
+    // A burst: 300 small tokens pushed without waiting, then 40 big ones (2 KiB of text each).
+    const SMALL: u32 = 300;
+    let mut pushed = Vec::new();
+    for i in 0..SMALL {
+        pushed.push(token(i));
+    }
+    for i in SMALL..SMALL + 40 {
+        pushed.push(EventBody::Token { index: i, id: i, text: format!("{i:04}").repeat(512), logprob: None });
+    }
+    for body in &pushed {
+        stream.push(body.clone()).unwrap();
+    }
+    let n = pushed.len() as u64;
+    assert_eq!(stream.flush().await, Ok(n), "flush reports the last seq stored");
+    let huge = EventBody::Log { level: "info".into(), message: "x".repeat(40 * 1024) };
+    assert!(matches!(stream.push(huge), Err(StreamError::TooLarge { .. })), "refused at push");
+
+    // Stored: every event once, in push order, gap-free.
+    let stored = b.events.read(&j.id, 0, n, 1000).await.unwrap();
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>());
+    assert_eq!(stored.iter().map(|e| e.body.clone()).collect::<Vec<_>>(), pushed);
+    assert_eq!(b.jobs.get(&j.id).await.unwrap().unwrap().last_seq, n);
+
+    // Delivered: the same events in the same order, in far fewer frames, none over 32 KB.
+    let (delivered, sizes) = posted_events(&recorder, &conn);
+    assert_eq!(delivered, stored, "the subscriber got every event once, in order");
+    assert!(sizes.iter().all(|&s| s <= MAX_EVENT_BYTES), "a frame over the limit: {sizes:?}");
+    assert!(sizes.len() <= 20, "{} frames for {n} events: not coalesced", sizes.len());
+    let stats = stream.stats();
+    assert_eq!(stats.published, n);
+    assert!(stats.batches < 20, "{} batches", stats.batches);
+
+    // Slow trickle: each event is published alone and promptly, one frame each.
+    let frames_before = sizes.len();
+    for i in 0..3 {
+        stream.push(token(1000 + i)).unwrap();
+        assert_eq!(stream.flush().await, Ok(n + 1 + i as u64));
+    }
+    let (delivered, sizes) = posted_events(&recorder, &conn);
+    assert_eq!(delivered.len() as u64, n + 3);
+    assert_eq!(sizes.len(), frames_before + 3);
+    assert_eq!(stream.close().await, Ok(n + 3));
+}
+
+async fn status_changes_are_published(b: Backend) {
+    let j = ferry_tests::fixtures::job("acme", JobStatus::Queued);
+    b.jobs.create(&j, None).await.unwrap();
+    let conn = subscriber(&b, &j, "live").await;
+    let recorder = Arc::new(Recorder::default());
+    let service = JobService {
+        jobs: b.jobs.clone(),
+        queue: b.queue.clone(),
+        clock: Arc::new(SystemClock),
+        catalog: Arc::new(Catalog::demo()),
+        config: Config::default(),
+        progress: Some(Arc::new(hub(&b, recorder.clone()))),
+    };
+    let cancelled = service.cancel(&j.tenant, &j.id).await.unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    let stored = b.events.read(&j.id, 0, 10, 10).await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].body, EventBody::Status { status: JobStatus::Cancelled, attempt: 1 });
+    assert_eq!(posted_events(&recorder, &conn).0, stored, "pushed to the subscriber");
+    // A request that changes nothing (cancelling a cancelled job) publishes nothing.
+    assert!(service.cancel(&j.tenant, &j.id).await.is_err());
+    assert_eq!(b.jobs.get(&j.id).await.unwrap().unwrap().last_seq, 1);
+}
 
 async fn sequence_is_gap_free(b: Backend) {
     let j = job("acme");

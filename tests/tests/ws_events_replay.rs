@@ -18,7 +18,7 @@ use ferry_core::auth::hash_api_key;
 use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{ApiKeyRecord, Clock, Connection, Notifier, NotifyError, SystemClock};
 use ferry_core::progress::EventBody;
-use ferry_core::publish::ProgressHub;
+use ferry_core::publish::{ProgressHub, ServerMessage};
 use ferry_core::ws::WsApi;
 use ferry_tests::backends::{self, Backend};
 use ferry_tests::event_files::EventDir;
@@ -193,7 +193,11 @@ async fn replay(name: &str, expected: &Expected) -> Vec<String> {
                 format!("subscribed frame {}", frames[0]),
             );
             check(frames[0]["last_seq"] == SEEDED_EVENTS, format!("subscribed frame {}", frames[0]));
-            let seqs: Vec<u64> = frames[1..].iter().filter_map(|f| f["event"]["seq"].as_u64()).collect();
+            let events = frames[1..].iter().flat_map(|f| match serde_json::from_value::<ServerMessage>(f.clone()) {
+                Ok(m) => m.into_events(),
+                Err(_) => vec![],
+            });
+            let seqs: Vec<u64> = events.map(|e| e.seq).collect();
             check(seqs == (1..=SEEDED_EVENTS).collect::<Vec<_>>(), format!("replayed seqs {seqs:?}"));
         }
         Some("unsubscribed") => {

@@ -5,6 +5,8 @@
 //! - [`ports`]: the traits adapters implement (job store, work queue, API keys, clock).
 //! - [`catalog`]: the models the executors serve.
 //! - [`service`]: submit, get, list, cancel and transitions over the ports.
+//! - [`publish`], [`stream`], [`ws`]: progress events, stored and pushed to WebSocket
+//!   subscribers (the `ws` Lambda's handler).
 //! - [`api`]: the HTTP API as one plain async function over the service, called by the
 //!   Lambda (`functions/api`) and by `ferry dev` alike.
 
@@ -22,6 +24,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod service;
 pub mod state;
+pub mod stream;
 pub mod telemetry;
 pub mod validate;
 pub mod view;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::job::{JobId, JobStatus, TenantId};
-use crate::ports::{Clock, ConnectionStore, EventStore, JobStore, Notifier, NotifyError, StoreError};
+use crate::ports::{Clock, ConnectionStore, EventStore, JobStore, MAX_APPEND, Notifier, NotifyError, StoreError};
 use crate::progress::{EventBody, MAX_EVENT_BYTES, ProgressEvent};
 
 /// How many times an append retries after losing the race for a `seq`.
@@ -46,6 +46,18 @@ pub struct FanOut {
 pub enum ServerMessage {
     /// A progress event.
     Event { event: ProgressEvent },
+    /// Consecutive progress events of one job, coalesced into one frame, in seq order.
+    Events { events: Vec<ProgressEvent> },
+}
+
+impl ServerMessage {
+    /// The events this message carries, in order.
+    pub fn into_events(self) -> Vec<ProgressEvent> {
+        match self {
+            ServerMessage::Event { event } => vec![event],
+            ServerMessage::Events { events } => events,
+        }
+    }
 }
 
 /// The progress path over its ports.
@@ -65,45 +77,99 @@ impl ProgressHub {
         job_id: &JobId,
         body: EventBody,
     ) -> Result<(ProgressEvent, FanOut), PublishError> {
-        let event = self.store(job_id, body).await?;
-        let fan_out = self.fan_out(&event).await;
-        Ok((event, fan_out))
+        let (mut events, fan_out) = self.publish_batch(job_id, vec![body]).await?;
+        Ok((events.remove(0), fan_out))
+    }
+
+    /// Stores `bodies` as the job's next events (in as few atomic appends as the store
+    /// allows), then delivers them coalesced: consecutive events share one frame
+    /// (`{"action":"events","events":[...]}`) up to [`MAX_EVENT_BYTES`]; a lone event is
+    /// sent as `{"action":"event","event":{...}}`. This is how a burst of tokens costs a
+    /// few Management API calls instead of one per token.
+    pub async fn publish_batch(
+        &self,
+        job_id: &JobId,
+        bodies: Vec<EventBody>,
+    ) -> Result<(Vec<ProgressEvent>, FanOut), PublishError> {
+        let events = self.store_batch(job_id, bodies).await?;
+        let mut fan_out = FanOut::default();
+        for data in frames(&events) {
+            let f = self.fan_out_frame(job_id, data.into()).await;
+            fan_out.delivered += f.delivered;
+            fan_out.gone += f.gone;
+            fan_out.failed += f.failed;
+        }
+        Ok((events, fan_out))
     }
 
     /// Appends the event with the next `seq`, retrying when another writer took it first.
     pub async fn store(&self, job_id: &JobId, body: EventBody) -> Result<ProgressEvent, PublishError> {
-        let mut job = self.jobs.get(job_id).await?.ok_or(PublishError::NotFound)?;
-        for _ in 0..APPEND_TRIES {
-            let event =
-                ProgressEvent { job_id: *job_id, seq: job.last_seq + 1, time: self.clock.now(), body: body.clone() };
-            let bytes = frame(&event).len();
+        Ok(self.store_batch(job_id, vec![body]).await?.remove(0))
+    }
+
+    /// Appends events with the next seqs, [`MAX_APPEND`] per atomic write, retrying a write
+    /// that lost the race for its numbers. Every body is checked against the size limit
+    /// before anything is written.
+    pub async fn store_batch(
+        &self,
+        job_id: &JobId,
+        bodies: Vec<EventBody>,
+    ) -> Result<Vec<ProgressEvent>, PublishError> {
+        for body in &bodies {
+            let probe = ProgressEvent { job_id: *job_id, seq: u64::MAX, time: u64::MAX, body: body.clone() };
+            let bytes = frame(&probe).len();
             if bytes > MAX_EVENT_BYTES {
                 return Err(PublishError::TooLarge { bytes });
             }
-            match self.events.append(&event, job.last_seq, job.retain_until).await {
-                Ok(()) => return Ok(event),
-                Err(StoreError::ConditionFailed { current: Some(current) }) => job = *current,
-                Err(StoreError::ConditionFailed { current: None }) => return Err(PublishError::NotFound),
-                Err(e) => return Err(e.into()),
+        }
+        let mut job = self.jobs.get(job_id).await?.ok_or(PublishError::NotFound)?;
+        let mut stored = Vec::with_capacity(bodies.len());
+        for chunk in bodies.chunks(MAX_APPEND) {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let now = self.clock.now();
+                let events: Vec<ProgressEvent> = chunk
+                    .iter()
+                    .zip(job.last_seq + 1..)
+                    .map(|(body, seq)| ProgressEvent { job_id: *job_id, seq, time: now, body: body.clone() })
+                    .collect();
+                match self.events.append(&events, job.last_seq, job.retain_until).await {
+                    Ok(()) => {
+                        job.last_seq += events.len() as u64;
+                        stored.extend(events);
+                        break;
+                    }
+                    Err(StoreError::ConditionFailed { current: Some(current) }) if tries < APPEND_TRIES => {
+                        job = *current
+                    }
+                    Err(StoreError::ConditionFailed { current: Some(_) }) => return Err(PublishError::Contended),
+                    Err(StoreError::ConditionFailed { current: None }) => return Err(PublishError::NotFound),
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
-        Err(PublishError::Contended)
+        Ok(stored)
     }
 
-    /// Sends an event to every subscriber of its job, a bounded number at a time.
+    /// Sends one event to every subscriber of its job.
     pub async fn fan_out(&self, event: &ProgressEvent) -> FanOut {
-        let subscribers = match self.connections.subscribers(&event.job_id).await {
+        self.fan_out_frame(&event.job_id, frame(event).into()).await
+    }
+
+    /// Sends a frame to every subscriber of `job_id`, a bounded number at a time.
+    async fn fan_out_frame(&self, job_id: &JobId, data: Arc<[u8]>) -> FanOut {
+        let subscribers = match self.connections.subscribers(job_id).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(job_id = %event.job_id, error = %e, "cannot read subscribers");
+                tracing::error!(%job_id, error = %e, "cannot read subscribers");
                 return FanOut { failed: 1, ..FanOut::default() };
             }
         };
-        let data: Arc<[u8]> = frame(event).into();
         let limit = Arc::new(tokio::sync::Semaphore::new(FAN_OUT_CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
         for id in subscribers {
-            let (hub, data, limit, job_id) = (self.clone(), data.clone(), limit.clone(), event.job_id);
+            let (hub, data, limit, job_id) = (self.clone(), data.clone(), limit.clone(), *job_id);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let result = hub.deliver(&id, &data).await;
@@ -197,4 +263,32 @@ pub async fn read_events(
 /// The bytes sent to a WebSocket client for an event.
 pub fn frame(event: &ProgressEvent) -> Vec<u8> {
     serde_json::to_vec(&ServerMessage::Event { event: event.clone() }).unwrap_or_default()
+}
+
+/// Frames for consecutive events: as many per frame as fit in [`MAX_EVENT_BYTES`], a lone
+/// event in the single-event shape. Every event fits on its own (the store checks).
+pub fn frames(events: &[ProgressEvent]) -> Vec<Vec<u8>> {
+    // `{"action":"events","events":[` + `]}`, and one comma per event after the first.
+    const ENVELOPE: usize = 32;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start;
+        let mut bytes = ENVELOPE;
+        while end < events.len() {
+            let size = serde_json::to_vec(&events[end]).map(|v| v.len()).unwrap_or(MAX_EVENT_BYTES) + 1;
+            if end > start && bytes + size > MAX_EVENT_BYTES {
+                break;
+            }
+            bytes += size;
+            end += 1;
+        }
+        out.push(if end - start == 1 {
+            frame(&events[start])
+        } else {
+            serde_json::to_vec(&ServerMessage::Events { events: events[start..end].to_vec() }).unwrap_or_default()
+        });
+        start = end;
+    }
+    out
 }

@@ -23,7 +23,7 @@ use crate::auth::{bearer_key, hash_api_key};
 use crate::error::{ApiError, ErrorDetail};
 use crate::job::{JobId, JobStatus};
 use crate::ports::{ApiKeyStore, Connection, StoreError};
-use crate::publish::{ProgressHub, ServerMessage};
+use crate::publish::{ProgressHub, frames};
 
 /// API Gateway closes WebSocket connections after 2 hours.
 pub const MAX_CONNECTION_MS: u64 = 2 * 3600 * 1000;
@@ -201,7 +201,7 @@ impl WsApi {
         }
     }
 
-    /// Sends stored events after `after`, in order, page by page.
+    /// Sends stored events after `after`, in order, page by page, several to a frame.
     async fn replay(&self, connection_id: &str, job_id: &JobId, mut after: u64) {
         loop {
             let last_seq = match self.hub.jobs.get(job_id).await {
@@ -215,9 +215,9 @@ impl WsApi {
                 Ok(e) if !e.is_empty() => e,
                 _ => return,
             };
-            for event in events {
-                after = event.seq;
-                let data = serde_json::to_vec(&ServerMessage::Event { event }).unwrap_or_default();
+            after = events[events.len() - 1].seq;
+            // Coalesced like live events: a page of tokens is a few posts, not hundreds.
+            for data in frames(&events) {
                 if self.hub.deliver(connection_id, &data).await.is_err() {
                     return;
                 }
