@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
-use ferry_cli::gateway::{self, Gateway, NotifierChoice};
+use ferry_cli::gateway::{self, Gateway};
 use ferry_cli::stack::{self, DEV_API_KEY, StackOptions};
 use ferry_core::config::Config;
 use ferry_core::progress::{EventBody, ProgressEvent};
@@ -99,7 +99,7 @@ async fn run_ferry(n: usize, m: usize) -> Run {
     let opts =
         StackOptions { config: Config { rate_limit_per_s: 0.0, ..Config::default() }, ..StackOptions::embedded() };
     let stack = stack::build(&opts).await.unwrap();
-    let gw = Gateway::new(&stack, NotifierChoice::Local, false);
+    let gw = Gateway::new(&stack, false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/?token={DEV_API_KEY}", listener.local_addr().unwrap());
     tokio::spawn(gateway::serve(listener, gw.clone(), std::future::pending()));

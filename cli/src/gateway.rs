@@ -205,16 +205,7 @@ impl Notifier for LocalNotifier {
     }
 }
 
-/// How the gateway's progress hub reaches connections.
-pub enum NotifierChoice {
-    /// [`LocalNotifier`]: calls into the registry.
-    Local,
-    /// `ferry_aws::ApiGatewayNotifier` pointed at a Management API endpoint (this
-    /// gateway's own, `http://{ws addr}`): the real SDK wire path.
-    ManagementApi { sdk: Box<ferry_aws::SdkConfig>, endpoint: String },
-}
-
-/// The gateway: the WebSocket API, its connections and the progress hub.
+/// The gateway: the WebSocket API, its connections and the progress hub (the stack's).
 pub struct Gateway {
     pub registry: Arc<Registry>,
     pub hub: Arc<ProgressHub>,
@@ -224,17 +215,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(stack: &Stack, notifier: NotifierChoice, dev_progress: bool) -> Arc<Gateway> {
-        let registry = Arc::new(Registry::default());
-        let notifier: Arc<dyn Notifier> = match notifier {
-            NotifierChoice::Local => Arc::new(LocalNotifier { registry: registry.clone() }),
-            NotifierChoice::ManagementApi { sdk, endpoint } => {
-                Arc::new(ferry_aws::ApiGatewayNotifier::new(&sdk, &endpoint))
-            }
-        };
-        let hub = stack.progress_hub(notifier);
-        let api = stack.ws_api(hub.clone());
-        Arc::new(Gateway { registry, hub, api, dev_progress })
+    pub fn new(stack: &Stack, dev_progress: bool) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            registry: stack.registry.clone(),
+            hub: stack.hub.clone(),
+            api: stack.ws.clone(),
+            dev_progress,
+        })
     }
 }
 

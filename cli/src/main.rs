@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ferry_cli::client::{Client, ClientError};
-use ferry_cli::gateway::{self, Gateway, NotifierChoice};
+use ferry_cli::gateway::{self, Gateway};
 use ferry_cli::stack::{self, BackendKind, DEV_API_KEY, StackOptions};
 use ferry_cli::{demo, follow, server};
 use ferry_core::config::Config;
@@ -336,17 +336,6 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let mode = if a.constant_202 {
         server::Mode::Constant202
     } else {
-        let opts = StackOptions {
-            backend: a.backend,
-            api_keys: a.api_keys,
-            models: a.models,
-            models_file: a.models_file,
-            table: a.table,
-            queue: a.queue,
-            aws_endpoint: None,
-            config,
-        };
-        let stack = stack::build(&opts).await?;
         let ws_addr = a.ws.unwrap_or_else(|| {
             let port = if addr.port() == 0 || a.http.port() == 0 { 0 } else { addr.port().wrapping_add(1) };
             SocketAddr::new(addr.ip(), port)
@@ -359,12 +348,24 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         } else {
             ws_addr
         };
-        let (backend, notifier) = match (a.backend, stack.sdk.clone()) {
-            (BackendKind::Aws, Some(sdk)) => {
-                ("aws", NotifierChoice::ManagementApi { sdk: Box::new(sdk), endpoint: format!("http://{ws_host}") })
-            }
-            _ => ("embedded", NotifierChoice::Local),
+        // Under --backend aws progress goes through the AWS notifier to this gateway's own
+        // Management API: the SDK's wire path, as in a deployment.
+        let backend = match a.backend {
+            BackendKind::Aws => "aws",
+            BackendKind::Embedded => "embedded",
         };
+        let opts = StackOptions {
+            backend: a.backend,
+            api_keys: a.api_keys,
+            models: a.models,
+            models_file: a.models_file,
+            table: a.table,
+            queue: a.queue,
+            aws_endpoint: None,
+            management_endpoint: (a.backend == BackendKind::Aws).then(|| format!("http://{ws_host}")),
+            config,
+        };
+        let stack = stack::build(&opts).await?;
         println!("ferry dev: HTTP API on http://{addr} ({backend} backend)");
         println!(
             "ferry dev: WebSocket API on ws://{ws_host} (Management API: POST http://{ws_host}/@connections/{{id}})"
@@ -392,7 +393,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        gateway = Some((ws_listener, Gateway::new(&stack, notifier, a.dev_progress)));
+        gateway = Some((ws_listener, Gateway::new(&stack, a.dev_progress)));
         server::Mode::Api(stack.api)
     };
     println!("Ctrl-C stops it.");

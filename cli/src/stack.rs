@@ -18,6 +18,8 @@ use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
 use ferry_core::ws::WsApi;
 
+use crate::gateway::{LocalNotifier, Registry};
+
 /// The key `ferry dev` accepts when given none, and the CLI's default key: the dev server
 /// listens on loopback only, so a well-known key is a convenience, not a hole.
 pub const DEV_API_KEY: &str = "fry_dev_local_key";
@@ -47,6 +49,10 @@ pub struct StackOptions {
     pub queue: String,
     /// An explicit AWS endpoint; `None` reads the environment.
     pub aws_endpoint: Option<String>,
+    /// Where progress is posted: a Management API endpoint (`ferry dev` passes its own
+    /// gateway's, `http://{ws addr}`, under `--backend aws`, so the SDK's wire path is used),
+    /// or `None` to post straight into the gateway's connection registry.
+    pub management_endpoint: Option<String>,
     pub config: Config,
 }
 
@@ -61,6 +67,7 @@ impl StackOptions {
             table: "ferry-jobs".into(),
             queue: "ferry-work".into(),
             aws_endpoint: None,
+            management_endpoint: None,
             config: Config::default(),
         }
     }
@@ -79,26 +86,15 @@ pub struct Stack {
     /// The accepted keys, in clear (only `ferry dev` knows them; stores hold hashes).
     pub api_keys: Vec<(String, TenantId)>,
     pub clock: Arc<dyn Clock>,
-    /// The AWS SDK configuration (AWS backend only), for the Management API notifier.
+    /// The AWS SDK configuration (AWS backend only).
     pub sdk: Option<ferry_aws::SdkConfig>,
-}
-
-impl Stack {
-    /// The progress path over this stack's stores, pushing through `notifier`.
-    pub fn progress_hub(&self, notifier: Arc<dyn Notifier>) -> Arc<ProgressHub> {
-        Arc::new(ProgressHub {
-            jobs: self.jobs.clone(),
-            events: self.events.clone(),
-            connections: self.connections.clone(),
-            notifier,
-            clock: self.clock.clone(),
-        })
-    }
-
-    /// The WebSocket API over `hub` and this stack's keys.
-    pub fn ws_api(&self, hub: Arc<ProgressHub>) -> Arc<WsApi> {
-        Arc::new(WsApi { hub, keys: self.keys.clone() })
-    }
+    /// The local gateway's open WebSocket connections.
+    pub registry: Arc<Registry>,
+    /// The progress path: the API publishes status changes through it, the gateway's
+    /// subscribe replays through it, and executors publish through it.
+    pub hub: Arc<ProgressHub>,
+    /// The WebSocket API (the `ws` Lambda's handler).
+    pub ws: Arc<WsApi>,
 }
 
 /// Parses `KEY` or `KEY=TENANT`.
@@ -161,6 +157,25 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         }
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let registry = Arc::new(Registry::default());
+    let notifier: Arc<dyn Notifier> = match &opts.management_endpoint {
+        None => Arc::new(LocalNotifier { registry: registry.clone() }),
+        Some(endpoint) => {
+            let sdk = match &sdk_config {
+                Some(sdk) => sdk.clone(),
+                None => ferry_aws::sdk_config_for_endpoint(endpoint).await,
+            };
+            Arc::new(ferry_aws::ApiGatewayNotifier::new(&sdk, endpoint))
+        }
+    };
+    let hub = Arc::new(ProgressHub {
+        jobs: jobs.clone(),
+        events: events.clone(),
+        connections: connections.clone(),
+        notifier,
+        clock: clock.clone(),
+    });
+    let ws = Arc::new(WsApi { hub: hub.clone(), keys: keys.clone() });
     for (key, tenant) in &api_keys {
         let record = ApiKeyRecord { key_hash: hash_api_key(key), tenant: tenant.clone(), created_at: clock.now() };
         keys.put(&record).await.context("registering API keys")?;
@@ -171,7 +186,8 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         clock: clock.clone(),
         catalog,
         config: opts.config.clone(),
+        progress: Some(hub.clone()),
     };
     let api = Arc::new(Api::new(service, keys.clone()).with_events(events.clone()));
-    Ok(Stack { api, jobs, queue, keys, events, connections, api_keys, clock, sdk: sdk_config })
+    Ok(Stack { api, jobs, queue, keys, events, connections, api_keys, clock, sdk: sdk_config, registry, hub, ws })
 }

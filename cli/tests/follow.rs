@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_cli::follow::{self, FollowOptions};
-use ferry_cli::gateway::{self, Gateway, NotifierChoice};
+use ferry_cli::gateway::{self, Gateway};
 use ferry_cli::server;
 use ferry_cli::stack::{self, StackOptions};
 use ferry_core::JobStatus;
@@ -193,7 +193,7 @@ async fn in_process() -> (String, String, Arc<Gateway>, String) {
     let stack = stack::build(&opts).await.expect("stack");
     let ws_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws_addr = ws_listener.local_addr().unwrap();
-    let gw = Gateway::new(&stack, NotifierChoice::Local, true);
+    let gw = Gateway::new(&stack, true);
     tokio::spawn(gateway::serve(ws_listener, gw.clone(), std::future::pending()));
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = format!("http://{}", http_listener.local_addr().unwrap());

@@ -85,7 +85,7 @@ pub async fn aws() -> Option<Backend> {
 
 /// A table and queue name no other test (in this process or another) uses: a ULID,
 /// lower-cased, is unique across processes and valid for both services.
-fn unique_name() -> String {
+pub fn unique_name() -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("ferry-{}-{seq}", ulid::Ulid::new().to_string().to_ascii_lowercase())

@@ -6,21 +6,40 @@ use std::sync::Arc;
 use ferry_core::api::Api;
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
-use ferry_core::ports::SystemClock;
+use ferry_core::ports::{Clock, SystemClock};
+use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
 use lambda_http::{Error, Request, run, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ferry_core::telemetry::init(true);
-    let backend = ferry_aws::AwsBackend::from_env().await?;
+    let sdk = ferry_aws::sdk_config_from_env().await;
+    let backend = ferry_aws::AwsBackend::from_sdk(&sdk).await?;
     let events = backend.jobs.clone();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Status changes made here (a cancel) are pushed to WebSocket subscribers through the
+    // WebSocket API's Management endpoint; without it they are stored for replay only.
+    let progress = match std::env::var("FERRY_WS_MANAGEMENT_ENDPOINT").ok().filter(|v| !v.trim().is_empty()) {
+        Some(endpoint) => Some(Arc::new(ProgressHub {
+            jobs: backend.jobs.clone(),
+            events: backend.jobs.clone(),
+            connections: backend.connections.clone(),
+            notifier: Arc::new(ferry_aws::ApiGatewayNotifier::new(&sdk, &endpoint)),
+            clock: clock.clone(),
+        })),
+        None => {
+            tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: status changes reach WebSocket clients late");
+            None
+        }
+    };
     let service = JobService {
         jobs: backend.jobs,
         queue: backend.queue,
-        clock: Arc::new(SystemClock),
+        clock,
         catalog: Arc::new(Catalog::from_env()?),
         config: Config::from_env()?,
+        progress,
     };
     let api = Api::new(service, backend.keys).with_events(events);
     let api = &api;

@@ -130,9 +130,13 @@ pub struct AwsBackend {
 impl AwsBackend {
     /// Everything from the environment: [`sdk_config_from_env`] and [`AwsSettings::from_env`].
     pub async fn from_env() -> Result<AwsBackend, AwsError> {
-        let sdk = sdk_config_from_env().await;
-        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        Self::from_sdk(&sdk_config_from_env().await).await
+    }
+
+    /// Clients from `sdk`, the table and queue from [`AwsSettings::from_env`].
+    pub async fn from_sdk(sdk: &SdkConfig) -> Result<AwsBackend, AwsError> {
+        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        let sqs = aws_sdk_sqs::Client::new(sdk);
         let settings = AwsSettings::from_env(&sqs).await?;
         tracing::info!(table = %settings.table, queue_url = %settings.queue_url, "AWS backend configured");
         Ok(Self::from_clients(dynamo, sqs, &settings.table, &settings.queue_url))

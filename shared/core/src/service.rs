@@ -12,6 +12,8 @@ use crate::ports::{
     Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, StoreError, WorkMessage,
     WorkQueue,
 };
+use crate::progress::EventBody;
+use crate::publish::ProgressHub;
 use crate::state::{self, Transition, TransitionError};
 use crate::validate::ValidSubmit;
 
@@ -62,6 +64,10 @@ pub struct JobService {
     pub clock: Arc<dyn Clock>,
     pub catalog: Arc<Catalog>,
     pub config: Config,
+    /// Where status changes are published as progress events (`status` type), so followers
+    /// see a cancel or a failure the moment it is written. Without it status changes are
+    /// only visible by reading the job.
+    pub progress: Option<Arc<ProgressHub>>,
 }
 
 impl JobService {
@@ -177,12 +183,27 @@ impl JobService {
     }
 
     /// Applies a transition to `job` as read, with a compare-and-set on its status and
-    /// attempt. Returns the job as written.
+    /// attempt, then publishes the new status as a progress event when it changed. Returns
+    /// the job as written.
     pub async fn apply(&self, job: &Job, t: Transition) -> Result<Job, ServiceError> {
         let now = self.clock.now();
         let next = state::transition(job, &t, now, self.config.retention_s * 1000)?;
         self.jobs.update(&next, Expected { status: job.status, attempt: job.attempt }).await?;
+        if next.status != job.status || next.attempt != job.attempt {
+            self.announce(&next).await;
+        }
         Ok(next)
+    }
+
+    /// Publishes `job`'s status as a progress event. The job is already written, so a
+    /// failure here is logged, not returned: followers still learn the status from the job
+    /// (a subscribe or an events read reports it).
+    async fn announce(&self, job: &Job) {
+        let Some(hub) = &self.progress else { return };
+        let body = EventBody::Status { status: job.status, attempt: job.attempt };
+        if let Err(e) = hub.publish_progress(&job.id, body).await {
+            tracing::warn!(job_id = %job.id, status = %job.status, error = %e, "could not publish the status change");
+        }
     }
 
     /// Polls until the job is terminal or `timeout` passes; returns the last state seen.
