@@ -30,8 +30,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const PING_EVERY: Duration = Duration::from_secs(5 * 60);
 /// A gap in seqs that lasts this long is re-requested (subscribe again from the gap).
 const GAP_RETRY: Duration = Duration::from_secs(5);
-/// After this long without an event, subscribe again to re-read the job's status: a job
-/// can end without a `status` event (a queued job cancelled over HTTP publishes none).
+/// After this long without an event, subscribe again to re-read the job's status: status
+/// changes are published as events, but one whose publish failed after the job was written
+/// (a store outage) is only visible on the job, and this bounds how long that goes unseen.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// What to follow, and where.

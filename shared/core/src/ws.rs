@@ -7,7 +7,9 @@
 //! Client messages: `{"action": "subscribe", "job_id", "after_seq"?}`,
 //! `{"action": "unsubscribe", "job_id"}`, `{"action": "ping"}`. Server messages:
 //! `{"action": "subscribed", "job_id", "status", "last_seq"}` then replayed and live
-//! `{"action": "event", "event"}`, `{"action": "unsubscribed", "job_id"}`, `{"action": "pong"}`,
+//! `{"action": "event", "event"}` or, for several consecutive events coalesced into one
+//! frame, `{"action": "events", "events": [...]}`; `{"action": "unsubscribed", "job_id"}`,
+//! `{"action": "pong"}`,
 //! and `{"action": "error", "error": {"type", "message", "field"?}}`.
 //!
 //! Ordering: the subscription is recorded before the replay is read, so no event is lost,
