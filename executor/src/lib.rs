@@ -1,0 +1,2 @@
+//! `ferry-executor`: the long-lived worker that runs jobs (see `executor/README.md`).
+pub mod models;

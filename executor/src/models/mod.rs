@@ -1,0 +1,184 @@
+//! Models the executor runs, on candle. A model is loaded once per executor and then serves
+//! job after job: [`LoadedModel::run`] takes a job's `input` and `params` (already checked
+//! by the API's validator, but checked again here against the model's real limits) and
+//! reports progress through a [`Progress`] as it goes.
+//!
+//! Model code is synchronous (candle is): the worker runs it on a blocking thread, and the
+//! [`Progress`] it passes forwards tokens to the job's progress stream and answers
+//! [`Progress::stop_requested`] from flags the worker sets (cancel, timeout, shutdown).
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use ferry_core::Task;
+use ferry_core::catalog::ModelSpec;
+use serde_json::Value;
+
+pub mod bert;
+pub mod llama;
+
+/// Why a model could not run a job.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The job's input or params cannot be served by this model (prompt longer than the
+    /// context, `max_new_tokens` over the model's limit, empty input, ...). Not retryable.
+    #[error("{field}: {message}")]
+    InvalidInput { field: String, message: String },
+    /// The model's files are missing or corrupt. Not retryable on this executor.
+    #[error("cannot load the model: {0}")]
+    Load(String),
+    /// The computation failed (out of memory, a device error). Retryable elsewhere.
+    #[error("inference failed: {0}")]
+    Runtime(String),
+}
+
+impl ModelError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ModelError::InvalidInput { field: field.into(), message: message.into() }
+    }
+
+    /// Whether another attempt (maybe on another executor) could succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ModelError::Runtime(_))
+    }
+
+    /// The `error.type` recorded on the job.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelError::InvalidInput { .. } => "invalid_input",
+            ModelError::Load(_) => "model_load_failed",
+            ModelError::Runtime(_) => "inference_failed",
+        }
+    }
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Runtime(e.to_string())
+    }
+}
+
+/// Why a running job must stop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    TimedOut,
+    /// The executor is shutting down (SIGTERM) and releases the job.
+    Shutdown,
+}
+
+/// One generated token, as reported to progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenOut {
+    /// 0-based position in the generated output.
+    pub index: u32,
+    pub id: u32,
+    /// The text this token adds to the output (decoded incrementally, so multi-byte
+    /// characters split across tokens come out whole, on the token that completes them).
+    pub text: String,
+    /// Natural-log probability of the token under the model's distribution (before
+    /// temperature and truncation).
+    pub logprob: Option<f32>,
+}
+
+/// Where a running model reports to, and asks whether to stop. Called from the model's
+/// (blocking) thread; implementations must not block for long.
+pub trait Progress: Send + Sync {
+    fn token(&self, token: TokenOut);
+    fn percentage(&self, percent: f32, message: Option<String>);
+    /// Checked between steps (every token, every batch): `Some` stops the work.
+    fn stop_requested(&self) -> Option<StopReason>;
+}
+
+/// A [`Progress`] that reports nowhere and never stops (tests, benchmarks).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn token(&self, _: TokenOut) {}
+    fn percentage(&self, _: f32, _: Option<String>) {}
+    fn stop_requested(&self) -> Option<StopReason> {
+        None
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// The job's output.
+    Done(Value),
+    /// Stopped early; `partial` is the output so far (same shape as a full one).
+    Stopped { reason: StopReason, partial: Value },
+}
+
+/// Where and how a model runs.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Placement {
+    /// `cpu`, `cuda` or `cuda:N`; f32 on CPU, bf16 on CUDA unless `dtype` says otherwise.
+    pub fn parse(device: &str, dtype: Option<&str>) -> Result<Placement, ModelError> {
+        let device = match device {
+            "cpu" => Device::Cpu,
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                let ordinal = match d.strip_prefix("cuda:") {
+                    Some(n) => n.parse::<usize>().map_err(|_| ModelError::invalid("device", format!("bad device {d}")))?,
+                    None => 0,
+                };
+                Device::new_cuda(ordinal).map_err(|e| ModelError::Load(format!("device {d}: {e}")))?
+            }
+            d => return Err(ModelError::invalid("device", format!("unknown device {d}: use cpu, cuda or cuda:N"))),
+        };
+        let dtype = match dtype {
+            None if device.is_cuda() => DType::BF16,
+            None => DType::F32,
+            Some("f32") => DType::F32,
+            Some("bf16") => DType::BF16,
+            Some("f16") => DType::F16,
+            Some(other) => return Err(ModelError::invalid("dtype", format!("unknown dtype {other}: use f32, bf16 or f16"))),
+        };
+        Ok(Placement { device, dtype })
+    }
+}
+
+/// A model ready to serve jobs.
+pub enum LoadedModel {
+    Llama(llama::LlamaModel),
+    Bert(bert::BertEmbedder),
+}
+
+impl LoadedModel {
+    /// Loads the model a catalog entry names from its local directory.
+    pub fn load(spec: &ModelSpec, dir: &Path, placement: &Placement) -> Result<LoadedModel, ModelError> {
+        match spec.task {
+            Task::TextGeneration => Ok(LoadedModel::Llama(llama::LlamaModel::load(dir, placement)?)),
+            Task::Embeddings => Ok(LoadedModel::Bert(bert::BertEmbedder::load(dir, placement)?)),
+        }
+    }
+
+    /// Runs one job. `input`/`params` are the job's, as the API stored them.
+    pub fn run(&self, input: &Value, params: &Value, progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+        match self {
+            LoadedModel::Llama(m) => {
+                let prompt = input.get("prompt").and_then(Value::as_str).ok_or_else(|| {
+                    ModelError::invalid("input.prompt", "a text-generation job needs input.prompt (a string)")
+                })?;
+                let params = llama::GenParams::from_json(params)?;
+                m.generate(prompt, &params, progress)
+            }
+            LoadedModel::Bert(m) => {
+                let texts: Vec<String> = match input.get("texts") {
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_string))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| ModelError::invalid("input.texts", "must be an array of strings"))?,
+                    _ => return Err(ModelError::invalid("input.texts", "an embeddings job needs input.texts")),
+                };
+                m.embed(&texts, progress)
+            }
+        }
+    }
+}
