@@ -143,10 +143,17 @@ impl Placement {
     }
 }
 
+/// Something that runs jobs: what [`LoadedModel::Custom`] holds (scripted models in tests,
+/// other model families later).
+pub trait Runner: Send + Sync {
+    fn run(&self, input: &Value, params: &Value, progress: &dyn Progress) -> Result<RunOutcome, ModelError>;
+}
+
 /// A model ready to serve jobs.
 pub enum LoadedModel {
     Llama(llama::LlamaModel),
     Bert(bert::BertEmbedder),
+    Custom(std::sync::Arc<dyn Runner>),
 }
 
 impl LoadedModel {
@@ -161,6 +168,7 @@ impl LoadedModel {
     /// Runs one job. `input`/`params` are the job's, as the API stored them.
     pub fn run(&self, input: &Value, params: &Value, progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
         match self {
+            LoadedModel::Custom(r) => r.run(input, params, progress),
             LoadedModel::Llama(m) => {
                 let prompt = input.get("prompt").and_then(Value::as_str).ok_or_else(|| {
                     ModelError::invalid("input.prompt", "a text-generation job needs input.prompt (a string)")

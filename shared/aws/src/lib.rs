@@ -22,7 +22,7 @@ pub mod notifier;
 pub mod sqs;
 
 pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
-pub use config::{AwsBackend, AwsSettings, TableStores, sdk_config_for_endpoint, sdk_config_from_env};
+pub use config::{AwsBackend, AwsSettings, DEFAULT_TABLE, TableStores, sdk_config_for_endpoint, sdk_config_from_env};
 pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
 pub use notifier::ApiGatewayNotifier;

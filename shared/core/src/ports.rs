@@ -223,6 +223,17 @@ pub trait Notifier: Send + Sync {
     async fn post(&self, connection_id: &str, data: &[u8]) -> Result<(), NotifyError>;
 }
 
+/// A notifier for processes with no WebSocket API to post to: every post fails (and is
+/// counted as failed in the fan-out), so events are stored for replay but pushed nowhere.
+pub struct NoNotifier;
+
+#[async_trait]
+impl Notifier for NoNotifier {
+    async fn post(&self, _connection_id: &str, _data: &[u8]) -> Result<(), NotifyError> {
+        Err(NotifyError::Failed("no WebSocket Management endpoint is configured".into()))
+    }
+}
+
 /// What an API key resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
