@@ -1,2 +1,4 @@
 //! `ferry-executor`: the long-lived worker that runs jobs (see `executor/README.md`).
 pub mod models;
+pub mod testing;
+pub mod worker;
