@@ -48,6 +48,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// The API's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn api_key(&self) -> &str {
+        &self.key
+    }
+
     pub fn new(base_url: &str, api_key: &str) -> Self {
         Client {
             base: base_url.trim_end_matches('/').to_string(),

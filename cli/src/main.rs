@@ -134,6 +134,15 @@ struct DevArgs {
     /// With --demo: stop after the demo instead of serving on.
     #[arg(long, requires = "demo")]
     once: bool,
+    /// Run no executors: jobs stay queued (for driving progress by hand with --dev-progress).
+    #[arg(long)]
+    no_executor: bool,
+    /// Device for the executors' models: cpu, cuda or cuda:N (a `cuda` build is needed for CUDA).
+    #[arg(long, env = "FERRY_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Jobs each in-process executor runs at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
     /// Answer every request with a constant 202 (the benchmark ceiling).
     #[arg(long, hide = true)]
     constant_202: bool,
@@ -265,7 +274,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { client: ca } => {
-            demo::run(&client(&ca), &mut std::io::stdout()).await?;
+            let c = client(&ca);
+            let ws = follow::default_ws_url(c.base_url()).ok();
+            demo::run(&c, ws.as_deref(), &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi => {
@@ -333,6 +344,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
     let addr = listener.local_addr()?;
     let mut gateway = None;
+    let mut stop_workers = None;
     let mode = if a.constant_202 {
         server::Mode::Constant202
     } else {
@@ -363,6 +375,12 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             queue: a.queue,
             aws_endpoint: None,
             management_endpoint: (a.backend == BackendKind::Aws).then(|| format!("http://{ws_host}")),
+            executors: !a.no_executor,
+            worker: ferry_executor::worker::WorkerConfig {
+                device: a.device.clone(),
+                concurrency: a.concurrency.max(1),
+                ..stack::dev_worker_config()
+            },
             config,
         };
         let stack = stack::build(&opts).await?;
@@ -377,14 +395,23 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             println!("  API key for tenant {tenant}: {key}");
         }
         for m in &stack.api.service.catalog.models {
-            println!("  model {} ({}, pool {})", m.id, m.task.as_str(), m.pool);
+            let dir = m.path.as_ref().map_or("no directory: its jobs fail".to_string(), |p| p.display().to_string());
+            println!("  model {} ({}, pool {}): {dir}", m.id, m.task.as_str(), m.pool);
         }
+        for w in &stack.workers {
+            println!("  executor {} (pool {}, device {})", w.config.executor_id, w.config.pool, w.config.device);
+        }
+        if stack.workers.is_empty() {
+            println!("  no executors (--no-executor): jobs stay queued");
+        }
+        stop_workers = Some(stack.stop_workers.clone());
         if a.demo {
             let key = stack.api_keys[0].0.clone();
             let url = format!("http://{addr}");
+            let demo_ws = format!("ws://{ws_host}/");
             let once = a.once;
             tokio::spawn(async move {
-                let result = demo::run(&Client::new(&url, &key), &mut std::io::stdout()).await;
+                let result = demo::run(&Client::new(&url, &key), Some(&demo_ws), &mut std::io::stdout()).await;
                 if let Err(e) = &result {
                     eprintln!("demo failed: {e:#}");
                 }
@@ -405,6 +432,13 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    if let Some(stop) = stop_workers {
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            stopped(rx).await;
+            stop.trigger();
+        });
+    }
     let http = server::serve(listener, mode, stopped(stop_rx.clone()));
     match gateway {
         Some((ws_listener, gw)) => {

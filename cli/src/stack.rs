@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ferry_core::TenantId;
@@ -17,6 +18,7 @@ use ferry_core::ports::{
 use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
 use ferry_core::ws::WsApi;
+use ferry_executor::worker::{Shutdown, Worker, WorkerConfig};
 
 use crate::gateway::{LocalNotifier, Registry};
 
@@ -53,6 +55,11 @@ pub struct StackOptions {
     /// gateway's, `http://{ws addr}`, under `--backend aws`, so the SDK's wire path is used),
     /// or `None` to post straight into the gateway's connection registry.
     pub management_endpoint: Option<String>,
+    /// Run in-process executors for the catalog's pools (`ferry dev` does unless
+    /// `--no-executor`), so submitted jobs complete with no other process.
+    pub executors: bool,
+    /// How the in-process executors run (their pool is set per pool).
+    pub worker: WorkerConfig,
     pub config: Config,
 }
 
@@ -68,6 +75,8 @@ impl StackOptions {
             queue: "ferry-work".into(),
             aws_endpoint: None,
             management_endpoint: None,
+            executors: false,
+            worker: dev_worker_config(),
             config: Config::default(),
         }
     }
@@ -95,6 +104,43 @@ pub struct Stack {
     pub hub: Arc<ProgressHub>,
     /// The WebSocket API (the `ws` Lambda's handler).
     pub ws: Arc<WsApi>,
+    /// The in-process executors, one per pool (empty unless `executors` was asked for).
+    pub workers: Vec<Arc<Worker>>,
+    /// Stops the executors (they release running jobs after their grace period).
+    pub stop_workers: Shutdown,
+}
+
+/// `ferry dev`'s executors: poll often, never exit for idleness, 5 s grace on Ctrl-C.
+pub fn dev_worker_config() -> WorkerConfig {
+    WorkerConfig {
+        executor_id: format!("dev-{}", ulid::Ulid::new()),
+        idle_timeout: Duration::from_secs(365 * 86_400),
+        grace_period: Duration::from_secs(5),
+        poll_wait: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    }
+}
+
+/// The id of the demo catalog's text-generation model, which `ferry dev` serves from a tiny
+/// random-weight Llama it writes itself when no directory is given (its text is gibberish;
+/// `--model tiny-llama=DIR` serves a real one).
+pub const DEMO_LLAMA: &str = "tiny-llama";
+
+/// Gives catalog entries without a `path` one `ferry dev` can serve: the demo Llama is
+/// written to a cache directory (once). Others stay as they are (their jobs fail with a
+/// clear error saying the catalog gives no path).
+pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
+    for spec in &mut catalog.models {
+        if spec.path.is_none() && spec.s3_uri.is_none() && spec.id == DEMO_LLAMA {
+            let dir = std::env::temp_dir().join("ferry-dev-models").join(DEMO_LLAMA);
+            if !dir.join("model.safetensors").exists() {
+                ferry_executor::testing::write_tiny_llama(&dir, 42)
+                    .with_context(|| format!("writing the demo model to {}", dir.display()))?;
+            }
+            spec.path = Some(dir);
+        }
+    }
+    Ok(())
 }
 
 /// Parses `KEY` or `KEY=TENANT`.
@@ -122,7 +168,11 @@ pub fn build_catalog(opts: &StackOptions) -> anyhow::Result<Catalog> {
 
 /// Builds the stack and registers its keys.
 pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
-    let catalog = Arc::new(build_catalog(opts)?);
+    let mut catalog = build_catalog(opts)?;
+    if opts.executors {
+        resolve_dev_models(&mut catalog)?;
+    }
+    let catalog = Arc::new(catalog);
     let api_keys = if opts.api_keys.is_empty() {
         vec![(DEV_API_KEY.to_string(), TenantId::new(DEV_TENANT)?)]
     } else {
@@ -184,10 +234,43 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         jobs: jobs.clone(),
         queue: queue.clone(),
         clock: clock.clone(),
-        catalog,
+        catalog: catalog.clone(),
         config: opts.config.clone(),
         progress: Some(hub.clone()),
     };
+    let stop_workers = Shutdown::default();
+    let mut workers = Vec::new();
+    if opts.executors {
+        let mut pools: Vec<&str> = catalog.models.iter().map(|m| m.pool.as_str()).collect();
+        pools.sort();
+        pools.dedup();
+        for pool in pools {
+            let config = WorkerConfig {
+                pool: pool.to_string(),
+                executor_id: format!("{}-{pool}", opts.worker.executor_id),
+                ..opts.worker.clone()
+            };
+            let worker = Worker::new(service.clone(), hub.clone(), config);
+            let (w, stop) = (worker.clone(), stop_workers.clone());
+            tokio::spawn(async move { w.run(stop).await });
+            workers.push(worker);
+        }
+    }
     let api = Arc::new(Api::new(service, keys.clone()).with_events(events.clone()));
-    Ok(Stack { api, jobs, queue, keys, events, connections, api_keys, clock, sdk: sdk_config, registry, hub, ws })
+    Ok(Stack {
+        api,
+        jobs,
+        queue,
+        keys,
+        events,
+        connections,
+        api_keys,
+        clock,
+        sdk: sdk_config,
+        registry,
+        hub,
+        ws,
+        workers,
+        stop_workers,
+    })
 }

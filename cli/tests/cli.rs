@@ -28,7 +28,8 @@ fn ferry(dev: &DevProcess, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn client_commands_against_dev_and_clean_ctrl_c() {
-    let dev = start_dev(&[]);
+    // No executor: the job stays queued for get/list/cancel to see.
+    let dev = start_dev(&["--no-executor"]);
     let (code, out) = ferry(
         &dev,
         &["submit", "--model", "tiny-llama", "--prompt", "hi", "--params", r#"{"max_new_tokens": 4}"#, "--json"],
@@ -91,7 +92,37 @@ fn demo_runs_and_exits_with_once() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("fry_dev_local_key"), "the dev key is printed: {text}");
-    assert!(text.contains("-> HTTP 202") && text.contains("cancelled"), "{text}");
+    assert!(text.contains("-> HTTP 202"), "{text}");
+    // The in-process executor ran the demo job on the demo model, tokens streamed live.
+    assert!(text.contains("status running") && text.contains("tokens: "), "{text}");
+    assert!(text.contains("the demo job finished: succeeded"), "{text}");
+    assert!(text.contains("\"finish_reason\""), "the output is shown: {text}");
+    assert!(text.contains("and cancelled it"), "{text}");
+}
+
+/// `ferry submit --follow` against `ferry dev` with its executor: live tokens on stdout,
+/// exit 0 when the job succeeds.
+#[test]
+fn submit_follow_runs_to_the_result() {
+    let dev = start_dev(&[]);
+    let (code, out) = ferry(
+        &dev,
+        &[
+            "submit",
+            "--model",
+            "tiny-llama",
+            "--prompt",
+            "the river",
+            "--params",
+            r#"{"max_new_tokens": 8}"#,
+            "--follow",
+            "--ws-url",
+            &dev.ws,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(out.contains("\"token_ids\""), "the result is printed: {out}");
 }
 
 #[test]

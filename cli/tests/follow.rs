@@ -22,7 +22,7 @@ use common::{DevProcess, FERRY, spawn_dev};
 const KEY: &str = "k-follow";
 
 fn start_dev() -> DevProcess {
-    spawn_dev(&["--dev-progress", "--api-key", &format!("{KEY}=acme"), "--rate-limit", "0"])
+    spawn_dev(&["--dev-progress", "--no-executor", "--api-key", &format!("{KEY}=acme"), "--rate-limit", "0"])
 }
 
 impl DevProcess {

@@ -35,7 +35,7 @@ async fn send(ws: &mut Ws, v: Value) {
 #[tokio::test]
 async fn ferry_dev_serves_the_gateway_and_stops_on_ctrl_c() {
     use std::process::Command;
-    let mut dev = common::spawn_dev(&["--dev-progress", "--api-key", "k-bin=acme"]);
+    let mut dev = common::spawn_dev(&["--dev-progress", "--no-executor", "--api-key", "k-bin=acme"]);
     assert!(dev.startup.iter().any(|l| l.contains("/dev/jobs/{id}/progress")), "the driver is announced");
     let ws_url = dev.ws.clone();
     assert!(ws_url.starts_with("ws://127.0.0.1:"), "{ws_url}");
