@@ -134,8 +134,18 @@ pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
         if spec.path.is_none() && spec.s3_uri.is_none() && spec.id == DEMO_LLAMA {
             let dir = std::env::temp_dir().join("ferry-dev-models").join(DEMO_LLAMA);
             if !dir.join("model.safetensors").exists() {
-                ferry_executor::testing::write_tiny_llama(&dir, 42)
-                    .with_context(|| format!("writing the demo model to {}", dir.display()))?;
+                // Written beside and renamed into place, so two `ferry dev`s starting at once
+                // never read a half-written model.
+                let tmp = dir.with_extension(ulid::Ulid::new().to_string());
+                ferry_executor::testing::write_tiny_llama(&tmp, 42)
+                    .with_context(|| format!("writing the demo model to {}", tmp.display()))?;
+                if std::fs::rename(&tmp, &dir).is_err() {
+                    // Another process got there first (or an old, partial directory is in the way).
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    if !dir.join("model.safetensors").exists() {
+                        bail!("cannot write the demo model to {}", dir.display());
+                    }
+                }
             }
             spec.path = Some(dir);
         }
