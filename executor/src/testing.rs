@@ -90,10 +90,19 @@ pub fn write_tiny_llama_no_bos(dir: &Path, seed: u64) -> io::Result<()> {
     write_tiny(dir, seed, false)
 }
 
+/// A random Llama of the given shape with the tiny tokenizer (benchmarks use bigger shapes
+/// than [`TINY_CONFIG`]; decode speed depends on the shape, not on the weights).
+pub fn write_llama(dir: &Path, seed: u64, cfg: TinyConfig) -> io::Result<()> {
+    write_shaped(dir, seed, true, cfg)
+}
+
 fn write_tiny(dir: &Path, seed: u64, with_bos: bool) -> io::Result<()> {
+    write_shaped(dir, seed, with_bos, TINY_CONFIG)
+}
+
+fn write_shaped(dir: &Path, seed: u64, with_bos: bool, cfg: TinyConfig) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let vocab = tiny_vocab();
-    let cfg = TINY_CONFIG;
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -114,7 +123,7 @@ fn write_tiny(dir: &Path, seed: u64, with_bos: bool) -> io::Result<()> {
     });
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("tokenizer.json"), &tiny_tokenizer_json(with_bos))?;
-    write_weights(&dir.join("model.safetensors"), vocab.len(), seed)
+    write_weights(&dir.join("model.safetensors"), vocab.len(), seed, cfg)
 }
 
 fn write_json(path: &Path, value: &Value) -> io::Result<()> {
@@ -236,8 +245,7 @@ enum Init {
     Uniform(f32),
 }
 
-fn write_weights(path: &Path, vocab_size: usize, seed: u64) -> io::Result<()> {
-    let c = TINY_CONFIG;
+fn write_weights(path: &Path, vocab_size: usize, seed: u64, c: TinyConfig) -> io::Result<()> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let head_dim = h / c.num_attention_heads;
     let (q_out, kv_out) = (head_dim * c.num_attention_heads, head_dim * c.num_key_value_heads);
