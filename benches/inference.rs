@@ -64,7 +64,10 @@ fn llama(models: &std::path::Path) {
                 decode.push((n - 1.0) / (total - ttft));
             }
         }
-        println!(r#"{{"bench":"llama_decode","impl":"ferry-candle","model":"{name}","tokens_per_s":{:.1}}}"#, median(decode));
+        println!(
+            r#"{{"bench":"llama_decode","impl":"ferry-candle","model":"{name}","tokens_per_s":{:.1}}}"#,
+            median(decode)
+        );
     }
 }
 

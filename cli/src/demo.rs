@@ -75,9 +75,9 @@ pub async fn run(client: &Client, ws_url: Option<&str>, out: &mut (dyn Write + S
                     }
                     _ => {}
                 });
-                status = tokio::time::timeout(Duration::from_secs(120), follow).await.map_err(|_| {
-                    anyhow::anyhow!("the demo job did not finish in 120 s")
-                })??;
+                status = tokio::time::timeout(Duration::from_secs(120), follow)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the demo job did not finish in 120 s"))??;
                 writeln!(out, "{line}")?;
             }
             None => {

@@ -71,7 +71,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         Some(url) => url.clone(),
         None => ferry_aws::AwsSettings::from_lookup(&sqs, |k| std::env::var(k).ok()).await?.queue_url,
     };
-    let backend = ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(&sdk), sqs, &args.table, &queue_url);
+    let backend =
+        ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(&sdk), sqs, &args.table, &queue_url);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let notifier: Arc<dyn ferry_core::ports::Notifier> = match &args.ws_management_endpoint {
         Some(endpoint) => Arc::new(ferry_aws::ApiGatewayNotifier::new(&sdk, endpoint)),

@@ -105,7 +105,8 @@ impl ModelRegistry {
     /// The model, loading it on first use (reported on `stream` as log events). A load
     /// that fails is not remembered: the next job tries again.
     pub async fn get(&self, model: &str, stream: &ProgressStream) -> Result<Arc<LoadedModel>, ModelError> {
-        let spec = self.specs.get(model).ok_or_else(|| ModelError::Load(format!("this executor does not serve {model}")))?;
+        let spec =
+            self.specs.get(model).ok_or_else(|| ModelError::Load(format!("this executor does not serve {model}")))?;
         let cell = self.loaded.lock().unwrap().entry(model.to_string()).or_default().clone();
         if let Some(m) = cell.get() {
             return Ok(m.clone());
@@ -429,7 +430,10 @@ impl Worker {
             }
             Ok(RunOutcome::Stopped { reason: StopReason::Shutdown, .. }) => {
                 release = true;
-                (Transition::Requeue { next_attempt: false }, vec![log("warn", "executor stopping; job released".into())])
+                (
+                    Transition::Requeue { next_attempt: false },
+                    vec![log("warn", "executor stopping; job released".into())],
+                )
             }
             Err(e) if e.is_retryable() && job.attempt < job.max_attempts => {
                 tracing::warn!(job_id = %job.id, error = %e, "attempt failed; retrying");

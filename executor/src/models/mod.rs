@@ -124,7 +124,9 @@ impl Placement {
             "cpu" => Device::Cpu,
             d if d == "cuda" || d.starts_with("cuda:") => {
                 let ordinal = match d.strip_prefix("cuda:") {
-                    Some(n) => n.parse::<usize>().map_err(|_| ModelError::invalid("device", format!("bad device {d}")))?,
+                    Some(n) => {
+                        n.parse::<usize>().map_err(|_| ModelError::invalid("device", format!("bad device {d}")))?
+                    }
                     None => 0,
                 };
                 Device::new_cuda(ordinal).map_err(|e| ModelError::Load(format!("device {d}: {e}")))?
@@ -137,7 +139,9 @@ impl Placement {
             Some("f32") => DType::F32,
             Some("bf16") => DType::BF16,
             Some("f16") => DType::F16,
-            Some(other) => return Err(ModelError::invalid("dtype", format!("unknown dtype {other}: use f32, bf16 or f16"))),
+            Some(other) => {
+                return Err(ModelError::invalid("dtype", format!("unknown dtype {other}: use f32, bf16 or f16")));
+            }
         };
         Ok(Placement { device, dtype })
     }
