@@ -18,7 +18,7 @@ use ferry_core::ports::{
 use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
 use ferry_core::ws::WsApi;
-use ferry_executor::worker::{Shutdown, Worker, WorkerConfig};
+use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
 
 use crate::gateway::{LocalNotifier, Registry};
 
@@ -260,7 +260,13 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
                 executor_id: format!("{}-{pool}", opts.worker.executor_id),
                 ..opts.worker.clone()
             };
-            let worker = Worker::new(service.clone(), hub.clone(), config);
+            // Under --backend aws, catalog entries with an `s3_uri` are fetched from S3 (the
+            // emulator's, with AWS_ENDPOINT_URL) into the dev model cache.
+            let s3 = sdk_config.as_ref().map(|sdk| S3Models {
+                client: ferry_executor::fetch::s3_client(sdk),
+                cache: std::env::temp_dir().join("ferry-dev-models").join("s3"),
+            });
+            let worker = Worker::with_s3(service.clone(), hub.clone(), config, s3);
             let (w, stop) = (worker.clone(), stop_workers.clone());
             tokio::spawn(async move { w.run(stop).await });
             workers.push(worker);

@@ -15,7 +15,7 @@ use ferry_core::config::Config;
 use ferry_core::ports::{Clock, SystemClock};
 use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
-use ferry_executor::worker::{Exit, Shutdown, Worker, WorkerConfig};
+use ferry_executor::worker::{Exit, S3Models, Shutdown, Worker, WorkerConfig};
 
 /// Every flag also reads its environment variable (the ECS task definition sets them).
 #[derive(Debug, Parser)]
@@ -52,6 +52,9 @@ struct Args {
     /// The WebSocket API's Management endpoint, to push progress to subscribers.
     #[arg(long, env = "FERRY_WS_MANAGEMENT_ENDPOINT")]
     ws_management_endpoint: Option<String>,
+    /// Where models stored in S3 (`s3_uri` in the catalog) are copied before loading.
+    #[arg(long, env = "FERRY_MODEL_CACHE", default_value = "/tmp/ferry-models")]
+    model_cache: PathBuf,
     /// Recorded on claimed jobs (default: a new ULID).
     #[arg(long, env = "FERRY_EXECUTOR_ID")]
     executor_id: Option<String>,
@@ -107,7 +110,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         ..WorkerConfig::default()
     };
     tracing::info!(executor_id = %config.executor_id, pool = %config.pool, device = %config.device, "executor starting");
-    let worker = Worker::new(service, hub, config);
+    let s3 = S3Models { client: ferry_executor::fetch::s3_client(&sdk), cache: args.model_cache.clone() };
+    let worker = Worker::with_s3(service, hub, config, Some(s3));
     let shutdown = Shutdown::default();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

@@ -78,18 +78,27 @@ pub enum Exit {
     Shutdown,
 }
 
+/// Where models stored in S3 are copied to before loading.
+#[derive(Clone)]
+pub struct S3Models {
+    pub client: aws_sdk_s3::Client,
+    /// The local cache (`--model-cache`): one directory per model id.
+    pub cache: PathBuf,
+}
+
 /// The models this executor serves, each loaded once on first use and kept.
 pub struct ModelRegistry {
     specs: HashMap<String, ModelSpec>,
     device: String,
+    s3: Option<S3Models>,
     loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<LoadedModel>>>>>,
 }
 
 impl ModelRegistry {
-    /// The catalog's models of `pool`.
-    pub fn new(catalog: &Catalog, pool: &str, device: &str) -> ModelRegistry {
+    /// The catalog's models of `pool`; `s3` fetches entries that name an `s3_uri`.
+    pub fn new(catalog: &Catalog, pool: &str, device: &str, s3: Option<S3Models>) -> ModelRegistry {
         let specs = catalog.models.iter().filter(|m| m.pool == pool).map(|m| (m.id.clone(), m.clone())).collect();
-        ModelRegistry { specs, device: device.to_string(), loaded: Mutex::new(HashMap::new()) }
+        ModelRegistry { specs, device: device.to_string(), s3, loaded: Mutex::new(HashMap::new()) }
     }
 
     /// Registers an already loaded model (tests, or models built in code).
@@ -115,7 +124,20 @@ impl ModelRegistry {
             .get_or_try_init(|| async {
                 let _ = stream.push(log("info", format!("loading model {model}")));
                 let started = Instant::now();
-                let (spec, device) = (spec.clone(), self.device.clone());
+                let mut spec = spec.clone();
+                if let (None, Some(uri)) = (&spec.path, &spec.s3_uri) {
+                    let s3 = self.s3.as_ref().ok_or_else(|| {
+                        ModelError::Load(format!(
+                            "{model}: stored at {uri}, but this executor has no S3 access configured"
+                        ))
+                    })?;
+                    let dir = crate::fetch::cache_dir(&s3.cache, model);
+                    let bytes = crate::fetch::sync_s3_dir(&s3.client, uri, &dir).await?;
+                    let ms = started.elapsed().as_millis();
+                    let _ = stream.push(log("info", format!("fetched {uri}: {bytes} bytes in {ms} ms")));
+                    spec.path = Some(dir);
+                }
+                let device = self.device.clone();
                 let loading = spec.clone();
                 let model = tokio::task::spawn_blocking(move || load(&loading, &device))
                     .await
@@ -134,12 +156,7 @@ impl ModelRegistry {
 fn load(spec: &ModelSpec, default_device: &str) -> Result<LoadedModel, ModelError> {
     let dir: PathBuf = match (&spec.path, &spec.s3_uri) {
         (Some(p), _) => p.clone(),
-        (None, Some(uri)) => {
-            return Err(ModelError::Load(format!(
-                "{}: S3 model locations ({uri}) must be synced to a local directory first (set `path`)",
-                spec.id
-            )));
-        }
+        (None, Some(uri)) => return Err(ModelError::Load(format!("{}: {uri} was not fetched", spec.id))),
         (None, None) => return Err(ModelError::Load(format!("{}: the catalog gives no path for this model", spec.id))),
     };
     let placement = Placement::parse(spec.device.as_deref().unwrap_or(default_device), spec.dtype.as_deref())?;
@@ -193,7 +210,17 @@ impl Shutdown {
 
 impl Worker {
     pub fn new(service: JobService, hub: Arc<ProgressHub>, config: WorkerConfig) -> Arc<Worker> {
-        let models = Arc::new(ModelRegistry::new(&service.catalog, &config.pool, &config.device));
+        Self::with_s3(service, hub, config, None)
+    }
+
+    /// Like [`Worker::new`], fetching models stored in S3 with `s3`.
+    pub fn with_s3(
+        service: JobService,
+        hub: Arc<ProgressHub>,
+        config: WorkerConfig,
+        s3: Option<S3Models>,
+    ) -> Arc<Worker> {
+        let models = Arc::new(ModelRegistry::new(&service.catalog, &config.pool, &config.device, s3));
         Arc::new(Worker {
             service,
             hub,

@@ -1,0 +1,148 @@
+//! Models stored in S3 (`s3_uri` in the catalog): the executor copies the directory from S3
+//! (moto, over HTTP with the real SDK) into its model cache on the first job, loads it and
+//! runs the job; a second executor with the same cache downloads nothing; a prefix with no
+//! objects fails the job with a clear load error. Runs on moto only (S3 has no embedded
+//! adapter: the embedded stack reads local directories).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::catalog::{Catalog, ModelSpec};
+use ferry_core::config::Config;
+use ferry_core::job::{JobStatus, Task};
+use ferry_core::ports::{NoNotifier, SystemClock, WorkMessage};
+use ferry_core::progress::EventBody;
+use ferry_core::publish::ProgressHub;
+use ferry_core::service::JobService;
+use ferry_executor::testing::{ScratchDir, write_tiny_llama};
+use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
+use serde_json::json;
+
+fn spec(id: &str, uri: &str) -> ModelSpec {
+    ModelSpec {
+        id: id.into(),
+        task: Task::TextGeneration,
+        pool: "cpu".into(),
+        architecture: Some("LlamaForCausalLM".into()),
+        path: None,
+        s3_uri: Some(uri.into()),
+        dtype: None,
+        device: None,
+        max_new_tokens: None,
+        max_batch: None,
+    }
+}
+
+async fn upload_dir(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str, dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let key = format!("{prefix}/{}", path.file_name().unwrap().to_str().unwrap());
+        let body = aws_sdk_s3::primitives::ByteStream::from(std::fs::read(&path).unwrap());
+        s3.put_object().bucket(bucket).key(key).body(body).send().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn models_are_fetched_from_s3_once_and_served() {
+    let Some(b) = ferry_tests::backends::aws().await else { return };
+    let moto = ferry_tests::moto::shared().unwrap();
+    let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
+    let s3 = ferry_executor::fetch::s3_client(&sdk);
+    let bucket = ferry_tests::backends::unique_name();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let local = ScratchDir::new("s3-model").unwrap();
+    write_tiny_llama(local.path(), 3).unwrap();
+    upload_dir(&s3, &bucket, "models/tiny", local.path()).await;
+
+    let catalog = Catalog::new(vec![
+        spec("s3-llama", &format!("s3://{bucket}/models/tiny/")),
+        spec("s3-missing", &format!("s3://{bucket}/models/nothing-here")),
+    ])
+    .unwrap();
+    let hub = Arc::new(ProgressHub {
+        jobs: b.jobs.clone(),
+        events: b.events.clone(),
+        connections: b.connections.clone(),
+        notifier: Arc::new(NoNotifier),
+        clock: Arc::new(SystemClock),
+    });
+    let service = JobService {
+        jobs: b.jobs.clone(),
+        queue: b.queue.clone(),
+        clock: Arc::new(SystemClock),
+        catalog: Arc::new(catalog),
+        config: Config::default(),
+        progress: Some(hub.clone()),
+    };
+    let cache = ScratchDir::new("s3-cache").unwrap();
+    let worker = || {
+        let config = WorkerConfig {
+            idle_timeout: Duration::from_millis(1000),
+            poll_wait: Duration::from_millis(200),
+            ..WorkerConfig::default()
+        };
+        let s3 = S3Models { client: s3.clone(), cache: cache.path().to_path_buf() };
+        Worker::with_s3(service.clone(), hub.clone(), config, Some(s3))
+    };
+    let submit = |model: &str| {
+        let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
+        job.model = model.into();
+        job.input = json!({"prompt": "the river"});
+        job.params = json!({"max_new_tokens": 5});
+        job
+    };
+    let run = |job: ferry_core::Job| {
+        let (b, w) = (b.clone(), worker());
+        async move {
+            b.jobs.create(&job, None).await.unwrap();
+            let m = WorkMessage {
+                job_id: job.id,
+                attempt: 1,
+                tenant: job.tenant.clone(),
+                model: job.model.clone(),
+                trace_id: "s3".into(),
+            };
+            b.queue.send(&m).await.unwrap();
+            w.run(Shutdown::default()).await;
+            let done = b.jobs.get(&job.id).await.unwrap().unwrap();
+            let events = b.events.read(&job.id, 0, done.last_seq, 100).await.unwrap();
+            let logs: Vec<String> = events
+                .into_iter()
+                .filter_map(|e| match e.body {
+                    EventBody::Log { message, .. } => Some(message),
+                    _ => None,
+                })
+                .collect();
+            (done, logs)
+        }
+    };
+
+    let (first, logs) = run(submit("s3-llama")).await;
+    assert_eq!(first.status, JobStatus::Succeeded, "{first:?} {logs:?}");
+    assert_eq!(first.output.as_ref().unwrap()["token_ids"].as_array().unwrap().len(), 5);
+    let fetched = logs.iter().find(|l| l.starts_with("fetched s3://")).expect("the fetch is reported");
+    assert!(!fetched.contains(": 0 bytes"), "{fetched}");
+    let cached = ferry_executor::fetch::cache_dir(cache.path(), "s3-llama");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(cached.join(file)).unwrap(),
+            std::fs::read(local.path().join(file)).unwrap(),
+            "{file} copied intact"
+        );
+    }
+
+    // A fresh executor on the same host: the cache is complete, nothing is downloaded, and
+    // the same seedless greedy job gives the same output.
+    let (second, logs) = run(submit("s3-llama")).await;
+    assert_eq!(second.status, JobStatus::Succeeded);
+    assert!(logs.iter().any(|l| l.starts_with("fetched s3://") && l.contains(": 0 bytes")), "{logs:?}");
+    assert_eq!(second.output.as_ref().unwrap()["token_ids"], first.output.as_ref().unwrap()["token_ids"]);
+
+    // Nothing stored under the prefix: a clear, non-retried load error.
+    let (missing, _) = run(submit("s3-missing")).await;
+    assert_eq!((missing.status, missing.attempt), (JobStatus::Failed, 1));
+    let error = missing.error.unwrap();
+    assert_eq!(error.kind, "model_load_failed");
+    assert!(error.message.contains("no objects under this prefix"), "{}", error.message);
+}
