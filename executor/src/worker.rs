@@ -27,6 +27,9 @@ use tokio::sync::{OnceCell, watch};
 
 use crate::models::{LoadedModel, ModelError, Placement, Progress, RunOutcome, StopReason, TokenOut};
 
+/// How long a message for another pool's model stays hidden from this executor.
+const FOREIGN_RELEASE: Duration = Duration::from_secs(2);
+
 /// How the worker behaves; every field has a flag in the binary.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -287,9 +290,11 @@ impl Worker {
     pub async fn handle(&self, delivery: &Delivery, shutdown: &Shutdown) {
         let m = &delivery.message;
         if !self.models.serves(&m.model) {
-            // Another pool's job: let it go back at once for an executor that serves it.
+            // Another pool's job (one queue serves every pool until the dispatcher gives each
+            // its own): hand it back after a short pause, so an executor of its pool gets it
+            // and this one does not spin receiving it again and again.
             tracing::warn!(job_id = %m.job_id, model = %m.model, "not a model of this pool; releasing the message");
-            let _ = self.service.queue.set_visibility(&delivery.receipt, Duration::ZERO).await;
+            let _ = self.service.queue.set_visibility(&delivery.receipt, FOREIGN_RELEASE).await;
             return;
         }
         let job = match self.claim(delivery).await {

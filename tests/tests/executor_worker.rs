@@ -189,6 +189,7 @@ both_backends!(
     retryable_errors_retry_and_others_fail_at_once,
     sigterm_releases_the_job_to_another_executor,
     lease_and_visibility_are_renewed,
+    another_pools_job_is_left_for_that_pool,
 );
 
 async fn runs_a_job_once_and_exits_when_idle(s: Setup) {
@@ -365,4 +366,22 @@ async fn lease_and_visibility_are_renewed(s: Setup) {
     let done = s.job(&job).await;
     assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
     assert_eq!(s.model.runs.load(Ordering::SeqCst), 1, "the message did not reappear (first lease {first_lease})");
+}
+
+async fn another_pools_job_is_left_for_that_pool(s: Setup) {
+    // The demo catalog's models are all in the `cpu` pool: a `gpu` executor serves none.
+    let job = s.submit(json!({"tokens": 2}), 60).await;
+    let gpu = s.worker(|c| {
+        c.pool = "gpu".into();
+        c.idle_timeout = Duration::from_millis(800);
+    });
+    gpu.run(Shutdown::default()).await;
+    assert_eq!(s.job(&job).await.status, JobStatus::Queued, "not claimed by the wrong pool");
+    assert_eq!(s.model.runs.load(Ordering::SeqCst), 0);
+    assert!(!s.queue_empty().await, "the message is still there");
+    // It comes back within the release pause (2 s) for an executor of its pool.
+    let cpu = s.worker(|c| c.idle_timeout = Duration::from_secs(4));
+    cpu.run(Shutdown::default()).await;
+    assert_eq!(s.job(&job).await.status, JobStatus::Succeeded);
+    assert!(s.queue_empty().await);
 }
