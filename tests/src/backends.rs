@@ -6,7 +6,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_core::ports::{ApiKeyStore, ConnectionStore, EventStore, JobStore, WorkQueue};
+use ferry_core::catalog::Catalog;
+use ferry_core::config::Config;
+use ferry_core::ports::{ApiKeyStore, ConnectionStore, EventStore, JobStore, Notifier, SystemClock, WorkQueue};
+use ferry_core::publish::ProgressHub;
+use ferry_core::service::JobService;
 
 use crate::moto;
 
@@ -32,6 +36,32 @@ pub struct Backend {
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// The progress path over these stores, pushing through `notifier`.
+    pub fn hub(&self, notifier: Arc<dyn Notifier>) -> ProgressHub {
+        ProgressHub {
+            jobs: self.jobs.clone(),
+            events: self.events.clone(),
+            connections: self.connections.clone(),
+            notifier,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The job service over these stores with `catalog`, default config, publishing status
+    /// changes through `hub`.
+    pub fn service(&self, catalog: Catalog, hub: Arc<ProgressHub>) -> JobService {
+        JobService {
+            jobs: self.jobs.clone(),
+            queue: self.queue.clone(),
+            clock: Arc::new(SystemClock),
+            catalog: Arc::new(catalog),
+            config: Config::default(),
+            progress: Some(hub),
+        }
     }
 }
 

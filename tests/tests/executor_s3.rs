@@ -9,12 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::catalog::{Catalog, ModelSpec};
-use ferry_core::config::Config;
 use ferry_core::job::{JobStatus, Task};
-use ferry_core::ports::{NoNotifier, SystemClock, WorkMessage};
+use ferry_core::ports::{NoNotifier, WorkMessage};
 use ferry_core::progress::EventBody;
-use ferry_core::publish::ProgressHub;
-use ferry_core::service::JobService;
 use ferry_executor::testing::{ScratchDir, write_tiny_llama};
 use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
 use serde_json::json;
@@ -60,21 +57,8 @@ async fn models_are_fetched_from_s3_once_and_served() {
         spec("s3-missing", &format!("s3://{bucket}/models/nothing-here")),
     ])
     .unwrap();
-    let hub = Arc::new(ProgressHub {
-        jobs: b.jobs.clone(),
-        events: b.events.clone(),
-        connections: b.connections.clone(),
-        notifier: Arc::new(NoNotifier),
-        clock: Arc::new(SystemClock),
-    });
-    let service = JobService {
-        jobs: b.jobs.clone(),
-        queue: b.queue.clone(),
-        clock: Arc::new(SystemClock),
-        catalog: Arc::new(catalog),
-        config: Config::default(),
-        progress: Some(hub.clone()),
-    };
+    let hub = Arc::new(b.hub(Arc::new(NoNotifier)));
+    let service = b.service(catalog, hub.clone());
     let cache = ScratchDir::new("s3-cache").unwrap();
     let worker = || {
         let config = WorkerConfig {

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::catalog::Catalog;
-use ferry_core::config::Config;
 use ferry_core::job::{Job, JobStatus};
-use ferry_core::ports::{NoNotifier, SystemClock, WorkMessage};
+use ferry_core::ports::{NoNotifier, WorkMessage};
 use ferry_core::progress::EventBody;
 use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
@@ -68,21 +67,8 @@ struct Setup {
 }
 
 fn setup(b: Backend) -> Setup {
-    let hub = Arc::new(ProgressHub {
-        jobs: b.jobs.clone(),
-        events: b.events.clone(),
-        connections: b.connections.clone(),
-        notifier: Arc::new(NoNotifier),
-        clock: Arc::new(SystemClock),
-    });
-    let service = JobService {
-        jobs: b.jobs.clone(),
-        queue: b.queue.clone(),
-        clock: Arc::new(SystemClock),
-        catalog: Arc::new(Catalog::demo()),
-        config: Config::default(),
-        progress: Some(hub.clone()),
-    };
+    let hub = Arc::new(b.hub(Arc::new(NoNotifier)));
+    let service = b.service(Catalog::demo(), hub.clone());
     Setup { b, service, hub, model: Arc::default() }
 }
 

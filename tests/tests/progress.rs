@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::catalog::Catalog;
-use ferry_core::config::Config;
 use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{Clock, Connection, Notifier, NotifyError, SystemClock};
 use ferry_core::progress::{EventBody, MAX_EVENT_BYTES, ProgressEvent};
 use ferry_core::publish::{ProgressHub, PublishError, ServerMessage, read_events};
-use ferry_core::service::JobService;
 use ferry_core::stream::{ProgressStream, StreamError};
 use ferry_tests::backends::{self, Backend};
 
@@ -43,13 +41,7 @@ fn job(tenant: &str) -> Job {
 }
 
 fn hub(b: &Backend, notifier: Arc<Recorder>) -> ProgressHub {
-    ProgressHub {
-        jobs: b.jobs.clone(),
-        events: b.events.clone(),
-        connections: b.connections.clone(),
-        notifier,
-        clock: Arc::new(SystemClock),
-    }
+    b.hub(notifier)
 }
 
 fn token(i: u32) -> EventBody {
@@ -156,14 +148,7 @@ async fn status_changes_are_published(b: Backend) {
     b.jobs.create(&j, None).await.unwrap();
     let conn = subscriber(&b, &j, "live").await;
     let recorder = Arc::new(Recorder::default());
-    let service = JobService {
-        jobs: b.jobs.clone(),
-        queue: b.queue.clone(),
-        clock: Arc::new(SystemClock),
-        catalog: Arc::new(Catalog::demo()),
-        config: Config::default(),
-        progress: Some(Arc::new(hub(&b, recorder.clone()))),
-    };
+    let service = b.service(Catalog::demo(), Arc::new(hub(&b, recorder.clone())));
     let cancelled = service.cancel(&j.tenant, &j.id).await.unwrap();
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     let stored = b.events.read(&j.id, 0, 10, 10).await.unwrap();
