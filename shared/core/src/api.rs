@@ -23,6 +23,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/openapi.json"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/pools"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),
@@ -54,18 +55,26 @@ pub struct Api {
     pub keys: Arc<dyn ApiKeyStore>,
     /// Stored progress events (`GET /v1/jobs/{id}/events`); without it that route is 503.
     pub events: Option<Arc<dyn EventStore>>,
+    /// The pools' dispatcher, read-only (`GET /v1/pools`); without it that route is 503.
+    pub pools: Option<Arc<crate::dispatch::Dispatcher>>,
     limiter: RateLimiter,
 }
 
 impl Api {
     pub fn new(service: JobService, keys: Arc<dyn ApiKeyStore>) -> Self {
         let limiter = RateLimiter::new(service.config.rate_limit_per_s, service.config.rate_limit_burst);
-        Api { service, keys, events: None, limiter }
+        Api { service, keys, events: None, pools: None, limiter }
     }
 
     /// Serves stored progress events from `events`.
     pub fn with_events(mut self, events: Arc<dyn EventStore>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// Serves `GET /v1/pools` from `dispatcher` (which it only reads).
+    pub fn with_pools(mut self, dispatcher: Arc<crate::dispatch::Dispatcher>) -> Self {
+        self.pools = Some(dispatcher);
         self
     }
 
@@ -119,6 +128,7 @@ impl Api {
         ctx.tenant = Some(tenant);
         match (method, template) {
             (&Method::GET, "/v1/models") => Ok(routes::list_models(self, &ctx).await),
+            (&Method::GET, "/v1/pools") => routes::list_pools(self, &ctx).await,
             (&Method::POST, "/v1/jobs") => routes::submit_job(self, &ctx, req).await,
             (&Method::GET, "/v1/jobs") => routes::list_jobs(self, &ctx, req).await,
             (&Method::GET, "/v1/jobs/{id}") => routes::get_job(self, &ctx).await,
@@ -177,6 +187,7 @@ pub fn match_path(path: &str) -> Option<(&'static str, Option<String>)> {
         ["healthz"] => Some(("/healthz", None)),
         ["openapi.json"] => Some(("/openapi.json", None)),
         ["v1", "models"] => Some(("/v1/models", None)),
+        ["v1", "pools"] => Some(("/v1/pools", None)),
         ["v1", "jobs"] => Some(("/v1/jobs", None)),
         ["v1", "jobs", id] if !id.is_empty() => Some(("/v1/jobs/{id}", Some(id.to_string()))),
         ["v1", "jobs", id, "cancel"] if !id.is_empty() => Some(("/v1/jobs/{id}/cancel", Some(id.to_string()))),

@@ -55,14 +55,14 @@ pub enum QueueError {
 }
 
 /// The state a conditional update expects to find.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Expected {
     pub status: JobStatus,
     pub attempt: u32,
 }
 
 /// Binds an `Idempotency-Key` to the job it created, for a tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IdempotencyRecord {
     pub tenant: TenantId,
     /// The key as the client sent it (stores index a hash of it, never build expressions from it).
@@ -76,7 +76,7 @@ pub struct IdempotencyRecord {
 }
 
 /// The outcome of [`JobStore::create`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Created {
     /// The job (and its idempotency record, if any) was written.
     New,
@@ -85,7 +85,7 @@ pub enum Created {
 }
 
 /// A page query over one tenant's jobs, newest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListQuery {
     pub tenant: TenantId,
     pub status: Option<JobStatus>,
@@ -97,7 +97,7 @@ pub struct ListQuery {
 
 /// One page of jobs. `next` is the id to pass as `after` for the following page; it may be
 /// present even when the following page turns out empty (DynamoDB cannot know in advance).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
     pub next: Option<JobId>,
@@ -123,6 +123,11 @@ pub trait JobStore: Send + Sync {
     /// stored job has `expected` status and attempt. Immutable fields and `last_seq` are
     /// never written here. On a mismatch, `ConditionFailed` carries the stored job.
     async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError>;
+
+    /// Jobs of one non-terminal status across all tenants, oldest first: the watchdog's
+    /// scan. Served from an index that may lag writes by a moment, so callers act only
+    /// through a compare-and-set on what they read. A terminal status gives an empty page.
+    async fn active(&self, status: JobStatus, limit: u32, after: Option<JobId>) -> Result<JobPage, StoreError>;
 }
 
 /// Most events one [`EventStore::append`] takes: DynamoDB's 100 items per transaction,
@@ -170,7 +175,7 @@ pub trait EventStore: Send + Sync {
 }
 
 /// A WebSocket connection, recorded at `$connect`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Connection {
     /// API Gateway's connection id.
     pub id: String,
@@ -253,7 +258,7 @@ pub trait ApiKeyStore: Send + Sync {
 
 /// A unit of work on the queue: ids, never the input (SQS messages are capped at 1 MiB and
 /// the store is the source of truth).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkMessage {
     pub job_id: JobId,
     /// The attempt this message is for; a message for an older attempt is stale.
@@ -265,7 +270,7 @@ pub struct WorkMessage {
 }
 
 /// A received message, invisible to other receivers until its visibility timeout lapses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delivery {
     pub message: WorkMessage,
     /// Opaque handle for `delete` and `set_visibility`.
@@ -275,7 +280,7 @@ pub struct Delivery {
 }
 
 /// Approximate depth, as SQS reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueueDepth {
     pub visible: u64,
     pub in_flight: u64,
@@ -297,6 +302,48 @@ pub trait WorkQueue: Send + Sync {
     async fn set_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
 
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
+}
+
+/// The work queues: one per pool (each with its dead-letter queue), or one shared by every
+/// pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Queues {
+    default: std::sync::Arc<dyn WorkQueue>,
+    pools: std::collections::BTreeMap<String, std::sync::Arc<dyn WorkQueue>>,
+    dlqs: std::collections::BTreeMap<String, std::sync::Arc<dyn WorkQueue>>,
+}
+
+impl Queues {
+    /// One queue for every pool.
+    pub fn single(queue: std::sync::Arc<dyn WorkQueue>) -> Self {
+        Queues { default: queue, pools: Default::default(), dlqs: Default::default() }
+    }
+
+    /// Gives `pool` its own queue.
+    pub fn with_pool(mut self, pool: impl Into<String>, queue: std::sync::Arc<dyn WorkQueue>) -> Self {
+        self.pools.insert(pool.into(), queue);
+        self
+    }
+
+    /// Names the dead-letter queue of `pool`'s queue (read by the watchdog).
+    pub fn with_dlq(mut self, pool: impl Into<String>, dlq: std::sync::Arc<dyn WorkQueue>) -> Self {
+        self.dlqs.insert(pool.into(), dlq);
+        self
+    }
+
+    /// The queue `pool`'s messages go to.
+    pub fn for_pool(&self, pool: &str) -> &std::sync::Arc<dyn WorkQueue> {
+        self.pools.get(pool).unwrap_or(&self.default)
+    }
+
+    /// Whether `pool` shares the default queue with other pools (its depth is then not its own).
+    pub fn is_shared(&self, pool: &str) -> bool {
+        !self.pools.contains_key(pool)
+    }
+
+    pub fn dlq(&self, pool: &str) -> Option<&std::sync::Arc<dyn WorkQueue>> {
+        self.dlqs.get(pool)
+    }
 }
 
 /// Wall-clock time, a port so tests can move it.

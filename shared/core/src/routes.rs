@@ -28,6 +28,23 @@ pub fn openapi_json() -> Response<Bytes> {
     json_response(StatusCode::OK, &crate::openapi::document())
 }
 
+/// Each executor pool: desired, running, pending, idle and busy executors, its backlog and
+/// its launch failures. Account-wide (pools are shared by every tenant).
+#[utoipa::path(get, path = "/v1/pools", tag = "pools", security(("bearer" = [])),
+    responses((status = 200, body = crate::dispatch::PoolList), (status = 503, body = ErrorBody)))]
+pub async fn list_pools(api: &Api, ctx: &Ctx) -> Result<Response<Bytes>, ApiError> {
+    let Some(dispatcher) = &api.pools else {
+        return Err(ApiError::unavailable("pool status is not configured on this deployment"));
+    };
+    match dispatcher.views().await {
+        Ok(list) => Ok(json_response(StatusCode::OK, &list)),
+        Err(e) => {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "could not read the pools");
+            Err(ApiError::unavailable("the pools' state could not be read; retry shortly"))
+        }
+    }
+}
+
 /// The models the executors serve.
 #[utoipa::path(get, path = "/v1/models", tag = "models", security(("bearer" = [])),
     responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
@@ -88,7 +105,8 @@ pub async fn submit_job(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Re
         Submitted::New(_) if job.status.is_terminal() => StatusCode::OK,
         Submitted::New(_) => StatusCode::ACCEPTED,
     };
-    let mut resp = json_response(status, &JobView::new(&job, api.service.clock.now()));
+    let state = api.service.queue_state(&job).await;
+    let mut resp = json_response(status, &JobView::new(&job, api.service.clock.now()).with_queue_state(state));
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -105,7 +123,8 @@ pub async fn submit_job(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Re
 pub async fn get_job(api: &Api, ctx: &Ctx) -> Result<Response<Bytes>, ApiError> {
     let id = path_job_id(ctx)?;
     let job = api.service.get(ctx.tenant(), &id).await.map_err(|e| api.service_error(e, &ctx.request_id))?;
-    Ok(json_response(StatusCode::OK, &JobView::new(&job, api.service.clock.now())))
+    let state = api.service.queue_state(&job).await;
+    Ok(json_response(StatusCode::OK, &JobView::new(&job, api.service.clock.now()).with_queue_state(state)))
 }
 
 /// The caller's jobs, newest first, a page at a time.

@@ -9,8 +9,8 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::job::{Job, JobError, JobId, JobStatus, TenantId};
 use crate::ports::{
-    Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, StoreError, WorkMessage,
-    WorkQueue,
+    Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, Queues, StoreError,
+    WorkMessage, WorkQueue,
 };
 use crate::progress::EventBody;
 use crate::publish::ProgressHub;
@@ -60,7 +60,8 @@ impl Submitted {
 #[derive(Clone)]
 pub struct JobService {
     pub jobs: Arc<dyn JobStore>,
-    pub queue: Arc<dyn WorkQueue>,
+    /// Where new jobs go: the queue of their model's pool.
+    pub queues: Queues,
     pub clock: Arc<dyn Clock>,
     pub catalog: Arc<Catalog>,
     pub config: Config,
@@ -68,9 +69,22 @@ pub struct JobService {
     /// see a cancel or a failure the moment it is written. Without it status changes are
     /// only visible by reading the job.
     pub progress: Option<Arc<ProgressHub>>,
+    /// The pools and their records, so job views explain where a queued job stands
+    /// (`queue_state`); without it the field is null.
+    pub fleet: Option<crate::queue_state::Fleet>,
 }
 
 impl JobService {
+    /// The pool a model's jobs run in (the catalog's `pool`; `cpu` for unknown models).
+    pub fn pool_of(&self, model: &str) -> &str {
+        self.catalog.get(model).map(|m| m.pool.as_str()).unwrap_or("cpu")
+    }
+
+    /// The queue a model's jobs go to.
+    pub fn queue_for_model(&self, model: &str) -> &Arc<dyn WorkQueue> {
+        self.queues.for_pool(self.pool_of(model))
+    }
+
     /// Records a validated job, then queues its id. The record comes first so an executor
     /// never receives a message for a job it cannot read.
     pub async fn submit(
@@ -132,7 +146,7 @@ impl JobService {
                     model: job.model.clone(),
                     trace_id: trace_id.to_string(),
                 };
-                if let Err(e) = self.queue.send(&message).await {
+                if let Err(e) = self.queue_for_model(&job.model).send(&message).await {
                     tracing::error!(job_id = %job.id, error = %e, "enqueue failed; failing the job");
                     let error =
                         JobError { kind: "enqueue_failed".into(), message: "the work queue was unavailable".into() };
@@ -203,6 +217,19 @@ impl JobService {
         let body = EventBody::Status { status: job.status, attempt: job.attempt };
         if let Err(e) = hub.publish_progress(&job.id, body).await {
             tracing::warn!(job_id = %job.id, status = %job.status, error = %e, "could not publish the status change");
+        }
+    }
+
+    /// Where `job` stands (null without a fleet, for finished jobs, or when the pool
+    /// records cannot be read: the view is still served).
+    pub async fn queue_state(&self, job: &Job) -> Option<crate::queue_state::QueueState> {
+        let fleet = self.fleet.as_ref()?;
+        match fleet.queue_state(job, self.pool_of(&job.model), self.clock.now()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "could not read the pool records for queue_state");
+                None
+            }
         }
     }
 

@@ -41,9 +41,18 @@ pub struct JobView {
     pub output: Option<Value>,
     pub error: Option<JobError>,
     pub idempotency_key: Option<String>,
+    /// Where the job stands: waiting for capacity, an executor launching, the model
+    /// loading, running. Null for finished jobs and in list pages.
+    pub queue_state: Option<crate::queue_state::QueueState>,
 }
 
 impl JobView {
+    /// The view with its queue state filled in.
+    pub fn with_queue_state(mut self, state: Option<crate::queue_state::QueueState>) -> Self {
+        self.queue_state = state;
+        self
+    }
+
     pub fn new(job: &Job, now: Millis) -> Self {
         JobView {
             id: job.id,
@@ -66,6 +75,7 @@ impl JobView {
             output: job.output.clone(),
             error: job.error.clone(),
             idempotency_key: job.idempotency_key.clone(),
+            queue_state: None,
         }
     }
 }
