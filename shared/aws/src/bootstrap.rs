@@ -17,11 +17,14 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::AwsError;
-use crate::dynamo_codec::{GSI1, GSI1PK, GSI1SK, PK, TTL};
+use crate::dynamo_codec::{GSI1, GSI1PK, GSI1SK, GSI2, GSI2PK, GSI2SK, PK, TTL};
 
 /// How long to wait for a new table to become ACTIVE (seconds on AWS, instant on moto).
 const TABLE_READY_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Receives before SQS moves a message to the dead-letter queue (the watchdog then fails its job).
+pub const MAX_RECEIVE_COUNT: u32 = 5;
 
 /// Settings of the work queue: a minute of invisibility per receive (executors extend it
 /// while they work) and long polling by default, so idle executors cost few requests.
@@ -41,20 +44,25 @@ pub struct QueueUrls {
 /// dead-lettered after 5 receives) if missing.
 pub async fn bootstrap(sdk: &SdkConfig, table: &str, queue_name: &str) -> Result<QueueUrls, AwsError> {
     ensure_table(&aws_sdk_dynamodb::Client::new(sdk), table).await?;
-    let urls = ensure_queues(&aws_sdk_sqs::Client::new(sdk), queue_name, 5).await?;
+    let urls = ensure_queues(&aws_sdk_sqs::Client::new(sdk), queue_name, MAX_RECEIVE_COUNT).await?;
     tracing::info!(table, queue_url = %urls.queue_url, dlq_url = %urls.dlq_url, "AWS resources ready");
     Ok(urls)
 }
 
 /// Ensures the jobs table exists with key `pk` (S), the tenant index `gsi1`
-/// (`gsi1pk`/`gsi1sk`, all attributes projected), on-demand billing, a stream of new and
-/// old images, and TTL on `ttl`; waits until it is ACTIVE.
+/// (`gsi1pk`/`gsi1sk`) and the by-state index `gsi2` (`gsi2pk`/`gsi2sk`), all attributes
+/// projected, on-demand billing, a stream of new and old images, and TTL on `ttl`; waits
+/// until it is ACTIVE.
 pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), AwsError> {
     match client.describe_table().table_name(table).send().await {
         Ok(out) => {
             let desc = out.table.ok_or_else(|| AwsError::Incompatible(format!("table {table}: no description")))?;
-            if !desc.global_secondary_indexes().iter().any(|g| g.index_name() == Some(GSI1)) {
-                return Err(AwsError::Incompatible(format!("table {table} exists without index {GSI1}")));
+            for index in [GSI1, GSI2] {
+                if !desc.global_secondary_indexes().iter().any(|g| g.index_name() == Some(index)) {
+                    return Err(AwsError::Incompatible(format!(
+                        "table {table} exists without index {index} (created by an older Ferry? recreate it or add the index)"
+                    )));
+                }
             }
             tracing::debug!(table, "table exists");
         }
@@ -71,12 +79,14 @@ async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<
     let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
     let string_attr =
         |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
-    let gsi = GlobalSecondaryIndex::builder()
-        .index_name(GSI1)
-        .key_schema(key(GSI1PK, KeyType::Hash)?)
-        .key_schema(key(GSI1SK, KeyType::Range)?)
-        .projection(Projection::builder().projection_type(ProjectionType::All).build())
-        .build()?;
+    let index = |name: &str, pk: &str, sk: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(pk, KeyType::Hash)?)
+            .key_schema(key(sk, KeyType::Range)?)
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()
+    };
     let stream = StreamSpecification::builder()
         .stream_enabled(true)
         .stream_view_type(StreamViewType::NewAndOldImages)
@@ -88,8 +98,11 @@ async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<
         .attribute_definitions(string_attr(PK)?)
         .attribute_definitions(string_attr(GSI1PK)?)
         .attribute_definitions(string_attr(GSI1SK)?)
+        .attribute_definitions(string_attr(GSI2PK)?)
+        .attribute_definitions(string_attr(GSI2SK)?)
         .key_schema(key(PK, KeyType::Hash)?)
-        .global_secondary_indexes(gsi)
+        .global_secondary_indexes(index(GSI1, GSI1PK, GSI1SK)?)
+        .global_secondary_indexes(index(GSI2, GSI2PK, GSI2SK)?)
         .stream_specification(stream)
         .send()
         .await;

@@ -118,8 +118,8 @@ pub(crate) fn build_err(err: aws_smithy_types::error::operation::BuildError) -> 
 /// Jobs and idempotency bindings in DynamoDB.
 #[derive(Debug, Clone)]
 pub struct DynamoJobStore {
-    client: Client,
-    table: String,
+    pub(crate) client: Client,
+    pub(crate) table: String,
 }
 
 impl DynamoJobStore {
@@ -131,7 +131,7 @@ impl DynamoJobStore {
         &self.table
     }
 
-    async fn get_item(&self, pk: String) -> Result<Option<Item>, StoreError> {
+    pub(crate) async fn get_item(&self, pk: String) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -275,6 +275,15 @@ impl JobStore for DynamoJobStore {
             }
             start_key = Some(last);
         }
+    }
+
+    async fn active(
+        &self,
+        status: ferry_core::JobStatus,
+        limit: u32,
+        after: Option<JobId>,
+    ) -> Result<JobPage, StoreError> {
+        crate::dynamo_fleet::active(self, status, limit, after).await
     }
 
     async fn update(&self, job: &ferry_core::Job, expected: Expected) -> Result<(), StoreError> {

@@ -8,6 +8,10 @@
 //! - `apikey#<key hash>`: an API key's tenant.
 //! - `evt#<job id>#<seq, 20 digits>`: one progress event (`body` is the event's JSON);
 //!   its `ttl` is the job's retention. Written together with the job's `last_seq`.
+//! - `pool#<pool>`: the dispatcher's record of a pool (`state`, JSON; `version`, the
+//!   compare-and-set counter).
+//! - `exec#<executor id>`: an executor's heartbeat (`record`, JSON), on the by-state index
+//!   `gsi2` under `executors#<pool>`; non-terminal jobs are on it under `active#<status>`.
 //! - `conn#<connection id>`: a WebSocket connection, with `subs`, the string set of the
 //!   jobs it follows.
 //! - `subs#<job id>`: `conns`, the string set of the connections following a job, so
@@ -33,6 +37,11 @@ pub(crate) const PK: &str = "pk";
 pub(crate) const GSI1: &str = "gsi1";
 pub(crate) const GSI1PK: &str = "gsi1pk";
 pub(crate) const GSI1SK: &str = "gsi1sk";
+/// The sparse "by state" index: non-terminal jobs under `active#<status>` (the watchdog's
+/// scan) and executor heartbeats under `executors#<pool>`. Terminal jobs leave it.
+pub(crate) const GSI2: &str = "gsi2";
+pub(crate) const GSI2PK: &str = "gsi2pk";
+pub(crate) const GSI2SK: &str = "gsi2sk";
 /// The attribute DynamoDB's TTL is enabled on.
 pub(crate) const TTL: &str = "ttl";
 
@@ -42,6 +51,22 @@ pub(crate) fn job_pk(id: &JobId) -> String {
 
 pub(crate) fn tenant_gsi1pk(tenant: &TenantId) -> String {
     format!("tenant#{tenant}")
+}
+
+pub(crate) fn active_gsi2pk(status: ferry_core::JobStatus) -> String {
+    format!("active#{status}")
+}
+
+pub(crate) fn pool_pk(pool: &str) -> String {
+    format!("pool#{pool}")
+}
+
+pub(crate) fn executor_pk(id: &str) -> String {
+    format!("exec#{id}")
+}
+
+pub(crate) fn executors_gsi2pk(pool: &str) -> String {
+    format!("executors#{pool}")
 }
 
 pub(crate) fn idem_pk(tenant: &TenantId, key: &str) -> String {
@@ -96,6 +121,9 @@ pub(crate) fn lifecycle_attrs(job: &Job) -> Vec<(&'static str, Option<AttributeV
         ("error_message", job.error.as_ref().map(|e| s(e.message.clone()))),
         ("retain_until", Some(n(job.retain_until))),
         (TTL, Some(ttl_secs(job.retain_until))),
+        // On the by-state index only while the job can still change.
+        (GSI2PK, (!job.status.is_terminal()).then(|| s(active_gsi2pk(job.status)))),
+        (GSI2SK, (!job.status.is_terminal()).then(|| s(job.id.to_string()))),
     ]
 }
 

@@ -6,6 +6,7 @@
 //!   [`DynamoConnectionStore`] keeps WebSocket connections and subscriptions, see [`connections`].
 //! - [`SqsWorkQueue`]: the work queue on SQS, see [`sqs`].
 //! - [`ApiGatewayNotifier`]: pushes to WebSocket connections (Management API), see [`notifier`].
+//! - [`EcsLauncher`]: starts, lists and stops executor tasks on ECS (the `Launcher` port), see [`ecs`].
 //! - [`config`]: building SDK configuration and the whole backend from the environment
 //!   (a Lambda) or from an explicit endpoint (tests, `ferry dev --backend aws` on moto).
 //! - [`bootstrap`](mod@bootstrap): creating the table and the queues when they are missing.
@@ -18,6 +19,9 @@ pub mod config;
 pub mod connections;
 pub mod dynamo;
 mod dynamo_codec;
+mod dynamo_fleet;
+pub mod ecs;
+pub mod fleet;
 pub mod notifier;
 pub mod sqs;
 
@@ -25,6 +29,8 @@ pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
 pub use config::{AwsBackend, AwsSettings, DEFAULT_TABLE, TableStores, sdk_config_for_endpoint, sdk_config_from_env};
 pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
+pub use ecs::EcsLauncher;
+pub use fleet::AwsFleet;
 pub use notifier::ApiGatewayNotifier;
 pub use sqs::SqsWorkQueue;
 

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ferry_core::Millis;
-use ferry_core::job::{Job, JobId, TenantId};
+use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{
     Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError, is_append_batch,
 };
@@ -97,6 +97,22 @@ impl JobStore for MemoryJobStore {
         let jobs: Vec<Job> = matching.by_ref().take(limit).cloned().collect();
         // Unlike DynamoDB we can look ahead, so `next` is only set when a further page
         // really has jobs (the port allows either).
+        let next = if matching.next().is_some() { jobs.last().map(|j| j.id) } else { None };
+        Ok(JobPage { jobs, next })
+    }
+
+    async fn active(&self, status: JobStatus, limit: u32, after: Option<JobId>) -> Result<JobPage, StoreError> {
+        if status.is_terminal() {
+            return Ok(JobPage { jobs: Vec::new(), next: None });
+        }
+        let inner = lock(&self.inner);
+        let limit = limit.clamp(1, 100) as usize;
+        let range = match after {
+            Some(after) => inner.jobs.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => inner.jobs.range(..),
+        };
+        let mut matching = range.map(|(_, j)| j).filter(|j| j.status == status);
+        let jobs: Vec<Job> = matching.by_ref().take(limit).cloned().collect();
         let next = if matching.next().is_some() { jobs.last().map(|j| j.id) } else { None };
         Ok(JobPage { jobs, next })
     }

@@ -10,14 +10,19 @@
 //!   (as `EventStore`) their progress events.
 //! - [`MemoryConnectionStore`]: WebSocket connections and their job subscriptions.
 //! - [`MemoryApiKeyStore`]: hashed API keys.
+//! - [`MemoryPoolStore`], [`MemoryLauncher`]: the fleet's records, and a launcher for tests.
+//! - [`remote`]: all of the above reached from another process (`ferry dev`'s executors).
 //! - [`MemoryQueue`]: an at-least-once queue with long polling and an optional dead-letter queue.
 
 mod connections;
+mod fleet;
 mod jobs;
 mod keys;
 mod queue;
+pub mod remote;
 
 pub use connections::MemoryConnectionStore;
+pub use fleet::{MemoryLauncher, MemoryPoolStore};
 pub use jobs::MemoryJobStore;
 pub use keys::MemoryApiKeyStore;
 pub use queue::MemoryQueue;
