@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_core::catalog::{Catalog, ModelSpec};
-use ferry_core::job::{Job, JobError, JobStatus};
-use ferry_core::ports::{Delivery, StoreError, WorkMessage};
+use ferry_core::fleet::{ExecutorActivity, ExecutorRecord, HEARTBEAT_MS, PoolStore};
+use ferry_core::job::{Job, JobError, JobStatus, Millis};
+use ferry_core::ports::{Delivery, StoreError, WorkMessage, WorkQueue};
 use ferry_core::progress::EventBody;
 use ferry_core::publish::ProgressHub;
 use ferry_core::service::{JobService, ServiceError};
@@ -114,6 +115,11 @@ impl ModelRegistry {
         self.specs.contains_key(model)
     }
 
+    /// Whether the model is loaded already (no load ahead for a job of it).
+    pub fn is_loaded(&self, model: &str) -> bool {
+        self.loaded.lock().unwrap().get(model).is_some_and(|c| c.initialized())
+    }
+
     /// The model, loading it on first use (reported on `stream` as log events). A load
     /// that fails is not remembered: the next job tries again.
     pub async fn get(&self, model: &str, stream: &ProgressStream) -> Result<Arc<LoadedModel>, ModelError> {
@@ -180,6 +186,33 @@ pub struct Worker {
     running: AtomicUsize,
     /// When the last job ended (or the worker started).
     last_busy: Mutex<Instant>,
+    /// What the heartbeat reports.
+    activity: Arc<Activity>,
+    /// Where the heartbeat goes (the dispatcher counts idle executors and the API explains
+    /// jobs whose model is loading); none in tests that do not need it.
+    pool_store: std::sync::OnceLock<Arc<dyn PoolStore>>,
+}
+
+/// The executor's activity for its heartbeat, with a signal to write it at once on change.
+struct Activity {
+    state: Mutex<(ExecutorActivity, Millis, Option<String>)>,
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn set(&self, activity: ExecutorActivity, now: Millis, model: Option<String>) {
+        let mut s = self.state.lock().unwrap();
+        if s.0 != activity || s.2 != model {
+            *s = (activity, now, model);
+            self.changed.notify_one();
+        }
+    }
+}
+
+impl Activity {
+    fn new(now: Millis) -> Self {
+        Activity { state: Mutex::new((ExecutorActivity::Idle, now, None)), changed: tokio::sync::Notify::new() }
+    }
 }
 
 /// Set when the executor should take no new work; jobs get the grace period.
@@ -224,6 +257,7 @@ impl Worker {
         s3: Option<S3Models>,
     ) -> Arc<Worker> {
         let models = Arc::new(ModelRegistry::new(&service.catalog, &config.pool, &config.device, s3));
+        let now = service.clock.now();
         Arc::new(Worker {
             service,
             hub,
@@ -231,19 +265,68 @@ impl Worker {
             config,
             running: AtomicUsize::new(0),
             last_busy: Mutex::new(Instant::now()),
+            activity: Arc::new(Activity::new(now)),
+            pool_store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends the executor's heartbeat to `store` while [`Worker::run`] runs (set before it).
+    pub fn report_to(&self, store: Arc<dyn PoolStore>) {
+        let _ = self.pool_store.set(store);
+    }
+
+    /// The queue of this executor's pool.
+    fn queue(&self) -> &Arc<dyn WorkQueue> {
+        self.service.queues.for_pool(&self.config.pool)
+    }
+
+    /// Writes the heartbeat now and every [`HEARTBEAT_MS`] or on a change of activity,
+    /// until `stop` is set; then deletes it.
+    async fn heartbeat(self: Arc<Self>, store: Arc<dyn PoolStore>, stop: Shutdown) {
+        let started_at = self.service.clock.now();
+        loop {
+            let (activity, since, model) = self.activity.state.lock().unwrap().clone();
+            let record = ExecutorRecord {
+                id: self.config.executor_id.clone(),
+                pool: self.config.pool.clone(),
+                activity,
+                since,
+                model,
+                running_jobs: self.running.load(Ordering::SeqCst) as u32,
+                started_at,
+                seen_at: self.service.clock.now(),
+            };
+            if let Err(e) = store.put_executor(&record).await {
+                tracing::warn!(error = %e, "could not write the heartbeat");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)) => {}
+                _ = self.activity.changed.notified() => {}
+                _ = stop.wait() => break,
+            }
+        }
+        if let Err(e) = store.delete_executor(&self.config.executor_id).await {
+            tracing::warn!(error = %e, "could not delete the heartbeat");
+        }
     }
 
     /// Runs `concurrency` job slots until idle for `idle_timeout` or `shutdown` is set and
     /// every running job has ended or been released.
     pub async fn run(self: &Arc<Self>, shutdown: Shutdown) -> Exit {
         let idle = Shutdown::default();
+        let beat_stop = Shutdown::default();
+        let beat =
+            self.pool_store.get().cloned().map(|store| tokio::spawn(self.clone().heartbeat(store, beat_stop.clone())));
         let mut slots = tokio::task::JoinSet::new();
         for _ in 0..self.config.concurrency.max(1) {
             let (me, shutdown, idle) = (self.clone(), shutdown.clone(), idle.clone());
             slots.spawn(async move { me.slot(&shutdown, &idle).await });
         }
         while slots.join_next().await.is_some() {}
+        beat_stop.trigger();
+        if let Some(beat) = beat {
+            let _ = beat.await;
+        }
         if shutdown.is_set() { Exit::Shutdown } else { Exit::Idle }
     }
 
@@ -254,7 +337,7 @@ impl Worker {
                 return;
             }
             let received = tokio::select! {
-                r = self.service.queue.receive(1, c.poll_wait, c.visibility) => r,
+                r = self.queue().receive(1, c.poll_wait, c.visibility) => r,
                 _ = shutdown.wait() => return,
                 _ = idle.wait() => return,
             };
@@ -280,7 +363,9 @@ impl Worker {
                 self.running.fetch_add(1, Ordering::SeqCst);
                 self.handle(&delivery, shutdown).await;
                 *self.last_busy.lock().unwrap() = Instant::now();
-                self.running.fetch_sub(1, Ordering::SeqCst);
+                if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    self.activity.set(ExecutorActivity::Idle, self.service.clock.now(), None);
+                }
             }
         }
     }
@@ -294,7 +379,7 @@ impl Worker {
             // its own): hand it back after a short pause, so an executor of its pool gets it
             // and this one does not spin receiving it again and again.
             tracing::warn!(job_id = %m.job_id, model = %m.model, "not a model of this pool; releasing the message");
-            let _ = self.service.queue.set_visibility(&delivery.receipt, FOREIGN_RELEASE).await;
+            let _ = self.queue().set_visibility(&delivery.receipt, FOREIGN_RELEASE).await;
             return;
         }
         let job = match self.claim(delivery).await {
@@ -306,6 +391,9 @@ impl Worker {
             Claim::Later => return,
         };
         tracing::info!(job_id = %job.id, attempt = job.attempt, model = %job.model, "job claimed");
+        let activity =
+            if self.models.is_loaded(&job.model) { ExecutorActivity::Busy } else { ExecutorActivity::LoadingModel };
+        self.activity.set(activity, self.service.clock.now(), Some(job.model.clone()));
         self.run_claimed(job, delivery, shutdown).await;
     }
 
@@ -355,7 +443,7 @@ impl Worker {
     }
 
     async fn ack(&self, delivery: &Delivery) {
-        if let Err(e) = self.service.queue.delete(&delivery.receipt).await {
+        if let Err(e) = self.queue().delete(&delivery.receipt).await {
             tracing::warn!(job_id = %delivery.message.job_id, error = %e, "could not delete the message");
         }
     }
@@ -371,8 +459,10 @@ impl Worker {
         let (input, params, model_id) = (job.input.clone(), job.params.clone(), job.model.clone());
         let run_stream = stream.clone();
         let run_flag = flag.clone();
+        let (activity, clock) = (self.activity.clone(), self.service.clock.clone());
         let mut work = tokio::spawn(async move {
             let model = models.get(&model_id, &run_stream).await?;
+            activity.set(ExecutorActivity::Busy, clock.now(), Some(model_id.clone()));
             let progress = StreamProgress { stream: run_stream, flag: run_flag };
             tokio::task::spawn_blocking(move || model.run(&input, &params, &progress))
                 .await
@@ -428,7 +518,7 @@ impl Worker {
                 renew_at = now + self.config.lease * 2 / 3;
             }
             if now >= visible_at {
-                if let Err(e) = self.service.queue.set_visibility(&delivery.receipt, self.config.visibility).await {
+                if let Err(e) = self.queue().set_visibility(&delivery.receipt, self.config.visibility).await {
                     tracing::warn!(job_id = %current.id, error = %e, "could not extend the message's visibility");
                 }
                 visible_at = now + self.config.visibility * 2 / 3;
@@ -512,7 +602,7 @@ impl Worker {
         match written {
             Some(j) if j.status == JobStatus::Queued && release => {
                 // Same attempt, same message: make it visible again now.
-                if let Err(e) = self.service.queue.set_visibility(&delivery.receipt, Duration::ZERO).await {
+                if let Err(e) = self.queue().set_visibility(&delivery.receipt, Duration::ZERO).await {
                     tracing::warn!(job_id = %j.id, error = %e, "could not release the message; it reappears when its visibility lapses");
                 }
             }
@@ -525,7 +615,7 @@ impl Worker {
                     model: j.model.clone(),
                     trace_id: delivery.message.trace_id.clone(),
                 };
-                match self.service.queue.send(&message).await {
+                match self.queue().send(&message).await {
                     Ok(()) => self.ack(delivery).await,
                     Err(e) => tracing::error!(job_id = %j.id, error = %e, "could not queue the next attempt"),
                 }

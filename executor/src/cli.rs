@@ -1,0 +1,214 @@
+//! The executor program: its flags (each with its environment variable, as the ECS task
+//! definition sets them) and its `main`, shared by the `ferry-executor` binary and
+//! `ferry executor` (so `ferry dev` can always launch one, even when only the `ferry`
+//! binary was built). Builds the clients once, then runs the shared work loop
+//! ([`crate::worker::Worker::run`]) until it has been idle for `--idle-timeout` (exit 0:
+//! scale to zero) or SIGTERM arrives (ECS stop, Spot interruption: no new work, running
+//! jobs get `--grace-period`, then are released).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_core::catalog::Catalog;
+use ferry_core::config::Config;
+use ferry_core::ports::{Clock, Queues, SystemClock};
+use ferry_core::publish::ProgressHub;
+use ferry_core::service::JobService;
+
+use crate::worker::{Exit, S3Models, Shutdown, Worker, WorkerConfig};
+
+/// Every flag also reads its environment variable (the ECS task definition sets them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The work queue's URL (else `FERRY_QUEUE_NAME` is resolved).
+    #[arg(long, env = "FERRY_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// The jobs table.
+    #[arg(long, env = "FERRY_TABLE", default_value = ferry_aws::DEFAULT_TABLE)]
+    pub table: String,
+    /// The pool this executor serves (its models are the catalog's models of this pool).
+    #[arg(long, env = "FERRY_POOL", default_value = "cpu")]
+    pub pool: String,
+    /// `cpu`, `cuda` or `cuda:N` for models whose catalog entry names no device.
+    #[arg(long, env = "FERRY_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// The model catalog (`{"models": [...]}`); else `FERRY_MODELS` inline JSON.
+    #[arg(long, env = "FERRY_MODELS_FILE")]
+    pub models_file: Option<PathBuf>,
+    /// Jobs run at once.
+    #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: usize,
+    /// Exit after this many seconds without work (scale to zero).
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT_S", default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// On SIGTERM, seconds running jobs may go on before they are released (ECS gives 30 s
+    /// by default between SIGTERM and SIGKILL; keep this below `stopTimeout`).
+    #[arg(long, env = "FERRY_GRACE_PERIOD_S", default_value_t = 25)]
+    pub grace_period: u64,
+    /// Job lease in seconds (renewed at two thirds).
+    #[arg(long, env = "FERRY_LEASE_S", default_value_t = 60)]
+    pub lease: u64,
+    /// The WebSocket API's Management endpoint, to push progress to subscribers.
+    #[arg(long, env = "FERRY_WS_MANAGEMENT_ENDPOINT")]
+    pub ws_management_endpoint: Option<String>,
+    /// Where models stored in S3 (`s3_uri` in the catalog) are copied before loading.
+    #[arg(long, env = "FERRY_MODEL_CACHE", default_value = "/tmp/ferry-models")]
+    pub model_cache: PathBuf,
+    /// Recorded on claimed jobs and in the heartbeat (default: the ECS task ARN from the
+    /// task metadata endpoint, else a new ULID).
+    #[arg(long, env = "FERRY_EXECUTOR_ID")]
+    pub executor_id: Option<String>,
+    /// Run on `ferry dev`'s in-memory stack at this address instead of AWS (set by the
+    /// processes `ferry dev` launches).
+    #[arg(long, env = "FERRY_STACK_URL")]
+    pub stack_url: Option<String>,
+    /// The token `ferry dev` hands its executors for `--stack-url`.
+    #[arg(long, env = "FERRY_STACK_TOKEN", hide_env_values = true)]
+    pub stack_token: Option<String>,
+}
+
+/// Runs the executor until it is idle or stopped (the binary's `main`, and `ferry executor`).
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let catalog = match &args.models_file {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::from_env()?,
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let ports = match &args.stack_url {
+        Some(url) => stack_ports(url, args.stack_token.as_deref().unwrap_or_default(), &args).await,
+        None => aws_ports(&args).await?,
+    };
+    let hub = Arc::new(ProgressHub {
+        jobs: ports.jobs.clone(),
+        events: ports.events.clone(),
+        connections: ports.connections.clone(),
+        notifier: ports.notifier,
+        clock: clock.clone(),
+    });
+    let service = JobService {
+        jobs: ports.jobs,
+        queues: Queues::single(ports.queue.clone()).with_pool(&args.pool, ports.queue),
+        clock,
+        catalog: Arc::new(catalog),
+        config: Config::from_env()?,
+        progress: Some(hub.clone()),
+        fleet: None,
+    };
+    let executor_id = match args.executor_id.clone() {
+        Some(id) => id,
+        // On ECS the task ARN: the dispatcher lists tasks by it and the watchdog stops it.
+        None => match ecs_task_arn().await {
+            Some(arn) => arn,
+            None => format!("executor-{}", ulid::Ulid::new()),
+        },
+    };
+    let config = WorkerConfig {
+        executor_id,
+        pool: args.pool.clone(),
+        device: args.device.clone(),
+        concurrency: args.concurrency.max(1),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        grace_period: Duration::from_secs(args.grace_period),
+        lease: Duration::from_secs(args.lease.max(3)),
+        // A receive never outlasts the idle timeout, so an idle executor exits on time.
+        poll_wait: Duration::from_secs(args.idle_timeout.clamp(1, 20)),
+        ..WorkerConfig::default()
+    };
+    tracing::info!(executor_id = %config.executor_id, pool = %config.pool, device = %config.device, "executor starting");
+    let worker = Worker::with_s3(service, hub, config, ports.s3);
+    worker.report_to(ports.pools);
+    let shutdown = Shutdown::default();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await.context("installing signal handlers").ok();
+        tracing::info!("stop signal: taking no new work");
+        on_signal.trigger();
+    });
+    let exit = worker.run(shutdown).await;
+    tracing::info!(?exit, "executor stopped");
+    Ok(match exit {
+        Exit::Idle | Exit::Shutdown => ExitCode::SUCCESS,
+    })
+}
+
+/// The ports the worker runs on.
+struct Ports {
+    jobs: Arc<dyn ferry_core::ports::JobStore>,
+    events: Arc<dyn ferry_core::ports::EventStore>,
+    connections: Arc<dyn ferry_core::ports::ConnectionStore>,
+    queue: Arc<dyn ferry_core::ports::WorkQueue>,
+    pools: Arc<dyn ferry_core::fleet::PoolStore>,
+    notifier: Arc<dyn ferry_core::ports::Notifier>,
+    s3: Option<S3Models>,
+}
+
+/// DynamoDB, SQS, S3 and the Management API: the ECS task.
+async fn aws_ports(args: &Args) -> anyhow::Result<Ports> {
+    let sdk = ferry_aws::sdk_config_from_env().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = match &args.queue_url {
+        Some(url) => url.clone(),
+        None => ferry_aws::AwsSettings::from_lookup(&sqs, |k| std::env::var(k).ok()).await?.queue_url,
+    };
+    let backend =
+        ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(&sdk), sqs, &args.table, &queue_url);
+    let pools = Arc::new(ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), &args.table));
+    Ok(Ports {
+        jobs: backend.jobs.clone(),
+        events: backend.jobs,
+        connections: backend.connections,
+        queue: backend.queue,
+        pools,
+        notifier: notifier(&sdk, args),
+        s3: Some(S3Models { client: crate::fetch::s3_client(&sdk), cache: args.model_cache.clone() }),
+    })
+}
+
+/// `ferry dev`'s in-memory stack, over its loopback port endpoint.
+async fn stack_ports(url: &str, token: &str, args: &Args) -> Ports {
+    let stack = ferry_local::remote::RemoteStack::new(url, token);
+    let s = Arc::new(stack.clone());
+    // Only the Management endpoint (ferry dev's gateway) is reached with the SDK: static
+    // credentials keep it from looking for real ones.
+    let sdk = ferry_aws::sdk_config_for_endpoint(url).await;
+    Ports {
+        jobs: s.clone(),
+        events: s.clone(),
+        connections: s.clone(),
+        queue: Arc::new(stack.queue(&args.pool)),
+        pools: s,
+        notifier: notifier(&sdk, args),
+        s3: None,
+    }
+}
+
+fn notifier(sdk: &ferry_aws::SdkConfig, args: &Args) -> Arc<dyn ferry_core::ports::Notifier> {
+    match &args.ws_management_endpoint {
+        Some(endpoint) => Arc::new(ferry_aws::ApiGatewayNotifier::new(sdk, endpoint)),
+        None => {
+            tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: progress is stored for replay but not pushed");
+            Arc::new(ferry_core::ports::NoNotifier)
+        }
+    }
+}
+
+/// The task ARN from the ECS task metadata endpoint (v4), when running on ECS.
+async fn ecs_task_arn() -> Option<String> {
+    let base = std::env::var("ECS_CONTAINER_METADATA_URI_V4").ok()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let v: serde_json::Value = http.get(format!("{base}/task")).send().await.ok()?.json().await.ok()?;
+    v.get("TaskARN")?.as_str().map(str::to_string)
+}
+
+/// SIGTERM (ECS, Spot) or SIGINT (a terminal).
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}
