@@ -109,6 +109,10 @@ impl Client {
         self.send(self.http.post(format!("{}/v1/jobs/{}/cancel", self.base, enc(id)))).await
     }
 
+    pub async fn pools(&self) -> Result<Answer<ferry_core::dispatch::PoolList>, ClientError> {
+        self.send(self.http.get(format!("{}/v1/pools", self.base))).await
+    }
+
     pub async fn models(&self) -> Result<Answer<ModelList>, ClientError> {
         self.send(self.http.get(format!("{}/v1/models", self.base))).await
     }

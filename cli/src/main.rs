@@ -63,6 +63,15 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show the executor pools: desired, running, idle and busy executors, backlog, launch errors.
+    Pools {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What scale to zero costs against an always-on executor, for a workload and a pool.
+    Cost(ferry_cli::cost::CostArgs),
+    /// Run an executor (what the `ferry-executor` binary runs; `ferry dev` launches it).
+    Executor(ferry_executor::cli::Args),
     /// Run the demo job against a running API.
     Demo {
         #[command(flatten)]
@@ -137,6 +146,17 @@ struct DevArgs {
     /// Run no executors: jobs stay queued (for driving progress by hand with --dev-progress).
     #[arg(long)]
     no_executor: bool,
+    /// One fixed in-process executor per pool instead of executor processes launched by
+    /// the dispatcher (faster to start; no scale to zero).
+    #[arg(long, conflicts_with = "no_executor")]
+    in_process: bool,
+    /// Seconds a launched executor process waits without work before it exits (scale to zero).
+    #[arg(long, env = "FERRY_DEV_IDLE_TIMEOUT_S", default_value_t = 60)]
+    idle_timeout: u64,
+    /// The pools' configuration (JSON: {"pools": [...]}); else FERRY_POOLS; else defaults
+    /// (min_warm 0, max_tasks 4, jobs_per_task 1).
+    #[arg(long, env = "FERRY_POOLS_FILE")]
+    pools_file: Option<PathBuf>,
     /// Device for the executors' models: cpu, cuda or cuda:N (a `cuda` build is needed for CUDA).
     #[arg(long, env = "FERRY_DEVICE", default_value = "cpu")]
     device: String,
@@ -279,6 +299,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::run(&c, ws.as_deref(), &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pools { client: ca } => {
+            let pools = client(&ca).pools().await?.body;
+            if ca.json {
+                println!("{}", serde_json::to_string_pretty(&pools)?);
+            } else {
+                println!(
+                    "{:<10} {:>7} {:>7} {:>7} {:>4} {:>4} {:>7} {:>8}  last error",
+                    "pool", "desired", "running", "pending", "idle", "busy", "loading", "backlog"
+                );
+                for p in &pools.pools {
+                    println!(
+                        "{:<10} {:>7} {:>7} {:>7} {:>4} {:>4} {:>7} {:>8}  {}",
+                        p.name,
+                        p.desired,
+                        p.running,
+                        p.pending,
+                        p.idle,
+                        p.busy,
+                        p.loading_model,
+                        p.backlog.visible + p.backlog.in_flight,
+                        p.last_error.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cost(args) => {
+            print!("{}", ferry_cli::cost::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Executor(args) => ferry_executor::cli::run(args).await,
         Command::Openapi => {
             println!("{}", serde_json::to_string_pretty(&ferry_core::openapi::document())?);
             Ok(ExitCode::SUCCESS)
@@ -345,6 +396,8 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let mut gateway = None;
     let mut stop_workers = None;
+    let mut ports = None;
+    let mut launcher = None;
     let mode = if a.constant_202 {
         server::Mode::Constant202
     } else {
@@ -366,6 +419,16 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             BackendKind::Aws => "aws",
             BackendKind::Embedded => "embedded",
         };
+        let http_host = if addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        } else {
+            addr
+        };
+        let pools = match &a.pools_file {
+            Some(path) => ferry_core::pool::Pools::from_file(path)?,
+            None => ferry_core::pool::Pools::from_lookup(|k| std::env::var(k).ok())?,
+        };
+        let idle_timeout = a.idle_timeout;
         let opts = StackOptions {
             backend: a.backend,
             api_keys: a.api_keys,
@@ -375,13 +438,19 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             queue: a.queue,
             aws_endpoint: None,
             management_endpoint: (a.backend == BackendKind::Aws).then(|| format!("http://{ws_host}")),
-            executors: !a.no_executor,
+            executors: a.in_process,
             worker: ferry_executor::worker::WorkerConfig {
                 device: a.device.clone(),
                 concurrency: a.concurrency.max(1),
                 ..stack::dev_worker_config()
             },
             config,
+            pools,
+            scale: (!a.no_executor && !a.in_process).then(|| stack::ScaleOptions {
+                management_endpoint: Some(format!("http://{ws_host}")),
+                idle_timeout_s: Some(idle_timeout),
+                ..stack::ScaleOptions::new(format!("http://{http_host}"))
+            }),
         };
         let stack = stack::build(&opts).await?;
         println!("ferry dev: HTTP API on http://{addr} ({backend} backend)");
@@ -401,9 +470,22 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         for w in &stack.workers {
             println!("  executor {} (pool {}, device {})", w.config.executor_id, w.config.pool, w.config.device);
         }
-        if stack.workers.is_empty() {
+        if let Some(l) = &stack.launcher {
+            for p in stack.pools.iter() {
+                println!(
+                    "  pool {}: executor processes launched on demand (max {}, min warm {}), exit after {} s idle; logs in {}",
+                    p.name,
+                    p.max_tasks,
+                    p.min_warm,
+                    p.idle_timeout_s,
+                    l.log_dir().display()
+                );
+            }
+        } else if stack.workers.is_empty() {
             println!("  no executors (--no-executor): jobs stay queued");
         }
+        ports = stack.ports.clone();
+        launcher = stack.launcher.clone();
         stop_workers = Some(stack.stop_workers.clone());
         if a.demo {
             let key = stack.api_keys[0].0.clone();
@@ -439,13 +521,17 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             stop.trigger();
         });
     }
-    let http = server::serve(listener, mode, stopped(stop_rx.clone()));
+    let http = server::serve_with_ports(listener, mode, ports, stopped(stop_rx.clone()));
     match gateway {
         Some((ws_listener, gw)) => {
             let ws = gateway::serve(ws_listener, gw, stopped(stop_rx));
             tokio::try_join!(http, ws)?;
         }
         None => http.await?,
+    }
+    if let Some(l) = launcher {
+        // The reconcile loop already asked them to stop; wait for their releases.
+        l.terminate_all(std::time::Duration::from_secs(8)).await;
     }
     println!("ferry dev: stopped");
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use ferry_core::api::Api;
+use ferry_local::remote::{self, Ports};
 use http::StatusCode;
 use tokio::net::TcpListener;
 
@@ -29,8 +30,62 @@ pub async fn serve(
     mode: Mode,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = axum::Router::new().fallback(handle).with_state(mode);
+    serve_with_ports(listener, mode, None, shutdown).await
+}
+
+/// Like [`serve`], also answering `POST /internal/v1/ports` for `ferry dev`'s executor
+/// processes (the in-memory ports, guarded by the token).
+pub async fn serve_with_ports(
+    listener: TcpListener,
+    mode: Mode,
+    ports: Option<(Ports, String)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut app = axum::Router::new().fallback(handle).with_state(mode);
+    if let Some(ports) = ports {
+        let internal =
+            axum::Router::new().route(remote::PATH, axum::routing::post(port_call)).with_state(Arc::new(ports));
+        app = app.merge(internal);
+    }
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> Response {
+    let (ports, token) = &*ports;
+    let reply = |status: StatusCode, reply: remote::Reply| {
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r
+    };
+    let authorized = req.headers().get(remote::TOKEN_HEADER).is_some_and(|v| v.as_bytes() == token.as_bytes());
+    if !authorized {
+        let e = remote::WireError::Unavailable { message: "missing or wrong stack token".into() };
+        return reply(StatusCode::FORBIDDEN, remote::Reply::Err(e));
+    }
+    let body = match read_limited(req.into_body(), 16 << 20).await {
+        Ok(b) => b,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                remote::Reply::Err(remote::WireError::Corrupt { message: e.to_string() }),
+            );
+        }
+    };
+    let call: remote::Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                remote::Reply::Err(remote::WireError::Corrupt { message: e.to_string() }),
+            );
+        }
+    };
+    match remote::answer(ports, call).await {
+        Ok(v) => reply(StatusCode::OK, remote::Reply::Ok(v)),
+        Err(e) => reply(StatusCode::OK, remote::Reply::Err(e)),
+    }
 }
 
 async fn handle(State(mode): State<Mode>, req: Request) -> Response {
