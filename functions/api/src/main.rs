@@ -33,15 +33,21 @@ async fn main() -> Result<(), Error> {
             None
         }
     };
+    let catalog = Catalog::from_env()?;
+    // Each pool's queue (new jobs go to their model's pool), and the pools' records for
+    // `GET /v1/pools` and the jobs' `queue_state`.
+    let fleet = ferry_aws::AwsFleet::from_lookup(&sdk, &backend, &catalog, |k| std::env::var(k).ok())?;
     let service = JobService {
         jobs: backend.jobs,
-        queue: backend.queue,
-        clock,
-        catalog: Arc::new(Catalog::from_env()?),
+        queues: fleet.queues.clone(),
+        clock: clock.clone(),
+        catalog: Arc::new(catalog),
         config: Config::from_env()?,
         progress,
+        fleet: Some(fleet.view()),
     };
-    let api = Api::new(service, backend.keys).with_events(events);
+    let pools = Arc::new(fleet.dispatcher(clock));
+    let api = Api::new(service, backend.keys).with_events(events).with_pools(pools);
     let api = &api;
     run(service_fn(move |req: Request| async move { Ok::<_, Error>(ferry_api_lambda::handle(api, req).await) })).await
 }

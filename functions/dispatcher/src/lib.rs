@@ -1,0 +1,120 @@
+//! The dispatcher Lambda's handler: one plain async function over the dispatcher and the
+//! watchdog (ports inside), called by `main` with the AWS adapters and by tests with any.
+//!
+//! Two triggers, told apart by the event's shape:
+//! - the jobs table's DynamoDB stream: records of jobs that are (still) `queued` name the
+//!   pools to reconcile at once, so a new job gets an executor within seconds;
+//! - the EventBridge schedule (every minute, `{"source": "aws.events", ...}`): every pool is
+//!   reconciled and the watchdog runs.
+//!
+//! Both are level-triggered: the dispatcher reads the whole situation each time, so a
+//! duplicated, lost or reordered stream record is harmless (the next minute catches up).
+//! The stream's batch therefore never reports item failures.
+
+use std::collections::BTreeSet;
+
+use ferry_core::dispatch::{Dispatcher, PoolView};
+use ferry_core::watchdog::{Watchdog, WatchdogReport};
+use serde::Serialize;
+use serde_json::Value;
+
+/// What started an invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Stream records: the pools of the queued jobs they show.
+    Stream { pools: BTreeSet<String>, records: usize },
+    /// The schedule (or any other event): everything, and the watchdog.
+    Schedule,
+}
+
+/// Reads the trigger from the raw event. `pool_of` maps a model id to its pool (the catalog).
+pub fn trigger(event: &Value, pool_of: impl Fn(&str) -> String) -> Trigger {
+    let Some(records) = event.get("Records").and_then(Value::as_array) else { return Trigger::Schedule };
+    let mut pools = BTreeSet::new();
+    for r in records {
+        if r.get("eventSource").and_then(Value::as_str) != Some("aws:dynamodb") {
+            continue;
+        }
+        let image = &r["dynamodb"]["NewImage"];
+        let pk = image["pk"]["S"].as_str().unwrap_or_default();
+        let status = image["status"]["S"].as_str().unwrap_or_default();
+        if pk.starts_with("job#") && status == "queued" {
+            if let Some(model) = image["model"]["S"].as_str() {
+                pools.insert(pool_of(model));
+            }
+        }
+    }
+    Trigger::Stream { pools, records: records.len() }
+}
+
+/// The answer: what was reconciled, and the stream's (always empty) batch failures.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub pools: Vec<PoolView>,
+    pub errors: Vec<String>,
+    pub watchdog: Option<WatchdogReport>,
+    #[serde(rename = "batchItemFailures")]
+    pub batch_item_failures: Vec<Value>,
+}
+
+/// Handles one event.
+pub async fn handle(dispatcher: &Dispatcher, watchdog: &Watchdog, event: Value) -> Outcome {
+    let service = &watchdog.service;
+    let trigger = trigger(&event, |model| service.pool_of(model).to_string());
+    let mut out = Outcome { pools: vec![], errors: vec![], watchdog: None, batch_item_failures: vec![] };
+    let pools: Vec<String> = match &trigger {
+        Trigger::Stream { pools, records } => {
+            tracing::info!(records, pools = ?pools, "stream trigger");
+            pools.iter().filter(|p| dispatcher.pools.get(p).is_some()).cloned().collect()
+        }
+        Trigger::Schedule => {
+            tracing::info!("scheduled reconcile");
+            dispatcher.pools.names()
+        }
+    };
+    for pool in pools {
+        match dispatcher.reconcile(&pool).await {
+            Ok(view) => out.pools.push(view),
+            Err(e) => {
+                tracing::error!(pool, error = %e, "reconcile failed");
+                out.errors.push(format!("{pool}: {e}"));
+            }
+        }
+    }
+    if trigger == Trigger::Schedule {
+        match watchdog.run().await {
+            Ok(report) => out.watchdog = Some(report),
+            Err(e) => {
+                tracing::error!(error = %e, "watchdog failed");
+                out.errors.push(format!("watchdog: {e}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_records_name_the_pools_of_queued_jobs() {
+        let event = serde_json::json!({"Records": [
+            {"eventSource": "aws:dynamodb", "eventName": "INSERT", "dynamodb": {"NewImage": {
+                "pk": {"S": "job#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B"}, "status": {"S": "queued"}, "model": {"S": "llama"}}}},
+            {"eventSource": "aws:dynamodb", "eventName": "MODIFY", "dynamodb": {"NewImage": {
+                "pk": {"S": "job#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1C"}, "status": {"S": "running"}, "model": {"S": "minilm"}}}},
+            {"eventSource": "aws:dynamodb", "eventName": "INSERT", "dynamodb": {"NewImage": {
+                "pk": {"S": "evt#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B#00000000000000000001"}}}},
+            {"eventSource": "aws:dynamodb", "eventName": "REMOVE", "dynamodb": {}}
+        ]});
+        let t = trigger(&event, |m| if m == "llama" { "gpu".into() } else { "cpu".into() });
+        assert_eq!(t, Trigger::Stream { pools: ["gpu".to_string()].into(), records: 4 });
+    }
+
+    #[test]
+    fn a_scheduled_event_reconciles_everything() {
+        let event = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        assert_eq!(trigger(&event, |_| "cpu".into()), Trigger::Schedule);
+    }
+}
