@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
-use ferry_core::ports::{ApiKeyStore, ConnectionStore, EventStore, JobStore, Notifier, SystemClock, WorkQueue};
+use ferry_core::fleet::PoolStore;
+use ferry_core::ports::{ApiKeyStore, ConnectionStore, EventStore, JobStore, Notifier, Queues, SystemClock, WorkQueue};
 use ferry_core::publish::ProgressHub;
 use ferry_core::service::JobService;
 
@@ -29,6 +30,8 @@ pub struct Backend {
     pub queue: Arc<dyn WorkQueue>,
     /// Where `queue` dead-letters messages after [`MAX_RECEIVE_COUNT`] receives.
     pub dlq: Arc<dyn WorkQueue>,
+    /// The fleet's records (the same table as `jobs` on AWS).
+    pub pools: Arc<dyn PoolStore>,
     /// `"embedded"` or `"aws"`, for messages and the rare documented divergence.
     pub name: &'static str,
 }
@@ -56,11 +59,12 @@ impl Backend {
     pub fn service(&self, catalog: Catalog, hub: Arc<ProgressHub>) -> JobService {
         JobService {
             jobs: self.jobs.clone(),
-            queue: self.queue.clone(),
+            queues: Queues::single(self.queue.clone()).with_dlq("cpu", self.dlq.clone()),
             clock: Arc::new(SystemClock),
             catalog: Arc::new(catalog),
             config: Config::default(),
             progress: Some(hub),
+            fleet: None,
         }
     }
 }
@@ -78,6 +82,7 @@ pub fn embedded() -> Backend {
         keys: Arc::new(MemoryApiKeyStore::new()),
         queue: Arc::new(queue),
         dlq,
+        pools: Arc::new(ferry_local::MemoryPoolStore::new()),
         name: "embedded",
     }
 }
@@ -102,13 +107,15 @@ pub async fn aws() -> Option<Backend> {
         .unwrap_or_else(|e| panic!("creating queue {name} on moto at {}: {e}", server.endpoint));
 
     let jobs = Arc::new(ferry_aws::DynamoJobStore::new(dynamo.clone(), &name));
+    let dynamo_for_pools = dynamo.clone();
     Some(Backend {
         jobs: jobs.clone(),
         events: jobs,
         connections: Arc::new(ferry_aws::DynamoConnectionStore::new(dynamo.clone(), &name)),
-        keys: Arc::new(ferry_aws::DynamoApiKeyStore::new(dynamo, &name)),
+        keys: Arc::new(ferry_aws::DynamoApiKeyStore::new(dynamo.clone(), &name)),
         queue: Arc::new(ferry_aws::SqsWorkQueue::new(sqs.clone(), urls.queue_url)),
         dlq: Arc::new(ferry_aws::SqsWorkQueue::new(sqs, urls.dlq_url)),
+        pools: Arc::new(ferry_aws::DynamoJobStore::new(dynamo_for_pools, &name)),
         name: "aws",
     })
 }

@@ -7,6 +7,7 @@
 //! where they fail. Each case gets a fresh backend, so cases run in parallel.
 
 mod events;
+mod fleet;
 mod jobs;
 mod queue;
 mod support;
@@ -71,4 +72,8 @@ conformance! {
     depth_counts => queue::case_depth_counts,
     dead_letter_after_max_receives => queue::case_dead_letter_after_max_receives,
     batch_receive => queue::case_batch_receive,
+    pool_state_compare_and_set => fleet::case_pool_state_compare_and_set,
+    concurrent_pool_writers_one_wins => fleet::case_concurrent_pool_writers_one_wins,
+    executor_heartbeats => fleet::case_executor_heartbeats,
+    active_lists_non_terminal_jobs => fleet::case_active_lists_non_terminal_jobs,
 }
