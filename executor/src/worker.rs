@@ -418,7 +418,7 @@ impl Worker {
             return Claim::Skip;
         }
         let now = self.service.clock.now();
-        if now >= job.expires_at {
+        if job.is_expired(now) {
             if let Err(e) = self.service.apply(&job, Transition::Expire).await {
                 tracing::info!(job_id = %job.id, error = %e, "could not expire the job");
             }

@@ -18,10 +18,9 @@ use ferry_core::queue_state::{Fleet, QueueStateKind};
 use ferry_core::service::JobService;
 use ferry_core::watchdog::Watchdog;
 use ferry_local::MemoryLauncher;
-use ferry_tests::backends::{self, Backend};
+use ferry_tests::backends::Backend;
 use ferry_tests::fixtures::job;
 
-const START: u64 = 1_800_000_000_000;
 
 /// A backend, a pool `cpu` (the demo catalog's), a manual clock and a launcher.
 struct Setup {
@@ -96,7 +95,7 @@ fn message(j: &Job) -> WorkMessage {
 }
 
 async fn setup(b: Backend, pool: PoolConfig) -> Setup {
-    Setup { b, clock: Arc::new(ManualClock::new(START)), launcher: Arc::new(MemoryLauncher::new()), pool }
+    Setup { b, clock: Arc::new(ManualClock::new(ferry_core::ports::SystemClock.now())), launcher: Arc::new(MemoryLauncher::new()), pool }
 }
 
 fn pool(min_warm: u32, max_tasks: u32, jobs_per_task: u32) -> PoolConfig {
@@ -108,12 +107,12 @@ macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod embedded { $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(backends::embedded()).await }
+            async fn $name() { super::$name(ferry_tests::backends::embedded()).await }
         )* }
         mod aws { $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let Some(b) = backends::aws().await else { eprintln!("skipping: moto_server not installed"); return };
+                let Some(b) = ferry_tests::backends::aws().await else { eprintln!("skipping: moto_server not installed"); return };
                 super::$name(b).await
             }
         )* }

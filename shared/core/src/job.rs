@@ -264,6 +264,13 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether the job waited in the queue past `expires_at` without ever starting. A job
+    /// queued again after a lost or released attempt has started, so it does not expire:
+    /// its queue deadline was met.
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.status == JobStatus::Queued && self.started_at.is_none() && now >= self.expires_at
+    }
+
     /// Time spent queued before the (latest) start, or until now/finish if never started.
     pub fn queue_delay_ms(&self, now: Millis) -> u64 {
         let end = self.started_at.or(self.finished_at).unwrap_or(now);

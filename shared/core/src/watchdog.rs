@@ -6,7 +6,8 @@
 //!   is stopped, in case it is hung rather than dead.
 //! - A cancelling job no executor acknowledged within the grace period: its task is
 //!   stopped (ECS StopTask) and the job becomes `cancelled` with error `cancel_forced`.
-//! - A queued job past `expires_at` becomes `expired`.
+//! - A queued job past `expires_at` that never started becomes `expired` (a retried job
+//!   met its queue deadline already).
 //! - A message in a pool's dead-letter queue makes its job `failed` (`dead_letter`).
 //!
 //! Every change is a compare-and-set on what was read, so a watchdog racing an executor
@@ -82,7 +83,7 @@ impl Watchdog {
         let due = match listed.status {
             JobStatus::Running => lapsed(listed),
             JobStatus::Cancelling => lapsed(listed) || self.cancel_overdue(listed, now),
-            JobStatus::Queued => listed.expires_at < now,
+            JobStatus::Queued => listed.is_expired(now),
             _ => false,
         };
         if !due {
@@ -97,7 +98,7 @@ impl Watchdog {
                 let t = Transition::ConfirmCancel { partial_output: None, forced: true };
                 self.service.apply(&job, t).await.map(|_| report.cancels_forced += 1)
             }
-            JobStatus::Queued if job.expires_at < now => {
+            JobStatus::Queued if job.is_expired(now) => {
                 self.service.apply(&job, Transition::Expire).await.map(|_| report.expired += 1)
             }
             _ => Ok(()),
