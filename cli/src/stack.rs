@@ -90,12 +90,18 @@ pub struct ScaleOptions {
     pub cancel_grace: Duration,
     /// The executors' lease (seconds): a killed executor's job is retried after it lapses.
     pub lease_s: u64,
+    /// The executors' message visibility timeout (seconds): a killed executor's message
+    /// counts as in-flight backlog (keeping an executor up) until it lapses.
+    pub visibility_s: u64,
     /// Overrides every pool's `idle_timeout_s` (`ferry dev --idle-timeout`).
     pub idle_timeout_s: Option<u64>,
     /// Extra environment for the executors.
     pub env: Vec<(String, String)>,
     /// Where executor logs go.
     pub log_dir: PathBuf,
+    /// The executor program and its leading arguments; default
+    /// [`ProcessLauncher::find_program`].
+    pub program: Option<(PathBuf, Vec<String>)>,
 }
 
 impl ScaleOptions {
@@ -107,9 +113,11 @@ impl ScaleOptions {
             watchdog_every: Duration::from_secs(2),
             cancel_grace: Duration::from_secs(10),
             lease_s: 15,
+            visibility_s: 15,
             idle_timeout_s: None,
             env: vec![],
             log_dir: std::env::temp_dir().join("ferry-dev-executors"),
+            program: None,
         }
     }
 }
@@ -450,6 +458,7 @@ fn process_launcher(
         ("FERRY_DEVICE".into(), w.device.clone()),
         ("FERRY_CONCURRENCY".into(), w.concurrency.to_string()),
         ("FERRY_LEASE_S".into(), scale.lease_s.to_string()),
+        ("FERRY_VISIBILITY_TIMEOUT_S".into(), scale.visibility_s.to_string()),
         ("FERRY_GRACE_PERIOD_S".into(), w.grace_period.as_secs().to_string()),
         ("FERRY_LOG".into(), std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into())),
     ];
@@ -474,7 +483,8 @@ fn process_launcher(
         }
     }
     env.extend(scale.env.iter().cloned());
-    let mut launcher = ProcessLauncher::new(ProcessLauncher::find_program(), env, scale.log_dir.clone());
+    let program = scale.program.clone().unwrap_or_else(ProcessLauncher::find_program);
+    let mut launcher = ProcessLauncher::new(program, env, scale.log_dir.clone());
     for (pool, _, _, url) in pool_queues {
         if let Some(url) = url {
             launcher = launcher.with_pool_env(pool, vec![("FERRY_QUEUE_URL".into(), url.clone())]);

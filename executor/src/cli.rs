@@ -51,6 +51,10 @@ pub struct Args {
     /// Job lease in seconds (renewed at two thirds).
     #[arg(long, env = "FERRY_LEASE_S", default_value_t = 60)]
     pub lease: u64,
+    /// Seconds a received message stays hidden from other executors (extended at two
+    /// thirds while the job runs). After a crash the message reappears this much later.
+    #[arg(long, env = "FERRY_VISIBILITY_TIMEOUT_S", default_value_t = 120)]
+    pub visibility_timeout: u64,
     /// The WebSocket API's Management endpoint, to push progress to subscribers.
     #[arg(long, env = "FERRY_WS_MANAGEMENT_ENDPOINT")]
     pub ws_management_endpoint: Option<String>,
@@ -113,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         grace_period: Duration::from_secs(args.grace_period),
         lease: Duration::from_secs(args.lease.max(3)),
+        visibility: Duration::from_secs(args.visibility_timeout.clamp(3, 43_200)),
         // A receive never outlasts the idle timeout, so an idle executor exits on time.
         poll_wait: Duration::from_secs(args.idle_timeout.clamp(1, 20)),
         ..WorkerConfig::default()
