@@ -21,7 +21,6 @@ use ferry_local::MemoryLauncher;
 use ferry_tests::backends::Backend;
 use ferry_tests::fixtures::job;
 
-
 /// A backend, a pool `cpu` (the demo catalog's), a manual clock and a launcher.
 struct Setup {
     b: Backend,
@@ -95,7 +94,12 @@ fn message(j: &Job) -> WorkMessage {
 }
 
 async fn setup(b: Backend, pool: PoolConfig) -> Setup {
-    Setup { b, clock: Arc::new(ManualClock::new(ferry_core::ports::SystemClock.now())), launcher: Arc::new(MemoryLauncher::new()), pool }
+    Setup {
+        b,
+        clock: Arc::new(ManualClock::new(ferry_core::ports::SystemClock.now())),
+        launcher: Arc::new(MemoryLauncher::new()),
+        pool,
+    }
 }
 
 fn pool(min_warm: u32, max_tasks: u32, jobs_per_task: u32) -> PoolConfig {
