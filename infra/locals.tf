@@ -1,0 +1,146 @@
+# Names, and the configuration the code reads from its environment, assembled in one place
+# so that the Lambdas and the executor task definitions cannot drift apart. What each
+# variable means: README.md's configuration table and docs/SCALING.md.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+
+  tags = merge({ Project = "ferry", Deployment = var.name }, var.tags)
+
+  table_name   = "${var.name}-jobs"
+  cluster_name = var.name
+  pool_names   = ["cpu", "gpu"]
+  ws_stage     = "live"
+
+  # The ECS task definition families; FERRY_POOLS names them without a revision, so
+  # RunTask always starts the latest ACTIVE one.
+  task_families = { for p in local.pool_names : p => "${var.name}-executor-${p}" }
+
+  # The WebSocket API's Management endpoint: where replies and progress events are posted.
+  ws_management_endpoint = "https://${aws_apigatewayv2_api.ws.id}.execute-api.${var.region}.amazonaws.com/${local.ws_stage}"
+
+  # Executors reach that endpoint only through the NAT gateway (it is public, and no VPC
+  # endpoint serves a Regional API; see README.md "Networking"). Without NAT they are not
+  # given it (and log "FERRY_WS_MANAGEMENT_ENDPOINT is not set" at start): posts that
+  # cannot connect would only slow their progress stream, while the events are stored
+  # either way and reach clients on (re)subscribe and over HTTP.
+  executor_ws_env = var.enable_nat_gateway ? { FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint } : {}
+
+  lambda_zip_dir = startswith(var.lambda_zip_dir, "/") ? var.lambda_zip_dir : "${path.module}/${var.lambda_zip_dir}"
+
+  # The catalog, minified (Lambda environments are limited to 4 KB in all).
+  models_json = jsonencode(jsondecode(var.models_catalog_json))
+
+  # Fargate Spot has no ARM64 capacity. No `base`: RunTask applies a strategy to each call,
+  # and the dispatcher usually launches one task per call, so a base of 1 on FARGATE would
+  # put nearly every executor on-demand. Interrupted Spot executors get SIGTERM and release
+  # their jobs within the grace period; another executor picks them up.
+  cpu_capacity_providers = var.cpu_use_spot && var.cpu_architecture == "X86_64" ? [
+    { name = "FARGATE_SPOT", weight = 3, base = 0 },
+    { name = "FARGATE", weight = 1, base = 0 },
+    ] : [
+    { name = "FARGATE", weight = 1, base = 0 },
+  ]
+
+  pool_capacity_providers = {
+    cpu = local.cpu_capacity_providers
+    gpu = [{ name = aws_ecs_capacity_provider.gpu.name, weight = 1, base = 0 }]
+  }
+
+  # FERRY_POOLS, exactly the shape ferry_core::pool::PoolConfig reads (unknown fields are
+  # refused there, so nothing else goes in).
+  pools_json = jsonencode({
+    pools = [for p in local.pool_names : {
+      name           = p
+      min_warm       = var.pools[p].min_warm
+      max_tasks      = var.pools[p].max_tasks
+      jobs_per_task  = var.pools[p].jobs_per_task
+      idle_timeout_s = var.pools[p].idle_timeout_s
+      queue_url      = aws_sqs_queue.work[p].url
+      dlq_url        = aws_sqs_queue.dlq[p].url
+      ecs = {
+        cluster            = aws_ecs_cluster.this.name
+        task_definition    = p == "cpu" ? aws_ecs_task_definition.executor_cpu.family : aws_ecs_task_definition.executor_gpu.family
+        container          = "executor"
+        capacity_providers = local.pool_capacity_providers[p]
+        subnets            = aws_subnet.private[*].id
+        security_groups    = [aws_security_group.tasks.id]
+        assign_public_ip   = false
+      }
+      hourly_price = var.pools[p].hourly_price
+      cold_start_s = var.pools[p].cold_start_s
+    }]
+  })
+
+  # Lambda environments: exactly what each binary reads (functions/*/src/main.rs).
+  api_env = {
+    FERRY_TABLE                  = aws_dynamodb_table.jobs.name
+    FERRY_QUEUE_URL              = aws_sqs_queue.work["cpu"].url
+    FERRY_DLQ_URL                = aws_sqs_queue.dlq["cpu"].url
+    FERRY_MODELS                 = local.models_json
+    FERRY_POOLS                  = local.pools_json
+    FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint
+    RUST_LOG                     = var.rust_log
+  }
+
+  ws_env = {
+    FERRY_TABLE                  = aws_dynamodb_table.jobs.name
+    FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint
+    RUST_LOG                     = var.rust_log
+  }
+
+  dispatcher_env = {
+    FERRY_TABLE                  = aws_dynamodb_table.jobs.name
+    FERRY_QUEUE_URL              = aws_sqs_queue.work["cpu"].url
+    FERRY_DLQ_URL                = aws_sqs_queue.dlq["cpu"].url
+    FERRY_MODELS                 = local.models_json
+    FERRY_POOLS                  = local.pools_json
+    FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint
+    FERRY_CANCEL_GRACE_S         = tostring(var.cancel_grace_s)
+    RUST_LOG                     = var.rust_log
+  }
+
+  # Executor environments (executor/README.md's flags), one literal map per pool so each is
+  # readable as it is. AWS_REGION is set because the ECS agent on EC2 does not set it
+  # (Fargate does) and the GPU instances block the tasks' access to instance metadata, where
+  # the SDK would otherwise look the region up. FERRY_WS_MANAGEMENT_ENDPOINT is added with
+  # NAT only (executor_ws_env above).
+  executor_env_base = {
+    cpu = {
+      AWS_REGION                 = var.region
+      FERRY_TABLE                = aws_dynamodb_table.jobs.name
+      FERRY_QUEUE_URL            = aws_sqs_queue.work["cpu"].url
+      FERRY_POOL                 = "cpu"
+      FERRY_DEVICE               = "cpu"
+      FERRY_MODELS               = local.models_json
+      FERRY_CONCURRENCY          = tostring(var.pools.cpu.jobs_per_task)
+      FERRY_IDLE_TIMEOUT_S       = tostring(var.pools.cpu.idle_timeout_s)
+      FERRY_GRACE_PERIOD_S       = "25"
+      FERRY_LEASE_S              = "60"
+      FERRY_VISIBILITY_TIMEOUT_S = "120"
+      FERRY_MODEL_CACHE          = "/models"
+      RUST_LOG                   = var.rust_log
+    }
+    gpu = {
+      AWS_REGION                 = var.region
+      FERRY_TABLE                = aws_dynamodb_table.jobs.name
+      FERRY_QUEUE_URL            = aws_sqs_queue.work["gpu"].url
+      FERRY_POOL                 = "gpu"
+      FERRY_DEVICE               = "cuda"
+      FERRY_MODELS               = local.models_json
+      FERRY_CONCURRENCY          = tostring(var.pools.gpu.jobs_per_task)
+      FERRY_IDLE_TIMEOUT_S       = tostring(var.pools.gpu.idle_timeout_s)
+      FERRY_GRACE_PERIOD_S       = "25"
+      FERRY_LEASE_S              = "60"
+      FERRY_VISIBILITY_TIMEOUT_S = "120"
+      FERRY_MODEL_CACHE          = "/models"
+      RUST_LOG                   = var.rust_log
+    }
+  }
+  executor_env = { for p, env in local.executor_env_base : p => merge(env, local.executor_ws_env) }
+}

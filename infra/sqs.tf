@@ -1,0 +1,79 @@
+# One work queue per pool, each with its own dead-letter queue, so a pool's backlog is its
+# own (docs/SCALING.md). Messages carry a job id and attempt, never the input.
+#
+# - Visibility 120 s: an executor extends it at two thirds while a job runs
+#   (FERRY_VISIBILITY_TIMEOUT_S), so a long job is never redelivered; a killed executor's
+#   message comes back after at most 120 s.
+# - After 5 receives without a delete, SQS moves the message to the DLQ, and the
+#   dispatcher's watchdog marks its job failed (`dead_letter`) within a minute.
+# - SQS-managed SSE (see kms.tf for why not the customer managed key).
+
+resource "aws_sqs_queue" "dlq" {
+  for_each = toset(local.pool_names)
+
+  name                      = "${var.name}-work-${each.key}-dlq"
+  message_retention_seconds = 1209600 # 14 days
+  sqs_managed_sse_enabled   = true
+}
+
+resource "aws_sqs_queue" "work" {
+  for_each = toset(local.pool_names)
+
+  name                       = "${var.name}-work-${each.key}"
+  visibility_timeout_seconds = 120
+  message_retention_seconds  = 345600 # 4 days
+  receive_wait_time_seconds  = 20     # long polling by default
+  sqs_managed_sse_enabled    = true
+
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.dlq[each.key].arn
+    maxReceiveCount     = 5
+  })
+}
+
+# Only the pool's own work queue may dead-letter into its DLQ.
+resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
+  for_each = toset(local.pool_names)
+
+  queue_url = aws_sqs_queue.dlq[each.key].id
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = [aws_sqs_queue.work[each.key].arn]
+  })
+}
+
+# Refuse plain-HTTP access to every queue (the SDKs use HTTPS; this makes it a rule).
+data "aws_iam_policy_document" "queue_tls_only" {
+  for_each = merge(
+    { for p in local.pool_names : "work-${p}" => aws_sqs_queue.work[p].arn },
+    { for p in local.pool_names : "dlq-${p}" => aws_sqs_queue.dlq[p].arn },
+  )
+
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["sqs:*"]
+    resources = [each.value]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "tls_only" {
+  for_each = merge(
+    { for p in local.pool_names : "work-${p}" => aws_sqs_queue.work[p].id },
+    { for p in local.pool_names : "dlq-${p}" => aws_sqs_queue.dlq[p].id },
+  )
+
+  queue_url = each.value
+  policy    = data.aws_iam_policy_document.queue_tls_only[each.key].json
+}
