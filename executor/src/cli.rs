@@ -191,7 +191,7 @@ async fn stack_ports(url: &str, token: &str, args: &Args) -> Ports {
 }
 
 fn notifier(sdk: &ferry_aws::SdkConfig, args: &Args) -> Arc<dyn ferry_core::ports::Notifier> {
-    match &args.ws_management_endpoint {
+    match args.ws_management_endpoint.as_deref().filter(|e| !e.trim().is_empty()) {
         Some(endpoint) => Arc::new(ferry_aws::ApiGatewayNotifier::new(sdk, endpoint)),
         None => {
             tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: progress is stored for replay but not pushed");

@@ -7,6 +7,27 @@ use aws_lambda_events::encodings::Body;
 use base64::Engine;
 use ferry_core::ws::{WsApi, WsRequest};
 
+/// Why the Lambda cannot start.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The WebSocket API as the Lambda runs it, configured by `env` (the process environment in
+/// `main`; tests pass a recording lookup). Only the table is needed here (no queue).
+pub fn build(sdk: &ferry_aws::SdkConfig, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<WsApi, BuildError> {
+    let endpoint = env("FERRY_WS_MANAGEMENT_ENDPOINT").filter(|v| !v.trim().is_empty()).ok_or(
+        "FERRY_WS_MANAGEMENT_ENDPOINT is required: the WebSocket API's Management endpoint, \
+         https://{api-id}.execute-api.{region}.amazonaws.com/{stage}",
+    )?;
+    let stores = ferry_aws::TableStores::from_lookup(sdk, env);
+    let hub = ferry_core::publish::ProgressHub {
+        jobs: stores.jobs.clone(),
+        events: stores.jobs,
+        connections: stores.connections,
+        notifier: std::sync::Arc::new(ferry_aws::ApiGatewayNotifier::new(sdk, &endpoint)),
+        clock: std::sync::Arc::new(ferry_core::ports::SystemClock),
+    };
+    Ok(WsApi { hub: std::sync::Arc::new(hub), keys: stores.keys })
+}
+
 /// The route invocation an API Gateway WebSocket event carries: the route key and
 /// connection id from `requestContext`, the `Authorization` header and the `token` query
 /// parameter (sent on `$connect`), and the message body, base64-decoded when

@@ -104,7 +104,12 @@ impl TableStores {
 
     /// The stores for `sdk`, on `FERRY_TABLE`.
     pub fn from_env(sdk: &SdkConfig) -> Self {
-        let table = table_from_lookup(|name| std::env::var(name).ok());
+        Self::from_lookup(sdk, |name| std::env::var(name).ok())
+    }
+
+    /// [`TableStores::from_env`] over any variable lookup.
+    pub fn from_lookup(sdk: &SdkConfig, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let table = table_from_lookup(lookup);
         tracing::info!(%table, "DynamoDB stores configured");
         Self::new(aws_sdk_dynamodb::Client::new(sdk), &table)
     }
@@ -135,9 +140,14 @@ impl AwsBackend {
 
     /// Clients from `sdk`, the table and queue from [`AwsSettings::from_env`].
     pub async fn from_sdk(sdk: &SdkConfig) -> Result<AwsBackend, AwsError> {
+        Self::from_lookup(sdk, |name| std::env::var(name).ok()).await
+    }
+
+    /// [`AwsBackend::from_sdk`] over any variable lookup.
+    pub async fn from_lookup(sdk: &SdkConfig, lookup: impl Fn(&str) -> Option<String>) -> Result<AwsBackend, AwsError> {
         let dynamo = aws_sdk_dynamodb::Client::new(sdk);
         let sqs = aws_sdk_sqs::Client::new(sdk);
-        let settings = AwsSettings::from_env(&sqs).await?;
+        let settings = AwsSettings::from_lookup(&sqs, lookup).await?;
         tracing::info!(table = %settings.table, queue_url = %settings.queue_url, "AWS backend configured");
         Ok(Self::from_clients(dynamo, sqs, &settings.table, &settings.queue_url))
     }

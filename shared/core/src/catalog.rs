@@ -100,10 +100,15 @@ impl Catalog {
 
     /// `FERRY_MODELS` (inline JSON) or `FERRY_MODELS_FILE`; the demo catalog when neither is set.
     pub fn from_env() -> Result<Self, CatalogError> {
-        if let Ok(text) = std::env::var("FERRY_MODELS") {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`Catalog::from_env`] over any variable lookup.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, CatalogError> {
+        if let Some(text) = get("FERRY_MODELS") {
             return Catalog::from_json(&text);
         }
-        if let Ok(path) = std::env::var("FERRY_MODELS_FILE") {
+        if let Some(path) = get("FERRY_MODELS_FILE") {
             return Catalog::from_file(Path::new(&path));
         }
         Ok(Catalog::demo())
