@@ -2,6 +2,9 @@
 //! conformance suite runs against, and the moto emulator that hosts the AWS ones.
 
 pub mod backends;
+pub mod ecs;
 pub mod event_files;
 pub mod fixtures;
+pub mod infra;
 pub mod moto;
+pub mod recorder;

@@ -53,6 +53,24 @@ impl Default for Config {
     }
 }
 
+/// Every variable [`Config::from_lookup`] reads: tuning knobs, each with a default, so a
+/// deployment may leave any of them unset (the infra cross-check relies on this list; a
+/// test below keeps it equal to what `from_lookup` reads).
+pub const VARS: &[&str] = &[
+    "FERRY_MAX_BODY_BYTES",
+    "FERRY_DEFAULT_TIMEOUT_S",
+    "FERRY_MAX_TIMEOUT_S",
+    "FERRY_MAX_ATTEMPTS",
+    "FERRY_QUEUE_TTL_S",
+    "FERRY_RETENTION_S",
+    "FERRY_IDEMPOTENCY_TTL_S",
+    "FERRY_MAX_WAIT_S",
+    "FERRY_RATE_LIMIT_PER_S",
+    "FERRY_RATE_LIMIT_BURST",
+    "FERRY_MAX_NEW_TOKENS",
+    "FERRY_MAX_BATCH",
+];
+
 /// A variable that is set but unusable.
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {var}={value:?} is invalid: {reason}")]
@@ -117,5 +135,22 @@ impl Config {
             max_new_tokens: self.max_new_tokens,
             max_batch: self.max_batch,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_lists_exactly_what_from_lookup_reads() {
+        let read = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        Config::from_lookup(|k| {
+            read.lock().unwrap().insert(k.to_string());
+            None
+        })
+        .unwrap();
+        let want: std::collections::BTreeSet<String> = VARS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(read.into_inner().unwrap(), want);
     }
 }

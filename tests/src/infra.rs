@@ -1,0 +1,146 @@
+//! Reading `infra/` for the cross-check tests: the HCL files, the `locals` the
+//! environments are written in, and the actions of the IAM policy documents. Parsed with
+//! `hcl-rs` (a real HCL2 parser); expressions are inspected, never evaluated.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use hcl::expr::{Expression, ObjectKey};
+use hcl::structure::{Body, Structure};
+
+/// Every `.tf` and `.tftest.hcl` file under `dir`, sorted.
+pub fn hcl_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = entry.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() && !name.starts_with('.') {
+                stack.push(p);
+            } else if name.ends_with(".tf") || name.ends_with(".tftest.hcl") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every top-level `.tf` file of `dir` parsed, in file order.
+pub fn bodies(dir: &Path) -> Vec<(PathBuf, Body)> {
+    hcl_files(dir)
+        .into_iter()
+        .filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|e| e == "tf"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let body = hcl::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, body)
+        })
+        .collect()
+}
+
+/// Every `locals` attribute of the configuration in `dir`, by name.
+pub fn locals(dir: &Path) -> BTreeMap<String, Expression> {
+    let mut out = BTreeMap::new();
+    for (_, body) in bodies(dir) {
+        for s in body.into_inner() {
+            if let Structure::Block(b) = s
+                && b.identifier() == "locals"
+            {
+                for a in b.body.attributes() {
+                    out.insert(a.key().to_string(), a.expr().clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn key_name(k: &ObjectKey) -> String {
+    match k {
+        ObjectKey::Identifier(i) => i.to_string(),
+        ObjectKey::Expression(Expression::String(s)) => s.clone(),
+        ObjectKey::Expression(e) => e.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The keys of an object literal local (`name = { A = ..., B = ... }`), or of the object in
+/// the true branch of a conditional (`cond ? { A = ... } : {}`).
+pub fn local_map_keys(locals: &BTreeMap<String, Expression>, name: &str) -> BTreeSet<String> {
+    let expr = locals.get(name).unwrap_or_else(|| panic!("infra/ has no local {name}"));
+    object_keys(expr).unwrap_or_else(|| panic!("local {name} is not an object literal: {expr}"))
+}
+
+fn object_keys(expr: &Expression) -> Option<BTreeSet<String>> {
+    match expr {
+        Expression::Object(o) => Some(o.keys().map(key_name).collect()),
+        Expression::Conditional(c) => object_keys(&c.true_expr),
+        Expression::Parenthesis(e) => object_keys(e),
+        _ => None,
+    }
+}
+
+/// An object literal of object literals (`name = { cpu = { ... }, gpu = { ... } }`): the
+/// inner keys by outer key.
+pub fn local_object(locals: &BTreeMap<String, Expression>, name: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let Some(Expression::Object(o)) = locals.get(name) else { panic!("local {name} is not an object literal") };
+    o.iter()
+        .map(|(k, v)| (key_name(k), object_keys(v).unwrap_or_else(|| panic!("{name}.{}: not an object", key_name(k)))))
+        .collect()
+}
+
+/// The actions of `data "aws_iam_policy_document" "<name>"`, by statement `sid` (statements
+/// inside `dynamic "statement"` blocks included, under their content's sid).
+pub fn policy_actions(dir: &Path, name: &str) -> BTreeMap<String, BTreeSet<String>> {
+    for (_, body) in bodies(dir) {
+        for s in body.into_inner() {
+            let Structure::Block(b) = s else { continue };
+            let labels: Vec<String> = b.labels().iter().map(|l| l.as_str().to_string()).collect();
+            if b.identifier() != "data" || labels != ["aws_iam_policy_document", name] {
+                continue;
+            }
+            let mut out = BTreeMap::new();
+            collect_statements(&b.body, &mut out);
+            return out;
+        }
+    }
+    panic!("infra/ has no data.aws_iam_policy_document.{name}");
+}
+
+fn collect_statements(body: &Body, out: &mut BTreeMap<String, BTreeSet<String>>) {
+    for block in body.blocks() {
+        match block.identifier() {
+            "statement" | "content" => {
+                let sid = block
+                    .body
+                    .attributes()
+                    .find(|a| a.key() == "sid")
+                    .map(|a| match a.expr() {
+                        Expression::String(s) => s.clone(),
+                        e => e.to_string(),
+                    })
+                    .unwrap_or_else(|| format!("statement-{}", out.len()));
+                let actions = block
+                    .body
+                    .attributes()
+                    .find(|a| a.key() == "actions")
+                    .map(|a| match a.expr() {
+                        Expression::Array(items) => items
+                            .iter()
+                            .map(|i| match i {
+                                Expression::String(s) => s.clone(),
+                                e => e.to_string(),
+                            })
+                            .collect(),
+                        e => panic!("statement {sid}: actions is not a literal list: {e}"),
+                    })
+                    .unwrap_or_default();
+                out.insert(sid, actions);
+            }
+            "dynamic" => collect_statements(&block.body, out),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! A recording proxy in front of moto: every AWS request a component makes goes through it,
+//! and it notes the IAM actions the request needs. The infra cross-check gives each
+//! component (a Lambda, the executor) its own recorder, drives it through its work, and
+//! compares what was recorded with the component's IAM policy in `infra/`.
+//!
+//! Requests are told apart as the services' wire protocols do: `X-Amz-Target` for the
+//! JSON protocols (DynamoDB, SQS, ECS), the method and query for S3's REST API, and
+//! `/@connections/` for the API Gateway Management API, which the recorder answers itself
+//! (moto's does not work with the Rust SDK).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+
+/// A running recorder; its `endpoint` is what the component's SDK config points at.
+pub struct Recorder {
+    pub endpoint: String,
+    actions: Arc<Mutex<BTreeSet<String>>>,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    upstream: String,
+    http: reqwest::Client,
+    actions: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Recorder {
+    /// Starts a recorder forwarding to `upstream` (moto's base URL).
+    pub async fn start(upstream: &str) -> Recorder {
+        let actions = Arc::new(Mutex::new(BTreeSet::new()));
+        let ctx = Ctx {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            actions: actions.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(forward).with_state(ctx);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Recorder { endpoint: format!("http://{addr}"), actions }
+    }
+
+    /// The IAM actions recorded so far (`service:Action`).
+    pub fn actions(&self) -> BTreeSet<String> {
+        self.actions.lock().unwrap().clone()
+    }
+}
+
+async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let actions = iam_actions(parts.method.as_str(), &path, &query, target.as_deref(), &body);
+    ctx.actions.lock().unwrap().extend(actions);
+
+    if path.contains("/@connections/") {
+        // The Management API: accept posts (the connections are fake), like a live socket.
+        return Response::builder().status(200).body(Body::empty()).unwrap();
+    }
+    let url = format!("{}{}{}", ctx.upstream, path, if query.is_empty() { String::new() } else { format!("?{query}") });
+    let mut upstream = ctx.http.request(parts.method.clone(), url).body(body.to_vec());
+    for (name, value) in parts.headers.iter() {
+        if name != http::header::HOST && name != http::header::CONTENT_LENGTH {
+            upstream = upstream.header(name, value);
+        }
+    }
+    match upstream.send().await {
+        Ok(resp) => {
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for (name, value) in resp.headers() {
+                if name != http::header::TRANSFER_ENCODING && name != http::header::CONTENT_LENGTH {
+                    out = out.header(name, value);
+                }
+            }
+            out.body(Body::from(resp.bytes().await.unwrap_or_default())).unwrap()
+        }
+        Err(e) => Response::builder().status(502).body(Body::from(e.to_string())).unwrap(),
+    }
+}
+
+/// The IAM actions one request needs.
+pub fn iam_actions(method: &str, path: &str, query: &str, target: Option<&str>, body: &[u8]) -> Vec<String> {
+    if path.contains("/@connections/") {
+        return vec!["execute-api:ManageConnections".into()];
+    }
+    if let Some(target) = target {
+        let (prefix, op) = target.split_once('.').unwrap_or(("", target));
+        let service = if prefix.starts_with("DynamoDB") {
+            "dynamodb"
+        } else if prefix.starts_with("AmazonSQS") {
+            "sqs"
+        } else if prefix.starts_with("AmazonEC2ContainerService") {
+            "ecs"
+        } else {
+            return vec![format!("unknown:{target}")];
+        };
+        if service == "dynamodb" && op == "TransactWriteItems" {
+            // IAM has no TransactWriteItems action: each item's own action is checked.
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let mut out = Vec::new();
+            for item in v["TransactItems"].as_array().into_iter().flatten() {
+                for (kind, action) in [
+                    ("Put", "PutItem"),
+                    ("Update", "UpdateItem"),
+                    ("Delete", "DeleteItem"),
+                    ("ConditionCheck", "ConditionCheckItem"),
+                ] {
+                    if item.get(kind).is_some() {
+                        out.push(format!("dynamodb:{action}"));
+                    }
+                }
+            }
+            return out;
+        }
+        if service == "ecs" && op == "RunTask" {
+            // Tagging at launch needs ecs:TagResource; launching hands the task its roles.
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let mut out = vec!["ecs:RunTask".to_string(), "iam:PassRole".to_string()];
+            if v["tags"].as_array().is_some_and(|t| !t.is_empty()) {
+                out.push("ecs:TagResource".into());
+            }
+            return out;
+        }
+        return vec![format!("{service}:{op}")];
+    }
+    // S3 (path-style): GET /bucket?list-type=2 lists, GET /bucket/key reads.
+    let segments = path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).count();
+    match (method, segments) {
+        ("GET", 1) if query.contains("list-type=2") => vec!["s3:ListBucket".into()],
+        ("GET" | "HEAD", n) if n >= 2 => vec!["s3:GetObject".into()],
+        _ => vec![format!("unknown:{method} {path}?{query}")],
+    }
+}

@@ -1,0 +1,119 @@
+//! Checks that keep `infra/` true to the code, with no AWS account:
+//!
+//! - every `.tf` (and `.tftest.hcl`) file parses with a real HCL2 parser;
+//! - every environment variable each binary reads is set for it in `infra/locals.tf`, and
+//!   nothing is set that it does not read (the Lambdas are built with a recording lookup;
+//!   the executor's variables are its flags' `env` names);
+//! - every AWS call each component makes is allowed by its role in `infra/iam.tf`, and the
+//!   role allows nothing more (tests/tests/infra_iam.rs drives the components through a
+//!   recording proxy in front of moto).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use clap::Args as _;
+use ferry_tests::infra::{self, local_map_keys};
+
+fn infra_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra")
+}
+
+#[test]
+fn every_terraform_file_parses() {
+    let mut n = 0;
+    for path in infra::hcl_files(&infra_dir()) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        if let Err(e) = hcl::parse(&text) {
+            panic!("{}: {e}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "found only {n} HCL files under infra/");
+}
+
+/// What a Lambda's build function reads: everything is answered (with placeholders for a
+/// deployment), and every name asked for is noted.
+async fn lambda_reads(which: &str) -> BTreeSet<String> {
+    let read = Mutex::new(BTreeSet::new());
+    let values: BTreeMap<&str, &str> = [
+        ("FERRY_TABLE", "ferry-jobs"),
+        ("FERRY_QUEUE_URL", "http://127.0.0.1:1/123456789012/ferry-work-cpu"),
+        ("FERRY_DLQ_URL", "http://127.0.0.1:1/123456789012/ferry-work-cpu-dlq"),
+        ("FERRY_MODELS", r#"{"models":[{"id":"tiny-llama","task":"text-generation","pool":"cpu"}]}"#),
+        ("FERRY_POOLS", r#"{"pools":[{"name":"cpu"}]}"#),
+        ("FERRY_WS_MANAGEMENT_ENDPOINT", "http://127.0.0.1:1/live"),
+        ("FERRY_CANCEL_GRACE_S", "30"),
+    ]
+    .into();
+    let env = |k: &str| {
+        read.lock().unwrap().insert(k.to_string());
+        values.get(k).map(|v| v.to_string())
+    };
+    // No call is made while building: the endpoint is never reached.
+    let sdk = ferry_aws::sdk_config_for_endpoint("http://127.0.0.1:1").await;
+    match which {
+        "api" => drop(ferry_api_lambda::build(&sdk, &env).await.expect("api builds")),
+        "ws" => drop(ferry_ws_lambda::build(&sdk, &env).expect("ws builds")),
+        "dispatcher" => drop(ferry_dispatcher_lambda::build(&sdk, &env).await.expect("dispatcher builds")),
+        other => panic!("{other}"),
+    }
+    read.into_inner().unwrap()
+}
+
+/// Variables every process reads outside our code: the log filter, the SDK's region.
+const AMBIENT: &[&str] = &["RUST_LOG", "AWS_REGION"];
+
+fn check(component: &str, reads: &BTreeSet<String>, set: &BTreeSet<String>, optional: &BTreeSet<String>) {
+    // Read but not set: fine only for knobs with defaults and for the alternatives of a
+    // variable that is set (FERRY_MODELS_FILE when FERRY_MODELS is given).
+    let missing: Vec<&String> = reads.iter().filter(|v| !set.contains(*v) && !optional.contains(*v)).collect();
+    assert!(missing.is_empty(), "{component} reads {missing:?}, which infra/locals.tf does not set");
+    let unread: Vec<&String> = set.iter().filter(|v| !reads.contains(*v) && !AMBIENT.contains(&v.as_str())).collect();
+    assert!(unread.is_empty(), "infra/locals.tf sets {unread:?} for {component}, which it never reads");
+}
+
+#[tokio::test]
+async fn lambda_environments_match_what_each_lambda_reads() {
+    let locals = infra::locals(&infra_dir());
+    let optional: BTreeSet<String> = ferry_core::config::VARS.iter().map(|s| s.to_string()).collect();
+    for (component, local) in [("api", "api_env"), ("ws", "ws_env"), ("dispatcher", "dispatcher_env")] {
+        let reads = lambda_reads(component).await;
+        let set = local_map_keys(&locals, local);
+        assert!(set.contains("FERRY_TABLE"), "{local} exists and names the table");
+        check(component, &reads, &set, &optional);
+    }
+}
+
+#[test]
+fn executor_environments_match_its_flags() {
+    let locals = infra::locals(&infra_dir());
+    let cmd = ferry_executor::cli::Args::augment_args(clap::Command::new("ferry-executor"));
+    let mut flags: BTreeSet<String> =
+        cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+    // Besides its flags, `ferry_executor::cli::run` reads the catalog (`Catalog::from_env`:
+    // FERRY_MODELS when no --models-file) and the job service's knobs (`Config::from_env`).
+    flags.insert("FERRY_MODELS".into());
+    flags.extend(ferry_core::config::VARS.iter().map(|s| s.to_string()));
+    // On ECS these come from the pool and the deployment: without them the executor would
+    // serve the wrong pool, queue or table, or no model at all.
+    let needed =
+        ["FERRY_TABLE", "FERRY_QUEUE_URL", "FERRY_POOL", "FERRY_DEVICE", "FERRY_MODELS", "FERRY_IDLE_TIMEOUT_S"];
+    let base = infra::local_object(&locals, "executor_env_base");
+    let ws = local_map_keys(&locals, "executor_ws_env");
+    assert_eq!(ws, ["FERRY_WS_MANAGEMENT_ENDPOINT".to_string()].into());
+    let pools: Vec<&String> = base.keys().collect();
+    assert_eq!(pools, ["cpu", "gpu"], "one executor environment per pool");
+    for (pool, keys) in base {
+        let keys: BTreeSet<String> = keys.into_iter().chain(ws.iter().cloned()).collect();
+        for n in needed {
+            assert!(keys.contains(n), "the {pool} executor needs {n}");
+        }
+        let unknown: Vec<&String> =
+            keys.iter().filter(|k| !flags.contains(*k) && !AMBIENT.contains(&k.as_str())).collect();
+        assert!(unknown.is_empty(), "the {pool} executor is given {unknown:?}, which no flag reads");
+        for dev_only in ["FERRY_STACK_URL", "FERRY_STACK_TOKEN"] {
+            assert!(!keys.contains(dev_only), "{dev_only} is for ferry dev only");
+        }
+    }
+}
