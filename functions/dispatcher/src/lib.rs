@@ -11,12 +11,16 @@
 //! duplicated, lost or reordered stream record is harmless (the next minute catches up).
 //! The stream's batch therefore never reports item failures.
 
+mod build;
+
 use std::collections::BTreeSet;
 
 use ferry_core::dispatch::{Dispatcher, PoolView};
 use ferry_core::watchdog::{Watchdog, WatchdogReport};
 use serde::Serialize;
 use serde_json::Value;
+
+pub use build::{BuildError, build};
 
 /// What started an invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,5 +120,22 @@ mod tests {
     fn a_scheduled_event_reconciles_everything() {
         let event = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
         assert_eq!(trigger(&event, |_| "cpu".into()), Trigger::Schedule);
+    }
+
+    #[test]
+    fn the_sample_events_in_events_dispatcher_are_told_apart() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/dispatcher");
+        let read = |name: &str| -> Value {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let catalog = ferry_core::catalog::Catalog::demo();
+        let pool_of =
+            |model: &str| catalog.get(model).unwrap_or_else(|| panic!("{model} is a demo model")).pool.clone();
+
+        let stream = trigger(&read("stream-new-job.json"), pool_of);
+        assert_eq!(stream, Trigger::Stream { pools: ["cpu".to_string()].into(), records: 1 });
+        assert_eq!(trigger(&read("schedule.json"), pool_of), Trigger::Schedule);
     }
 }

@@ -126,8 +126,19 @@ impl Dispatcher {
     pub async fn views(&self) -> Result<PoolList, DispatchError> {
         let mut pools = Vec::new();
         for cfg in self.pools.iter() {
-            let snap = self.snapshot(cfg).await?;
-            pools.push(self.view(cfg, &snap, 0, self.clock.now()));
+            // One pool that cannot be read (a pool with no ECS settings, a throttled call)
+            // shows its error; the others are still shown.
+            match self.snapshot(cfg).await {
+                Ok(snap) => pools.push(self.view(cfg, &snap, 0, self.clock.now())),
+                Err(e) => {
+                    tracing::warn!(pool = %cfg.name, error = %e, "cannot read the pool");
+                    let empty =
+                        Snapshot { depth: QueueDepth::default(), tasks: vec![], executors: vec![], state: None };
+                    let mut view = self.view(cfg, &empty, 0, self.clock.now());
+                    view.last_error = Some(format!("cannot read the pool: {e}"));
+                    pools.push(view);
+                }
+            }
         }
         Ok(PoolList { pools })
     }
