@@ -76,14 +76,36 @@ pub struct Args {
 
 /// Runs the executor until it is idle or stopped (the binary's `main`, and `ferry executor`).
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let sdk = match &args.stack_url {
+        Some(_) => None,
+        None => Some(ferry_aws::sdk_config_from_env().await),
+    };
+    let worker = build(&args, sdk.as_ref()).await?;
+    let shutdown = Shutdown::default();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await.context("installing signal handlers").ok();
+        tracing::info!("stop signal: taking no new work");
+        on_signal.trigger();
+    });
+    let exit = worker.run(shutdown).await;
+    tracing::info!(?exit, "executor stopped");
+    Ok(match exit {
+        Exit::Idle | Exit::Shutdown => ExitCode::SUCCESS,
+    })
+}
+
+/// The worker `run` runs: on AWS with `sdk` (None: on `ferry dev`'s stack, `--stack-url`).
+pub async fn build(args: &Args, sdk: Option<&ferry_aws::SdkConfig>) -> anyhow::Result<Arc<Worker>> {
     let catalog = match &args.models_file {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::from_env()?,
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let ports = match &args.stack_url {
-        Some(url) => stack_ports(url, args.stack_token.as_deref().unwrap_or_default(), &args).await,
-        None => aws_ports(&args).await?,
+    let ports = match (&args.stack_url, sdk) {
+        (Some(url), _) => stack_ports(url, args.stack_token.as_deref().unwrap_or_default(), args).await,
+        (None, Some(sdk)) => aws_ports(args, sdk).await?,
+        (None, None) => anyhow::bail!("no AWS configuration and no --stack-url"),
     };
     let hub = Arc::new(ProgressHub {
         jobs: ports.jobs.clone(),
@@ -125,18 +147,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing::info!(executor_id = %config.executor_id, pool = %config.pool, device = %config.device, "executor starting");
     let worker = Worker::with_s3(service, hub, config, ports.s3);
     worker.report_to(ports.pools);
-    let shutdown = Shutdown::default();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_stop_signal().await.context("installing signal handlers").ok();
-        tracing::info!("stop signal: taking no new work");
-        on_signal.trigger();
-    });
-    let exit = worker.run(shutdown).await;
-    tracing::info!(?exit, "executor stopped");
-    Ok(match exit {
-        Exit::Idle | Exit::Shutdown => ExitCode::SUCCESS,
-    })
+    Ok(worker)
 }
 
 /// The ports the worker runs on.
@@ -151,24 +162,23 @@ struct Ports {
 }
 
 /// DynamoDB, SQS, S3 and the Management API: the ECS task.
-async fn aws_ports(args: &Args) -> anyhow::Result<Ports> {
-    let sdk = ferry_aws::sdk_config_from_env().await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<Ports> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
     let queue_url = match &args.queue_url {
         Some(url) => url.clone(),
         None => ferry_aws::AwsSettings::from_lookup(&sqs, |k| std::env::var(k).ok()).await?.queue_url,
     };
     let backend =
-        ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(&sdk), sqs, &args.table, &queue_url);
-    let pools = Arc::new(ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), &args.table));
+        ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(sdk), sqs, &args.table, &queue_url);
+    let pools = Arc::new(ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(sdk), &args.table));
     Ok(Ports {
         jobs: backend.jobs.clone(),
         events: backend.jobs,
         connections: backend.connections,
         queue: backend.queue,
         pools,
-        notifier: notifier(&sdk, args),
-        s3: Some(S3Models { client: crate::fetch::s3_client(&sdk), cache: args.model_cache.clone() }),
+        notifier: notifier(sdk, args),
+        s3: Some(S3Models { client: crate::fetch::s3_client(sdk), cache: args.model_cache.clone() }),
     })
 }
 
