@@ -80,7 +80,12 @@ async fn main() {
         ..ScaleOptions::new(format!("http://{addr}"))
     });
     let st = stack::build(&opts).await.unwrap();
-    tokio::spawn(server::serve_with_ports(listener, Mode::Api(st.api.clone()), st.ports.clone(), std::future::pending()));
+    tokio::spawn(server::serve_with_ports(
+        listener,
+        Mode::Api(st.api.clone()),
+        st.ports.clone(),
+        std::future::pending(),
+    ));
     let client = Client::new(&format!("http://{addr}"), stack::DEV_API_KEY);
     let launcher = st.launcher.clone().unwrap();
 
