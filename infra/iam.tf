@@ -11,7 +11,8 @@
 #   execution   ECR pull, executor log streams (ECS uses it to start the task)
 #
 # DynamoDB authorizes TransactWriteItems per item as PutItem/UpdateItem/DeleteItem/
-# ConditionCheckItem; there is no separate transaction action to grant. The table is
+# ConditionCheckItem (Ferry's transactions use only Put and Update items); there is no separate
+# transaction action to grant. The table is
 # encrypted with the deployment's key, which DynamoDB uses on the caller's behalf: each
 # table role may use the key, but only through DynamoDB (kms:ViaService).
 
@@ -29,7 +30,7 @@ locals {
 data "aws_iam_policy_document" "api" {
   statement {
     sid       = "JobsTable"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem"]
     resources = local.table_resources
   }
   statement {
@@ -79,8 +80,8 @@ data "aws_iam_policy_document" "api" {
 
 data "aws_iam_policy_document" "ws" {
   statement {
-    sid       = "JobsTable"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem"]
+    sid       = "JobsTable" # connections and subscriptions are updates; replays read events in batches
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchGetItem"]
     resources = local.table_resources
   }
   statement {
@@ -116,7 +117,7 @@ data "aws_iam_policy_document" "ws" {
 data "aws_iam_policy_document" "dispatcher" {
   statement {
     sid       = "JobsTable"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"]
     resources = local.table_resources
   }
   statement {
@@ -215,8 +216,8 @@ data "aws_iam_policy_document" "dispatcher" {
 # The executor task role: what ferry-executor itself calls (both pools share it).
 data "aws_iam_policy_document" "executor" {
   statement {
-    sid       = "JobsTable" # DeleteItem: the heartbeat (exec#<id>) is deleted on exit
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem"]
+    sid       = "JobsTable" # DeleteItem: the heartbeat (exec#<id>) is deleted on exit, and gone connections
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = local.table_resources
   }
   statement {
@@ -236,7 +237,6 @@ data "aws_iam_policy_document" "executor" {
       "sqs:DeleteMessage",
       "sqs:ChangeMessageVisibility",
       "sqs:SendMessage",
-      "sqs:GetQueueAttributes",
     ]
     resources = local.work_queue_arns
   }

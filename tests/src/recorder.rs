@@ -60,8 +60,17 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
     let actions = iam_actions(parts.method.as_str(), &path, &query, target.as_deref(), &body);
     ctx.actions.lock().unwrap().extend(actions);
 
-    if path.contains("/@connections/") {
-        // The Management API: accept posts (the connections are fake), like a live socket.
+    if let Some((_, id)) = path.split_once("/@connections/") {
+        // The Management API: connections named `gone-...` are closed (410, as API Gateway
+        // answers), the others accept posts like a live socket.
+        if id.starts_with("gone") {
+            return Response::builder()
+                .status(410)
+                .header("x-amzn-ErrorType", "GoneException")
+                .header("content-type", "application/json")
+                .body(Body::from(r#"{"message":"Gone"}"#))
+                .unwrap();
+        }
         return Response::builder().status(200).body(Body::empty()).unwrap();
     }
     let url = format!("{}{}{}", ctx.upstream, path, if query.is_empty() { String::new() } else { format!("?{query}") });

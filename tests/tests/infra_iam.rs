@@ -1,0 +1,392 @@
+//! Every AWS call each component makes is allowed by its role in `infra/iam.tf`, and the
+//! role allows nothing more. Each component is built exactly as its binary builds it (the
+//! Lambdas' `build` functions, the executor's `cli::build`), pointed at its own recording
+//! proxy in front of moto, and driven through all of its work: every path that calls AWS.
+//! What the proxy saw (as IAM actions) must equal the actions of the role's policy
+//! document, less the statements AWS services use on the role's behalf (KMS through
+//! DynamoDB and S3, CloudWatch Logs, X-Ray, the Lambda service reading the table's stream).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args as _, FromArgMatches as _};
+use ferry_core::catalog::Catalog;
+use ferry_core::fleet::Launcher;
+use ferry_core::job::{Job, JobStatus};
+use ferry_core::ports::{ApiKeyRecord, ApiKeyStore, Connection, ConnectionStore, JobStore, WorkMessage, WorkQueue};
+use ferry_executor::models::{LoadedModel, ModelError, Progress, RunOutcome, Runner};
+use ferry_tests::backends::unique_name;
+use ferry_tests::recorder::Recorder;
+use ferry_tests::{ecs, infra};
+use serde_json::{Value, json};
+
+const KEY: &str = "fry_iam_test_key";
+
+fn infra_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra")
+}
+
+/// The role's actions our code must be the one to call (service-side statements removed).
+fn granted(role: &str) -> BTreeSet<String> {
+    let service_side = |a: &str| {
+        a.starts_with("kms:")
+            || a.starts_with("logs:")
+            || a.starts_with("xray:")
+            || ["dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:DescribeStream", "dynamodb:ListStreams"]
+                .contains(&a)
+    };
+    infra::policy_actions(&infra_dir(), role).into_values().flatten().filter(|a| !service_side(a)).collect()
+}
+
+fn assert_role(role: &str, recorded: &BTreeSet<String>) {
+    let granted = granted(role);
+    let denied: Vec<&String> = recorded.difference(&granted).collect();
+    let unused: Vec<&String> = granted.difference(recorded).collect();
+    assert!(
+        denied.is_empty(),
+        "the {role} role does not allow {denied:?}, which its code calls (recorded: {recorded:?})"
+    );
+    assert!(
+        unused.is_empty(),
+        "the {role} role allows {unused:?}, which its code never calls (recorded: {recorded:?})"
+    );
+}
+
+/// A deployment on moto: the table, a queue and DLQ per pool, an ECS cluster (Fargate for
+/// `cpu`, an EC2 GPU capacity provider for `gpu`), a models bucket with a tiny Llama.
+struct Deployment {
+    moto: ecs::EcsMoto,
+    env: BTreeMap<String, String>,
+    table: String,
+    cluster: String,
+    catalog: Catalog,
+    queues: BTreeMap<&'static str, (String, String)>,
+    fleet: ferry_aws::AwsFleet,
+    backend: ferry_aws::AwsBackend,
+    cache: PathBuf,
+}
+
+async fn deploy() -> Option<Deployment> {
+    let moto = ecs::moto().await?;
+    let cluster = unique_name();
+    let provider = moto.ec2_capacity_provider().await;
+    moto.cluster(&cluster, &[&provider, "FARGATE"]).await;
+    moto.container_instance(&cluster, "g5.xlarge").await;
+    let (gpu_family, cpu_family) = (unique_name(), unique_name());
+    moto.gpu_task_definition(&gpu_family).await;
+    moto.fargate_task_definition(&cpu_family).await;
+    let (subnet, sg) = moto.default_network().await;
+
+    let dynamo = aws_sdk_dynamodb::Client::new(&moto.sdk);
+    let sqs = aws_sdk_sqs::Client::new(&moto.sdk);
+    let table = unique_name();
+    ferry_aws::ensure_table(&dynamo, &table).await.unwrap();
+    let mut queues = BTreeMap::new();
+    for pool in ["cpu", "gpu"] {
+        let urls = ferry_aws::ensure_queues(&sqs, &format!("{table}-{pool}"), 5).await.unwrap();
+        queues.insert(pool, (urls.queue_url, urls.dlq_url));
+    }
+    let s3 = ferry_executor::fetch::s3_client(&moto.sdk);
+    let bucket = unique_name();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let local = std::env::temp_dir().join(format!("ferry-iam-{}", ulid::Ulid::new()));
+    ferry_executor::testing::write_tiny_llama(&local, 5).unwrap();
+    for entry in std::fs::read_dir(&local).unwrap() {
+        let path = entry.unwrap().path();
+        let key = format!("models/tiny/{}", path.file_name().unwrap().to_str().unwrap());
+        let body = aws_sdk_s3::primitives::ByteStream::from(std::fs::read(&path).unwrap());
+        s3.put_object().bucket(&bucket).key(key).body(body).send().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&local);
+
+    let catalog = json!({"models": [
+        {"id": "s3-llama", "task": "text-generation", "pool": "cpu", "s3_uri": format!("s3://{bucket}/models/tiny/")},
+        {"id": "flaky", "task": "text-generation", "pool": "cpu"},
+        {"id": "gpu-llama", "task": "text-generation", "pool": "gpu"}
+    ]})
+    .to_string();
+    let pools = json!({"pools": [
+        {"name": "gpu", "max_tasks": 2, "queue_url": queues["gpu"].0, "dlq_url": queues["gpu"].1,
+         "ecs": {"cluster": cluster, "task_definition": gpu_family, "container": ecs::CONTAINER,
+                 "capacity_providers": [{"name": provider}]}},
+        {"name": "cpu", "max_tasks": 2, "queue_url": queues["cpu"].0, "dlq_url": queues["cpu"].1,
+         "ecs": {"cluster": cluster, "task_definition": cpu_family, "container": ecs::CONTAINER,
+                 "capacity_providers": [{"name": "FARGATE"}], "subnets": [subnet], "security_groups": [sg]}}
+    ]})
+    .to_string();
+    let env: BTreeMap<String, String> = [
+        ("FERRY_TABLE", table.clone()),
+        ("FERRY_QUEUE_URL", queues["cpu"].0.clone()),
+        ("FERRY_DLQ_URL", queues["cpu"].1.clone()),
+        ("FERRY_MODELS", catalog.clone()),
+        ("FERRY_POOLS", pools),
+        ("FERRY_CANCEL_GRACE_S", "30".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let catalog = Catalog::from_json(&catalog).unwrap();
+    let backend = ferry_aws::AwsBackend::connect(&moto.sdk, &table, &queues["cpu"].0).await;
+    let lookup = |k: &str| env.get(k).cloned();
+    let fleet = ferry_aws::AwsFleet::from_lookup(&moto.sdk, &backend, &catalog, lookup).unwrap();
+    let record = ApiKeyRecord {
+        key_hash: ferry_core::auth::hash_api_key(KEY),
+        tenant: ferry_core::TenantId::new("acme").unwrap(),
+        created_at: 1,
+    };
+    backend.keys.put(&record).await.unwrap();
+    let cache = std::env::temp_dir().join(format!("ferry-iam-cache-{}", ulid::Ulid::new()));
+    Some(Deployment { moto, env, table, cluster, catalog, queues, fleet, backend, cache })
+}
+
+impl Deployment {
+    /// A recorder, the environment with the Management endpoint on it, and an SDK config
+    /// for the component.
+    async fn component(&self) -> (Recorder, BTreeMap<String, String>, ferry_aws::SdkConfig) {
+        let rec = Recorder::start(&self.moto.endpoint).await;
+        let mut env = self.env.clone();
+        env.insert("FERRY_WS_MANAGEMENT_ENDPOINT".into(), format!("{}/live", rec.endpoint));
+        let sdk = ferry_aws::sdk_config_for_endpoint(&rec.endpoint).await;
+        (rec, env, sdk)
+    }
+
+    /// A job written directly (not through any component), with its queue message.
+    async fn job(&self, model: &str, status: JobStatus, edit: impl FnOnce(&mut Job)) -> Job {
+        let mut j = ferry_tests::fixtures::job("acme", status);
+        j.model = model.into();
+        j.input = json!({"prompt": "the river"});
+        j.params = json!({"max_new_tokens": 4});
+        edit(&mut j);
+        self.backend.jobs.create(&j, None).await.unwrap();
+        if status == JobStatus::Queued {
+            let pool = self.catalog.get(model).unwrap().pool.clone();
+            let m = WorkMessage {
+                job_id: j.id,
+                attempt: j.attempt,
+                tenant: j.tenant.clone(),
+                model: j.model.clone(),
+                trace_id: "iam".into(),
+            };
+            ferry_aws::SqsWorkQueue::new(
+                aws_sdk_sqs::Client::new(&self.moto.sdk),
+                self.queues[pool.as_str()].0.clone(),
+            )
+            .send(&m)
+            .await
+            .unwrap();
+        }
+        j
+    }
+
+    /// Two subscribers on `job`: one live, one whose socket is gone (410: its record is deleted).
+    async fn subscribe(&self, job: &Job) {
+        for id in [format!("live-{}", ulid::Ulid::new()), format!("gone-{}", ulid::Ulid::new())] {
+            let c =
+                Connection { id: id.clone(), tenant: job.tenant.clone(), connected_at: 1, expires_at: u64::MAX / 2 };
+            self.backend.connections.put(&c).await.unwrap();
+            self.backend.connections.subscribe(&id, &job.id).await.unwrap();
+        }
+    }
+
+    /// A running executor task of `pool` (started without recording).
+    async fn task(&self, pool: &str) -> String {
+        let cfg = self.fleet.pools.get(pool).unwrap();
+        self.fleet.launcher.launch(cfg, 1).await.unwrap().task_ids.remove(0)
+    }
+}
+
+async fn request(api: &ferry_core::api::Api, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = http::Request::builder().method(method).uri(path).header("authorization", format!("Bearer {KEY}"));
+    if body.is_some() {
+        req = req.header("content-type", "application/json").header("idempotency-key", "iam-1");
+    }
+    let body = body.map(|b| bytes::Bytes::from(b.to_string())).unwrap_or_default();
+    let resp = api.handle(req.body(body).unwrap()).await;
+    let status = resp.status().as_u16();
+    (status, serde_json::from_slice(resp.body()).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_role_allows_exactly_what_its_component_calls() {
+    let Some(d) = deploy().await else {
+        eprintln!("skipping: moto_server not installed");
+        return;
+    };
+    ecs::within(async {
+        let running_cpu_task = d.task("cpu").await;
+        // The api Lambda.
+        let (rec, env, sdk) = d.component().await;
+        let api = ferry_api_lambda::build(&sdk, &|k| env.get(k).cloned()).await.unwrap();
+        assert_eq!(request(&api, "GET", "/v1/models", None).await.0, 200);
+        let (status, pools) = request(&api, "GET", "/v1/pools", None).await;
+        assert_eq!(status, 200, "{pools}");
+        let (status, job) =
+            request(&api, "POST", "/v1/jobs", Some(json!({"model": "s3-llama", "input": {"prompt": "hi"}}))).await;
+        assert_eq!(status, 202, "{job}");
+        let id = job["id"].as_str().unwrap().to_string();
+        let job_record = d.backend.jobs.get(&id.parse().unwrap()).await.unwrap().unwrap();
+        d.subscribe(&job_record).await;
+        assert_eq!(request(&api, "POST", &format!("/v1/jobs/{id}/cancel"), None).await.0, 200);
+        // After the cancel the job has a stored event to read back.
+        for path in [format!("/v1/jobs/{id}"), "/v1/jobs".to_string(), format!("/v1/jobs/{id}/events")] {
+            let (status, body) = request(&api, "GET", &path, None).await;
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+        assert_role("api", &rec.actions());
+
+        // The ws Lambda: connect, subscribe (replaying the cancelled job's events), ping,
+        // unsubscribe, disconnect.
+        let (rec, env, sdk) = d.component().await;
+        let ws = ferry_ws_lambda::build(&sdk, &|k| env.get(k).cloned()).unwrap();
+        let conn = format!("ws-{}", ulid::Ulid::new());
+        let events = [
+            ("ws-connect-token.json", None),
+            ("ws-subscribe.json", Some(json!({"action": "subscribe", "job_id": id, "after_seq": 0}))),
+            ("ws-ping.json", None),
+            ("ws-subscribe.json", Some(json!({"action": "unsubscribe", "job_id": id}))),
+            ("ws-disconnect.json", None),
+        ];
+        for (file, body) in events {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/ws").join(file);
+            let mut e: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            e["requestContext"]["connectionId"] = json!(conn);
+            if let Some(q) = e.get_mut("queryStringParameters").filter(|q| q.is_object()) {
+                q["token"] = json!(KEY);
+            }
+            if let Some(body) = body {
+                e["body"] = json!(body.to_string());
+            }
+            let resp = ferry_ws_lambda::handle(&ws, serde_json::from_value(e).unwrap()).await;
+            assert_eq!(resp.status_code, 200, "{file}: {:?}", resp.body);
+        }
+        assert_role("ws", &rec.actions());
+
+        // The dispatcher Lambda on its schedule: a GPU backlog to launch for, a lost
+        // executor, an unacknowledged cancel, an expired job, a dead letter; subscribers on
+        // the jobs it settles.
+        let (rec, env, sdk) = d.component().await;
+        let (dispatcher, watchdog) = ferry_dispatcher_lambda::build(&sdk, &|k| env.get(k).cloned()).await.unwrap();
+        let now = ferry_core::ports::Clock::now(&ferry_core::ports::SystemClock);
+        d.job("gpu-llama", JobStatus::Queued, |_| {}).await;
+        let lost = d
+            .job("s3-llama", JobStatus::Running, |j| {
+                j.executor_id = Some(running_cpu_task.clone());
+                j.lease_until = Some(now - 1_000);
+            })
+            .await;
+        d.subscribe(&lost).await;
+        let other_task = d.task("cpu").await;
+        d.job("s3-llama", JobStatus::Cancelling, |j| {
+            j.executor_id = Some(other_task.clone());
+            j.cancel_requested_at = Some(now - 60_000);
+        })
+        .await;
+        d.job("s3-llama", JobStatus::Queued, |j| j.expires_at = now - 1_000).await;
+        let dead = d.job("s3-llama", JobStatus::Queued, |_| {}).await;
+        let m = WorkMessage {
+            job_id: dead.id,
+            attempt: 1,
+            tenant: dead.tenant.clone(),
+            model: dead.model.clone(),
+            trace_id: "iam".into(),
+        };
+        ferry_aws::SqsWorkQueue::new(aws_sdk_sqs::Client::new(&d.moto.sdk), d.queues["cpu"].1.clone())
+            .send(&m)
+            .await
+            .unwrap();
+        let event: Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/dispatcher/schedule.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let outcome = ferry_dispatcher_lambda::handle(&dispatcher, &watchdog, event).await;
+        let report = outcome.watchdog.clone().expect("the schedule runs the watchdog");
+        assert_eq!(
+            (report.requeued, report.cancels_forced, report.expired, report.dead_lettered),
+            (1, 1, 1, 1),
+            "{outcome:?}"
+        );
+        assert!(outcome.pools.iter().any(|p| p.name == "gpu" && p.launched >= 1), "{outcome:?}");
+        assert_role("dispatcher", &rec.actions());
+
+        // The executor: drains the cpu queue (the jobs the dispatcher left there, a model
+        // fetched from S3, a job that fails once and is queued again, another pool's message
+        // handed back), then exits idle, deleting its heartbeat.
+        let (rec, env, sdk) = d.component().await;
+        let catalog_file = d.cache.with_extension("catalog.json");
+        std::fs::write(&catalog_file, &env["FERRY_MODELS"]).unwrap();
+        let argv = [
+            "ferry-executor",
+            "--queue-url",
+            &d.queues["cpu"].0,
+            "--table",
+            &d.table,
+            "--pool",
+            "cpu",
+            "--idle-timeout",
+            "3",
+            "--lease",
+            "30",
+            "--visibility-timeout",
+            "30",
+            "--ws-management-endpoint",
+            &env["FERRY_WS_MANAGEMENT_ENDPOINT"],
+            "--executor-id",
+            "iam-executor",
+            "--model-cache",
+            d.cache.to_str().unwrap(),
+            "--models-file",
+            catalog_file.to_str().unwrap(),
+        ];
+        let cmd = ferry_executor::cli::Args::augment_args(clap::Command::new("ferry-executor"));
+        let args = ferry_executor::cli::Args::from_arg_matches(&cmd.try_get_matches_from(argv).unwrap()).unwrap();
+        let worker = ferry_executor::cli::build(&args, Some(&sdk)).await.unwrap();
+        worker.models.preload("flaky", LoadedModel::Custom(Arc::new(FailsOnce::default())));
+        let fetched = d.job("s3-llama", JobStatus::Queued, |_| {}).await;
+        d.subscribe(&fetched).await;
+        let flaky = d.job("flaky", JobStatus::Queued, |_| {}).await;
+        // A gpu model's message in the cpu queue (a misrouted message) is handed back.
+        let stray = d.job("gpu-llama", JobStatus::Queued, |_| {}).await;
+        let m = WorkMessage {
+            job_id: stray.id,
+            attempt: 1,
+            tenant: stray.tenant.clone(),
+            model: stray.model.clone(),
+            trace_id: "iam".into(),
+        };
+        ferry_aws::SqsWorkQueue::new(aws_sdk_sqs::Client::new(&d.moto.sdk), d.queues["cpu"].0.clone())
+            .send(&m)
+            .await
+            .unwrap();
+        let exit =
+            tokio::time::timeout(Duration::from_secs(90), worker.run(ferry_executor::worker::Shutdown::default()))
+                .await
+                .expect("the executor drains its queue and exits idle");
+        assert_eq!(exit, ferry_executor::worker::Exit::Idle);
+        for j in [&fetched, &flaky] {
+            let end = d.backend.jobs.get(&j.id).await.unwrap().unwrap();
+            assert_eq!(end.status, JobStatus::Succeeded, "{}: {:?}", j.model, end.error);
+        }
+        assert_eq!(d.backend.jobs.get(&flaky.id).await.unwrap().unwrap().attempt, 2);
+        assert_role("executor", &rec.actions());
+        let _ = std::fs::remove_dir_all(&d.cache);
+        let _ = std::fs::remove_file(&catalog_file);
+        let _ = &d.cluster;
+    })
+    .await;
+}
+
+/// Fails its first run with a retryable error, then answers.
+#[derive(Default)]
+struct FailsOnce(std::sync::atomic::AtomicBool);
+
+impl Runner for FailsOnce {
+    fn run(&self, _input: &Value, _params: &Value, _progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(ModelError::Runtime("device lost".into()));
+        }
+        Ok(RunOutcome::Done(json!({"text": "ok"})))
+    }
+}
