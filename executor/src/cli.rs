@@ -168,8 +168,7 @@ async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<Po
         Some(url) => url.clone(),
         None => ferry_aws::AwsSettings::from_lookup(&sqs, |k| std::env::var(k).ok()).await?.queue_url,
     };
-    let backend =
-        ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(sdk), sqs, &args.table, &queue_url);
+    let backend = ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(sdk), sqs, &args.table, &queue_url);
     let pools = Arc::new(ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(sdk), &args.table));
     Ok(Ports {
         jobs: backend.jobs.clone(),
