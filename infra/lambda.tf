@@ -75,9 +75,11 @@ resource "aws_lambda_function" "this" {
 
 # ---------------------------------------------------------------------------- dispatcher triggers
 
-# New jobs: only INSERTs of job items reach the function (the filter is evaluated by
-# Lambda, so other writes to the table cost no invocation). Jobs queued again by the
-# watchdog or a retry are MODIFYs: the one-minute schedule picks those up.
+# Two kinds of INSERT reach the function (the filters are evaluated by Lambda, so other
+# writes to the table cost no invocation): new jobs (their pool is reconciled at once; jobs
+# queued again by the watchdog or a retry are MODIFYs, which the one-minute schedule picks
+# up), and progress events that executors marked `fanout = "stream"` because they cannot
+# reach the Management API (no NAT): the dispatcher pushes those to the subscribers.
 resource "aws_lambda_event_source_mapping" "dispatcher_stream" {
   event_source_arn                   = aws_dynamodb_table.jobs.stream_arn
   function_name                      = aws_lambda_function.this["dispatcher"].arn
@@ -95,6 +97,12 @@ resource "aws_lambda_event_source_mapping" "dispatcher_stream" {
       pattern = jsonencode({
         eventName = ["INSERT"]
         dynamodb  = { NewImage = { pk = { S = [{ prefix = "job#" }] } } }
+      })
+    }
+    filter {
+      pattern = jsonencode({
+        eventName = ["INSERT"]
+        dynamodb  = { NewImage = { pk = { S = [{ prefix = "evt#" }] }, fanout = { S = ["stream"] } } }
       })
     }
   }

@@ -26,9 +26,8 @@ locals {
 
   # Executors reach that endpoint only through the NAT gateway (it is public, and no VPC
   # endpoint serves a Regional API; see README.md "Networking"). Without NAT they are not
-  # given it (and log "FERRY_WS_MANAGEMENT_ENDPOINT is not set" at start): posts that
-  # cannot connect would only slow their progress stream, while the events are stored
-  # either way and reach clients on (re)subscribe and over HTTP.
+  # given it: they then mark their events `fanout = "stream"`, and the dispatcher Lambda
+  # pushes them from the table's stream (lambda.tf's second stream filter).
   executor_ws_env = var.enable_nat_gateway ? { FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint } : {}
 
   lambda_zip_dir = startswith(var.lambda_zip_dir, "/") ? var.lambda_zip_dir : "${path.module}/${var.lambda_zip_dir}"

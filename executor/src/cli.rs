@@ -170,9 +170,20 @@ async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<Po
     };
     let backend = ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(sdk), sqs, &args.table, &queue_url);
     let pools = Arc::new(ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(sdk), &args.table));
+    // With no Management endpoint (private subnets without NAT) the events are marked for
+    // the dispatcher Lambda, which pushes them from the table's stream.
+    let events: Arc<dyn ferry_core::ports::EventStore> = match management_endpoint(args) {
+        Some(_) => backend.jobs.clone(),
+        None => {
+            tracing::info!("no Management endpoint: progress is pushed by the dispatcher from the table's stream");
+            Arc::new(
+                ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(sdk), &args.table).with_stream_fanout(),
+            )
+        }
+    };
     Ok(Ports {
         jobs: backend.jobs.clone(),
-        events: backend.jobs,
+        events,
         connections: backend.connections,
         queue: backend.queue,
         pools,
@@ -200,13 +211,18 @@ async fn stack_ports(url: &str, token: &str, args: &Args) -> Ports {
 }
 
 fn notifier(sdk: &ferry_aws::SdkConfig, args: &Args) -> Arc<dyn ferry_core::ports::Notifier> {
-    match args.ws_management_endpoint.as_deref().filter(|e| !e.trim().is_empty()) {
+    match management_endpoint(args) {
         Some(endpoint) => Arc::new(ferry_aws::ApiGatewayNotifier::new(sdk, endpoint)),
         None => {
             tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: progress is stored for replay but not pushed");
             Arc::new(ferry_core::ports::NoNotifier)
         }
     }
+}
+
+/// `--ws-management-endpoint`, unless empty.
+fn management_endpoint(args: &Args) -> Option<&str> {
+    args.ws_management_endpoint.as_deref().filter(|e| !e.trim().is_empty())
 }
 
 /// The task ARN from the ECS task metadata endpoint (v4), when running on ECS.

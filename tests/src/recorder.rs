@@ -20,6 +20,7 @@ use axum::response::Response;
 pub struct Recorder {
     pub endpoint: String,
     actions: Arc<Mutex<BTreeSet<String>>>,
+    posts: Arc<Mutex<Vec<(String, bytes::Bytes)>>>,
 }
 
 #[derive(Clone)]
@@ -27,22 +28,30 @@ struct Ctx {
     upstream: String,
     http: reqwest::Client,
     actions: Arc<Mutex<BTreeSet<String>>>,
+    posts: Arc<Mutex<Vec<(String, bytes::Bytes)>>>,
 }
 
 impl Recorder {
     /// Starts a recorder forwarding to `upstream` (moto's base URL).
     pub async fn start(upstream: &str) -> Recorder {
         let actions = Arc::new(Mutex::new(BTreeSet::new()));
+        let posts = Arc::new(Mutex::new(Vec::new()));
         let ctx = Ctx {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             actions: actions.clone(),
+            posts: posts.clone(),
         };
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().fallback(forward).with_state(ctx);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Recorder { endpoint: format!("http://{addr}"), actions }
+        Recorder { endpoint: format!("http://{addr}"), actions, posts }
+    }
+
+    /// What was posted to live connections through the Management API: (connection id, data).
+    pub fn posts(&self) -> Vec<(String, bytes::Bytes)> {
+        self.posts.lock().unwrap().clone()
     }
 
     /// The IAM actions recorded so far (`service:Action`).
@@ -71,6 +80,7 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
                 .body(Body::from(r#"{"message":"Gone"}"#))
                 .unwrap();
         }
+        ctx.posts.lock().unwrap().push((id.to_string(), body.clone()));
         return Response::builder().status(200).body(Body::empty()).unwrap();
     }
     let url = format!("{}{}{}", ctx.upstream, path, if query.is_empty() { String::new() } else { format!("?{query}") });

@@ -16,6 +16,7 @@ mod build;
 use std::collections::BTreeSet;
 
 use ferry_core::dispatch::{Dispatcher, PoolView};
+use ferry_core::progress::ProgressEvent;
 use ferry_core::watchdog::{Watchdog, WatchdogReport};
 use serde::Serialize;
 use serde_json::Value;
@@ -23,10 +24,11 @@ use serde_json::Value;
 pub use build::{BuildError, build};
 
 /// What started an invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    /// Stream records: the pools of the queued jobs they show.
-    Stream { pools: BTreeSet<String>, records: usize },
+    /// Stream records: the pools of the queued jobs they show, and the progress events
+    /// executors marked for the stream fan-out (they could not push them themselves).
+    Stream { pools: BTreeSet<String>, events: Vec<ProgressEvent>, records: usize },
     /// The schedule (or any other event): everything, and the watchdog.
     Schedule,
 }
@@ -35,6 +37,7 @@ pub enum Trigger {
 pub fn trigger(event: &Value, pool_of: impl Fn(&str) -> String) -> Trigger {
     let Some(records) = event.get("Records").and_then(Value::as_array) else { return Trigger::Schedule };
     let mut pools = BTreeSet::new();
+    let mut events = Vec::new();
     for r in records {
         if r.get("eventSource").and_then(Value::as_str) != Some("aws:dynamodb") {
             continue;
@@ -47,8 +50,16 @@ pub fn trigger(event: &Value, pool_of: impl Fn(&str) -> String) -> Trigger {
                 pools.insert(pool_of(model));
             }
         }
+        if pk.starts_with("evt#") && image["fanout"]["S"].as_str() == Some("stream") {
+            match image["body"]["S"].as_str().map(serde_json::from_str::<ProgressEvent>) {
+                Some(Ok(event)) => events.push(event),
+                other => tracing::warn!(pk, error = ?other.map(|r| r.err()), "unreadable progress event in the stream"),
+            }
+        }
     }
-    Trigger::Stream { pools, records: records.len() }
+    // The stream orders records per item; a job's events are ordered by seq here.
+    events.sort_by_key(|e| (e.job_id, e.seq));
+    Trigger::Stream { pools, events, records: records.len() }
 }
 
 /// The answer: what was reconciled, and the stream's (always empty) batch failures.
@@ -57,6 +68,8 @@ pub struct Outcome {
     pub pools: Vec<PoolView>,
     pub errors: Vec<String>,
     pub watchdog: Option<WatchdogReport>,
+    /// Deliveries of streamed progress events (connections reached).
+    pub pushed: u32,
     #[serde(rename = "batchItemFailures")]
     pub batch_item_failures: Vec<Value>,
 }
@@ -65,10 +78,18 @@ pub struct Outcome {
 pub async fn handle(dispatcher: &Dispatcher, watchdog: &Watchdog, event: Value) -> Outcome {
     let service = &watchdog.service;
     let trigger = trigger(&event, |model| service.pool_of(model).to_string());
-    let mut out = Outcome { pools: vec![], errors: vec![], watchdog: None, batch_item_failures: vec![] };
+    let mut out = Outcome { pools: vec![], errors: vec![], watchdog: None, pushed: 0, batch_item_failures: vec![] };
     let pools: Vec<String> = match &trigger {
-        Trigger::Stream { pools, records } => {
-            tracing::info!(records, pools = ?pools, "stream trigger");
+        Trigger::Stream { pools, events, records } => {
+            tracing::info!(records, pools = ?pools, events = events.len(), "stream trigger");
+            if !events.is_empty() {
+                match &service.progress {
+                    Some(hub) => out.pushed = hub.fan_out_events(events).await.delivered as u32,
+                    None => {
+                        out.errors.push("streamed events, but no FERRY_WS_MANAGEMENT_ENDPOINT to push them to".into())
+                    }
+                }
+            }
             pools.iter().filter(|p| dispatcher.pools.get(p).is_some()).cloned().collect()
         }
         Trigger::Schedule => {
@@ -113,7 +134,25 @@ mod tests {
             {"eventSource": "aws:dynamodb", "eventName": "REMOVE", "dynamodb": {}}
         ]});
         let t = trigger(&event, |m| if m == "llama" { "gpu".into() } else { "cpu".into() });
-        assert_eq!(t, Trigger::Stream { pools: ["gpu".to_string()].into(), records: 4 });
+        assert_eq!(t, Trigger::Stream { pools: ["gpu".to_string()].into(), events: vec![], records: 4 });
+    }
+
+    #[test]
+    fn events_marked_for_the_stream_are_read_back_in_seq_order() {
+        let evt = |seq: u64, marked: bool| {
+            let body = serde_json::json!({"job_id": "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B", "seq": seq, "time": 5,
+                "type": "token", "index": seq - 1, "id": 7, "text": "a", "logprob": null});
+            let mut image = serde_json::json!({"pk": {"S": format!("evt#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B#{seq:020}")},
+                "body": {"S": body.to_string()}});
+            if marked {
+                image["fanout"] = serde_json::json!({"S": "stream"});
+            }
+            serde_json::json!({"eventSource": "aws:dynamodb", "eventName": "INSERT", "dynamodb": {"NewImage": image}})
+        };
+        let event = serde_json::json!({"Records": [evt(3, true), evt(2, true), evt(4, false)]});
+        let Trigger::Stream { events, pools, .. } = trigger(&event, |_| "cpu".into()) else { panic!("a stream") };
+        assert!(pools.is_empty());
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3], "only marked events, in order");
     }
 
     #[test]
@@ -135,7 +174,7 @@ mod tests {
             |model: &str| catalog.get(model).unwrap_or_else(|| panic!("{model} is a demo model")).pool.clone();
 
         let stream = trigger(&read("stream-new-job.json"), pool_of);
-        assert_eq!(stream, Trigger::Stream { pools: ["cpu".to_string()].into(), records: 1 });
+        assert_eq!(stream, Trigger::Stream { pools: ["cpu".to_string()].into(), events: vec![], records: 1 });
         assert_eq!(trigger(&read("schedule.json"), pool_of), Trigger::Schedule);
     }
 }

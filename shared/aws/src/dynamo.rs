@@ -120,11 +120,22 @@ pub(crate) fn build_err(err: aws_smithy_types::error::operation::BuildError) -> 
 pub struct DynamoJobStore {
     pub(crate) client: Client,
     pub(crate) table: String,
+    /// Mark appended events `fanout = "stream"`: their writer cannot push them, so the
+    /// dispatcher Lambda does, from the table's stream.
+    stream_fanout: bool,
 }
 
 impl DynamoJobStore {
+    /// Events appended through this store are marked for the stream fan-out (`fanout =
+    /// "stream"` on the item): for an executor with no route to the Management API (private
+    /// subnets without NAT), whose events the dispatcher Lambda then pushes.
+    pub fn with_stream_fanout(mut self) -> Self {
+        self.stream_fanout = true;
+        self
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        DynamoJobStore { client, table: table.into() }
+        DynamoJobStore { client, table: table.into(), stream_fanout: false }
     }
 
     pub fn table(&self) -> &str {
@@ -371,7 +382,13 @@ impl EventStore for DynamoJobStore {
         for event in events {
             let put = Put::builder()
                 .table_name(&self.table)
-                .set_item(Some(event_to_item(event, retain_until)?))
+                .set_item(Some({
+                    let mut item = event_to_item(event, retain_until)?;
+                    if self.stream_fanout {
+                        item.insert("fanout".into(), s("stream"));
+                    }
+                    item
+                }))
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
                 .map_err(build_err)?;

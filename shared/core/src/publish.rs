@@ -152,6 +152,22 @@ impl ProgressHub {
         Ok(stored)
     }
 
+    /// Delivers events that are already stored (read back from the table's stream by the
+    /// dispatcher Lambda, for executors that cannot reach the Management API): consecutive
+    /// events of a job share frames, as in [`ProgressHub::publish_batch`].
+    pub async fn fan_out_events(&self, events: &[ProgressEvent]) -> FanOut {
+        let mut total = FanOut::default();
+        for group in events.chunk_by(|a, b| a.job_id == b.job_id) {
+            for data in frames(group) {
+                let f = self.fan_out_frame(&group[0].job_id, data.into()).await;
+                total.delivered += f.delivered;
+                total.gone += f.gone;
+                total.failed += f.failed;
+            }
+        }
+        total
+    }
+
     /// Sends one event to every subscriber of its job.
     pub async fn fan_out(&self, event: &ProgressEvent) -> FanOut {
         self.fan_out_frame(&event.job_id, frame(event).into()).await
