@@ -8,109 +8,16 @@
 //! a task one step toward STOPPED on every DescribeTasks).
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::time::Duration;
 
 use aws_sdk_ecs::types::{
-    AutoScalingGroupProvider, CapacityProviderStrategyItem, Compatibility, ContainerDefinition,
-    ManagedTerminationProtection, NetworkMode, ResourceRequirement, ResourceType, Task, TaskField,
+    AutoScalingGroupProvider, Compatibility, ContainerDefinition, ManagedTerminationProtection, NetworkMode,
+    ResourceRequirement, ResourceType,
 };
 use ferry_aws::EcsLauncher;
 use ferry_core::fleet::{LaunchError, Launcher, TaskState};
 use ferry_core::pool::{CapacityProvider, EcsLaunch, PoolConfig};
 use ferry_tests::backends::unique_name;
-
-/// A whole test, moto calls included; moto answers these in well under a second each.
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
-
-struct Moto {
-    endpoint: String,
-    ecs: aws_sdk_ecs::Client,
-    http: reqwest::Client,
-}
-
-/// The process's moto with tasks held in their state, or None when moto is not installed.
-async fn moto() -> Option<Moto> {
-    let server = ferry_tests::moto::shared()?;
-    let sdk = ferry_aws::sdk_config_for_endpoint(&server.endpoint).await;
-    let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().expect("http client");
-    // Global to this moto (every test of this process), and idempotent.
-    let transition = serde_json::json!({
-        "model_name": "ecs::task",
-        "transition": {"progression": "manual", "times": 1_000_000},
-    });
-    let resp = http
-        .post(format!("{}/moto-api/state-manager/set-transition", server.endpoint))
-        .json(&transition)
-        .send()
-        .await
-        .expect("moto set-transition");
-    assert!(resp.status().is_success(), "set-transition: {}", resp.status());
-    Some(Moto { endpoint: server.endpoint.clone(), ecs: aws_sdk_ecs::Client::new(&sdk), http })
-}
-
-async fn within<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test timed out")
-}
-
-impl Moto {
-    /// An unsigned EC2 Query API call (moto does not check signatures, only that the
-    /// Authorization header names the service). Returns the XML answer.
-    async fn ec2(&self, query: &str) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/", self.endpoint))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header(
-                "authorization",
-                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x",
-            )
-            .body(format!("{query}&Version=2016-11-15"))
-            .send()
-            .await
-            .expect("EC2 query");
-        let status = resp.status();
-        let body = resp.text().await.expect("EC2 answer");
-        assert!(status.is_success(), "EC2 {query}: {status} {body}");
-        body
-    }
-
-    async fn describe(&self, cluster: &str, arns: &[String]) -> Vec<Task> {
-        let out = self
-            .ecs
-            .describe_tasks()
-            .cluster(cluster)
-            .set_tasks(Some(arns.to_vec()))
-            .include(TaskField::Tags)
-            .send()
-            .await
-            .expect("DescribeTasks");
-        out.tasks().to_vec()
-    }
-}
-
-/// The text of the first `<tag>` in an XML document.
-fn xml_value(xml: &str, tag: &str) -> String {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open).unwrap_or_else(|| panic!("no <{tag}> in {xml}")) + open.len();
-    let end = xml[start..].find(&format!("</{tag}>")).expect("closing tag") + start;
-    xml[start..end].to_string()
-}
-
-fn strategy(name: &str, weight: i32, base: i32) -> CapacityProviderStrategyItem {
-    CapacityProviderStrategyItem::builder().capacity_provider(name).weight(weight).base(base).build().unwrap()
-}
-
-fn env_of(task: &Task) -> Vec<(String, String)> {
-    let overrides = task.overrides().expect("overrides");
-    let container = overrides.container_overrides().iter().find(|c| c.name() == Some("executor")).expect("executor");
-    container
-        .environment()
-        .iter()
-        .map(|kv| (kv.name().unwrap_or_default().to_string(), kv.value().unwrap_or_default().to_string()))
-        .collect()
-}
+use ferry_tests::ecs::{env_of, moto, strategy, within, xml_value};
 
 fn ids(tasks: &[ferry_core::fleet::ExecutorTask]) -> BTreeSet<String> {
     tasks.iter().map(|t| t.id.clone()).collect()
