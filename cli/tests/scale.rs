@@ -122,6 +122,24 @@ impl Running {
     }
 }
 
+/// A slow job, running on an executor with its tokens streaming; then `sig` to that
+/// executor and the job followed to its end. Returns (the job when signalled, at its end).
+async fn signal_mid_job(sig: &str, max_attempts: u32) -> (Running, PathBuf, Job, Job) {
+    let dir = std::env::temp_dir().join(format!("ferry-scale-models-{}", ulid::Ulid::new()));
+    let r = start(2, max_attempts, vec![slow_llama(&dir)]).await;
+    let id = r.submit("slow-llama", 3000).await;
+    r.wait_until("tokens", Duration::from_secs(30), async || {
+        let j = r.job(&id).await;
+        j.status == JobStatus::Running && j.last_seq > 20
+    })
+    .await;
+    let before = r.job(&id).await;
+    signal(r.pid_of(&before), sig);
+    r.wait_until("the job to finish", Duration::from_secs(90), async || r.job(&id).await.status.is_terminal()).await;
+    let end = r.job(&id).await;
+    (r, dir, before, end)
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig} {pid}");
@@ -139,19 +157,8 @@ fn results(events: &[ProgressEvent]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_job_completes_on_another_executor() {
-    let dir = std::env::temp_dir().join(format!("ferry-scale-models-{}", ulid::Ulid::new()));
-    let r = start(2, 3, vec![slow_llama(&dir)]).await;
-    let id = r.submit("slow-llama", 3000).await;
     // Running, with tokens streamed: then kill its executor without warning.
-    r.wait_until("tokens", Duration::from_secs(30), async || {
-        let j = r.job(&id).await;
-        j.status == JobStatus::Running && j.last_seq > 20
-    })
-    .await;
-    let victim = r.job(&id).await;
-    signal(r.pid_of(&victim), "-KILL");
-    r.wait_until("the retry to finish", Duration::from_secs(90), async || r.job(&id).await.status.is_terminal()).await;
-    let end = r.job(&id).await;
+    let (r, dir, victim, end) = signal_mid_job("-KILL", 3).await;
     assert_eq!((end.status, end.attempt), (JobStatus::Succeeded, 2), "{:?}", end.error);
     assert_ne!(end.executor_id, victim.executor_id, "another executor finished it");
     let events = r.events(&end).await;
@@ -171,18 +178,7 @@ async fn kill_9_mid_job_completes_on_another_executor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_job_releases_it_to_another_executor() {
-    let dir = std::env::temp_dir().join(format!("ferry-scale-models-{}", ulid::Ulid::new()));
-    let r = start(2, 3, vec![slow_llama(&dir)]).await;
-    let id = r.submit("slow-llama", 3000).await;
-    r.wait_until("tokens", Duration::from_secs(30), async || {
-        let j = r.job(&id).await;
-        j.status == JobStatus::Running && j.last_seq > 20
-    })
-    .await;
-    let first = r.job(&id).await;
-    signal(r.pid_of(&first), "-TERM");
-    r.wait_until("the job to finish", Duration::from_secs(90), async || r.job(&id).await.status.is_terminal()).await;
-    let end = r.job(&id).await;
+    let (r, dir, first, end) = signal_mid_job("-TERM", 3).await;
     // Released, not lost: the same attempt resumes elsewhere.
     assert_eq!((end.status, end.attempt), (JobStatus::Succeeded, 1), "{:?}", end.error);
     assert_ne!(end.executor_id, first.executor_id);
