@@ -56,7 +56,33 @@ pub async fn within<T>(test: impl Future<Output = T>) -> T {
     tokio::time::timeout(TEST_TIMEOUT, test).await.expect("test timed out")
 }
 
+/// One cluster with a GPU pool's and a CPU pool's ECS pieces: an EC2 capacity provider with
+/// one registered g5.xlarge instance (GPU) and Fargate (CPU), a task definition for each,
+/// and the default VPC's network for awsvpc tasks.
+pub struct TwoPoolCluster {
+    pub cluster: String,
+    /// The EC2 capacity provider of the GPU pool.
+    pub provider: String,
+    pub gpu_family: String,
+    pub cpu_family: String,
+    pub subnet: String,
+    pub security_group: String,
+}
+
 impl EcsMoto {
+    /// Builds a [`TwoPoolCluster`] with fresh names.
+    pub async fn two_pool_cluster(&self) -> TwoPoolCluster {
+        let cluster = crate::backends::unique_name();
+        let provider = self.ec2_capacity_provider().await;
+        self.cluster(&cluster, &[&provider, "FARGATE"]).await;
+        self.container_instance(&cluster, "g5.xlarge").await;
+        let (gpu_family, cpu_family) = (crate::backends::unique_name(), crate::backends::unique_name());
+        self.gpu_task_definition(&gpu_family).await;
+        self.fargate_task_definition(&cpu_family).await;
+        let (subnet, security_group) = self.default_network().await;
+        TwoPoolCluster { cluster, provider, gpu_family, cpu_family, subnet, security_group }
+    }
+
     /// An unsigned EC2 Query API call (moto does not check signatures, only that the
     /// Authorization header names the service). Returns the XML answer.
     pub async fn ec2(&self, query: &str) -> String {

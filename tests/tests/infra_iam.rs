@@ -70,14 +70,8 @@ struct Deployment {
 
 async fn deploy() -> Option<Deployment> {
     let moto = ecs::moto().await?;
-    let cluster = unique_name();
-    let provider = moto.ec2_capacity_provider().await;
-    moto.cluster(&cluster, &[&provider, "FARGATE"]).await;
-    moto.container_instance(&cluster, "g5.xlarge").await;
-    let (gpu_family, cpu_family) = (unique_name(), unique_name());
-    moto.gpu_task_definition(&gpu_family).await;
-    moto.fargate_task_definition(&cpu_family).await;
-    let (subnet, sg) = moto.default_network().await;
+    let ecs::TwoPoolCluster { cluster, provider, gpu_family, cpu_family, subnet, security_group: sg } =
+        moto.two_pool_cluster().await;
 
     let dynamo = aws_sdk_dynamodb::Client::new(&moto.sdk);
     let sqs = aws_sdk_sqs::Client::new(&moto.sdk);
