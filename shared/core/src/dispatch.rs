@@ -163,7 +163,7 @@ impl Dispatcher {
             let snap = self.snapshot(cfg).await?;
             let now = self.clock.now();
             let expected = snap.state.as_ref().map(|s| s.version);
-            let mut next = snap.state.clone().unwrap_or_else(|| PoolState { pool: pool.into(), ..Default::default() });
+            let mut next = snap.state.clone().unwrap_or_else(|| PoolState::empty(pool));
             let counted = count(&snap.tasks, &mut next, now);
             let desired = cfg.desired(snap.depth.visible + snap.depth.in_flight);
             let need = desired.saturating_sub(counted.total());
