@@ -10,8 +10,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use ferry_core::input::TextGenerationParams;
 use ferry_executor::models::bert::BertEmbedder;
-use ferry_executor::models::llama::{GenParams, LlamaModel};
+use ferry_executor::models::llama::LlamaModel;
 use ferry_executor::models::{NoProgress, Placement, RunOutcome};
 use ferry_executor::testing::{TinyConfig, write_llama};
 
@@ -49,7 +50,7 @@ fn llama(models: &std::path::Path) {
             write_llama(&dir, 1, cfg).expect("writing the model");
         }
         let model = LlamaModel::load(&dir, &placement).expect("loading");
-        let params = GenParams { max_new_tokens: Some(NEW_TOKENS), ..GenParams::default() };
+        let params = TextGenerationParams { max_new_tokens: Some(NEW_TOKENS), ..Default::default() };
         let mut decode = Vec::new();
         for run in 0..=RUNS {
             let started = Instant::now();

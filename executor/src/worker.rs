@@ -456,7 +456,7 @@ impl Worker {
 
         // Load (once per executor) and run on a blocking thread, supervised from here.
         let models = self.models.clone();
-        let (input, params, model_id) = (job.input.clone(), job.params.clone(), job.model.clone());
+        let (input, model_id) = (job.input.clone(), job.model.clone());
         let run_stream = stream.clone();
         let run_flag = flag.clone();
         let (activity, clock) = (self.activity.clone(), self.service.clock.clone());
@@ -464,7 +464,7 @@ impl Worker {
             let model = models.get(&model_id, &run_stream).await?;
             activity.set(ExecutorActivity::Busy, clock.now(), Some(model_id.clone()));
             let progress = StreamProgress { stream: run_stream, flag: run_flag };
-            tokio::task::spawn_blocking(move || model.run(&input, &params, &progress))
+            tokio::task::spawn_blocking(move || model.run(&input, &progress))
                 .await
                 .map_err(|e| ModelError::Runtime(format!("the model panicked: {e}")))?
         });

@@ -500,7 +500,7 @@ fn runs_as_a_loaded_model() {
     write_model(&dir.0, &legacy_pooling(false, false, true, false), true, None);
     let model = LoadedModel::Bert(load(&dir.0));
     let RunOutcome::Done(out) =
-        model.run(&json!({"texts": ["hello world", "the dog"]}), &json!({}), &NoProgress).unwrap()
+        model.run(&ferry_core::input::JobInput::texts(["hello world", "the dog"]), &NoProgress).unwrap()
     else {
         panic!("not done")
     };

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device};
-use ferry_executor::models::llama::{GenParams, LlamaModel};
+use ferry_core::input::{InputLimits, JobInput, TextGenerationParams};
+use ferry_executor::models::llama::LlamaModel;
 use ferry_executor::models::{
     LoadedModel, ModelError, NoProgress, Placement, Progress, RunOutcome, StopReason, TokenOut,
 };
@@ -75,8 +76,21 @@ fn finish(out: &Value) -> &str {
     out["details"]["finish_reason"].as_str().unwrap()
 }
 
-fn gen_params(v: Value) -> GenParams {
-    GenParams::from_json(&v).unwrap()
+/// The deployment's bounds are the API's to apply; here only the type's own matter.
+const NO_CAP: InputLimits = InputLimits { max_new_tokens: u32::MAX, max_texts: u32::MAX };
+
+/// Params as the API reads them.
+fn parse_params(v: &Value) -> Result<TextGenerationParams, ferry_core::error::ApiError> {
+    TextGenerationParams::parse(v.as_object().expect("params are an object"), &NO_CAP)
+}
+
+fn gen_params(v: Value) -> TextGenerationParams {
+    parse_params(&v).unwrap()
+}
+
+/// A text-generation job's input as the executor reads it back from the job record.
+fn stored(input: Value, params: Value) -> JobInput {
+    serde_json::from_value(json!({"task": "text-generation", "input": input, "params": params})).unwrap()
 }
 
 fn generate(model: &LlamaModel, prompt: &str, params: Value) -> Value {
@@ -227,7 +241,7 @@ fn repetition_penalty_discourages_seen_tokens() {
     let unique: HashSet<u32> = plain.iter().copied().collect();
     assert!(unique.len() < plain.len(), "greedy decoding of the tiny model repeats itself: {plain:?}");
 
-    let penalized = ids(&generate(&model, PROMPT, json!({"max_new_tokens": 40, "repetition_penalty": 100.0})));
+    let penalized = ids(&generate(&model, PROMPT, json!({"max_new_tokens": 40, "repetition_penalty": 10.0})));
     let unique: HashSet<u32> = penalized.iter().copied().collect();
     assert_eq!(unique.len(), penalized.len(), "a strong penalty still repeated a token: {penalized:?}");
     assert!(penalized.iter().all(|id| !prompt.contains(id)), "the penalty covers the prompt too");
@@ -347,7 +361,7 @@ fn a_stop_request_returns_the_partial_output() {
 
     // Asked before the first forward pass: nothing generated.
     let rec = Recorder::stopping_after(0, StopReason::TimedOut);
-    match model.generate(PROMPT, &GenParams::default(), &rec).unwrap() {
+    match model.generate(PROMPT, &TextGenerationParams::default(), &rec).unwrap() {
         RunOutcome::Stopped { reason: StopReason::TimedOut, partial } => {
             assert_eq!(ids(&partial), Vec::<u32>::new());
             assert_eq!(partial["text"], "");
@@ -432,14 +446,14 @@ fn bad_input_is_refused_with_the_field() {
 
     // Params checked again here, whoever built them.
     for (params, want) in [
-        (GenParams { max_new_tokens: Some(0), ..GenParams::default() }, "params.max_new_tokens"),
-        (GenParams { temperature: -1.0, ..GenParams::default() }, "params.temperature"),
-        (GenParams { temperature: f64::NAN, ..GenParams::default() }, "params.temperature"),
-        (GenParams { top_p: Some(0.0), ..GenParams::default() }, "params.top_p"),
-        (GenParams { top_p: Some(1.01), ..GenParams::default() }, "params.top_p"),
-        (GenParams { top_k: Some(0), ..GenParams::default() }, "params.top_k"),
-        (GenParams { repetition_penalty: 0.0, ..GenParams::default() }, "params.repetition_penalty"),
-        (GenParams { repetition_penalty: -2.0, ..GenParams::default() }, "params.repetition_penalty"),
+        (TextGenerationParams { max_new_tokens: Some(0), ..Default::default() }, "params.max_new_tokens"),
+        (TextGenerationParams { temperature: Some(-1.0), ..Default::default() }, "params.temperature"),
+        (TextGenerationParams { temperature: Some(f64::NAN), ..Default::default() }, "params.temperature"),
+        (TextGenerationParams { top_p: Some(0.0), ..Default::default() }, "params.top_p"),
+        (TextGenerationParams { top_p: Some(1.01), ..Default::default() }, "params.top_p"),
+        (TextGenerationParams { top_k: Some(0), ..Default::default() }, "params.top_k"),
+        (TextGenerationParams { repetition_penalty: Some(0.0), ..Default::default() }, "params.repetition_penalty"),
+        (TextGenerationParams { repetition_penalty: Some(-2.0), ..Default::default() }, "params.repetition_penalty"),
     ] {
         let (field, _) = invalid_field(model.generate(PROMPT, &params, &NoProgress).unwrap_err());
         assert_eq!(field, want, "{params:?}");
@@ -451,19 +465,20 @@ fn bad_input_is_refused_with_the_field() {
         (json!({"top_k": 0}), "params.top_k"),
         (json!({"repetition_penalty": 0}), "params.repetition_penalty"),
     ] {
-        assert_eq!(invalid_field(GenParams::from_json(&params).unwrap_err()).0, want, "{params}");
+        assert_eq!(parse_params(&params).unwrap_err().field.as_deref(), Some(want), "{params}");
     }
 }
 
 #[test]
-fn the_loaded_model_runs_jobs_from_json() {
+fn the_loaded_model_runs_jobs_as_stored() {
     let dir = ScratchDir::new("ferry-llama-loaded").unwrap();
     write_tiny_llama(dir.path(), 21).unwrap();
     let model = LoadedModel::Llama(LlamaModel::load(dir.path(), &cpu()).unwrap());
-    let out = match model.run(&json!({"prompt": PROMPT}), &json!({"max_new_tokens": 4, "stop": null}), &NoProgress) {
-        Ok(RunOutcome::Done(v)) => v,
-        other => panic!("{other:?}"),
-    };
+    let out =
+        match model.run(&stored(json!({"prompt": PROMPT}), json!({"max_new_tokens": 4, "stop": null})), &NoProgress) {
+            Ok(RunOutcome::Done(v)) => v,
+            other => panic!("{other:?}"),
+        };
     assert_eq!(ids(&out).len(), 4);
     let details = out["details"].as_object().unwrap();
     let mut keys: Vec<&str> = details.keys().map(String::as_str).collect();
@@ -472,9 +487,9 @@ fn the_loaded_model_runs_jobs_from_json() {
         keys,
         ["finish_reason", "generated_tokens", "prompt_tokens", "seed", "time_to_first_token_ms", "tokens_per_s"]
     );
-    let e = model.run(&json!({"prompt": PROMPT}), &json!({"top_k": 0}), &NoProgress).unwrap_err();
+    let e = model.run(&stored(json!({"prompt": PROMPT}), json!({"top_k": 0})), &NoProgress).unwrap_err();
     assert_eq!(invalid_field(e).0, "params.top_k");
-    let e = model.run(&json!({"prompt": ""}), &json!({}), &NoProgress).unwrap_err();
+    let e = model.run(&stored(json!({"prompt": ""}), json!({})), &NoProgress).unwrap_err();
     assert_eq!(e.kind(), "invalid_input");
     assert!(!e.is_retryable());
 }

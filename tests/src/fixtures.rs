@@ -1,6 +1,7 @@
 //! Jobs for tests that need one in a store without going through the API.
 
-use ferry_core::job::{Job, JobId, JobStatus, Task, TenantId};
+use ferry_core::input::JobInput;
+use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{Clock, SystemClock};
 
 /// A `tiny-llama` job of `tenant`, created now, in `status` (running jobs get a start,
@@ -12,9 +13,7 @@ pub fn job(tenant: &str, status: JobStatus) -> Job {
         id: JobId::generate(now),
         tenant: TenantId::new(tenant).expect("a valid tenant id"),
         model: "tiny-llama".into(),
-        task: Task::TextGeneration,
-        input: serde_json::json!({"prompt": "made by a test"}),
-        params: serde_json::json!({}),
+        input: JobInput::prompt("made by a test"),
         timeout_s: 600,
         max_attempts: 3,
         created_at: now,
@@ -38,4 +37,10 @@ pub fn job(tenant: &str, status: JobStatus) -> Job {
 /// The same, with a fixed id (for events that name a job).
 pub fn job_with_id(id: &str, tenant: &str, status: JobStatus) -> Job {
     Job { id: id.parse().expect("a ULID"), ..job(tenant, status) }
+}
+
+/// A text-generation input of `prompt`, at most `max_new_tokens` tokens.
+pub fn generate(prompt: &str, max_new_tokens: u32) -> JobInput {
+    let params = ferry_core::input::TextGenerationParams { max_new_tokens: Some(max_new_tokens), ..Default::default() };
+    JobInput::TextGeneration { input: ferry_core::input::TextGenerationInput { prompt: prompt.into() }, params }
 }

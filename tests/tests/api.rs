@@ -143,6 +143,9 @@ async fn submit_get_list(backend: &str) {
     assert_eq!(got["id"], job["id"]);
     assert_eq!(got["input"], job["input"]);
     assert_eq!(got["created_at"], job["created_at"]);
+    // ULIDs are case-insensitive: a lower-case id names the same job, shown in upper case.
+    let (s, lower) = send(h.req("GET", &location.to_ascii_lowercase(), Some(KEY_A))).await;
+    assert_eq!((s, &lower["id"]), (StatusCode::OK, &job["id"]), "{lower}");
 
     // The message on the queue carries ids, not the input.
     let d = h.stack.queue.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
@@ -404,7 +407,7 @@ async fn bad_input_never_changes_state(backend: &str) {
         ("POST", "/v1/jobs".into(), Some(KEY_A), Some("application/json"), json!({"model": "all-minilm-l6-v2", "input": {"texts": []}}).to_string().into(), 422, Some("input.texts")),
         ("POST", "/v1/jobs".into(), Some(KEY_A), Some("application/json"), json!({"model": "all-minilm-l6-v2", "input": {"texts": ["ok", " "]}}).to_string().into(), 422, Some("input.texts[1]")),
         ("GET", "/v1/jobs/not-a-ulid".into(), Some(KEY_A), None, vec![], 400, Some("id")),
-        ("GET", "/v1/jobs/01jd3q7zk8m6w0y8v6zq0c9f1b".into(), Some(KEY_A), None, vec![], 400, Some("id")),
+        ("GET", "/v1/jobs/01jd3q7zk8m6w0y8v6zq0c9f1b".into(), Some(KEY_A), None, vec![], 404, Some("id")),
         ("GET", "/v1/jobs/%00%01".into(), Some(KEY_A), None, vec![], 400, Some("id")),
         ("GET", format!("/v1/jobs/{valid_id}"), Some(KEY_A), None, vec![], 404, Some("id")),
         ("POST", format!("/v1/jobs/{valid_id}/cancel"), Some(KEY_A), None, vec![], 404, Some("id")),

@@ -19,6 +19,7 @@ use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
 use ferry_core::dispatch::{Dispatcher, PoolList, PoolView};
 use ferry_core::fleet::{ExecutorTask, Launcher};
+use ferry_core::input::JobInput;
 use ferry_core::job::{Job, JobStatus, Task};
 use ferry_core::pool::PoolConfig;
 use ferry_core::ports::{Clock, JobStore, ManualClock, SystemClock, WorkMessage};
@@ -157,9 +158,8 @@ impl Setup {
     async fn enqueue(&self, model: &str) -> Job {
         let mut j = job("acme", JobStatus::Queued);
         j.model = model.into();
-        j.task = self.catalog.get(model).expect("a catalog model").task;
-        if j.task == Task::Embeddings {
-            j.input = serde_json::json!({"texts": ["made by a test"]});
+        if self.catalog.get(model).expect("a catalog model").task == Task::Embeddings {
+            j.input = JobInput::texts(["made by a test"]);
         }
         j.created_at = self.clock.now();
         j.updated_at = j.created_at;

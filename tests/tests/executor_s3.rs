@@ -14,7 +14,6 @@ use ferry_core::ports::{NoNotifier, WorkMessage};
 use ferry_core::progress::EventBody;
 use ferry_executor::testing::{ScratchDir, write_tiny_llama};
 use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
-use serde_json::json;
 
 fn spec(id: &str, uri: &str) -> ModelSpec {
     ModelSpec {
@@ -72,8 +71,7 @@ async fn models_are_fetched_from_s3_once_and_served() {
     let submit = |model: &str| {
         let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
         job.model = model.into();
-        job.input = json!({"prompt": "the river"});
-        job.params = json!({"max_new_tokens": 5});
+        job.input = ferry_tests::fixtures::generate("the river", 5);
         job
     };
     let run = |job: ferry_core::Job| {

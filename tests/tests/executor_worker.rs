@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::catalog::Catalog;
+use ferry_core::input::JobInput;
 use ferry_core::job::{Job, JobStatus};
 use ferry_core::ports::{NoNotifier, WorkMessage};
 use ferry_core::progress::EventBody;
@@ -21,18 +22,20 @@ use ferry_executor::worker::{Exit, Shutdown, Worker, WorkerConfig};
 use ferry_tests::backends::{self, Backend};
 use serde_json::{Value, json};
 
-/// A model driven by the job's input: `{"tokens": n, "step_ms": ms, "emit": e, "fail":
-/// "runtime" | "invalid", "fail_runs": k}` takes n steps, checking for a stop before each,
-/// and reports the first e of them as token events (default all); fails its first k runs
-/// when `fail` is set. Counts its runs.
+/// A model driven by the job's prompt, a JSON script: `{"tokens": n, "step_ms": ms, "emit":
+/// e, "fail": "runtime" | "invalid", "fail_runs": k}` takes n steps, checking for a stop
+/// before each, and reports the first e of them as token events (default all); fails its
+/// first k runs when `fail` is set. Counts its runs.
 #[derive(Default)]
 struct Scripted {
     runs: AtomicUsize,
 }
 
 impl Runner for Scripted {
-    fn run(&self, input: &Value, _params: &Value, progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+    fn run(&self, input: &JobInput, progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
         let run = self.runs.fetch_add(1, Ordering::SeqCst);
+        let JobInput::TextGeneration { input, .. } = input else { panic!("scripted jobs are text generation") };
+        let input: Value = serde_json::from_str(&input.prompt).expect("the prompt is a JSON script");
         let n = input["tokens"].as_u64().unwrap_or(3) as u32;
         let emit = input["emit"].as_u64().unwrap_or(u64::MAX);
         let step = Duration::from_millis(input["step_ms"].as_u64().unwrap_or(5));
@@ -86,10 +89,10 @@ impl Setup {
         w
     }
 
-    /// A queued job with `input`, recorded and its message sent.
-    async fn submit(&self, input: Value, timeout_s: u64) -> Job {
+    /// A queued job running `script`, recorded and its message sent.
+    async fn submit(&self, script: Value, timeout_s: u64) -> Job {
         let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
-        job.input = input;
+        job.input = JobInput::prompt(script.to_string());
         job.timeout_s = timeout_s;
         self.b.jobs.create(&job, None).await.unwrap();
         self.send(&job).await;

@@ -150,8 +150,7 @@ impl Deployment {
     async fn job(&self, model: &str, status: JobStatus, edit: impl FnOnce(&mut Job)) -> Job {
         let mut j = ferry_tests::fixtures::job("acme", status);
         j.model = model.into();
-        j.input = json!({"prompt": "the river"});
-        j.params = json!({"max_new_tokens": 4});
+        j.input = ferry_tests::fixtures::generate("the river", 4);
         edit(&mut j);
         self.backend.jobs.create(&j, None).await.unwrap();
         if status == JobStatus::Queued {
@@ -377,7 +376,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
 struct FailsOnce(std::sync::atomic::AtomicBool);
 
 impl Runner for FailsOnce {
-    fn run(&self, _input: &Value, _params: &Value, _progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+    fn run(&self, _input: &ferry_core::input::JobInput, _progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
         if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Err(ModelError::Runtime("device lost".into()));
         }

@@ -59,6 +59,7 @@ use std::path::{Component, Path, PathBuf};
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
 use candle_transformers::models::bert::{BertEncoder, Config};
+use ferry_core::input::check_text;
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationParams};
@@ -187,7 +188,7 @@ impl BertEmbedder {
             return Err(ModelError::invalid("input.texts", "must hold at least one text"));
         }
         for (i, text) in texts.iter().enumerate() {
-            check_text(text).map_err(|message| ModelError::invalid(&format!("input.texts[{i}]"), message))?;
+            check_text(text, &format!("input.texts[{i}]"))?;
         }
         let encodings = texts
             .iter()
@@ -281,17 +282,6 @@ impl BertEmbedder {
 /// The lowest finite bf16, as an f32 (exactly representable in both).
 fn half_min_bf16() -> f32 {
     f32::from_bits(0xFF7F_0000)
-}
-
-/// Same rule as the API's validator.
-fn check_text(text: &str) -> Result<(), String> {
-    if text.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    if let Some(c) = text.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
-        return Err(format!("contains the control character U+{:04X}", c as u32));
-    }
-    Ok(())
 }
 
 /// Pools `hidden` `(n, seq, h)` f32 under `mask` `(n, seq)` u8 into `(n, h * modes)`.
@@ -570,15 +560,6 @@ mod tests {
         }
         assert!(f32_to_json(f32::NAN).is_none());
         assert!(f32_to_json(f32::INFINITY).is_none());
-    }
-
-    #[test]
-    fn text_rules() {
-        assert!(check_text("a\tb\nc\r").is_ok());
-        assert_eq!(check_text("").unwrap_err(), "must not be empty");
-        assert_eq!(check_text(" \n").unwrap_err(), "must not be empty");
-        assert_eq!(check_text("a\u{7}").unwrap_err(), "contains the control character U+0007");
-        assert_eq!(check_text("a\u{85}").unwrap_err(), "contains the control character U+0085");
     }
 
     #[test]

@@ -81,156 +81,10 @@ use tokenizers::Tokenizer;
 
 use super::{ModelError, Placement, Progress, RunOutcome, StopReason, TokenOut};
 
+use ferry_core::input::{TextGenerationParams, check_text};
+
 /// `max_new_tokens` when a job names none (cut to what fits the context).
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 256;
-/// Most stop sequences a job may give.
-pub const MAX_STOP_SEQUENCES: usize = 8;
-
-/// Decoding parameters of a text-generation job (`params`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenParams {
-    /// Most tokens to generate; `None`: [`DEFAULT_MAX_NEW_TOKENS`], cut to the context.
-    pub max_new_tokens: Option<u32>,
-    /// 0: greedy decoding. Above 0: sampling at this temperature.
-    pub temperature: f64,
-    /// Nucleus sampling, in (0, 1]; `None` or 1: off.
-    pub top_p: Option<f64>,
-    /// Sample among the `k` most likely tokens (at least 1); `None`: all.
-    pub top_k: Option<usize>,
-    /// Sampling seed; `None`: a random one (reported in the output).
-    pub seed: Option<u64>,
-    /// Above 0; 1 is none.
-    pub repetition_penalty: f32,
-    /// Up to [`MAX_STOP_SEQUENCES`] non-empty strings.
-    pub stop: Vec<String>,
-}
-
-impl Default for GenParams {
-    /// Greedy, default length, no penalty, no stop sequence.
-    fn default() -> Self {
-        GenParams {
-            max_new_tokens: None,
-            temperature: 0.0,
-            top_p: None,
-            top_k: None,
-            seed: None,
-            repetition_penalty: 1.0,
-            stop: Vec::new(),
-        }
-    }
-}
-
-impl GenParams {
-    /// Reads a job's `params` as the API stores them: `{"max_new_tokens"?, "temperature"?,
-    /// "top_p"?, "top_k"?, "seed"?, "repetition_penalty"?, "stop"?}` (`stop` a string or a
-    /// list of strings; `null` is the same as absent). Unknown fields are ignored (the API
-    /// refused them); known ones of the wrong type or out of range are
-    /// [`ModelError::InvalidInput`] naming `params.<field>`.
-    pub fn from_json(params: &Value) -> Result<GenParams, ModelError> {
-        let map = match params {
-            Value::Null => return Ok(GenParams::default()),
-            Value::Object(map) => map,
-            _ => return Err(ModelError::invalid("params", "must be an object")),
-        };
-        let get = |key: &str| map.get(key).filter(|v| !v.is_null());
-        let integer = |key: &str| -> Result<Option<u64>, ModelError> {
-            match get(key) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| ModelError::invalid(&format!("params.{key}"), "must be a non-negative integer")),
-            }
-        };
-        let number = |key: &str| -> Result<Option<f64>, ModelError> {
-            match get(key) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_f64()
-                    .map(Some)
-                    .ok_or_else(|| ModelError::invalid(&format!("params.{key}"), "must be a number")),
-            }
-        };
-
-        let mut out = GenParams::default();
-        if let Some(n) = integer("max_new_tokens")? {
-            out.max_new_tokens = Some(
-                u32::try_from(n)
-                    .map_err(|_| ModelError::invalid("params.max_new_tokens", format!("{n} is too large")))?,
-            );
-        }
-        if let Some(t) = number("temperature")? {
-            out.temperature = t;
-        }
-        out.top_p = number("top_p")?;
-        if let Some(k) = integer("top_k")? {
-            out.top_k = Some(usize::try_from(k).unwrap_or(usize::MAX));
-        }
-        out.seed = integer("seed")?;
-        if let Some(p) = number("repetition_penalty")? {
-            out.repetition_penalty = p as f32;
-        }
-        out.stop = match get("stop") {
-            None => Vec::new(),
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    item.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| ModelError::invalid(&format!("params.stop[{i}]"), "must be a string"))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(ModelError::invalid("params.stop", "must be a string or an array of strings")),
-        };
-        out.validate()?;
-        Ok(out)
-    }
-
-    /// Checks the ranges that do not depend on the model (`generate` checks the rest).
-    pub fn validate(&self) -> Result<(), ModelError> {
-        if self.max_new_tokens == Some(0) {
-            return Err(ModelError::invalid("params.max_new_tokens", "must be at least 1"));
-        }
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(ModelError::invalid(
-                "params.temperature",
-                format!("must be 0 (greedy) or a positive number, got {}", self.temperature),
-            ));
-        }
-        if let Some(p) = self.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return Err(ModelError::invalid("params.top_p", format!("must be greater than 0 and at most 1, got {p}")));
-        }
-        if self.top_k == Some(0) {
-            return Err(ModelError::invalid("params.top_k", "must be at least 1"));
-        }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(ModelError::invalid(
-                "params.repetition_penalty",
-                format!("must be a positive number (1 is none), got {}", self.repetition_penalty),
-            ));
-        }
-        if self.stop.len() > MAX_STOP_SEQUENCES {
-            return Err(ModelError::invalid(
-                "params.stop",
-                format!("at most {MAX_STOP_SEQUENCES} stop sequences, got {}", self.stop.len()),
-            ));
-        }
-        if let Some(i) = self.stop.iter().position(String::is_empty) {
-            return Err(ModelError::invalid(&format!("params.stop[{i}]"), "stop sequences must not be empty"));
-        }
-        Ok(())
-    }
-
-    /// Whether decoding is greedy (temperature 0).
-    pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
-    }
-}
-
 /// A loaded Llama model with its tokenizer, ready to serve jobs one after another (or
 /// concurrently: [`generate`](LlamaModel::generate) only reads it).
 pub struct LlamaModel {
@@ -481,15 +335,7 @@ impl LlamaModel {
     /// adds them). Errors name `input.prompt`.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>, ModelError> {
         const FIELD: &str = "input.prompt";
-        if prompt.trim().is_empty() {
-            return Err(ModelError::invalid(FIELD, "must not be empty"));
-        }
-        if let Some((at, c)) = prompt.char_indices().find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
-            return Err(ModelError::invalid(
-                FIELD,
-                format!("contains the control character U+{:04X} at byte {at}", c as u32),
-            ));
-        }
+        check_text(prompt, FIELD)?;
         let encoding = self
             .tokenizer
             .encode(prompt, true)
@@ -533,11 +379,12 @@ impl LlamaModel {
     pub fn generate(
         &self,
         prompt: &str,
-        params: &GenParams,
+        params: &TextGenerationParams,
         progress: &dyn Progress,
     ) -> Result<RunOutcome, ModelError> {
         let start = Instant::now();
-        params.validate()?;
+        // The type's own bounds (the same check the API made), for params built in code.
+        params.check().map_err(ModelError::from)?;
         let prompt_ids = self.encode_prompt(prompt)?;
         let ctx = self.context_length();
         let room = ctx - prompt_ids.len();
@@ -562,7 +409,7 @@ impl LlamaModel {
         };
         let mut sampler = Sampler::new(params, seed);
         let mut session = Session::new(self);
-        let mut stream = TextStream::new(&params.stop);
+        let mut stream = TextStream::new(params.stop());
         let mut run = RunState {
             start,
             prompt_tokens: prompt_ids.len(),
@@ -739,14 +586,14 @@ enum Sampler {
 }
 
 impl Sampler {
-    fn new(params: &GenParams, seed: Option<u64>) -> Sampler {
-        let penalty = params.repetition_penalty;
+    fn new(params: &TextGenerationParams, seed: Option<u64>) -> Sampler {
+        let penalty = params.repetition_penalty() as f32;
         match seed {
             Some(seed) if !params.is_greedy() => {
-                let temperature = params.temperature;
+                let temperature = params.temperature();
                 // top_p = 1 keeps every token: the same as no top_p.
                 let top_p = params.top_p.filter(|p| *p < 1.0);
-                let sampling = match (params.top_k, top_p) {
+                let sampling = match (params.top_k.map(|k| k as usize), top_p) {
                     (None, None) => Sampling::All { temperature },
                     (Some(k), None) => Sampling::TopK { k, temperature },
                     (None, Some(p)) => Sampling::TopP { p, temperature },
@@ -882,66 +729,6 @@ impl<'s> TextStream<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(v: Value) -> Result<GenParams, ModelError> {
-        GenParams::from_json(&v)
-    }
-
-    fn field(e: ModelError) -> String {
-        match e {
-            ModelError::InvalidInput { field, .. } => field,
-            other => panic!("expected InvalidInput, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn params_defaults_and_parsing() {
-        assert_eq!(params(json!({})).unwrap(), GenParams::default());
-        assert_eq!(params(Value::Null).unwrap(), GenParams::default());
-        let p = params(json!({"max_new_tokens": 5, "temperature": 1, "top_p": 0.9, "top_k": 40, "seed": u64::MAX,
-                              "repetition_penalty": 1.1, "stop": "\n", "unknown": true}))
-        .unwrap();
-        assert_eq!(p.max_new_tokens, Some(5));
-        assert_eq!(p.temperature, 1.0);
-        assert_eq!(p.top_p, Some(0.9));
-        assert_eq!(p.top_k, Some(40));
-        assert_eq!(p.seed, Some(u64::MAX));
-        assert!((p.repetition_penalty - 1.1).abs() < 1e-6);
-        assert_eq!(p.stop, vec!["\n".to_string()]);
-        let p = params(json!({"stop": ["a", "b"], "temperature": null})).unwrap();
-        assert_eq!(p.stop, vec!["a".to_string(), "b".to_string()]);
-        assert!(p.is_greedy());
-    }
-
-    #[test]
-    fn params_out_of_range() {
-        let cases = [
-            (json!({"max_new_tokens": 0}), "params.max_new_tokens"),
-            (json!({"max_new_tokens": -1}), "params.max_new_tokens"),
-            (json!({"max_new_tokens": 1u64 << 40}), "params.max_new_tokens"),
-            (json!({"temperature": -0.5}), "params.temperature"),
-            (json!({"temperature": "hot"}), "params.temperature"),
-            (json!({"top_p": 0}), "params.top_p"),
-            (json!({"top_p": 1.5}), "params.top_p"),
-            (json!({"top_k": 0}), "params.top_k"),
-            (json!({"seed": -3}), "params.seed"),
-            (json!({"repetition_penalty": 0}), "params.repetition_penalty"),
-            (json!({"repetition_penalty": -1}), "params.repetition_penalty"),
-            (json!({"stop": 3}), "params.stop"),
-            (json!({"stop": ["a", 3]}), "params.stop[1]"),
-            (json!({"stop": ["a", ""]}), "params.stop[1]"),
-            (json!({"stop": ["1", "2", "3", "4", "5", "6", "7", "8", "9"]}), "params.stop"),
-            (json!([1]), "params"),
-        ];
-        for (v, want) in cases {
-            let got = field(params(v.clone()).unwrap_err());
-            assert_eq!(got, want, "for {v}");
-        }
-        let p = GenParams { temperature: f64::NAN, ..GenParams::default() };
-        assert_eq!(field(p.validate().unwrap_err()), "params.temperature");
-        let p = GenParams { temperature: f64::INFINITY, ..GenParams::default() };
-        assert_eq!(field(p.validate().unwrap_err()), "params.temperature");
-    }
 
     #[test]
     fn log_softmax_and_argmax() {

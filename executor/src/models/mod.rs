@@ -1,7 +1,7 @@
 //! Models the executor runs, on candle. A model is loaded once per executor and then serves
-//! job after job: [`LoadedModel::run`] takes a job's `input` and `params` (already checked
-//! by the API's validator, but checked again here against the model's real limits) and
-//! reports progress through a [`Progress`] as it goes.
+//! job after job: [`LoadedModel::run`] takes a job's typed [`JobInput`] (the API's own
+//! type, validated when the job was submitted; a model adds only its own limits, such as
+//! its context length) and reports progress through a [`Progress`] as it goes.
 //!
 //! Model code is synchronous (candle is): the worker runs it on a blocking thread, and the
 //! [`Progress`] it passes forwards tokens to the job's progress stream and answers
@@ -10,8 +10,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use ferry_core::Task;
-use ferry_core::catalog::ModelSpec;
+use ferry_core::catalog::{ModelSpec, default_architecture};
+use ferry_core::input::{JobInput, OutOfBounds};
 use serde_json::Value;
 
 pub mod bert;
@@ -49,6 +49,12 @@ impl ModelError {
             ModelError::Load(_) => "model_load_failed",
             ModelError::Runtime(_) => "inference_failed",
         }
+    }
+}
+
+impl From<OutOfBounds> for ModelError {
+    fn from(e: OutOfBounds) -> Self {
+        ModelError::InvalidInput { field: e.field, message: e.message }
     }
 }
 
@@ -150,7 +156,7 @@ impl Placement {
 /// Something that runs jobs: what [`LoadedModel::Custom`] holds (scripted models in tests,
 /// other model families later).
 pub trait Runner: Send + Sync {
-    fn run(&self, input: &Value, params: &Value, progress: &dyn Progress) -> Result<RunOutcome, ModelError>;
+    fn run(&self, input: &JobInput, progress: &dyn Progress) -> Result<RunOutcome, ModelError>;
 }
 
 /// A model ready to serve jobs.
@@ -161,36 +167,59 @@ pub enum LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads the model a catalog entry names from its local directory.
+    /// Loads the model a catalog entry names from its local directory, by its architecture
+    /// (the catalog's, or its task's default), after checking the directory's own
+    /// `config.json` names the same one: a model is never served by another family's code.
     pub fn load(spec: &ModelSpec, dir: &Path, placement: &Placement) -> Result<LoadedModel, ModelError> {
-        match spec.task {
-            Task::TextGeneration => Ok(LoadedModel::Llama(llama::LlamaModel::load(dir, placement)?)),
-            Task::Embeddings => Ok(LoadedModel::Bert(bert::BertEmbedder::load(dir, placement)?)),
+        let arch = spec.architecture.as_deref().unwrap_or(default_architecture(spec.task));
+        check_architecture(dir, arch)?;
+        match arch {
+            "LlamaForCausalLM" => Ok(LoadedModel::Llama(llama::LlamaModel::load(dir, placement)?)),
+            "BertModel" | "BertForMaskedLM" => Ok(LoadedModel::Bert(bert::BertEmbedder::load(dir, placement)?)),
+            other => Err(ModelError::Load(format!("{}: architecture {other} is not implemented", spec.id))),
         }
     }
 
-    /// Runs one job. `input`/`params` are the job's, as the API stored them.
-    pub fn run(&self, input: &Value, params: &Value, progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
-        match self {
-            LoadedModel::Custom(r) => r.run(input, params, progress),
-            LoadedModel::Llama(m) => {
-                let prompt = input.get("prompt").and_then(Value::as_str).ok_or_else(|| {
-                    ModelError::invalid("input.prompt", "a text-generation job needs input.prompt (a string)")
-                })?;
-                let params = llama::GenParams::from_json(params)?;
-                m.generate(prompt, &params, progress)
+    /// Runs one job on its typed input.
+    pub fn run(&self, input: &JobInput, progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+        match (self, input) {
+            (LoadedModel::Custom(r), input) => r.run(input, progress),
+            (LoadedModel::Llama(m), JobInput::TextGeneration { input, params }) => {
+                m.generate(&input.prompt, params, progress)
             }
-            LoadedModel::Bert(m) => {
-                let texts: Vec<String> = match input.get("texts") {
-                    Some(Value::Array(items)) => items
-                        .iter()
-                        .map(|v| v.as_str().map(str::to_string))
-                        .collect::<Option<_>>()
-                        .ok_or_else(|| ModelError::invalid("input.texts", "must be an array of strings"))?,
-                    _ => return Err(ModelError::invalid("input.texts", "an embeddings job needs input.texts")),
-                };
-                m.embed(&texts, progress)
-            }
+            (LoadedModel::Bert(m), JobInput::Embeddings { input }) => m.embed(&input.texts, progress),
+            (model, input) => Err(ModelError::invalid(
+                "model",
+                format!("a {} job cannot run on {}", input.task().as_str(), model.family()),
+            )),
         }
     }
+
+    fn family(&self) -> &'static str {
+        match self {
+            LoadedModel::Llama(_) => "a text-generation model",
+            LoadedModel::Bert(_) => "an embeddings model",
+            LoadedModel::Custom(_) => "a custom runner",
+        }
+    }
+}
+
+/// The architectures `config.json` names, when it names any: `arch` must be among them. A
+/// sentence-transformers directory keeps its model in a subdirectory; that is the BERT
+/// loader's to find, so a directory without a top-level `config.json` passes here.
+fn check_architecture(dir: &Path, arch: &str) -> Result<(), ModelError> {
+    let path = dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let config: Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Load(format!("{}: {e}", path.display())))?;
+    let named: Vec<&str> =
+        config["architectures"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    if named.is_empty() || named.contains(&arch) {
+        return Ok(());
+    }
+    Err(ModelError::Load(format!(
+        "{}: the directory's config.json names {named:?}, but the catalog serves it as {arch}; a model is only \
+         served by its own family's code",
+        path.display()
+    )))
 }

@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use ferry_core::input::JobInput;
 use ferry_core::ports::{ApiKeyRecord, Connection, IdempotencyRecord, StoreError};
 use ferry_core::progress::ProgressEvent;
 use ferry_core::{Job, JobError, JobId, Millis, TenantId};
@@ -136,9 +137,9 @@ pub(crate) fn job_to_item(job: &Job) -> Item {
     item.insert("id".into(), s(job.id.to_string()));
     item.insert("tenant".into(), s(job.tenant.as_str()));
     item.insert("model".into(), s(job.model.clone()));
-    item.insert("task".into(), s(job.task.as_str()));
-    item.insert("input".into(), s(job.input.to_string()));
-    item.insert("params".into(), s(job.params.to_string()));
+    item.insert("task".into(), s(job.task().as_str()));
+    item.insert("input".into(), s(job.input.input_json().to_string()));
+    item.insert("params".into(), s(job.input.params_json().to_string()));
     item.insert("timeout_s".into(), n(job.timeout_s));
     item.insert("max_attempts".into(), n(job.max_attempts));
     item.insert("created_at".into(), n(job.created_at));
@@ -167,9 +168,7 @@ pub(crate) fn item_to_job(item: &Item) -> Result<Job, StoreError> {
         id: r.parsed("id")?,
         tenant: TenantId::new(r.s("tenant")?).map_err(|e| r.corrupt("tenant", e))?,
         model: r.s("model")?,
-        task: r.parsed("task")?,
-        input: r.json("input")?,
-        params: r.json("params")?,
+        input: r.job_input()?,
         timeout_s: r.n("timeout_s")?,
         max_attempts: r.n("max_attempts")?,
         created_at: r.n("created_at")?,
@@ -341,21 +340,26 @@ impl Reader<'_> {
     fn json(&self, name: &str) -> Result<serde_json::Value, StoreError> {
         parse_json(self, name, &self.s(name)?)
     }
+
+    /// The typed input from its three attributes: `task`, `input` and `params`.
+    fn job_input(&self) -> Result<JobInput, StoreError> {
+        let stored =
+            serde_json::json!({"task": self.s("task")?, "input": self.json("input")?, "params": self.json("params")?});
+        serde_json::from_value(stored).map_err(|e| self.corrupt("input", e))
+    }
 }
 
 #[cfg(test)]
 mod unit {
     use super::*;
-    use ferry_core::{JobStatus, Task};
+    use ferry_core::JobStatus;
 
     fn sample() -> Job {
         Job {
             id: JobId::generate(1_700_000_000_000),
             tenant: TenantId::new("acme").unwrap(),
             model: "tiny".into(),
-            task: Task::TextGeneration,
-            input: serde_json::json!({"prompt": "hi"}),
-            params: serde_json::json!({}),
+            input: JobInput::prompt("hi"),
             timeout_s: 30,
             max_attempts: 3,
             created_at: 1_700_000_000_000,

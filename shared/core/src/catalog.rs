@@ -59,8 +59,12 @@ pub enum CatalogError {
     BadId(String),
     #[error("model id {0:?} appears twice")]
     Duplicate(String),
-    #[error("{0}: cannot tell the task: config.json names no known architecture ({1})")]
+    #[error("{0}: config.json names no architecture Ferry serves ({1}); supported: {list}", list = supported_list())]
     UnknownArchitecture(PathBuf, String),
+    #[error("model {model:?}: architecture {architecture:?} is not served by Ferry's executor; supported: {list}", list = supported_list())]
+    UnsupportedArchitecture { model: String, architecture: String },
+    #[error("model {model:?}: architecture {architecture} serves the task {serves}, not {task}", serves = .serves.as_str(), task = .task.as_str())]
+    WrongTask { model: String, architecture: String, serves: Task, task: Task },
     #[error("--model expects ID=DIR, got {0:?}")]
     BadSpec(String),
 }
@@ -73,7 +77,9 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Checks ids are valid and unique.
+    /// Checks ids are valid and unique, and that every model's architecture is one the
+    /// executor implements for its task: a model served by the wrong code would give wrong
+    /// output, so it is refused here, where every process loads the catalog.
     pub fn new(models: Vec<ModelSpec>) -> Result<Self, CatalogError> {
         let mut seen = std::collections::HashSet::new();
         for m in &models {
@@ -82,6 +88,15 @@ impl Catalog {
             }
             if !seen.insert(m.id.clone()) {
                 return Err(CatalogError::Duplicate(m.id.clone()));
+            }
+            if let Some(arch) = &m.architecture {
+                let unsupported =
+                    || CatalogError::UnsupportedArchitecture { model: m.id.clone(), architecture: arch.clone() };
+                let serves = task_for_architecture(arch).ok_or_else(unsupported)?;
+                if serves != m.task {
+                    let (model, architecture) = (m.id.clone(), arch.clone());
+                    return Err(CatalogError::WrongTask { model, architecture, serves, task: m.task });
+                }
             }
         }
         Ok(Catalog { models })
@@ -150,16 +165,16 @@ impl Catalog {
             .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
             .unwrap_or_default();
         let model_type = config["model_type"].as_str().unwrap_or("");
-        let (task, arch) = archs
-            .iter()
-            .find_map(|a| task_for_architecture(a).map(|t| (t, a.clone())))
-            .or_else(|| task_for_model_type(model_type).map(|t| (t, model_type.to_string())))
-            .ok_or_else(|| {
-                CatalogError::UnknownArchitecture(
-                    dir.to_owned(),
-                    format!("architectures {archs:?}, model_type {model_type:?}"),
-                )
-            })?;
+        let named = if archs.is_empty() { architecture_for_model_type(model_type).map(String::from) } else { None };
+        let (task, arch) =
+            archs.iter().cloned().chain(named).find_map(|a| task_for_architecture(&a).map(|t| (t, a))).ok_or_else(
+                || {
+                    CatalogError::UnknownArchitecture(
+                        dir.to_owned(),
+                        format!("architectures {archs:?}, model_type {model_type:?}"),
+                    )
+                },
+            )?;
         if !valid_model_id(id) {
             return Err(CatalogError::BadId(id.into()));
         }
@@ -184,31 +199,38 @@ impl Catalog {
     }
 }
 
-/// `*ForCausalLM` generates text; BERT-style encoders embed.
-pub fn task_for_architecture(arch: &str) -> Option<Task> {
-    const ENCODERS: &[&str] = &[
-        "BertModel",
-        "BertForMaskedLM",
-        "RobertaModel",
-        "XLMRobertaModel",
-        "DistilBertModel",
-        "MPNetModel",
-        "NomicBertModel",
-        "JinaBertModel",
-    ];
-    if arch.ends_with("ForCausalLM") {
-        Some(Task::TextGeneration)
-    } else if ENCODERS.contains(&arch) {
-        Some(Task::Embeddings)
-    } else {
-        None
+/// The architectures the executor implements (a `config.json`'s `architectures`), with the
+/// task each serves. The executor's model registry covers exactly this list (a test there
+/// keeps them equal); a family the executor does not implement is refused by the catalog.
+pub const ARCHITECTURES: &[(&str, Task)] = &[
+    ("LlamaForCausalLM", Task::TextGeneration),
+    ("BertModel", Task::Embeddings),
+    ("BertForMaskedLM", Task::Embeddings),
+];
+
+/// The architecture a catalog entry that names none is served by: the one family of its task
+/// the executor implemented first (the executor checks the model's own `config.json` agrees).
+pub fn default_architecture(task: Task) -> &'static str {
+    match task {
+        Task::TextGeneration => "LlamaForCausalLM",
+        Task::Embeddings => "BertModel",
     }
 }
 
-fn task_for_model_type(model_type: &str) -> Option<Task> {
+/// The task an architecture serves, if the executor implements it.
+pub fn task_for_architecture(arch: &str) -> Option<Task> {
+    ARCHITECTURES.iter().find(|(a, _)| *a == arch).map(|(_, t)| *t)
+}
+
+fn supported_list() -> String {
+    ARCHITECTURES.iter().map(|(a, t)| format!("{a} ({})", t.as_str())).collect::<Vec<_>>().join(", ")
+}
+
+/// A `config.json` with no `architectures` names its family by `model_type`.
+fn architecture_for_model_type(model_type: &str) -> Option<&'static str> {
     match model_type {
-        "llama" | "mistral" | "qwen2" | "gemma" | "phi3" => Some(Task::TextGeneration),
-        "bert" | "roberta" | "xlm-roberta" | "distilbert" | "mpnet" => Some(Task::Embeddings),
+        "llama" => Some("LlamaForCausalLM"),
+        "bert" => Some("BertModel"),
         _ => None,
     }
 }

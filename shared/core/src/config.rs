@@ -2,7 +2,8 @@
 //! reads them from its environment; `ferry dev` from flags that fall back to the same
 //! variables. README's configuration table lists them all.
 
-use crate::validate::Limits;
+use crate::catalog::ModelSpec;
+use crate::input::InputLimits;
 
 /// Everything the HTTP API and the job service can be tuned with.
 #[derive(Debug, Clone)]
@@ -128,12 +129,12 @@ impl Config {
         Ok(c)
     }
 
-    pub fn limits(&self) -> Limits {
-        Limits {
-            default_timeout_s: self.default_timeout_s,
-            max_timeout_s: self.max_timeout_s,
-            max_new_tokens: self.max_new_tokens,
-            max_batch: self.max_batch,
+    /// The bounds of `model`'s input: its own `max_new_tokens` and `max_batch`, else the
+    /// deployment's defaults.
+    pub fn input_limits(&self, model: &ModelSpec) -> InputLimits {
+        InputLimits {
+            max_new_tokens: model.max_new_tokens.unwrap_or(self.max_new_tokens),
+            max_texts: model.max_batch.unwrap_or(self.max_batch),
         }
     }
 }

@@ -308,10 +308,10 @@ impl Dispatcher {
             jobs_per_task: cfg.jobs_per_task,
             idle_timeout_s: cfg.idle_timeout_s,
             launched,
-            launching_since: state.launching_since.map(crate::view::rfc3339),
+            launching_since: state.launching_since.map(crate::job::rfc3339),
             last_error: if state.failures > 0 { state.last_error.clone() } else { None },
             consecutive_failures: state.failures,
-            backoff_until: state.backoff_until.filter(|t| *t > now).map(crate::view::rfc3339),
+            backoff_until: state.backoff_until.filter(|t| *t > now).map(crate::job::rfc3339),
         }
     }
 }

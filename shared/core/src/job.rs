@@ -11,6 +11,14 @@ use utoipa::ToSchema;
 /// simple (DynamoDB numbers) and arithmetic exact.
 pub type Millis = u64;
 
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: Millis) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&fmt).unwrap_or_default()
+}
+
 /// A job id: a ULID, so ids sort by creation time (the tenant index relies on that) and
 /// can be generated without coordination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,12 +69,13 @@ pub struct InvalidJobId;
 impl FromStr for JobId {
     type Err = InvalidJobId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // ULIDs are case-insensitive, but ids are shown in upper case: accept only the
-        // canonical form so one job never has two spellings.
-        if s.len() != 26 || s.bytes().any(|b| b.is_ascii_lowercase()) {
+        // ULIDs are case-insensitive (Crockford's base32): any spelling names the same job,
+        // and the id is always shown (and stored) in upper case. The first character is at
+        // most 7 (128 bits); a larger one would silently wrap to another id.
+        if s.len() != 26 || !s.is_ascii() || s.as_bytes()[0] > b'7' {
             return Err(InvalidJobId);
         }
-        ulid::Ulid::from_string(s).map(JobId).map_err(|_| InvalidJobId)
+        ulid::Ulid::from_string(&s.to_ascii_uppercase()).map(JobId).map_err(|_| InvalidJobId)
     }
 }
 
@@ -231,11 +240,10 @@ pub struct Job {
     pub id: JobId,
     pub tenant: TenantId,
     pub model: String,
-    pub task: Task,
-    /// The validated input, exactly as the client sent it.
-    pub input: serde_json::Value,
-    /// The validated params object (possibly empty).
-    pub params: serde_json::Value,
+    /// What the job runs: its task, input and params, validated when it was submitted.
+    /// Stored (and shown) as `task`, `input` and `params`.
+    #[serde(flatten)]
+    pub input: crate::input::JobInput,
     pub timeout_s: u64,
     pub max_attempts: u32,
     pub created_at: Millis,
@@ -264,6 +272,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job's task (its input's).
+    pub fn task(&self) -> Task {
+        self.input.task()
+    }
+
     /// Whether the job waited in the queue past `expires_at` without ever starting. A job
     /// queued again after a lost or released attempt has started, so it does not expire:
     /// its queue deadline was met.
@@ -280,5 +293,31 @@ impl Job {
     /// Time spent executing, if it ever started.
     pub fn execution_ms(&self, now: Millis) -> Option<u64> {
         self.started_at.map(|s| self.finished_at.unwrap_or(now).saturating_sub(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_in_any_case_and_show_in_upper_case() {
+        let id: JobId = "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B".parse().unwrap();
+        for spelling in ["01jd3q7zk8m6w0y8v6zq0c9f1b", "01Jd3Q7zK8m6W0y8V6zQ0c9F1b"] {
+            let same: JobId = spelling.parse().unwrap();
+            assert_eq!(same, id, "{spelling}");
+            assert_eq!(same.to_string(), "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B");
+        }
+        for bad in [
+            "",
+            "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1",
+            "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1U",
+            "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1é",
+            "81JD3Q7ZK8M6W0Y8V6ZQ0C9F1B",
+        ] {
+            assert!(bad.parse::<JobId>().is_err(), "{bad:?}");
+        }
+        let json: JobId = serde_json::from_str("\"01jd3q7zk8m6w0y8v6zq0c9f1b\"").unwrap();
+        assert_eq!(json, id);
     }
 }

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::fleet::{ExecutorActivity, ExecutorRecord, PoolState, PoolStore};
+use crate::job::rfc3339;
 use crate::job::{Job, JobStatus, Millis};
 use crate::pool::{PoolConfig, Pools};
 use crate::ports::StoreError;
-use crate::view::rfc3339;
 
 /// Where a job waits (or runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ErrorBody, json_response};
 use crate::job::{JobId, JobStatus};
 use crate::ports::ListQuery;
 use crate::service::Submitted;
-use crate::validate::{SubmitJob, parse_submit};
+use crate::submit::{SubmitJob, parse_submit};
 use crate::view::{Health, JobList, JobView, ModelList, ModelView};
 
 /// Liveness: the process answers. Needs no key.
@@ -85,7 +85,7 @@ pub async fn submit_job(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Re
     check_json_content_type(req)?;
     let idempotency_key = idempotency_key(req)?;
     let wait = prefer_wait(req, config.max_wait_s)?;
-    let valid = parse_submit(req.body(), &api.service.catalog, &config.limits())?;
+    let valid = parse_submit(req.body(), &api.service.catalog, config)?;
 
     let submitted = api
         .service
@@ -162,7 +162,7 @@ pub async fn list_jobs(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Res
             }
             "cursor" => query.after = Some(decode_cursor(&v)?),
             other => {
-                let q = crate::validate::quote(other);
+                let q = crate::input::quote(other);
                 return Err(ApiError::bad_request(other, format!("unknown query parameter {q}; known: status, limit, cursor")));
             }
         }
@@ -226,7 +226,7 @@ pub async fn job_events(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Re
                     .ok_or_else(|| bad("limit must be an integer from 1 to 1000"))?
             }
             other => {
-                let q = crate::validate::quote(other);
+                let q = crate::input::quote(other);
                 return Err(ApiError::bad_request(
                     other,
                     format!("unknown query parameter {q}; known: after, wait, limit"),
@@ -267,7 +267,7 @@ pub struct EventList {
 fn path_job_id(ctx: &Ctx) -> Result<JobId, ApiError> {
     let raw = ctx.path_id.as_deref().unwrap_or("");
     raw.parse().map_err(|_| {
-        ApiError::bad_request("id", format!("{} is not a job id (a 26-character ULID)", crate::validate::quote(raw)))
+        ApiError::bad_request("id", format!("{} is not a job id (a 26-character ULID)", crate::input::quote(raw)))
     })
 }
 

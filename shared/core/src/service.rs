@@ -15,7 +15,7 @@ use crate::ports::{
 use crate::progress::EventBody;
 use crate::publish::ProgressHub;
 use crate::state::{self, Transition, TransitionError};
-use crate::validate::ValidSubmit;
+use crate::submit::ValidSubmit;
 
 /// Why a service call failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +101,7 @@ impl JobService {
             id: JobId::generate(now),
             tenant: tenant.clone(),
             model: req.model.id.clone(),
-            task: req.model.task,
             input: req.input,
-            params: req.params,
             timeout_s: req.timeout_s,
             max_attempts: c.max_attempts,
             created_at: now,

@@ -6,7 +6,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::catalog::ModelSpec;
-use crate::job::{Job, JobError, JobId, JobStatus, Millis, Task};
+use crate::job::{Job, JobError, JobId, JobStatus, Millis, Task, rfc3339};
 
 /// A job as the API shows it. Every key is always present (null when unknown), so clients
 /// can rely on the shape.
@@ -57,13 +57,13 @@ impl JobView {
         JobView {
             id: job.id,
             model: job.model.clone(),
-            task: job.task,
+            task: job.task(),
             status: job.status,
             attempt: job.attempt,
             max_attempts: job.max_attempts,
             timeout_s: job.timeout_s,
-            input: job.input.clone(),
-            params: job.params.clone(),
+            input: job.input.input_json(),
+            params: job.input.params_json(),
             created_at: rfc3339(job.created_at),
             started_at: job.started_at.map(rfc3339),
             finished_at: job.finished_at.map(rfc3339),
@@ -124,12 +124,4 @@ pub struct Health {
     /// `ok`.
     pub status: String,
     pub version: String,
-}
-
-/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: Millis) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    t.format(&fmt).unwrap_or_default()
 }

@@ -56,6 +56,34 @@ fn task_comes_from_config_architectures() {
     assert!(matches!(Catalog::spec_from_dir("x", std::path::Path::new("/nonexistent")), Err(CatalogError::Io { .. })));
 }
 
+/// Families the executor does not implement are refused when the catalog loads, never
+/// served by another family's code (Mistral, Qwen and Gemma directories used to run
+/// through the Llama code and give wrong tokens).
+#[test]
+fn unsupported_architectures_are_refused_with_the_list() {
+    for arch in ["MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM"] {
+        let dir = model_dir(&format!(r#"{{"architectures": ["{arch}"], "model_type": "x"}}"#));
+        let err = Catalog::spec_from_dir("m", dir.path()).unwrap_err();
+        assert!(matches!(err, CatalogError::UnknownArchitecture(..)), "{arch}: {err}");
+        assert!(err.to_string().contains("LlamaForCausalLM (text-generation)"), "names what is supported: {err}");
+        let json = format!(r#"{{"models": [{{"id": "m", "task": "text-generation", "architecture": "{arch}"}}]}}"#);
+        let err = Catalog::from_json(&json).unwrap_err();
+        assert!(matches!(err, CatalogError::UnsupportedArchitecture { .. }), "{arch}: {err}");
+        assert!(err.to_string().contains(arch) && err.to_string().contains("BertModel (embeddings)"), "{err}");
+    }
+    for model_type in ["mistral", "qwen2", "gemma", "phi3", "roberta"] {
+        let dir = model_dir(&format!(r#"{{"model_type": "{model_type}"}}"#));
+        assert!(Catalog::spec_from_dir("m", dir.path()).is_err(), "{model_type} is not served by another family");
+    }
+    let wrong_task = r#"{"models": [{"id": "m", "task": "text-generation", "architecture": "BertModel"}]}"#;
+    assert!(matches!(Catalog::from_json(wrong_task), Err(CatalogError::WrongTask { .. })));
+    let ok = r#"{"models": [{"id": "m", "task": "embeddings", "architecture": "BertForMaskedLM"}, {"id": "n", "task": "text-generation"}]}"#;
+    assert!(Catalog::from_json(ok).is_ok(), "supported (or unnamed) architectures load");
+    for (arch, task) in ferry_core::catalog::ARCHITECTURES {
+        assert_eq!(ferry_core::catalog::task_for_architecture(arch), Some(*task));
+    }
+}
+
 #[test]
 fn catalog_files_are_checked() {
     let ok = Catalog::from_json(r#"{"models": [{"id": "a", "task": "embeddings"}, {"id": "org/b-1.5", "task": "text-generation", "pool": "gpu"}]}"#).unwrap();

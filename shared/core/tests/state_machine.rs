@@ -3,7 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use ferry_core::job::{Job, JobError, JobId, JobStatus, Task, TenantId};
+use ferry_core::input::JobInput;
+use ferry_core::job::{Job, JobError, JobId, JobStatus, TenantId};
 use ferry_core::state::{LEGAL, Transition, TransitionError, is_legal, target, transition};
 
 const RETENTION: u64 = 1_000_000;
@@ -13,9 +14,7 @@ fn job(status: JobStatus, attempt: u32) -> Job {
         id: JobId::generate(1_000),
         tenant: TenantId::new("t").unwrap(),
         model: "m".into(),
-        task: Task::TextGeneration,
-        input: serde_json::json!({"prompt": "p"}),
-        params: serde_json::json!({}),
+        input: JobInput::prompt("p"),
         timeout_s: 60,
         max_attempts: 3,
         created_at: 1_000,

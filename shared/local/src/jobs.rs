@@ -191,16 +191,14 @@ impl EventStore for MemoryJobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::job::{JobStatus, Task};
+    use ferry_core::job::JobStatus;
 
     fn job(tenant: &str, ts: u64) -> Job {
         Job {
             id: JobId::generate(ts),
             tenant: TenantId::new(tenant).unwrap(),
             model: "m".into(),
-            task: Task::Embeddings,
-            input: serde_json::json!({"texts": ["a"]}),
-            params: serde_json::json!({}),
+            input: ferry_core::input::JobInput::texts(["a"]),
             timeout_s: 60,
             max_attempts: 3,
             created_at: ts,

@@ -5,12 +5,15 @@
 
 use std::collections::HashSet;
 
+use ferry_core::input::JobInput;
 use ferry_core::ports::{ApiKeyRecord, Created, Expected, StoreError};
 use ferry_core::{JobId, JobStatus, Task};
 use ferry_tests::backends::Backend;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{T0, full_job, get, idem, ids, list, list_all, queued_job, sorted_desc, tenant, tricky_json};
+use crate::support::{
+    T0, TRICKY_TEXT, full_job, get, idem, ids, list, list_all, queued_job, sorted_desc, tenant, tricky_json,
+};
 
 pub async fn case_create_get_round_trip(b: Backend) {
     let t = tenant("round-trip");
@@ -19,23 +22,32 @@ pub async fn case_create_get_round_trip(b: Backend) {
     assert_eq!(get(&b, &full.id).await, full, "[{}] every field set", b.name);
 
     let mut bare = queued_job(&t, T0 + 1);
-    bare.input = tricky_json();
-    bare.params = json!({});
+    bare.input = JobInput::texts([TRICKY_TEXT, "", "\u{feff}"]);
     assert_eq!(b.jobs.create(&bare, None).await.unwrap(), Created::New);
     assert_eq!(get(&b, &bare.id).await, bare, "[{}] optional fields unset", b.name);
 
-    // Other JSON shapes at the top level, and the other task.
-    let mut odd = queued_job(&t, T0 + 2);
-    odd.task = Task::TextGeneration;
-    odd.input = json!("just a string");
-    odd.params = json!([1.5, -0.25, u64::MAX, i64::MIN]);
-    odd.output = Some(json!(null));
-    b.jobs.create(&odd, None).await.unwrap();
-    let got = get(&b, &odd.id).await;
-    assert_eq!((&got.input, &got.params, got.task), (&odd.input, &odd.params, odd.task), "[{}]", b.name);
-    // The numbers must come back as numbers, not strings or lossy floats.
-    assert_eq!(got.params[2].as_u64(), Some(u64::MAX));
-    assert_eq!(got.params[3].as_i64(), Some(i64::MIN));
+    // Other JSON shapes at the top level of the output, and the other task.
+    for (n, output) in
+        [json!("just a string"), json!([1.5, -0.25, u64::MAX, i64::MIN]), json!(null)].into_iter().enumerate()
+    {
+        let mut odd = queued_job(&t, T0 + 2 + n as u64);
+        odd.input = JobInput::prompt(TRICKY_TEXT);
+        odd.output = Some(output);
+        b.jobs.create(&odd, None).await.unwrap();
+        let got = get(&b, &odd.id).await;
+        assert_eq!(
+            (&got.input, &got.output, got.task()),
+            (&odd.input, &odd.output, Task::TextGeneration),
+            "[{}]",
+            b.name
+        );
+        if let Some(Value::Array(numbers)) = &got.output {
+            // The numbers must come back as numbers, not strings or lossy floats.
+            assert_eq!(numbers[2].as_u64(), Some(u64::MAX));
+            assert_eq!(numbers[3].as_i64(), Some(i64::MIN));
+        }
+    }
+    assert_eq!(get(&b, &full.id).await.output.unwrap()["tricky"], tricky_json(), "[{}]", b.name);
 }
 
 pub async fn case_create_duplicate_id(b: Backend) {

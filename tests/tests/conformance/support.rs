@@ -1,8 +1,9 @@
 //! Builders for the values the cases store and send, and readers that check what the
 //! store returns on the way.
 
+use ferry_core::input::{JobInput, TextGenerationInput, TextGenerationParams};
 use ferry_core::ports::{Expected, IdempotencyRecord, JobPage, ListQuery, WorkMessage};
-use ferry_core::{Job, JobError, JobId, JobStatus, Millis, Task, TenantId};
+use ferry_core::{Job, JobError, JobId, JobStatus, Millis, TenantId};
 use ferry_tests::backends::Backend;
 use serde_json::json;
 
@@ -19,9 +20,7 @@ pub fn queued_job(tenant: &TenantId, created_at: Millis) -> Job {
         id: JobId::generate(created_at),
         tenant: tenant.clone(),
         model: "sentence-embedder".into(),
-        task: Task::Embeddings,
-        input: json!({"texts": ["hello"]}),
-        params: json!({}),
+        input: JobInput::texts(["hello"]),
         timeout_s: 300,
         max_attempts: 3,
         created_at,
@@ -42,11 +41,15 @@ pub fn queued_job(tenant: &TenantId, created_at: Millis) -> Job {
     }
 }
 
+/// Text that stresses a store's encoding: unicode (astral-plane characters, escapes,
+/// quotes), control characters and a NUL.
+pub const TRICKY_TEXT: &str = "Grüße, 世界! 🚀 \"quoted\" back\\slash\ttab\nnewline \u{0} nul \u{7f} é";
+
 /// JSON that stresses a store's encoding: unicode (including astral-plane characters and
 /// escapes), nesting, and numbers at the edges of what serde_json keeps exact.
 pub fn tricky_json() -> serde_json::Value {
     json!({
-        "prompt": "Grüße, 世界! 🚀 \"quoted\" back\\slash\ttab\nnewline \u{0} nul \u{7f} é",
+        "prompt": TRICKY_TEXT,
         "nested": {"a": [1, [2, [3, {"deep": [true, false, null]}]]], "empty": {}, "list": []},
         "numbers": {
             "u64_max": u64::MAX,
@@ -69,9 +72,17 @@ pub fn full_job(tenant: &TenantId, created_at: Millis) -> Job {
         id: JobId::generate(created_at),
         tenant: tenant.clone(),
         model: "org/llama-3-8b-instruct".into(),
-        task: Task::TextGeneration,
-        input: tricky_json(),
-        params: json!({"max_new_tokens": 512, "temperature": 0.7, "top_p": 0.95, "seed": u64::MAX, "stop": ["\n\n", "</s>"]}),
+        input: JobInput::TextGeneration {
+            input: TextGenerationInput { prompt: TRICKY_TEXT.into() },
+            params: TextGenerationParams {
+                max_new_tokens: Some(512),
+                temperature: Some(0.7),
+                top_p: Some(0.95),
+                seed: Some(u64::MAX),
+                stop: Some(vec!["\n\n".into(), "</s>".into()]),
+                ..TextGenerationParams::default()
+            },
+        },
         timeout_s: 86_400,
         max_attempts: 5,
         created_at,
@@ -85,7 +96,7 @@ pub fn full_job(tenant: &TenantId, created_at: Millis) -> Job {
         cancel_requested_at: Some(created_at + 1_500),
         executor_id: Some("executor-7/ü".into()),
         lease_until: Some(created_at + 61_000),
-        output: Some(json!({"text": "partial ✓", "tokens": [1, 2, 3], "logprob": -0.125})),
+        output: Some(json!({"text": "partial ✓", "tokens": [1, 2, 3], "logprob": -0.125, "tricky": tricky_json()})),
         error: Some(JobError { kind: "model_error".into(), message: "CUDA out of memory: 🔥".into() }),
         retain_until: created_at + 30 * 86_400_000,
         last_seq: 17,

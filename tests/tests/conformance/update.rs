@@ -1,7 +1,8 @@
 //! Job store update cases: compare-and-set on status and attempt, lifecycle fields only.
 
+use ferry_core::input::JobInput;
 use ferry_core::ports::{Expected, StoreError};
-use ferry_core::{Job, JobError, JobStatus, Task};
+use ferry_core::{Job, JobError, JobStatus};
 use ferry_tests::backends::Backend;
 use serde_json::json;
 
@@ -84,7 +85,7 @@ pub async fn case_update_leaves_immutable_fields(b: Backend) {
 
     let mut tampered = queued_job(&tenant("someone-else"), T0 + 5);
     tampered.id = original.id;
-    tampered.task = Task::Embeddings;
+    tampered.input = JobInput::texts(["tampered: another task and input"]);
     tampered.idempotency_key = None;
     tampered.last_seq = 99;
     tampered.status = JobStatus::Running;

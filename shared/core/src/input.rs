@@ -1,0 +1,615 @@
+//! Typed job input: what each task takes, with every bound in one place. The API parses a
+//! submit's `input` and `params` into a [`JobInput`] ([`JobInput::parse`]: each problem is
+//! a 400 or a 422 naming the field); the job record holds it; the executor reads the same
+//! type back from the record and adds only its model's own limits (context length).
+//!
+//! Adding a param is one change here: a field on its params struct, a line in its `parse`,
+//! and, when it has bounds, a line in its `check`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::job::Task;
+
+/// What a job runs: its task's input and params, typed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredInput", into = "StoredInput")]
+pub enum JobInput {
+    TextGeneration { input: TextGenerationInput, params: TextGenerationParams },
+    Embeddings { input: EmbeddingsInput },
+}
+
+/// Input of a `text-generation` job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextGenerationInput {
+    pub prompt: String,
+}
+
+/// Input of an `embeddings` job: one vector comes back per text, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsInput {
+    pub texts: Vec<String>,
+}
+
+/// Parameters of a `text-generation` job. All optional; `temperature: 0` means greedy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextGenerationParams {
+    /// 1 to the model's `max_new_tokens` (or `FERRY_MAX_NEW_TOKENS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<u32>,
+    /// 0 (greedy) to 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// In (0, 1].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// 1 to 1000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// In (0, 10]; 1 means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    /// Up to 8 stop sequences of 1 to 128 characters (a single string is accepted and
+    /// stored as a list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+}
+
+/// Bounds of the input that come from the deployment or the model, not from the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// The most `params.max_new_tokens` may ask for.
+    pub max_new_tokens: u32,
+    /// The most texts one embeddings job may hold.
+    pub max_texts: u32,
+}
+
+/// A value outside its bounds: a 422 at the API, an `invalid_input` job error in the executor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct OutOfBounds {
+    /// The offending field as a path (`params.temperature`, `input.texts[2]`).
+    pub field: String,
+    pub message: String,
+}
+
+impl OutOfBounds {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        OutOfBounds { field: field.into(), message: message.into() }
+    }
+}
+
+impl From<OutOfBounds> for ApiError {
+    fn from(e: OutOfBounds) -> Self {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+impl TextGenerationParams {
+    /// The most stop sequences a job may give.
+    pub const MAX_STOP: usize = 8;
+    /// The longest stop sequence, in characters.
+    pub const MAX_STOP_CHARS: usize = 128;
+    pub const MAX_TEMPERATURE: f64 = 2.0;
+    pub const MAX_TOP_K: u32 = 1000;
+    pub const MAX_REPETITION_PENALTY: f64 = 10.0;
+
+    /// Reads `params` as a client sent them (`{}` when absent). Shape problems (unknown
+    /// fields, wrong types) are 400s; values out of bounds are 422s.
+    pub fn parse(params: &Map<String, Value>, limits: &InputLimits) -> Result<Self, ApiError> {
+        let p = Fields::new(params, "params", &field_names::<Self>())?;
+        let parsed = TextGenerationParams {
+            max_new_tokens: p
+                .opt("max_new_tokens", |v, f| Ok(integer(v, f, 1, limits.max_new_tokens.into())? as u32))?,
+            temperature: p.opt("temperature", number)?,
+            top_p: p.opt("top_p", number)?,
+            top_k: p.opt("top_k", |v, f| Ok(integer(v, f, 0, u32::MAX.into())? as u32))?,
+            seed: p.opt("seed", |v, f| integer(v, f, 0, u64::MAX))?,
+            repetition_penalty: p.opt("repetition_penalty", number)?,
+            stop: p.opt("stop", stop_sequences)?,
+        };
+        parsed.check()?;
+        Ok(parsed)
+    }
+
+    /// The bounds of every param (the model's context is the executor's to check).
+    pub fn check(&self) -> Result<(), OutOfBounds> {
+        let out = |field: &str, message: String| Err(OutOfBounds::new(format!("params.{field}"), message));
+        if self.max_new_tokens == Some(0) {
+            return out("max_new_tokens", "must be at least 1".into());
+        }
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && (0.0..=Self::MAX_TEMPERATURE).contains(&t))
+        {
+            return out("temperature", format!("must be between 0 and {}, got {t}", Self::MAX_TEMPERATURE));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return out("top_p", format!("must be greater than 0 and at most 1, got {p}"));
+        }
+        if let Some(k) = self.top_k
+            && !(1..=Self::MAX_TOP_K).contains(&k)
+        {
+            return out("top_k", format!("must be an integer from 1 to {}, got {k}", Self::MAX_TOP_K));
+        }
+        if let Some(r) = self.repetition_penalty
+            && !(r.is_finite() && r > 0.0 && r <= Self::MAX_REPETITION_PENALTY)
+        {
+            let max = Self::MAX_REPETITION_PENALTY;
+            return out("repetition_penalty", format!("must be greater than 0 and at most {max}, got {r}"));
+        }
+        let stop = self.stop.as_deref().unwrap_or_default();
+        if stop.len() > Self::MAX_STOP {
+            return out("stop", format!("at most {} stop sequences", Self::MAX_STOP));
+        }
+        for (i, s) in stop.iter().enumerate() {
+            if s.is_empty() || s.chars().count() > Self::MAX_STOP_CHARS {
+                return out(
+                    &format!("stop[{i}]"),
+                    format!("stop sequences are 1 to {} characters", Self::MAX_STOP_CHARS),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The sampling temperature (0, greedy, when not given).
+    pub fn temperature(&self) -> f64 {
+        self.temperature.unwrap_or(0.0)
+    }
+
+    /// Whether decoding is greedy (temperature 0).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature() == 0.0
+    }
+
+    /// The repetition penalty (1, none, when not given).
+    pub fn repetition_penalty(&self) -> f64 {
+        self.repetition_penalty.unwrap_or(1.0)
+    }
+
+    /// The stop sequences (none when not given).
+    pub fn stop(&self) -> &[String] {
+        self.stop.as_deref().unwrap_or_default()
+    }
+}
+
+impl TextGenerationInput {
+    fn parse(input: &Value) -> Result<Self, ApiError> {
+        let f = Fields::of(input, "input", "an object like {\"prompt\": \"...\"}", &field_names::<Self>())?;
+        let prompt = f.required("prompt", string)?;
+        check_text(&prompt, "input.prompt")?;
+        Ok(TextGenerationInput { prompt })
+    }
+}
+
+impl EmbeddingsInput {
+    fn parse(input: &Value, limits: &InputLimits) -> Result<Self, ApiError> {
+        let f = Fields::of(input, "input", "an object like {\"texts\": [\"...\"]}", &field_names::<Self>())?;
+        let texts = f.required("texts", |v, field| match v {
+            Value::Array(items) => Ok(items),
+            _ => Err(wrong_type(field, "an array of strings")),
+        })?;
+        let max = limits.max_texts;
+        if texts.is_empty() || texts.len() > max as usize {
+            return Err(ApiError::invalid("input.texts", format!("must hold 1 to {max} texts, got {}", texts.len())));
+        }
+        let texts = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let field = format!("input.texts[{i}]");
+                let text = string(t, &field)?;
+                check_text(&text, &field)?;
+                Ok(text)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(EmbeddingsInput { texts })
+    }
+}
+
+impl JobInput {
+    /// Reads a submit's `input` and `params` for a model of `task`: the API's validation.
+    pub fn parse(
+        task: Task,
+        input: &Value,
+        params: &Map<String, Value>,
+        limits: &InputLimits,
+    ) -> Result<Self, ApiError> {
+        match task {
+            Task::TextGeneration => {
+                let input = TextGenerationInput::parse(input)?;
+                Ok(JobInput::TextGeneration { input, params: TextGenerationParams::parse(params, limits)? })
+            }
+            Task::Embeddings => {
+                let input = EmbeddingsInput::parse(input, limits)?;
+                Fields::new(params, "params", &[])?;
+                Ok(JobInput::Embeddings { input })
+            }
+        }
+    }
+
+    /// The task this input is for.
+    pub fn task(&self) -> Task {
+        match self {
+            JobInput::TextGeneration { .. } => Task::TextGeneration,
+            JobInput::Embeddings { .. } => Task::Embeddings,
+        }
+    }
+
+    /// The `input` object, as stored and shown in the job view.
+    pub fn input_json(&self) -> Value {
+        let v = match self {
+            JobInput::TextGeneration { input, .. } => serde_json::to_value(input),
+            JobInput::Embeddings { input } => serde_json::to_value(input),
+        };
+        v.unwrap_or_default()
+    }
+
+    /// The `params` object, as stored and shown (`{}` for tasks without params).
+    pub fn params_json(&self) -> Value {
+        match self {
+            JobInput::TextGeneration { params, .. } => serde_json::to_value(params).unwrap_or_default(),
+            JobInput::Embeddings { .. } => Value::Object(Map::new()),
+        }
+    }
+
+    /// A text-generation input with default params (tests, demos).
+    pub fn prompt(prompt: impl Into<String>) -> Self {
+        JobInput::TextGeneration {
+            input: TextGenerationInput { prompt: prompt.into() },
+            params: TextGenerationParams::default(),
+        }
+    }
+
+    /// An embeddings input (tests, demos).
+    pub fn texts<S: Into<String>>(texts: impl IntoIterator<Item = S>) -> Self {
+        JobInput::Embeddings { input: EmbeddingsInput { texts: texts.into_iter().map(Into::into).collect() } }
+    }
+}
+
+/// How a job's input is stored: the task, the `input` object and the `params` object, the
+/// shape job stores and the job view keep (`#[serde(flatten)]` into the job).
+#[derive(Serialize, Deserialize)]
+struct StoredInput {
+    task: Task,
+    input: Value,
+    params: Value,
+}
+
+impl From<JobInput> for StoredInput {
+    fn from(j: JobInput) -> Self {
+        StoredInput { task: j.task(), input: j.input_json(), params: j.params_json() }
+    }
+}
+
+impl TryFrom<StoredInput> for JobInput {
+    type Error = serde_json::Error;
+
+    /// A stored record was validated when it was written; reading it back only checks its
+    /// shape (the same types), never the deployment's bounds, which may have changed since.
+    fn try_from(s: StoredInput) -> Result<Self, Self::Error> {
+        match s.task {
+            Task::TextGeneration => Ok(JobInput::TextGeneration {
+                input: serde_json::from_value(s.input)?,
+                params: match s.params {
+                    Value::Null => TextGenerationParams::default(),
+                    p => serde_json::from_value(p)?,
+                },
+            }),
+            Task::Embeddings => Ok(JobInput::Embeddings { input: serde_json::from_value(s.input)? }),
+        }
+    }
+}
+
+/// Text must be non-empty and free of control characters other than tab and newlines
+/// (they are never meaningful in a prompt and often a sign of a broken client). The API
+/// applies it to every text it takes; models apply it to what they are handed directly.
+pub fn check_text(s: &str, field: &str) -> Result<(), OutOfBounds> {
+    if s.trim().is_empty() {
+        return Err(OutOfBounds::new(field, "must not be empty"));
+    }
+    if let Some((at, c)) = s.char_indices().find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+        return Err(OutOfBounds::new(field, format!("contains the control character U+{:04X} at byte {at}", c as u32)));
+    }
+    Ok(())
+}
+
+/// A JSON object read field by field; each problem names the field's path.
+pub(crate) struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    at: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    /// `map` at `at` (`""` for the top level), refusing keys not in `known` (400).
+    pub(crate) fn new(map: &'a Map<String, Value>, at: &'static str, known: &[&str]) -> Result<Self, ApiError> {
+        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            let field = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            let hint = if known.is_empty() {
+                "no fields are accepted here".to_string()
+            } else {
+                format!("known fields: {}", known.join(", "))
+            };
+            return Err(ApiError::bad_request(field.clone(), format!("unknown field {}; {hint}", quote(&field))));
+        }
+        Ok(Fields { map, at })
+    }
+
+    /// `value` as an object (400 naming `at`, described as `expected`, when it is not one).
+    pub(crate) fn of(value: &'a Value, at: &'static str, expected: &str, known: &[&str]) -> Result<Self, ApiError> {
+        match value {
+            Value::Object(map) => Fields::new(map, at, known),
+            _ => Err(wrong_type(at, expected)),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.at.is_empty() { key.to_string() } else { format!("{}.{key}", self.at) }
+    }
+
+    /// A field that may be absent (`null` counts as absent), read by `read`.
+    pub(crate) fn opt<T>(
+        &self,
+        key: &str,
+        read: impl Fn(&'a Value, &str) -> Result<T, ApiError>,
+    ) -> Result<Option<T>, ApiError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => read(v, &self.path(key)).map(Some),
+        }
+    }
+
+    /// A field that must be present (400 when it is not).
+    pub(crate) fn required<T>(
+        &self,
+        key: &str,
+        read: impl Fn(&'a Value, &str) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match self.map.get(key) {
+            None => Err(missing(&self.path(key))),
+            Some(v) => read(v, &self.path(key)),
+        }
+    }
+}
+
+/// A string (400 when it is another type).
+pub(crate) fn string(v: &Value, field: &str) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(wrong_type(field, "a string")),
+    }
+}
+
+/// An integer from `min` to `max`: another type is a 400; a number out of range (or not
+/// whole) is a 422.
+pub(crate) fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, ApiError> {
+    let Value::Number(n) = v else {
+        return Err(wrong_type(field, "an integer"));
+    };
+    match n.as_u64() {
+        Some(x) if (min..=max).contains(&x) => Ok(x),
+        _ => Err(ApiError::invalid(field, format!("must be an integer from {min} to {max}, got {n}"))),
+    }
+}
+
+/// A number (400 when it is another type); its bounds are the type's `check`.
+fn number(v: &Value, field: &str) -> Result<f64, ApiError> {
+    match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| ApiError::invalid(field, format!("{n} is not a usable number"))),
+        _ => Err(wrong_type(field, "a number")),
+    }
+}
+
+/// `stop`: a string or an array of strings.
+fn stop_sequences(v: &Value, field: &str) -> Result<Vec<String>, ApiError> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) => {
+            items.iter().enumerate().map(|(i, item)| string(item, &format!("{field}[{i}]"))).collect()
+        }
+        _ => Err(wrong_type(field, "a string or an array of strings")),
+    }
+}
+
+fn missing(field: &str) -> ApiError {
+    ApiError::bad_request(field, format!("missing required field {}", quote(field)))
+}
+
+pub(crate) fn wrong_type(field: &str, expected: &str) -> ApiError {
+    ApiError::bad_request(field, format!("{} must be {expected}", quote(field)))
+}
+
+/// Quotes user text for a message, escaped and cut short so it cannot flood or forge output.
+pub fn quote(s: &str) -> String {
+    let short: String = s.chars().take(64).collect();
+    let q = serde_json::to_string(&short).unwrap_or_default();
+    if s.chars().count() > 64 { format!("{q}...") } else { q }
+}
+
+/// The field names serde knows for a struct: what `Fields::new` accepts, taken from the
+/// type itself so the list of known fields can never disagree with it.
+pub(crate) fn field_names<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
+    struct Names(Vec<&'static str>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names captured")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Names {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = fields.to_vec();
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut names = Names(Vec::new());
+    let _ = T::deserialize(&mut names);
+    names.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: InputLimits = InputLimits { max_new_tokens: 4096, max_texts: 128 };
+
+    fn params(v: Value) -> Result<TextGenerationParams, ApiError> {
+        TextGenerationParams::parse(v.as_object().unwrap(), &LIMITS)
+    }
+
+    #[test]
+    fn known_fields_come_from_the_types() {
+        assert_eq!(field_names::<TextGenerationInput>(), ["prompt"]);
+        assert_eq!(field_names::<EmbeddingsInput>(), ["texts"]);
+        let names = field_names::<TextGenerationParams>();
+        assert_eq!(names.len(), 7, "{names:?}");
+    }
+
+    /// Every field serde knows is also read by `parse` (a field added to the struct but not
+    /// to `parse` would be accepted and dropped).
+    #[test]
+    fn parse_reads_every_param() {
+        let sample = json!({"max_new_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 40, "seed": 7,
+            "repetition_penalty": 1.1, "stop": ["x"]});
+        for name in field_names::<TextGenerationParams>() {
+            let one: Map<String, Value> = [(name.to_string(), sample[name].clone())].into_iter().collect();
+            let parsed = TextGenerationParams::parse(&one, &LIMITS).unwrap();
+            assert_eq!(serde_json::to_value(&parsed).unwrap(), Value::Object(one), "{name} is read");
+        }
+    }
+
+    #[test]
+    fn shape_problems_are_400_and_bounds_422() {
+        for (v, status, field) in [
+            (json!({"temprature": 1}), 400, "params.temprature"),
+            (json!({"temperature": "hot"}), 400, "params.temperature"),
+            (json!({"stop": 3}), 400, "params.stop"),
+            (json!({"stop": ["a", 3]}), 400, "params.stop[1]"),
+            (json!({"temperature": 2.5}), 422, "params.temperature"),
+            (json!({"top_p": 0}), 422, "params.top_p"),
+            (json!({"top_k": 0}), 422, "params.top_k"),
+            (json!({"top_k": 1001}), 422, "params.top_k"),
+            (json!({"seed": -1}), 422, "params.seed"),
+            (json!({"max_new_tokens": 4097}), 422, "params.max_new_tokens"),
+            (json!({"max_new_tokens": 0}), 422, "params.max_new_tokens"),
+            (json!({"repetition_penalty": 11}), 422, "params.repetition_penalty"),
+            (json!({"stop": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}), 422, "params.stop"),
+            (json!({"stop": ["x".repeat(129)]}), 422, "params.stop[0]"),
+            (json!({"stop": ["a", ""]}), 422, "params.stop[1]"),
+            (json!({"max_new_tokens": -1}), 422, "params.max_new_tokens"),
+            (json!({"max_new_tokens": 1u64 << 40}), 422, "params.max_new_tokens"),
+            (json!({"temperature": -0.5}), 422, "params.temperature"),
+            (json!({"top_p": 1.5}), 422, "params.top_p"),
+            (json!({"seed": -3}), 422, "params.seed"),
+            (json!({"repetition_penalty": 0}), 422, "params.repetition_penalty"),
+            (json!({"repetition_penalty": -1}), 422, "params.repetition_penalty"),
+        ] {
+            let e = params(v.clone()).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.field.as_deref()), (status, Some(field)), "{v}: {e:?}");
+        }
+        let ok = params(json!({"stop": "end", "temperature": null, "seed": u64::MAX})).unwrap();
+        assert_eq!(ok.stop(), ["end"]);
+        assert_eq!(ok.seed, Some(u64::MAX));
+        assert!(ok.is_greedy());
+        assert_eq!(params(json!({})).unwrap(), TextGenerationParams::default());
+        let all = params(json!({"max_new_tokens": 5, "temperature": 1, "top_p": 0.9, "top_k": 40, "seed": 7,
+            "repetition_penalty": 1.1, "stop": ["a", "b"]}))
+        .unwrap();
+        assert_eq!((all.max_new_tokens, all.temperature(), all.top_p, all.top_k), (Some(5), 1.0, Some(0.9), Some(40)));
+        assert_eq!((all.seed, all.repetition_penalty(), all.stop()), (Some(7), 1.1, &["a".into(), "b".into()][..]));
+        assert!(!all.is_greedy());
+    }
+
+    #[test]
+    fn check_holds_the_bounds_for_values_built_in_code() {
+        let p = |edit: fn(&mut TextGenerationParams)| {
+            let mut p = TextGenerationParams::default();
+            edit(&mut p);
+            p.check().unwrap_err().field
+        };
+        assert_eq!(p(|p| p.temperature = Some(f64::NAN)), "params.temperature");
+        assert_eq!(p(|p| p.temperature = Some(f64::INFINITY)), "params.temperature");
+        assert_eq!(p(|p| p.top_p = Some(1.01)), "params.top_p");
+        assert_eq!(p(|p| p.repetition_penalty = Some(-2.0)), "params.repetition_penalty");
+        assert_eq!(p(|p| p.stop = Some(vec![String::new()])), "params.stop[0]");
+        assert!(TextGenerationParams::default().check().is_ok());
+    }
+
+    #[test]
+    fn text_rules() {
+        let message = |s: &str| check_text(s, "input.prompt").unwrap_err().message;
+        assert!(check_text("a\tb\nc\r", "input.prompt").is_ok());
+        assert_eq!(message(""), "must not be empty");
+        assert_eq!(message(" \n"), "must not be empty");
+        assert_eq!(message("a\u{7}"), "contains the control character U+0007 at byte 1");
+        assert_eq!(message("a\u{85}"), "contains the control character U+0085 at byte 1");
+        assert_eq!(check_text("\u{0}", "input.texts[3]").unwrap_err().field, "input.texts[3]");
+    }
+
+    #[test]
+    fn inputs_by_task() {
+        let none = Map::new();
+        let text = JobInput::parse(Task::TextGeneration, &json!({"prompt": "hi"}), &none, &LIMITS).unwrap();
+        assert_eq!(text, JobInput::prompt("hi"));
+        assert_eq!((text.input_json(), text.params_json()), (json!({"prompt": "hi"}), json!({})));
+        let e = JobInput::parse(Task::TextGeneration, &json!({"texts": ["x"]}), &none, &LIMITS).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("input.texts"));
+        let e = JobInput::parse(Task::Embeddings, &json!({"texts": ["ok", " "]}), &none, &LIMITS).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.field.as_deref()), (422, Some("input.texts[1]")));
+        let few = InputLimits { max_texts: 2, ..LIMITS };
+        let e = JobInput::parse(Task::Embeddings, &json!({"texts": ["a", "b", "c"]}), &none, &few).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.field.as_deref()), (422, Some("input.texts")));
+        let with_params = json!({"top_k": 1});
+        let e = JobInput::parse(Task::Embeddings, &json!({"texts": ["a"]}), with_params.as_object().unwrap(), &LIMITS)
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.field.as_deref()), (400, Some("params.top_k")));
+    }
+
+    #[test]
+    fn stored_form_round_trips() {
+        let p = TextGenerationParams { seed: Some(u64::MAX), stop: Some(vec!["\"}".into()]), ..Default::default() };
+        for input in [
+            JobInput::TextGeneration {
+                input: TextGenerationInput { prompt: "naïve \"quote\" 日本".into() },
+                params: p,
+            },
+            JobInput::texts(["a", "b\nc"]),
+        ] {
+            let stored = serde_json::to_value(&input).unwrap();
+            assert_eq!(stored["task"], input.task().as_str());
+            assert_eq!(serde_json::from_value::<JobInput>(stored).unwrap(), input);
+        }
+        let bad = json!({"task": "text-generation", "input": {"texts": ["x"]}, "params": {}});
+        assert!(serde_json::from_value::<JobInput>(bad).is_err(), "a stored input of the wrong shape is refused");
+    }
+}

@@ -1,0 +1,75 @@
+//! The submit body, `{"model", "input", "params"?, "timeout_s"?}`, turned into a validated
+//! job request or an [`ApiError`] that names the field: syntax, wrong types, unknown or
+//! missing fields are 400; well-formed but unacceptable values (unknown model, out of
+//! range) are 422. Unknown fields are refused everywhere, so a typo never runs a job on
+//! defaults. The task's own input and params are [`JobInput`]'s to read.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::auth::sha256_hex;
+use crate::catalog::{Catalog, ModelSpec};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::input::{Fields, JobInput, TextGenerationParams, field_names, integer, quote, string, wrong_type};
+
+/// `POST /v1/jobs` body (the OpenAPI document's view of it; [`parse_submit`] reads it).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// A model id from `GET /v1/models`.
+    pub model: String,
+    /// Shaped by the model's task: `TextGenerationInput` or `EmbeddingsInput`.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// Task parameters; for text generation see `TextGenerationParams`. Embeddings take none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TextGenerationParams>)]
+    pub params: Option<Value>,
+    /// Execution timeout in seconds (1 to the configured maximum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+}
+
+/// A submission that passed every check.
+#[derive(Debug, Clone)]
+pub struct ValidSubmit {
+    pub model: ModelSpec,
+    pub input: JobInput,
+    pub timeout_s: u64,
+    /// SHA-256 of the canonical request, for idempotency.
+    pub request_hash: String,
+}
+
+/// Validates a submit body (already size- and media-type-checked).
+pub fn parse_submit(body: &[u8], catalog: &Catalog, config: &Config) -> Result<ValidSubmit, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::bad_request("body", "the request body is empty; expected a JSON object"));
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))?;
+    let obj =
+        value.as_object().ok_or_else(|| ApiError::bad_request("body", "the request body must be a JSON object"))?;
+    let f = Fields::new(obj, "", &field_names::<SubmitJob>())?;
+
+    let model_id = f.required("model", string)?;
+    let model = catalog
+        .get(&model_id)
+        .ok_or_else(|| {
+            ApiError::invalid("model", format!("unknown model {}; GET /v1/models lists them", quote(&model_id)))
+        })?
+        .clone();
+    let timeout_s = f.opt("timeout_s", |v, field| integer(v, field, 1, config.max_timeout_s))?;
+    let timeout_s = timeout_s.unwrap_or(config.default_timeout_s);
+    let input = f.required("input", |v, _| Ok(v))?;
+    let empty = Map::new();
+    let params = f.opt("params", |v, field| v.as_object().ok_or_else(|| wrong_type(field, "an object")))?;
+    let input = JobInput::parse(model.task, input, params.unwrap_or(&empty), &config.input_limits(&model))?;
+
+    let canonical = serde_json::json!({
+        "model": model.id, "input": input.input_json(), "params": input.params_json(), "timeout_s": timeout_s,
+    });
+    let request_hash = sha256_hex(canonical.to_string().as_bytes());
+    Ok(ValidSubmit { model, input, timeout_s, request_hash })
+}
