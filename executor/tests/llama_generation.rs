@@ -648,3 +648,43 @@ fn sharded_weights_load_through_the_index() {
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
     assert!(load_message(dir.path()).contains("model-00002-of-00002.safetensors"));
 }
+
+/// A directory is only served by its own family's code: a catalog entry whose directory's
+/// `config.json` names another architecture (a Mistral checkpoint registered as a Llama, or
+/// with no architecture at all) is refused at load, not run through the Llama code.
+#[test]
+fn a_directory_of_another_family_is_refused_at_load() {
+    let dir = ScratchDir::new("ferry-llama-family").unwrap();
+    write_tiny_llama(dir.path(), 23).unwrap();
+    let spec = |arch: Option<&str>| ferry_core::catalog::ModelSpec {
+        architecture: arch.map(String::from),
+        ..ferry_core::catalog::Catalog::demo().get("tiny-llama").unwrap().clone()
+    };
+    assert!(LoadedModel::load(&spec(None), dir.path(), &cpu()).is_ok(), "no architecture: the task's default");
+    let config_path = dir.path().join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["architectures"] = json!(["MistralForCausalLM"]);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    for arch in [None, Some("LlamaForCausalLM")] {
+        let Err(e) = LoadedModel::load(&spec(arch), dir.path(), &cpu()) else { panic!("{arch:?}: loaded") };
+        assert_eq!(e.kind(), "model_load_failed", "{e}");
+        assert!(e.to_string().contains("MistralForCausalLM") && e.to_string().contains("LlamaForCausalLM"), "{e}");
+        assert!(!e.is_retryable());
+    }
+}
+
+/// Every architecture the catalog accepts is one the executor loads.
+#[test]
+fn every_catalog_architecture_has_a_loader() {
+    for (arch, task) in ferry_core::catalog::ARCHITECTURES {
+        let spec = ferry_core::catalog::ModelSpec {
+            architecture: Some(arch.to_string()),
+            task: *task,
+            ..ferry_core::catalog::Catalog::demo().get("tiny-llama").unwrap().clone()
+        };
+        // An empty directory: the family's own loader is reached and reports its missing files.
+        let dir = ScratchDir::new("ferry-arch").unwrap();
+        let Err(e) = LoadedModel::load(&spec, dir.path(), &cpu()) else { panic!("{arch}: loaded nothing") };
+        assert!(!e.to_string().contains("is not implemented"), "{arch}: {e}");
+    }
+}
