@@ -14,7 +14,7 @@ use ferry_core::input::TextGenerationParams;
 use ferry_executor::models::bert::BertEmbedder;
 use ferry_executor::models::llama::LlamaModel;
 use ferry_executor::models::{NoProgress, Placement, RunOutcome};
-use ferry_executor::testing::{TinyConfig, write_llama};
+use ferry_executor::tiny::{TinyConfig, write_llama};
 
 /// The shapes measured: (name, config). Vocabulary is the tiny tokenizer's (331).
 pub fn shapes() -> Vec<(&'static str, TinyConfig)> {

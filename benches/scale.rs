@@ -52,8 +52,8 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let model_dir = dir.join("model");
     let cfg = match which.as_str() {
-        "tiny" => ferry_executor::testing::TINY_CONFIG,
-        _ => ferry_executor::testing::TinyConfig {
+        "tiny" => ferry_executor::tiny::TINY_CONFIG,
+        _ => ferry_executor::tiny::TinyConfig {
             hidden_size: 512,
             intermediate_size: 1376,
             num_hidden_layers: 8,
@@ -62,7 +62,7 @@ async fn main() {
             max_position_embeddings: 1024,
         },
     };
-    ferry_executor::testing::write_llama(&model_dir, 3, cfg).unwrap();
+    ferry_executor::tiny::write_llama(&model_dir, 3, cfg).unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

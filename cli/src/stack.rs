@@ -211,7 +211,7 @@ pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
                 // Written beside and renamed into place, so two `ferry dev`s starting at once
                 // never read a half-written model.
                 let tmp = dir.with_extension(ulid::Ulid::new().to_string());
-                ferry_executor::testing::write_tiny_llama(&tmp, 42)
+                ferry_executor::tiny::write_tiny_llama(&tmp, 42)
                     .with_context(|| format!("writing the demo model to {}", tmp.display()))?;
                 if std::fs::rename(&tmp, &dir).is_err() {
                     // Another process got there first (or an old, partial directory is in the way).

@@ -269,6 +269,19 @@ pub struct WorkMessage {
     pub trace_id: String,
 }
 
+impl WorkMessage {
+    /// The message for `job`'s current attempt.
+    pub fn for_job(job: &Job, trace_id: impl Into<String>) -> WorkMessage {
+        WorkMessage {
+            job_id: job.id,
+            attempt: job.attempt,
+            tenant: job.tenant.clone(),
+            model: job.model.clone(),
+            trace_id: trace_id.into(),
+        }
+    }
+}
+
 /// A received message, invisible to other receivers until its visibility timeout lapses.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delivery {

@@ -137,26 +137,35 @@ impl JobService {
                 Ok(Submitted::Existing(existing))
             }
             Created::New => {
-                let message = WorkMessage {
-                    job_id: job.id,
-                    attempt: job.attempt,
-                    tenant: tenant.clone(),
-                    model: job.model.clone(),
-                    trace_id: trace_id.to_string(),
-                };
-                if let Err(e) = self.queue_for_model(&job.model).send(&message).await {
-                    tracing::error!(job_id = %job.id, error = %e, "enqueue failed; failing the job");
-                    let error =
-                        JobError { kind: "enqueue_failed".into(), message: "the work queue was unavailable".into() };
-                    if let Err(e2) = self.apply(&job, Transition::Fail { error }).await {
-                        tracing::error!(job_id = %job.id, error = %e2, "could not mark the unqueued job failed");
-                    }
-                    return Err(ServiceError::EnqueueFailed(e));
-                }
+                self.enqueue(&job, trace_id, "the work queue was unavailable").await?;
                 tracing::info!(job_id = %job.id, tenant = %tenant, model = %job.model, "job queued");
                 Ok(Submitted::New(job))
             }
         }
+    }
+
+    /// Puts `job` (as read, running or cancelling) back in the queue for its next attempt:
+    /// the compare-and-set to `queued` with attempt + 1, then a new message. A job whose
+    /// message cannot be sent is failed (`enqueue_failed`) rather than left queued with no
+    /// message, and the result is then `EnqueueFailed`. The watchdog (a lost executor) and
+    /// the executor (a retryable failure) both requeue through here.
+    pub async fn requeue(&self, job: &Job, trace_id: &str) -> Result<Job, ServiceError> {
+        let next = self.apply(job, Transition::Requeue { next_attempt: true }).await?;
+        self.enqueue(&next, trace_id, "the retry could not be queued").await?;
+        Ok(next)
+    }
+
+    /// Sends the message for `job`'s attempt; when that fails, fails the job with `why`.
+    async fn enqueue(&self, job: &Job, trace_id: &str, why: &str) -> Result<(), ServiceError> {
+        let Err(e) = self.queue_for_model(&job.model).send(&WorkMessage::for_job(job, trace_id)).await else {
+            return Ok(());
+        };
+        tracing::error!(job_id = %job.id, attempt = job.attempt, error = %e, "enqueue failed; failing the job");
+        let error = JobError { kind: "enqueue_failed".into(), message: why.into() };
+        if let Err(e2) = self.apply(job, Transition::Fail { error }).await {
+            tracing::error!(job_id = %job.id, error = %e2, "could not mark the unqueued job failed");
+        }
+        Err(ServiceError::EnqueueFailed(e))
     }
 
     /// A tenant's job; `NotFound` when missing, another tenant's, or past retention.

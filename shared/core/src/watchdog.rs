@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::fleet::Launcher;
 use crate::job::{Job, JobError, JobStatus, Millis};
 use crate::pool::Pools;
-use crate::ports::{StoreError, WorkMessage};
+use crate::ports::StoreError;
 use crate::service::{JobService, ServiceError};
 use crate::state::{Transition, TransitionError};
 
@@ -113,25 +113,15 @@ impl Watchdog {
     /// The executor stopped renewing: retry with the next attempt, or fail after the last.
     async fn recover_lost(&self, job: &Job, report: &mut WatchdogReport) -> Result<(), ServiceError> {
         self.stop_task(job, "lease lapsed", report).await;
-        match self.service.apply(job, Transition::Requeue { next_attempt: true }).await {
+        match self.service.requeue(job, &format!("watchdog-{}", job.id)).await {
             Ok(next) => {
                 report.requeued += 1;
                 tracing::warn!(job_id = %job.id, attempt = next.attempt, executor = ?job.executor_id, "lease lapsed; job requeued");
-                let message = WorkMessage {
-                    job_id: next.id,
-                    attempt: next.attempt,
-                    tenant: next.tenant.clone(),
-                    model: next.model.clone(),
-                    trace_id: format!("watchdog-{}", next.id),
-                };
-                if let Err(e) = self.service.queue_for_model(&next.model).send(&message).await {
-                    // The job is queued without a message: the next pass cannot see that,
-                    // so fail it rather than leave it to expire silently.
-                    tracing::error!(job_id = %job.id, error = %e, "could not queue the retry");
-                    let error =
-                        JobError { kind: "enqueue_failed".into(), message: "the retry could not be queued".into() };
-                    self.service.apply(&next, Transition::Fail { error }).await?;
-                }
+                Ok(())
+            }
+            // Requeued, then failed for want of a message: settled all the same.
+            Err(ServiceError::EnqueueFailed(_)) => {
+                report.requeued += 1;
                 Ok(())
             }
             Err(ServiceError::Transition(TransitionError::AttemptsExhausted { attempt, max_attempts })) => {

@@ -1,0 +1,109 @@
+//! The models an executor serves: the catalog's models of its pool, each loaded once on
+//! first use (fetched from S3 first when the catalog gives an `s3_uri`) and kept for every
+//! later job. Loading runs on a blocking thread; the engine thread owns nothing here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ferry_core::catalog::{Catalog, ModelSpec};
+use ferry_core::progress::EventBody;
+use ferry_core::stream::ProgressStream;
+use tokio::sync::OnceCell;
+
+use crate::models::{LoadedModel, ModelError, Placement};
+
+/// Where models stored in S3 are copied to before loading.
+#[derive(Clone)]
+pub struct S3Models {
+    pub client: aws_sdk_s3::Client,
+    /// The local cache (`--model-cache`): one directory per model id.
+    pub cache: PathBuf,
+}
+
+/// The models this executor serves, each loaded once on first use and kept.
+pub struct ModelRegistry {
+    specs: HashMap<String, ModelSpec>,
+    device: String,
+    s3: Option<S3Models>,
+    loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<LoadedModel>>>>>,
+}
+
+impl ModelRegistry {
+    /// The catalog's models of `pool`; `s3` fetches entries that name an `s3_uri`.
+    pub fn new(catalog: &Catalog, pool: &str, device: &str, s3: Option<S3Models>) -> ModelRegistry {
+        let specs = catalog.models.iter().filter(|m| m.pool == pool).map(|m| (m.id.clone(), m.clone())).collect();
+        ModelRegistry { specs, device: device.to_string(), s3, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// Registers an already loaded model (tests, or models built in code).
+    pub fn preload(&self, model: &str, loaded: LoadedModel) {
+        let cell = OnceCell::new_with(Some(Arc::new(loaded)));
+        self.loaded.lock().unwrap().insert(model.to_string(), Arc::new(cell));
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.specs.contains_key(model)
+    }
+
+    /// Whether the model is loaded already (no load ahead for a job of it).
+    pub fn is_loaded(&self, model: &str) -> bool {
+        self.loaded.lock().unwrap().get(model).is_some_and(|c| c.initialized())
+    }
+
+    /// The model, loading it on first use (reported on `stream` as log events). A load
+    /// that fails is not remembered: the next job tries again.
+    pub async fn get(&self, model: &str, stream: &ProgressStream) -> Result<Arc<LoadedModel>, ModelError> {
+        let spec =
+            self.specs.get(model).ok_or_else(|| ModelError::Load(format!("this executor does not serve {model}")))?;
+        let cell = self.loaded.lock().unwrap().entry(model.to_string()).or_default().clone();
+        if let Some(m) = cell.get() {
+            return Ok(m.clone());
+        }
+        let loaded = cell
+            .get_or_try_init(|| async {
+                let _ = stream.push(log("info", format!("loading model {model}")));
+                let started = Instant::now();
+                let mut spec = spec.clone();
+                if let (None, Some(uri)) = (&spec.path, &spec.s3_uri) {
+                    let s3 = self.s3.as_ref().ok_or_else(|| {
+                        ModelError::Load(format!(
+                            "{model}: stored at {uri}, but this executor has no S3 access configured"
+                        ))
+                    })?;
+                    let dir = crate::fetch::cache_dir(&s3.cache, model);
+                    let bytes = crate::fetch::sync_s3_dir(&s3.client, uri, &dir).await?;
+                    let ms = started.elapsed().as_millis();
+                    let _ = stream.push(log("info", format!("fetched {uri}: {bytes} bytes in {ms} ms")));
+                    spec.path = Some(dir);
+                }
+                let device = self.device.clone();
+                let loading = spec.clone();
+                let model = tokio::task::spawn_blocking(move || load(&loading, &device))
+                    .await
+                    .map_err(|e| ModelError::Runtime(format!("model loader panicked: {e}")))??;
+                let ms = started.elapsed().as_millis();
+                tracing::info!(model = %spec.id, load_ms = ms as u64, "model loaded");
+                let _ = stream.push(log("info", format!("model loaded in {ms} ms")));
+                Ok::<_, ModelError>(Arc::new(model))
+            })
+            .await?;
+        Ok(loaded.clone())
+    }
+}
+
+/// Loads a catalog entry on its device.
+fn load(spec: &ModelSpec, default_device: &str) -> Result<LoadedModel, ModelError> {
+    let dir: PathBuf = match (&spec.path, &spec.s3_uri) {
+        (Some(p), _) => p.clone(),
+        (None, Some(uri)) => return Err(ModelError::Load(format!("{}: {uri} was not fetched", spec.id))),
+        (None, None) => return Err(ModelError::Load(format!("{}: the catalog gives no path for this model", spec.id))),
+    };
+    let placement = Placement::parse(spec.device.as_deref().unwrap_or(default_device), spec.dtype.as_deref())?;
+    LoadedModel::load(spec, &dir, &placement)
+}
+
+pub(crate) fn log(level: &str, message: String) -> EventBody {
+    EventBody::Log { level: level.into(), message }
+}

@@ -1,0 +1,292 @@
+//! The work loop: long-poll the queue, claim a job with a conditional write, run it on a
+//! loaded model while renewing the lease and the message's visibility, watching for a
+//! cancel and the timeout, then write the outcome with a conditional write and delete the
+//! message. The loop is a plain async function over the ports (job store, queue, progress
+//! hub, clock), so the ECS binary, `ferry dev` and the tests run the same code.
+//!
+//! - this module: the slots (receive, claim, hand over) and the idle exit;
+//! - [`supervise`]: one claimed job from start to settled (timeout, cancel, grace, lease);
+//! - [`outcome`]: what a run's result means for the job (a pure function);
+//! - [`heartbeat`]: what the executor reports to the pool store;
+//! - [`shutdown`]: the latch that stops it; [`crate::registry`]: the models it serves.
+//!
+//! Exactly once: SQS may deliver a message twice and two executors may race for one job;
+//! only the executor whose `queued -> running` compare-and-set wins runs it, and every
+//! later write is a compare-and-set on (status, attempt), so a stale executor cannot
+//! overwrite a newer attempt's result.
+
+mod heartbeat;
+mod outcome;
+mod shutdown;
+mod supervise;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_core::fleet::{ExecutorActivity, PoolStore};
+use ferry_core::job::{Job, JobStatus};
+use ferry_core::ports::{Delivery, StoreError, WorkQueue};
+use ferry_core::publish::ProgressHub;
+use ferry_core::service::{JobService, ServiceError};
+use ferry_core::state::Transition;
+
+pub use self::shutdown::Shutdown;
+pub use crate::registry::{ModelRegistry, S3Models};
+use heartbeat::Activity;
+
+/// How long a message for another pool's model stays hidden from this executor.
+const FOREIGN_RELEASE: Duration = Duration::from_secs(2);
+
+/// How the worker behaves; every field has a flag in the binary.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Recorded on claimed jobs.
+    pub executor_id: String,
+    /// The pool this executor serves: it runs the catalog's models of this pool.
+    pub pool: String,
+    /// `cpu`, `cuda` or `cuda:N`, for models whose catalog entry names no device.
+    pub device: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Exit after this long with no work (scale to zero).
+    pub idle_timeout: Duration,
+    /// On shutdown, how long running jobs may go on before they are released.
+    pub grace_period: Duration,
+    /// The job lease; renewed when a third of it is left.
+    pub lease: Duration,
+    /// The message's invisibility; extended when a third of it is left.
+    pub visibility: Duration,
+    /// Long-poll wait per receive (SQS allows up to 20 s).
+    pub poll_wait: Duration,
+    /// How often a running job's record is read for a cancel request.
+    pub cancel_check: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            executor_id: format!("executor-{}", ulid::Ulid::new()),
+            pool: "cpu".into(),
+            device: "cpu".into(),
+            concurrency: 1,
+            idle_timeout: Duration::from_secs(60),
+            grace_period: Duration::from_secs(25),
+            lease: Duration::from_secs(60),
+            visibility: Duration::from_secs(120),
+            poll_wait: Duration::from_secs(20),
+            cancel_check: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why the work loop returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// No work for `idle_timeout`.
+    Idle,
+    /// Asked to stop (SIGTERM); running jobs finished or were released.
+    Shutdown,
+}
+
+/// The executor: the job service (with its progress hub), the models and the config.
+pub struct Worker {
+    pub service: JobService,
+    pub hub: Arc<ProgressHub>,
+    pub models: Arc<ModelRegistry>,
+    pub config: WorkerConfig,
+    /// Jobs running now.
+    running: AtomicUsize,
+    /// When the last job ended (or the worker started).
+    last_busy: Mutex<Instant>,
+    /// What the heartbeat reports.
+    activity: Arc<Activity>,
+    /// Where the heartbeat goes (the dispatcher counts idle executors and the API explains
+    /// jobs whose model is loading); none in tests that do not need it.
+    pool_store: std::sync::OnceLock<Arc<dyn PoolStore>>,
+}
+
+impl Worker {
+    pub fn new(service: JobService, hub: Arc<ProgressHub>, config: WorkerConfig) -> Arc<Worker> {
+        Self::with_s3(service, hub, config, None)
+    }
+
+    /// Like [`Worker::new`], fetching models stored in S3 with `s3`.
+    pub fn with_s3(
+        service: JobService,
+        hub: Arc<ProgressHub>,
+        config: WorkerConfig,
+        s3: Option<S3Models>,
+    ) -> Arc<Worker> {
+        let models = Arc::new(ModelRegistry::new(&service.catalog, &config.pool, &config.device, s3));
+        let now = service.clock.now();
+        Arc::new(Worker {
+            service,
+            hub,
+            models,
+            config,
+            running: AtomicUsize::new(0),
+            last_busy: Mutex::new(Instant::now()),
+            activity: Arc::new(Activity::new(now)),
+            pool_store: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sends the executor's heartbeat to `store` while [`Worker::run`] runs (set before it).
+    pub fn report_to(&self, store: Arc<dyn PoolStore>) {
+        let _ = self.pool_store.set(store);
+    }
+
+    /// The queue of this executor's pool.
+    fn queue(&self) -> &Arc<dyn WorkQueue> {
+        self.service.queues.for_pool(&self.config.pool)
+    }
+
+    /// Runs `concurrency` job slots until idle for `idle_timeout` or `shutdown` is set and
+    /// every running job has ended or been released.
+    pub async fn run(self: &Arc<Self>, shutdown: Shutdown) -> Exit {
+        let idle = Shutdown::default();
+        let beat_stop = Shutdown::default();
+        let beat =
+            self.pool_store.get().cloned().map(|store| tokio::spawn(self.clone().heartbeat(store, beat_stop.clone())));
+        let mut slots = tokio::task::JoinSet::new();
+        for _ in 0..self.config.concurrency.max(1) {
+            let (me, shutdown, idle) = (self.clone(), shutdown.clone(), idle.clone());
+            slots.spawn(async move { me.slot(&shutdown, &idle).await });
+        }
+        while slots.join_next().await.is_some() {}
+        beat_stop.trigger();
+        if let Some(beat) = beat {
+            let _ = beat.await;
+        }
+        if shutdown.is_set() { Exit::Shutdown } else { Exit::Idle }
+    }
+
+    async fn slot(&self, shutdown: &Shutdown, idle: &Shutdown) {
+        let c = &self.config;
+        loop {
+            if shutdown.is_set() || idle.is_set() {
+                return;
+            }
+            let received = tokio::select! {
+                r = self.queue().receive(1, c.poll_wait, c.visibility) => r,
+                _ = shutdown.wait() => return,
+                _ = idle.wait() => return,
+            };
+            let deliveries = match received {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                let quiet = self.running.load(Ordering::SeqCst) == 0
+                    && self.last_busy.lock().unwrap().elapsed() >= c.idle_timeout;
+                if quiet {
+                    tracing::info!(idle_s = c.idle_timeout.as_secs(), "no work; exiting");
+                    idle.trigger();
+                    return;
+                }
+                continue;
+            }
+            for delivery in deliveries {
+                self.running.fetch_add(1, Ordering::SeqCst);
+                self.handle(&delivery, shutdown).await;
+                *self.last_busy.lock().unwrap() = Instant::now();
+                if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    self.activity.set(ExecutorActivity::Idle, self.service.clock.now(), None);
+                }
+            }
+        }
+    }
+
+    /// One message: claim, run, finish. Every path ends with the message deleted, or
+    /// released for another executor.
+    pub async fn handle(&self, delivery: &Delivery, shutdown: &Shutdown) {
+        let m = &delivery.message;
+        if !self.models.serves(&m.model) {
+            // Another pool's job (one queue serves every pool until the dispatcher gives each
+            // its own): hand it back after a short pause, so an executor of its pool gets it
+            // and this one does not spin receiving it again and again.
+            tracing::warn!(job_id = %m.job_id, model = %m.model, "not a model of this pool; releasing the message");
+            let _ = self.queue().set_visibility(&delivery.receipt, FOREIGN_RELEASE).await;
+            return;
+        }
+        let job = match self.claim(delivery).await {
+            Claim::Won(job) => job,
+            Claim::Skip => {
+                self.ack(delivery).await;
+                return;
+            }
+            Claim::Later => return,
+        };
+        tracing::info!(job_id = %job.id, attempt = job.attempt, model = %job.model, "job claimed");
+        let activity =
+            if self.models.is_loaded(&job.model) { ExecutorActivity::Busy } else { ExecutorActivity::LoadingModel };
+        self.activity.set(activity, self.service.clock.now(), Some(job.model.clone()));
+        self.run_claimed(job, delivery, shutdown).await;
+    }
+
+    /// The claim: `queued -> running` for the message's attempt.
+    async fn claim(&self, delivery: &Delivery) -> Claim {
+        let m = &delivery.message;
+        let job = match self.service.jobs.get(&m.job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                tracing::warn!(job_id = %m.job_id, "message for a job that does not exist; dropping it");
+                return Claim::Skip;
+            }
+            Err(e) => {
+                // Not acknowledged: the message comes back when its visibility lapses.
+                tracing::warn!(job_id = %m.job_id, error = %e, "cannot read the job; the message will come back");
+                return Claim::Later;
+            }
+        };
+        if job.status != JobStatus::Queued || job.attempt != m.attempt {
+            tracing::info!(job_id = %job.id, status = %job.status, attempt = job.attempt, message_attempt = m.attempt,
+                "duplicate or stale message; acknowledging it");
+            return Claim::Skip;
+        }
+        let now = self.service.clock.now();
+        if job.is_expired(now) {
+            if let Err(e) = self.service.apply(&job, Transition::Expire).await {
+                tracing::info!(job_id = %job.id, error = %e, "could not expire the job");
+            }
+            return Claim::Skip;
+        }
+        let lease_until = now + self.config.lease.as_millis() as u64;
+        match self
+            .service
+            .apply(&job, Transition::Claim { executor_id: self.config.executor_id.clone(), lease_until })
+            .await
+        {
+            Ok(job) => Claim::Won(job),
+            Err(ServiceError::Store(StoreError::ConditionFailed { .. })) => {
+                tracing::info!(job_id = %job.id, "another executor claimed the job; acknowledging the message");
+                Claim::Skip
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "claim failed; the message will come back");
+                Claim::Later
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(e) = self.queue().delete(&delivery.receipt).await {
+            tracing::warn!(job_id = %delivery.message.job_id, error = %e, "could not delete the message");
+        }
+    }
+}
+
+/// What a claim attempt decided.
+enum Claim {
+    /// This executor runs the job.
+    Won(Job),
+    /// A duplicate, a stale attempt, a lost race or a missing job: acknowledge the message.
+    Skip,
+    /// The store failed: leave the message to come back.
+    Later,
+}

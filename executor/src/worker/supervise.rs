@@ -1,0 +1,209 @@
+//! One claimed job from start to settled: its model runs on a blocking thread while this
+//! supervisor watches the clock (timeout), the job record (cancel, or another writer
+//! deciding the attempt) and the shutdown latch (grace period), renews the lease and the
+//! message's visibility, then records the outcome ([`super::outcome`]) with compare-and-sets
+//! and settles the message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_core::fleet::ExecutorActivity;
+use ferry_core::job::{Job, JobStatus};
+use ferry_core::ports::{Delivery, StoreError};
+use ferry_core::progress::EventBody;
+use ferry_core::service::ServiceError;
+use ferry_core::state::Transition;
+use ferry_core::stream::ProgressStream;
+
+use super::outcome::{self, Action};
+use super::{Shutdown, Worker};
+use crate::models::{ModelError, Progress, RunOutcome, StopReason, TokenOut};
+
+impl Worker {
+    /// Runs a claimed job to its outcome, then records it and settles the message.
+    pub(super) async fn run_claimed(&self, job: Job, delivery: &Delivery, shutdown: &Shutdown) {
+        let stream = Arc::new(ProgressStream::new(self.hub.clone(), job.id));
+        let flag = Arc::new(StopFlag::default());
+        let deadline = Instant::now() + Duration::from_secs(job.timeout_s);
+
+        // Load (once per executor) and run on a blocking thread, supervised from here.
+        let models = self.models.clone();
+        let (input, model_id) = (job.input.clone(), job.model.clone());
+        let progress = StreamProgress { stream: stream.clone(), flag: flag.clone() };
+        let (activity, clock) = (self.activity.clone(), self.service.clock.clone());
+        let mut work = tokio::spawn(async move {
+            let model = models.get(&model_id, &progress.stream).await?;
+            activity.set(ExecutorActivity::Busy, clock.now(), Some(model_id.clone()));
+            tokio::task::spawn_blocking(move || model.run(&input, &progress))
+                .await
+                .map_err(|e| ModelError::Runtime(format!("the model panicked: {e}")))?
+        });
+
+        let mut current = job;
+        let mut renew_at = Instant::now() + self.config.lease * 2 / 3;
+        let mut visible_at = Instant::now() + self.config.visibility * 2 / 3;
+        let mut check = tokio::time::interval(self.config.cancel_check);
+        let mut grace_deadline: Option<Instant> = None;
+        let outcome = loop {
+            tokio::select! {
+                result = &mut work => break result.unwrap_or_else(|e| Err(ModelError::Runtime(format!("job task failed: {e}")))),
+                _ = check.tick() => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                flag.set(StopReason::TimedOut);
+            }
+            if shutdown.is_set() {
+                let until = *grace_deadline.get_or_insert(now + self.config.grace_period);
+                if now >= until {
+                    flag.set(StopReason::Shutdown);
+                }
+            }
+            // A cancel request shows on the job record.
+            match self.service.jobs.get(&current.id).await {
+                Ok(Some(fresh)) => {
+                    if fresh.status == JobStatus::Cancelling {
+                        flag.set(StopReason::Cancelled);
+                    }
+                    if fresh.status.is_terminal() || fresh.attempt != current.attempt {
+                        // Someone else (the watchdog) decided this attempt; stop and write nothing.
+                        tracing::warn!(job_id = %current.id, status = %fresh.status, "the job moved on without us; abandoning the attempt");
+                        flag.set(StopReason::Shutdown);
+                        work.abort();
+                        let _ = stream.flush().await;
+                        self.ack(delivery).await;
+                        return;
+                    }
+                    current = fresh;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(job_id = %current.id, error = %e, "cannot read the job"),
+            }
+            if now >= renew_at {
+                let lease_until = self.service.clock.now() + self.config.lease.as_millis() as u64;
+                match self.service.apply(&current, Transition::Renew { lease_until }).await {
+                    Ok(j) => current = j,
+                    Err(e) => tracing::warn!(job_id = %current.id, error = %e, "lease renewal failed"),
+                }
+                renew_at = now + self.config.lease * 2 / 3;
+            }
+            if now >= visible_at {
+                if let Err(e) = self.queue().set_visibility(&delivery.receipt, self.config.visibility).await {
+                    tracing::warn!(job_id = %current.id, error = %e, "could not extend the message's visibility");
+                }
+                visible_at = now + self.config.visibility * 2 / 3;
+            }
+        };
+        if let Err(e) = stream.flush().await {
+            tracing::warn!(job_id = %current.id, error = %e, "some progress events were not published");
+        }
+        self.finish(current, outcome, delivery, &stream).await;
+    }
+
+    /// Records the outcome with a compare-and-set (re-reading and deciding again when the
+    /// record changed under us, e.g. a cancel request arrived), then settles the message.
+    async fn finish(
+        &self,
+        job: Job,
+        outcome: Result<RunOutcome, ModelError>,
+        delivery: &Delivery,
+        stream: &ProgressStream,
+    ) {
+        let decision = outcome::decide(outcome, &job);
+        for e in decision.events {
+            let _ = stream.push(e);
+        }
+        let _ = stream.flush().await;
+
+        let mut current = job;
+        let mut written = None;
+        for _ in 0..5 {
+            let action = outcome::against(&decision.action, &current);
+            let result = match &action {
+                Action::Write(t) => self.service.apply(&current, t.clone()).await,
+                Action::Retry => self.service.requeue(&current, &delivery.message.trace_id).await,
+                Action::Release => self.service.apply(&current, Transition::Requeue { next_attempt: false }).await,
+            };
+            match result {
+                Ok(j) => {
+                    written = Some((j, action));
+                    break;
+                }
+                Err(ServiceError::Store(StoreError::ConditionFailed { current: Some(fresh) }))
+                    if fresh.attempt == current.attempt && !fresh.status.is_terminal() =>
+                {
+                    current = *fresh;
+                }
+                Err(e) => {
+                    // A requeue whose message could not be sent has failed the job itself.
+                    tracing::warn!(job_id = %current.id, error = %e, "could not record the outcome");
+                    break;
+                }
+            }
+        }
+        match written {
+            Some((j, Action::Release)) => {
+                // Same attempt, same message: make it visible again now.
+                if let Err(e) = self.queue().set_visibility(&delivery.receipt, Duration::ZERO).await {
+                    tracing::warn!(job_id = %j.id, error = %e, "could not release the message; it reappears when its visibility lapses");
+                }
+            }
+            Some((j, Action::Retry)) => {
+                // The next attempt has its own message: drop this one.
+                tracing::info!(job_id = %j.id, attempt = j.attempt, "job queued for another attempt");
+                self.ack(delivery).await;
+            }
+            Some((j, Action::Write(_))) => {
+                tracing::info!(job_id = %j.id, status = %j.status, "job finished");
+                self.ack(delivery).await;
+            }
+            None => self.ack(delivery).await,
+        }
+    }
+}
+
+/// The stop reason a supervisor sets for a running model (0 = none).
+#[derive(Default)]
+struct StopFlag(AtomicU8);
+
+impl StopFlag {
+    fn set(&self, reason: StopReason) {
+        let v = match reason {
+            StopReason::Cancelled => 1,
+            StopReason::TimedOut => 2,
+            StopReason::Shutdown => 3,
+        };
+        let _ = self.0.compare_exchange(0, v, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> Option<StopReason> {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Some(StopReason::Cancelled),
+            2 => Some(StopReason::TimedOut),
+            3 => Some(StopReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// What a running model reports to: tokens and percentages go to the job's progress
+/// stream (which never blocks the model), stop requests come from the supervisor's flag.
+struct StreamProgress {
+    stream: Arc<ProgressStream>,
+    flag: Arc<StopFlag>,
+}
+
+impl Progress for StreamProgress {
+    fn token(&self, t: TokenOut) {
+        let _ = self.stream.push(EventBody::Token { index: t.index, id: t.id, text: t.text, logprob: t.logprob });
+    }
+
+    fn percentage(&self, percent: f32, message: Option<String>) {
+        let _ = self.stream.push(EventBody::Percentage { percent, message });
+    }
+
+    fn stop_requested(&self) -> Option<StopReason> {
+        self.flag.get()
+    }
+}
