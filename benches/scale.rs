@@ -79,13 +79,18 @@ async fn main() {
         program: Some((program, vec![])),
         ..ScaleOptions::new(format!("http://{addr}"))
     });
-    let st = stack::build(&opts).await.unwrap();
+    let st = std::sync::Arc::new(stack::build(&opts).await.unwrap());
     tokio::spawn(server::serve_with_ports(
         listener,
         Mode::Api(st.api.clone()),
-        st.ports.clone(),
+        st.served_ports(),
         std::future::pending(),
     ));
+    let stop = ferry_executor::worker::Shutdown::default();
+    let running = {
+        let (st, stop) = (st.clone(), stop.clone());
+        tokio::spawn(async move { st.run(stop).await })
+    };
     let client = Client::new(&format!("http://{addr}"), stack::DEV_API_KEY);
     let launcher = st.launcher.clone().unwrap();
 
@@ -95,14 +100,14 @@ async fn main() {
         let id: JobId = client.submit(&body, None, None).await.unwrap().body.id;
         let started = Instant::now();
         let job: Job = loop {
-            let j = st.jobs.get(&id).await.unwrap().unwrap();
+            let j = st.jobs().get(&id).await.unwrap().unwrap();
             if j.status.is_terminal() {
                 break j;
             }
             assert!(started.elapsed() < Duration::from_secs(120), "job did not finish");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let events = st.events.read(&job.id, 0, job.last_seq, 1000).await.unwrap();
+        let events = st.root.ports.events.read(&job.id, 0, job.last_seq, 1000).await.unwrap();
         let at = |pred: &dyn Fn(&EventBody) -> bool| events.iter().find(|e| pred(&e.body)).map(|e| e.time);
         let loading = at(&|b| matches!(b, EventBody::Log { message, .. } if message.starts_with("loading model")));
         let loaded = at(&|b| matches!(b, EventBody::Log { message, .. } if message.starts_with("model loaded")));
@@ -154,7 +159,8 @@ async fn main() {
         "cold/warm ratio of submit -> first token: {:.1}",
         col(&cold, |s| s.total) / col(&warm, |s| s.total).max(1.0)
     );
-    st.stop_workers.trigger();
+    stop.trigger();
+    let _ = running.await;
     launcher.terminate_all(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,13 +11,11 @@
 //! - `POST /dev/jobs/{id}/progress` (only with `--dev-progress`): publishes an
 //!   [`EventBody`] through [`ProgressHub::publish_progress`] and answers the stored event.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Path, State};
@@ -25,183 +23,36 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use ferry_core::error::ApiError;
-use ferry_core::job::JobId;
-use ferry_core::ports::{Notifier, NotifyError};
+use ferry_core::job::{JobId, rfc3339};
+use ferry_core::ports::NotifyError;
 use ferry_core::progress::EventBody;
 use ferry_core::publish::{ProgressHub, PublishError};
 use ferry_core::ws::{MAX_CONNECTION_MS, Reply, WsApi, WsRequest};
+use ferry_local::gateway::{MAX_MESSAGE_BYTES, Outbound, Registry};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, StatusCode};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
 use crate::stack::Stack;
 
-/// API Gateway's limit on one WebSocket message, both ways (frames are 32 KiB; this
-/// gateway does not fragment, so it applies the message limit to whole frames).
-pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
-/// Messages queued for one connection before posts to it answer LimitExceeded.
-const SEND_QUEUE: usize = 1024;
 /// Close code for a message over the limit.
 const CLOSE_TOO_BIG: u16 = 1009;
-
-/// One open connection.
-struct Conn {
-    tx: mpsc::Sender<Message>,
-    connected_at: OffsetDateTime,
-    last_active_at: OffsetDateTime,
-    source_ip: String,
-    user_agent: Option<String>,
-}
-
-/// The open connections, by connection id.
-#[derive(Default)]
-pub struct Registry {
-    conns: Mutex<HashMap<String, Conn>>,
-    /// Socket tasks still running (they outlive their registry entry while closing).
-    tasks: std::sync::atomic::AtomicUsize,
-    tasks_done: Notify,
-}
-
-/// Counts a running socket task.
-struct TaskGuard(Arc<Registry>);
-
-impl TaskGuard {
-    fn new(registry: Arc<Registry>) -> Self {
-        registry.tasks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        TaskGuard(registry)
-    }
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        self.0.tasks.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.tasks_done.notify_waiters();
-    }
-}
-
-impl Registry {
-    /// Ids of the open connections.
-    pub fn ids(&self) -> Vec<String> {
-        self.conns.lock().unwrap().keys().cloned().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.conns.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Queues a message for a connection (PostToConnection).
-    pub fn post(&self, id: &str, data: &[u8]) -> Result<(), NotifyError> {
-        if data.len() > MAX_MESSAGE_BYTES {
-            return Err(NotifyError::PayloadTooLarge);
-        }
-        let msg = match std::str::from_utf8(data) {
-            Ok(s) => Message::Text(s.into()),
-            Err(_) => Message::Binary(Bytes::copy_from_slice(data)),
-        };
-        let mut conns = self.conns.lock().unwrap();
-        let Some(conn) = conns.get(id) else { return Err(NotifyError::Gone) };
-        match conn.tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(NotifyError::LimitExceeded),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                conns.remove(id);
-                Err(NotifyError::Gone)
-            }
-        }
-    }
-
-    /// Closes a connection (DeleteConnection); false when it is not open.
-    pub fn close(&self, id: &str, code: u16, reason: &str) -> bool {
-        match self.conns.lock().unwrap().remove(id) {
-            Some(conn) => {
-                let _ = conn.tx.try_send(close_message(code, reason));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Closes every connection (on shutdown).
-    pub fn close_all(&self, code: u16, reason: &str) {
-        for (_, conn) in self.conns.lock().unwrap().drain() {
-            let _ = conn.tx.try_send(close_message(code, reason));
-        }
-    }
-
-    /// Waits (up to `limit`) until every socket task has finished.
-    pub async fn drained(&self, limit: Duration) {
-        let wait = async {
-            loop {
-                let notified = self.tasks_done.notified();
-                if self.tasks.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, wait).await;
-    }
-
-    /// GetConnection's answer.
-    fn describe(&self, id: &str) -> Option<serde_json::Value> {
-        let conns = self.conns.lock().unwrap();
-        let c = conns.get(id)?;
-        let mut identity = serde_json::json!({ "sourceIp": c.source_ip });
-        if let Some(ua) = &c.user_agent {
-            identity["userAgent"] = ua.clone().into();
-        }
-        Some(serde_json::json!({
-            "connectedAt": c.connected_at.format(&Rfc3339).unwrap_or_default(),
-            "identity": identity,
-            "lastActiveAt": c.last_active_at.format(&Rfc3339).unwrap_or_default(),
-        }))
-    }
-
-    fn touch(&self, id: &str) {
-        if let Some(c) = self.conns.lock().unwrap().get_mut(id) {
-            c.last_active_at = OffsetDateTime::now_utc();
-        }
-    }
-
-    /// Registers a connection under a fresh id and returns it.
-    fn insert(&self, id: String, conn: Conn) {
-        self.conns.lock().unwrap().insert(id, conn);
-    }
-
-    /// Removes `id` if it is still the connection whose sender is `tx`.
-    fn remove_if(&self, id: &str, tx: &mpsc::Sender<Message>) {
-        let mut conns = self.conns.lock().unwrap();
-        if conns.get(id).is_some_and(|c| c.tx.same_channel(tx)) {
-            conns.remove(id);
-        }
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.conns.lock().unwrap().contains_key(id)
-    }
-}
 
 fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: reason.into() }))
 }
 
-/// The in-process notifier of the embedded backend: posts straight into the registry.
-#[derive(Clone)]
-pub struct LocalNotifier {
-    pub registry: Arc<Registry>,
+fn close(code: u16, reason: &str) -> Outbound {
+    Outbound::Close { code, reason: reason.into() }
 }
 
-#[async_trait]
-impl Notifier for LocalNotifier {
-    async fn post(&self, connection_id: &str, data: &[u8]) -> Result<(), NotifyError> {
-        self.registry.post(connection_id, data)
+/// What the registry queued for a socket, as a frame.
+fn frame(out: Outbound) -> Message {
+    match out {
+        Outbound::Text(s) => Message::Text(s.into()),
+        Outbound::Binary(b) => Message::Binary(Bytes::from(b)),
+        Outbound::Close { code, reason } => close_message(code, &reason),
     }
 }
 
@@ -218,7 +69,7 @@ impl Gateway {
     pub fn new(stack: &Stack, dev_progress: bool) -> Arc<Gateway> {
         Arc::new(Gateway {
             registry: stack.registry.clone(),
-            hub: stack.hub.clone(),
+            hub: stack.root.hub(),
             api: stack.ws.clone(),
             dev_progress,
         })
@@ -282,16 +133,7 @@ async fn upgrade(
     }
     // Register before the upgrade completes: a post right after $connect must find it
     // (API Gateway itself answers 410 until the connection is fully open; we are kinder).
-    let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    let now = OffsetDateTime::now_utc();
-    let conn = Conn {
-        tx: tx.clone(),
-        connected_at: now,
-        last_active_at: now,
-        source_ip: peer.ip().to_string(),
-        user_agent: header(http::header::USER_AGENT),
-    };
-    gw.registry.insert(id.clone(), conn);
+    let (tx, rx) = gw.registry.open(&id, peer.ip().to_string(), header(http::header::USER_AGENT));
     // Messages up to twice the limit are read whole, so an oversized one gets 1009 rather
     // than a protocol error; beyond that the read fails and we close with 1009 anyway.
     let ws = ws.max_message_size(2 * MAX_MESSAGE_BYTES).max_frame_size(2 * MAX_MESSAGE_BYTES);
@@ -300,7 +142,7 @@ async fn upgrade(
     // (This closure lives as long as the socket task: it must not hold a sender.)
     ws.on_failed_upgrade(move |e| {
         tracing::info!(error = %e, "websocket upgrade failed");
-        gw2.registry.conns.lock().unwrap().remove(&id2);
+        gw2.registry.remove(&id2);
         let api = gw2.api.clone();
         let id = id2.clone();
         tokio::spawn(async move {
@@ -326,15 +168,16 @@ async fn run_socket(
     gw: Arc<Gateway>,
     id: String,
     socket: WebSocket,
-    tx: mpsc::Sender<Message>,
-    mut rx: mpsc::Receiver<Message>,
+    tx: mpsc::Sender<Outbound>,
+    mut rx: mpsc::Receiver<Outbound>,
 ) {
-    let _guard = TaskGuard::new(gw.registry.clone());
+    let _guard = gw.registry.task();
     let (mut sink, mut stream) = socket.split();
     let writer_done = Arc::new(Notify::new());
     let done = writer_done.clone();
     let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
+        while let Some(out) = rx.recv().await {
+            let msg = frame(out);
             let close = matches!(msg, Message::Close(_));
             if sink.send(msg).await.is_err() || close {
                 break;
@@ -350,7 +193,7 @@ async fn run_socket(
             msg = stream.next() => msg,
             _ = writer_done.notified() => break,
             _ = &mut expiry => {
-                let _ = tx.send(close_message(1001, "Going away")).await;
+                let _ = tx.send(close(1001, "Going away")).await;
                 break;
             }
         };
@@ -360,30 +203,30 @@ async fn run_socket(
                 tracing::info!(connection_id = %id, error = %e, "websocket read failed");
                 // tungstenite's capacity errors: "Space limit exceeded: Message too long ...".
                 let text = e.to_string();
-                let close = if text.contains("too long") || text.contains("Space limit") {
-                    close_message(CLOSE_TOO_BIG, "Message too big")
+                let frame = if text.contains("too long") || text.contains("Space limit") {
+                    close(CLOSE_TOO_BIG, "Message too big")
                 } else {
-                    close_message(1002, "Protocol error")
+                    close(1002, "Protocol error")
                 };
-                let _ = tx.send(close).await;
+                let _ = tx.send(frame).await;
                 break;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Binary(b))) => {
                 if b.len() > MAX_MESSAGE_BYTES {
-                    let _ = tx.send(close_message(CLOSE_TOO_BIG, "Message too big")).await;
+                    let _ = tx.send(close(CLOSE_TOO_BIG, "Message too big")).await;
                     break;
                 }
                 gw.registry.touch(&id);
                 let e = ApiError::bad_request("body", "binary frames are not supported; send JSON text frames");
                 let reply = serde_json::to_string(&Reply::Error { error: e.body().error }).unwrap_or_default();
-                let _ = tx.try_send(Message::Text(reply.into()));
+                let _ = tx.try_send(Outbound::Text(reply));
                 continue;
             }
             Some(Ok(Message::Text(t))) => t,
         };
         if text.len() > MAX_MESSAGE_BYTES {
-            let _ = tx.send(close_message(CLOSE_TOO_BIG, "Message too big")).await;
+            let _ = tx.send(close(CLOSE_TOO_BIG, "Message too big")).await;
             break;
         }
         gw.registry.touch(&id);
@@ -395,7 +238,7 @@ async fn run_socket(
         };
         gw.api.handle(req).await;
     }
-    gw.registry.remove_if(&id, &tx);
+    gw.registry.remove(&id);
     drop(tx);
     // Let a queued close frame go out, then drop the socket.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -434,10 +277,17 @@ fn management_post(gw: &Gateway, id: &str, body: &[u8]) -> Response {
 }
 
 fn management_get(gw: &Gateway, id: &str) -> Response {
-    match gw.registry.describe(id) {
-        Some(v) => json_response(StatusCode::OK, v.to_string()),
-        None => aws_error(StatusCode::GONE, "GoneException", id),
+    let Some(c) = gw.registry.describe(id) else { return aws_error(StatusCode::GONE, "GoneException", id) };
+    let mut identity = serde_json::json!({ "sourceIp": c.source_ip });
+    if let Some(ua) = &c.user_agent {
+        identity["userAgent"] = ua.clone().into();
     }
+    let body = serde_json::json!({
+        "connectedAt": rfc3339(c.connected_at),
+        "identity": identity,
+        "lastActiveAt": rfc3339(c.last_active_at),
+    });
+    json_response(StatusCode::OK, body.to_string())
 }
 
 fn management_delete(gw: &Gateway, id: &str) -> Response {

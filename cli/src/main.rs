@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -394,118 +395,6 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     }
     let listener = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
     let addr = listener.local_addr()?;
-    let mut gateway = None;
-    let mut stop_workers = None;
-    let mut ports = None;
-    let mut launcher = None;
-    let mode = if a.constant_202 {
-        server::Mode::Constant202
-    } else {
-        let ws_addr = a.ws.unwrap_or_else(|| {
-            let port = if addr.port() == 0 || a.http.port() == 0 { 0 } else { addr.port().wrapping_add(1) };
-            SocketAddr::new(addr.ip(), port)
-        });
-        let ws_listener =
-            tokio::net::TcpListener::bind(ws_addr).await.with_context(|| format!("binding {ws_addr} (--ws)"))?;
-        let ws_addr = ws_listener.local_addr()?;
-        let ws_host = if ws_addr.ip().is_unspecified() {
-            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), ws_addr.port())
-        } else {
-            ws_addr
-        };
-        // Under --backend aws progress goes through the AWS notifier to this gateway's own
-        // Management API: the SDK's wire path, as in a deployment.
-        let backend = match a.backend {
-            BackendKind::Aws => "aws",
-            BackendKind::Embedded => "embedded",
-        };
-        let http_host = if addr.ip().is_unspecified() {
-            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-        } else {
-            addr
-        };
-        let pools = match &a.pools_file {
-            Some(path) => ferry_core::pool::Pools::from_file(path)?,
-            None => ferry_core::pool::Pools::from_lookup(|k| std::env::var(k).ok())?,
-        };
-        let idle_timeout = a.idle_timeout;
-        let opts = StackOptions {
-            backend: a.backend,
-            api_keys: a.api_keys,
-            models: a.models,
-            models_file: a.models_file,
-            table: a.table,
-            queue: a.queue,
-            aws_endpoint: None,
-            management_endpoint: (a.backend == BackendKind::Aws).then(|| format!("http://{ws_host}")),
-            executors: a.in_process,
-            worker: ferry_executor::worker::WorkerConfig {
-                device: a.device.clone(),
-                concurrency: a.concurrency.max(1),
-                ..stack::dev_worker_config()
-            },
-            config,
-            pools,
-            scale: (!a.no_executor && !a.in_process).then(|| stack::ScaleOptions {
-                management_endpoint: Some(format!("http://{ws_host}")),
-                idle_timeout_s: Some(idle_timeout),
-                ..stack::ScaleOptions::new(format!("http://{http_host}"))
-            }),
-        };
-        let stack = stack::build(&opts).await?;
-        println!("ferry dev: HTTP API on http://{addr} ({backend} backend)");
-        println!(
-            "ferry dev: WebSocket API on ws://{ws_host} (Management API: POST http://{ws_host}/@connections/{{id}})"
-        );
-        if a.dev_progress {
-            println!("  dev progress driver: POST http://{ws_host}/dev/jobs/{{id}}/progress");
-        }
-        for (key, tenant) in &stack.api_keys {
-            println!("  API key for tenant {tenant}: {key}");
-        }
-        for m in &stack.api.service.catalog.models {
-            let dir = m.path.as_ref().map_or("no directory: its jobs fail".to_string(), |p| p.display().to_string());
-            println!("  model {} ({}, pool {}): {dir}", m.id, m.task.as_str(), m.pool);
-        }
-        for w in &stack.workers {
-            println!("  executor {} (pool {}, device {})", w.config.executor_id, w.config.pool, w.config.device);
-        }
-        if let Some(l) = &stack.launcher {
-            for p in stack.pools.iter() {
-                println!(
-                    "  pool {}: executor processes launched on demand (max {}, min warm {}), exit after {} s idle; logs in {}",
-                    p.name,
-                    p.max_tasks,
-                    p.min_warm,
-                    p.idle_timeout_s,
-                    l.log_dir().display()
-                );
-            }
-        } else if stack.workers.is_empty() {
-            println!("  no executors (--no-executor): jobs stay queued");
-        }
-        ports = stack.ports.clone();
-        launcher = stack.launcher.clone();
-        stop_workers = Some(stack.stop_workers.clone());
-        if a.demo {
-            let key = stack.api_keys[0].0.clone();
-            let url = format!("http://{addr}");
-            let demo_ws = format!("ws://{ws_host}/");
-            let once = a.once;
-            tokio::spawn(async move {
-                let result = demo::run(&Client::new(&url, &key), Some(&demo_ws), &mut std::io::stdout()).await;
-                if let Err(e) = &result {
-                    eprintln!("demo failed: {e:#}");
-                }
-                if once {
-                    std::process::exit(if result.is_ok() { 0 } else { 1 });
-                }
-            });
-        }
-        gateway = Some((ws_listener, Gateway::new(&stack, a.dev_progress)));
-        server::Mode::Api(stack.api)
-    };
-    println!("Ctrl-C stops it.");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         server::shutdown_signal().await;
@@ -514,27 +403,129 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if let Some(stop) = stop_workers {
-        let rx = stop_rx.clone();
+    if a.constant_202 {
+        println!("ferry dev: constant 202 on http://{addr}. Ctrl-C stops it.");
+        server::serve(listener, server::Mode::Constant202, stopped(stop_rx)).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ws_addr = a.ws.unwrap_or_else(|| {
+        let port = if addr.port() == 0 || a.http.port() == 0 { 0 } else { addr.port().wrapping_add(1) };
+        SocketAddr::new(addr.ip(), port)
+    });
+    let ws_listener =
+        tokio::net::TcpListener::bind(ws_addr).await.with_context(|| format!("binding {ws_addr} (--ws)"))?;
+    let ws_host = loopback_if_unspecified(ws_listener.local_addr()?);
+    let http_host = loopback_if_unspecified(addr);
+    let pools = match &a.pools_file {
+        Some(path) => ferry_core::pool::Pools::from_file(path)?,
+        None => ferry_core::pool::Pools::from_lookup(|k| std::env::var(k).ok())?,
+    };
+    let opts = StackOptions {
+        backend: a.backend,
+        api_keys: a.api_keys,
+        models: a.models,
+        models_file: a.models_file,
+        table: a.table,
+        queue: a.queue,
+        aws_endpoint: None,
+        // Under --backend aws progress goes through the AWS notifier to this gateway's own
+        // Management API: the SDK's wire path, as in a deployment.
+        management_endpoint: (a.backend == BackendKind::Aws).then(|| format!("http://{ws_host}")),
+        executors: a.in_process,
+        worker: ferry_executor::worker::WorkerConfig {
+            device: a.device.clone(),
+            concurrency: a.concurrency.max(1),
+            ..stack::dev_worker_config()
+        },
+        config,
+        pools,
+        scale: (!a.no_executor && !a.in_process).then(|| stack::ScaleOptions {
+            management_endpoint: Some(format!("http://{ws_host}")),
+            idle_timeout_s: Some(a.idle_timeout),
+            ..stack::ScaleOptions::new(format!("http://{http_host}"))
+        }),
+    };
+    let stack = Arc::new(stack::build(&opts).await?);
+    print_stack(&stack, addr, ws_host, a.backend, a.dev_progress);
+    if a.demo {
+        let (key, url, demo_ws, once) =
+            (stack.api_keys[0].0.clone(), format!("http://{addr}"), format!("ws://{ws_host}/"), a.once);
         tokio::spawn(async move {
-            stopped(rx).await;
-            stop.trigger();
+            let result = demo::run(&Client::new(&url, &key), Some(&demo_ws), &mut std::io::stdout()).await;
+            if let Err(e) = &result {
+                eprintln!("demo failed: {e:#}");
+            }
+            if once {
+                std::process::exit(if result.is_ok() { 0 } else { 1 });
+            }
         });
     }
-    let http = server::serve_with_ports(listener, mode, ports, stopped(stop_rx.clone()));
-    match gateway {
-        Some((ws_listener, gw)) => {
-            let ws = gateway::serve(ws_listener, gw, stopped(stop_rx));
-            tokio::try_join!(http, ws)?;
-        }
-        None => http.await?,
+    println!("Ctrl-C stops it.");
+    let shutdown = ferry_executor::worker::Shutdown::default();
+    let running = {
+        let (stack, shutdown) = (stack.clone(), shutdown.clone());
+        tokio::spawn(async move { stack.run(shutdown).await })
+    };
+    {
+        let (rx, shutdown) = (stop_rx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            stopped(rx).await;
+            shutdown.trigger();
+        });
     }
-    if let Some(l) = launcher {
-        // The reconcile loop already asked them to stop; wait for their releases.
-        l.terminate_all(std::time::Duration::from_secs(8)).await;
-    }
+    let http = server::serve_with_ports(
+        listener,
+        server::Mode::Api(stack.api.clone()),
+        stack.served_ports(),
+        stopped(stop_rx.clone()),
+    );
+    let ws = gateway::serve(ws_listener, Gateway::new(&stack, a.dev_progress), stopped(stop_rx));
+    tokio::try_join!(http, ws)?;
+    // The executors release their jobs; executor processes were asked to stop.
+    let _ = running.await;
     println!("ferry dev: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() { SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()) } else { addr }
+}
+
+/// What `ferry dev` tells its user at start: where it listens, the keys, models and executors.
+fn print_stack(stack: &stack::Stack, addr: SocketAddr, ws_host: SocketAddr, backend: BackendKind, dev_progress: bool) {
+    let backend = match backend {
+        BackendKind::Aws => "aws",
+        BackendKind::Embedded => "embedded",
+    };
+    println!("ferry dev: HTTP API on http://{addr} ({backend} backend)");
+    println!("ferry dev: WebSocket API on ws://{ws_host} (Management API: POST http://{ws_host}/@connections/{{id}})");
+    if dev_progress {
+        println!("  dev progress driver: POST http://{ws_host}/dev/jobs/{{id}}/progress");
+    }
+    for (key, tenant) in &stack.api_keys {
+        println!("  API key for tenant {tenant}: {key}");
+    }
+    for m in &stack.root.catalog.models {
+        let dir = m.path.as_ref().map_or("no directory: its jobs fail".to_string(), |p| p.display().to_string());
+        println!("  model {} ({}, pool {}): {dir}", m.id, m.task.as_str(), m.pool);
+    }
+    for w in &stack.workers {
+        println!("  executor {} (pool {}, device {})", w.config.executor_id, w.config.pool, w.config.device);
+    }
+    if let Some(l) = &stack.launcher {
+        for p in stack.root.pools.iter() {
+            println!(
+                "  pool {}: executor processes launched on demand (max {}, min warm {}), exit after {} s idle; logs in {}",
+                p.name,
+                p.max_tasks,
+                p.min_warm,
+                p.idle_timeout_s,
+                l.log_dir().display()
+            );
+        }
+    } else if stack.workers.is_empty() {
+        println!("  no executors (--no-executor): jobs stay queued");
+    }
 }
 
 async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
@@ -545,10 +536,14 @@ async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
             println!("table {table} ready\nqueue {}\ndead-letter queue {}", urls.queue_url, urls.dlq_url);
         }
         AwsCommand::CreateKey { tenant, key, table } => {
-            use ferry_core::ports::ApiKeyStore;
             let key = key.unwrap_or_else(ferry_core::auth::generate_api_key);
             let (key, tenant) = stack::parse_key_arg(&format!("{key}={tenant}"))?;
-            let store = ferry_aws::TableStores::new(aws_sdk_dynamodb::Client::new(&sdk), &table).keys;
+            let ports = ferry_aws::AwsPorts::new(&sdk, &table).ports(
+                ferry_core::ports::Queues::none(),
+                std::sync::Arc::new(ferry_core::fleet::NoLauncher),
+                std::sync::Arc::new(ferry_core::ports::NoNotifier),
+            );
+            let store = ports.keys;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
             let record = ferry_core::ports::ApiKeyRecord {
                 key_hash: ferry_core::auth::hash_api_key(&key),

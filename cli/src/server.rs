@@ -11,7 +11,8 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use ferry_core::api::Api;
-use ferry_local::remote::{self, Ports};
+use ferry_core::root::Ports;
+use ferry_local::remote;
 use http::StatusCode;
 use tokio::net::TcpListener;
 

@@ -18,14 +18,15 @@ use ferry_core::progress::{EventBody, ProgressEvent};
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 struct Running {
-    stack: Stack,
+    stack: Arc<Stack>,
+    stop: ferry_executor::worker::Shutdown,
     client: Client,
     _dir: PathBuf,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stack.stop_workers.trigger();
+        self.stop.trigger();
         let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
@@ -58,11 +59,16 @@ async fn start(max_tasks: u32, max_attempts: u32, models: Vec<String>) -> Runnin
         // `--model` replaces the demo catalog: keep the demo Llama too.
         opts.models.push("tiny-llama=".to_string() + &demo_llama(&dir));
     }
-    let stack = stack::build(&opts).await.expect("stack builds");
-    let (api, ports) = (stack.api.clone(), stack.ports.clone());
+    let stack = Arc::new(stack::build(&opts).await.expect("stack builds"));
+    let stop = ferry_executor::worker::Shutdown::default();
+    tokio::spawn({
+        let (stack, stop) = (stack.clone(), stop.clone());
+        async move { stack.run(stop).await }
+    });
+    let (api, ports) = (stack.api.clone(), stack.served_ports());
     tokio::spawn(server::serve_with_ports(listener, Mode::Api(api), ports, std::future::pending()));
     let client = Client::new(&format!("http://{addr}"), stack::DEV_API_KEY);
-    Running { stack, client, _dir: dir }
+    Running { stack, stop, client, _dir: dir }
 }
 
 fn demo_llama(dir: &std::path::Path) -> String {
@@ -89,14 +95,14 @@ impl Running {
     }
 
     async fn job(&self, id: &JobId) -> Job {
-        self.stack.jobs.get(id).await.unwrap().expect("job exists")
+        self.stack.root.ports.jobs.get(id).await.unwrap().expect("job exists")
     }
 
     async fn events(&self, job: &Job) -> Vec<ProgressEvent> {
         let mut out = Vec::new();
         let mut after = 0;
         while after < job.last_seq {
-            let page = self.stack.events.read(&job.id, after, job.last_seq, 500).await.unwrap();
+            let page = self.stack.root.ports.events.read(&job.id, after, job.last_seq, 500).await.unwrap();
             after = page.last().map_or(job.last_seq, |e| e.seq);
             out.extend(page);
         }

@@ -14,9 +14,10 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
-use ferry_core::ports::{Clock, Queues, SystemClock};
-use ferry_core::publish::ProgressHub;
-use ferry_core::service::JobService;
+use ferry_core::fleet::NoLauncher;
+use ferry_core::pool::Pools;
+use ferry_core::ports::Queues;
+use ferry_core::root::{Ports, Root};
 
 use crate::worker::{Exit, S3Models, Shutdown, Worker, WorkerConfig};
 
@@ -101,28 +102,12 @@ pub async fn build(args: &Args, sdk: Option<&ferry_aws::SdkConfig>) -> anyhow::R
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::from_env()?,
     };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let ports = match (&args.stack_url, sdk) {
-        (Some(url), _) => stack_ports(url, args.stack_token.as_deref().unwrap_or_default(), args).await,
+    let (ports, s3) = match (&args.stack_url, sdk) {
+        (Some(url), _) => (stack_ports(url, args.stack_token.as_deref().unwrap_or_default(), args).await, None),
         (None, Some(sdk)) => aws_ports(args, sdk).await?,
         (None, None) => anyhow::bail!("no AWS configuration and no --stack-url"),
     };
-    let hub = Arc::new(ProgressHub {
-        jobs: ports.jobs.clone(),
-        events: ports.events.clone(),
-        connections: ports.connections.clone(),
-        notifier: ports.notifier,
-        clock: clock.clone(),
-    });
-    let service = JobService {
-        jobs: ports.jobs,
-        queues: Queues::single(ports.queue.clone()).with_pool(&args.pool, ports.queue),
-        clock,
-        catalog: Arc::new(catalog),
-        config: Config::from_env()?,
-        progress: Some(hub.clone()),
-        fleet: None,
-    };
+    let root = Root::new(ports, catalog, Pools::default(), Config::from_env()?);
     let executor_id = match args.executor_id.clone() {
         Some(id) => id,
         // On ECS the task ARN: the dispatcher lists tasks by it and the watchdog stops it.
@@ -145,79 +130,38 @@ pub async fn build(args: &Args, sdk: Option<&ferry_aws::SdkConfig>) -> anyhow::R
         ..WorkerConfig::default()
     };
     tracing::info!(executor_id = %config.executor_id, pool = %config.pool, device = %config.device, "executor starting");
-    let worker = Worker::with_s3(service, hub, config, ports.s3);
-    worker.report_to(ports.pools);
-    Ok(worker)
+    Ok(Worker::with_s3(&root, config, s3))
 }
 
-/// The ports the worker runs on.
-struct Ports {
-    jobs: Arc<dyn ferry_core::ports::JobStore>,
-    events: Arc<dyn ferry_core::ports::EventStore>,
-    connections: Arc<dyn ferry_core::ports::ConnectionStore>,
-    queue: Arc<dyn ferry_core::ports::WorkQueue>,
-    pools: Arc<dyn ferry_core::fleet::PoolStore>,
-    notifier: Arc<dyn ferry_core::ports::Notifier>,
-    s3: Option<S3Models>,
-}
-
-/// DynamoDB, SQS, S3 and the Management API: the ECS task.
-async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<Ports> {
-    let sqs = aws_sdk_sqs::Client::new(sdk);
+/// DynamoDB, SQS, S3 and the Management API: the ECS task. With no Management endpoint
+/// (private subnets without NAT) its events are marked for the dispatcher Lambda, which
+/// pushes them from the table's stream.
+async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<(Ports, Option<S3Models>)> {
+    let mut aws = ferry_aws::AwsPorts::new(sdk, &args.table);
     let queue_url = match &args.queue_url {
         Some(url) => url.clone(),
-        None => ferry_aws::AwsSettings::from_lookup(&sqs, |k| std::env::var(k).ok()).await?.queue_url,
+        None => ferry_aws::AwsSettings::from_lookup(aws.sqs(), |k| std::env::var(k).ok()).await?.queue_url,
     };
-    let backend = ferry_aws::AwsBackend::from_clients(aws_sdk_dynamodb::Client::new(sdk), sqs, &args.table, &queue_url);
-    let pools = Arc::new(ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(sdk), &args.table));
-    // With no Management endpoint (private subnets without NAT) the events are marked for
-    // the dispatcher Lambda, which pushes them from the table's stream.
-    let events: Arc<dyn ferry_core::ports::EventStore> = match management_endpoint(args) {
-        Some(_) => backend.jobs.clone(),
-        None => {
-            tracing::info!("no Management endpoint: progress is pushed by the dispatcher from the table's stream");
-            Arc::new(
-                ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(sdk), &args.table).with_stream_fanout(),
-            )
-        }
-    };
-    Ok(Ports {
-        jobs: backend.jobs.clone(),
-        events,
-        connections: backend.connections,
-        queue: backend.queue,
-        pools,
-        notifier: notifier(sdk, args),
-        s3: Some(S3Models { client: crate::fetch::s3_client(sdk), cache: args.model_cache.clone() }),
-    })
+    let endpoint = management_endpoint(args);
+    if endpoint.is_none() {
+        tracing::info!("no Management endpoint: progress is pushed by the dispatcher from the table's stream");
+        aws = aws.with_stream_fanout();
+    }
+    let ports = aws.ports(Queues::single(aws.queue(queue_url)), Arc::new(NoLauncher), aws.notifier(endpoint));
+    let s3 = S3Models { client: crate::fetch::s3_client(sdk), cache: args.model_cache.clone() };
+    Ok((ports, Some(s3)))
 }
 
 /// `ferry dev`'s in-memory stack, over its loopback port endpoint.
 async fn stack_ports(url: &str, token: &str, args: &Args) -> Ports {
-    let stack = ferry_local::remote::RemoteStack::new(url, token);
-    let s = Arc::new(stack.clone());
     // Only the Management endpoint (ferry dev's gateway) is reached with the SDK: static
     // credentials keep it from looking for real ones.
     let sdk = ferry_aws::sdk_config_for_endpoint(url).await;
-    Ports {
-        jobs: s.clone(),
-        events: s.clone(),
-        connections: s.clone(),
-        queue: Arc::new(stack.queue(&args.pool)),
-        pools: s,
-        notifier: notifier(&sdk, args),
-        s3: None,
+    let notifier = ferry_aws::root::notifier(&sdk, management_endpoint(args));
+    if management_endpoint(args).is_none() {
+        tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: progress is stored for replay but not pushed");
     }
-}
-
-fn notifier(sdk: &ferry_aws::SdkConfig, args: &Args) -> Arc<dyn ferry_core::ports::Notifier> {
-    match management_endpoint(args) {
-        Some(endpoint) => Arc::new(ferry_aws::ApiGatewayNotifier::new(sdk, endpoint)),
-        None => {
-            tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: progress is stored for replay but not pushed");
-            Arc::new(ferry_core::ports::NoNotifier)
-        }
-    }
+    ferry_local::remote::RemoteStack::new(url, token).ports(&args.pool, notifier)
 }
 
 /// `--ws-management-endpoint`, unless empty.

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
-use ferry_core::fleet::PoolStore;
-use ferry_core::ports::{ApiKeyStore, ConnectionStore, EventStore, JobStore, Notifier, Queues, SystemClock, WorkQueue};
+use ferry_core::fleet::{Launcher, NoLauncher};
+use ferry_core::pool::Pools;
+use ferry_core::ports::{Clock, NoNotifier, Notifier, Queues, WorkQueue};
 use ferry_core::publish::ProgressHub;
-use ferry_core::service::JobService;
+use ferry_core::root::{Ports, Root};
 
 use crate::moto;
 
@@ -19,21 +20,25 @@ use crate::moto;
 /// test case holds for both.
 pub const MAX_RECEIVE_COUNT: u32 = 3;
 
-/// One set of adapters behind the port traits.
+/// One set of adapters behind the port traits: the composition root's [`Ports`], built by
+/// each adapter set's own builder (as every binary builds them), with no launcher and no
+/// notifier; cases swap in what they need ([`Backend::with_notifier`], ...).
 #[derive(Clone)]
 pub struct Backend {
-    pub jobs: Arc<dyn JobStore>,
-    /// The same store as `jobs` (an append moves the job's `last_seq`), as its other port.
-    pub events: Arc<dyn EventStore>,
-    pub connections: Arc<dyn ConnectionStore>,
-    pub keys: Arc<dyn ApiKeyStore>,
+    pub ports: Ports,
+    /// The `cpu` pool's queue (the one every job of the demo catalog goes to).
     pub queue: Arc<dyn WorkQueue>,
     /// Where `queue` dead-letters messages after [`MAX_RECEIVE_COUNT`] receives.
     pub dlq: Arc<dyn WorkQueue>,
-    /// The fleet's records (the same table as `jobs` on AWS).
-    pub pools: Arc<dyn PoolStore>,
     /// `"embedded"` or `"aws"`, for messages and the rare documented divergence.
     pub name: &'static str,
+}
+
+impl std::ops::Deref for Backend {
+    type Target = Ports;
+    fn deref(&self) -> &Ports {
+        &self.ports
+    }
 }
 
 impl std::fmt::Debug for Backend {
@@ -43,48 +48,38 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// The progress path over these stores, pushing through `notifier`.
-    pub fn hub(&self, notifier: Arc<dyn Notifier>) -> ProgressHub {
-        ProgressHub {
-            jobs: self.jobs.clone(),
-            events: self.events.clone(),
-            connections: self.connections.clone(),
-            notifier,
-            clock: Arc::new(SystemClock),
-        }
+    /// The same adapters, pushing progress through `notifier`.
+    pub fn with_notifier(&self, notifier: Arc<dyn Notifier>) -> Backend {
+        Backend { ports: Ports { notifier, ..self.ports.clone() }, ..self.clone() }
     }
 
-    /// The job service over these stores with `catalog`, default config, publishing status
-    /// changes through `hub`.
-    pub fn service(&self, catalog: Catalog, hub: Arc<ProgressHub>) -> JobService {
-        JobService {
-            jobs: self.jobs.clone(),
-            queues: Queues::single(self.queue.clone()).with_dlq("cpu", self.dlq.clone()),
-            clock: Arc::new(SystemClock),
-            catalog: Arc::new(catalog),
-            config: Config::default(),
-            progress: Some(hub),
-            fleet: None,
-        }
+    /// The same adapters, launching executors with `launcher`.
+    pub fn with_launcher(&self, launcher: Arc<dyn Launcher>) -> Backend {
+        Backend { ports: Ports { launcher, ..self.ports.clone() }, ..self.clone() }
+    }
+
+    /// The same adapters on `clock`.
+    pub fn with_clock(&self, clock: Arc<dyn Clock>) -> Backend {
+        Backend { ports: Ports { clock, ..self.ports.clone() }, ..self.clone() }
+    }
+
+    /// The progress path over these stores, pushing through `notifier`.
+    pub fn hub(&self, notifier: Arc<dyn Notifier>) -> Arc<ProgressHub> {
+        self.with_notifier(notifier).ports.hub()
+    }
+
+    /// The composition root over these ports, with `catalog`, default pools and config.
+    pub fn root(&self, catalog: Catalog) -> Root {
+        Root::new(self.ports.clone(), catalog, Pools::default(), Config::default())
     }
 }
 
 /// Fresh in-process adapters.
 pub fn embedded() -> Backend {
-    use ferry_local::{MemoryApiKeyStore, MemoryConnectionStore, MemoryJobStore, MemoryQueue};
-    let dlq = Arc::new(MemoryQueue::new());
-    let queue = MemoryQueue::with_dead_letter(dlq.clone(), MAX_RECEIVE_COUNT);
-    let jobs = Arc::new(MemoryJobStore::new());
-    Backend {
-        jobs: jobs.clone(),
-        events: jobs,
-        connections: Arc::new(MemoryConnectionStore::new()),
-        keys: Arc::new(MemoryApiKeyStore::new()),
-        queue: Arc::new(queue),
-        dlq,
-        pools: Arc::new(ferry_local::MemoryPoolStore::new()),
-        name: "embedded",
-    }
+    let ports = ferry_local::ports(&["cpu".to_string()], MAX_RECEIVE_COUNT, Arc::new(NoLauncher), Arc::new(NoNotifier));
+    let queue = ports.queues.for_pool("cpu").clone();
+    let dlq = ports.queues.dlq("cpu").expect("the cpu pool's dead-letter queue").clone();
+    Backend { ports, queue, dlq, name: "embedded" }
 }
 
 /// The AWS adapters on this process's shared moto server, over a new table and a new
@@ -93,31 +88,20 @@ pub fn embedded() -> Backend {
 pub async fn aws() -> Option<Backend> {
     let server = moto::shared()?;
     let sdk = ferry_aws::sdk_config_for_endpoint(&server.endpoint).await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-
     let name = unique_name();
-    ferry_aws::ensure_table(&dynamo, &name)
+    ferry_aws::ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &name)
         .await
         .unwrap_or_else(|e| panic!("creating table {name} on moto at {}: {e}", server.endpoint));
     // `bootstrap` would do both, but with the production maxReceiveCount; the suite needs
     // the embedded backend's.
-    let urls = ferry_aws::ensure_queues(&sqs, &name, MAX_RECEIVE_COUNT)
+    let aws = ferry_aws::AwsPorts::new(&sdk, &name);
+    let urls = ferry_aws::ensure_queues(aws.sqs(), &name, MAX_RECEIVE_COUNT)
         .await
         .unwrap_or_else(|e| panic!("creating queue {name} on moto at {}: {e}", server.endpoint));
-
-    let jobs = Arc::new(ferry_aws::DynamoJobStore::new(dynamo.clone(), &name));
-    let dynamo_for_pools = dynamo.clone();
-    Some(Backend {
-        jobs: jobs.clone(),
-        events: jobs,
-        connections: Arc::new(ferry_aws::DynamoConnectionStore::new(dynamo.clone(), &name)),
-        keys: Arc::new(ferry_aws::DynamoApiKeyStore::new(dynamo.clone(), &name)),
-        queue: Arc::new(ferry_aws::SqsWorkQueue::new(sqs.clone(), urls.queue_url)),
-        dlq: Arc::new(ferry_aws::SqsWorkQueue::new(sqs, urls.dlq_url)),
-        pools: Arc::new(ferry_aws::DynamoJobStore::new(dynamo_for_pools, &name)),
-        name: "aws",
-    })
+    let (queue, dlq) = (aws.queue(urls.queue_url), aws.queue(urls.dlq_url));
+    let queues = Queues::single(queue.clone()).with_pool("cpu", queue.clone()).with_dlq("cpu", dlq.clone());
+    let ports = aws.ports(queues, Arc::new(NoLauncher), Arc::new(NoNotifier));
+    Some(Backend { ports, queue, dlq, name: "aws" })
 }
 
 /// A table and queue name no other test (in this process or another) uses: a ULID,

@@ -74,7 +74,7 @@ impl Harness {
     async fn drive(&self, id: &str, then: Option<Transition>) {
         let svc = &self.stack.api.service;
         let id: JobId = id.parse().unwrap();
-        let job = self.stack.jobs.get(&id).await.unwrap().unwrap();
+        let job = self.stack.root.ports.jobs.get(&id).await.unwrap().unwrap();
         let job = svc
             .apply(&job, Transition::Claim { executor_id: "test-exec".into(), lease_until: u64::MAX / 2 })
             .await
@@ -148,7 +148,7 @@ async fn submit_get_list(backend: &str) {
     assert_eq!((s, &lower["id"]), (StatusCode::OK, &job["id"]), "{lower}");
 
     // The message on the queue carries ids, not the input.
-    let d = h.stack.queue.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
+    let d = h.stack.queue().receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].message.job_id.to_string(), id);
     assert_eq!(d[0].message.attempt, 1);
@@ -192,7 +192,7 @@ async fn idempotency_key(backend: &str) {
     assert_ne!(theirs["id"], first["id"]);
     assert_eq!(h.job_count(KEY_A).await, 1);
     // One message only for the replayed submit.
-    let d = h.stack.queue.receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
+    let d = h.stack.queue().receive(10, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap();
     assert_eq!(d.len(), 2, "one message per created job");
 }
 
@@ -440,7 +440,7 @@ async fn bad_input_never_changes_state(backend: &str) {
         assert_eq!(e["error"]["field"], name);
     }
     assert_eq!(h.job_count(KEY_A).await, 0, "no bad request stored anything");
-    let d = h.stack.queue.receive(10, Duration::from_millis(200), Duration::from_secs(30)).await.unwrap();
+    let d = h.stack.queue().receive(10, Duration::from_millis(200), Duration::from_secs(30)).await.unwrap();
     assert!(d.is_empty(), "no bad request queued anything");
 }
 
@@ -514,9 +514,9 @@ async fn job_events_over_http(backend: &str) {
     use ferry_core::progress::EventBody;
     let Some(h) = start(backend, |_| {}).await else { return };
     let hub = Arc::new(ferry_core::publish::ProgressHub {
-        jobs: h.stack.jobs.clone(),
-        events: h.stack.events.clone(),
-        connections: h.stack.connections.clone(),
+        jobs: h.stack.root.ports.jobs.clone(),
+        events: h.stack.root.ports.events.clone(),
+        connections: h.stack.root.ports.connections.clone(),
         notifier: Arc::new(NoSubscribers),
         clock: Arc::new(ferry_core::ports::SystemClock),
     });

@@ -13,8 +13,9 @@ use ferry_core::dispatch::{Dispatcher, LAUNCH_MEMORY_MS};
 use ferry_core::fleet::{ExecutorTask, LaunchError, Launched, Launcher, TaskState};
 use ferry_core::job::{Job, JobStatus};
 use ferry_core::pool::{PoolConfig, Pools};
-use ferry_core::ports::{Clock, ManualClock, Queues, WorkMessage};
-use ferry_core::queue_state::{Fleet, QueueStateKind};
+use ferry_core::ports::{Clock, ManualClock, WorkMessage};
+use ferry_core::queue_state::QueueStateKind;
+use ferry_core::root::Root;
 use ferry_core::service::JobService;
 use ferry_core::watchdog::Watchdog;
 use ferry_local::MemoryLauncher;
@@ -30,42 +31,30 @@ struct Setup {
 }
 
 impl Setup {
+    /// The composition root over the backend with this setup's clock, pool and `launcher`.
+    fn root_with(&self, launcher: Arc<dyn Launcher>) -> Root {
+        let ports = self.b.with_launcher(launcher).with_clock(self.clock.clone()).ports;
+        Root::new(ports, Catalog::demo(), Pools::from_list(vec![self.pool.clone()]).unwrap(), Config::default())
+    }
+
+    fn root(&self) -> Root {
+        self.root_with(self.launcher.clone())
+    }
+
     fn dispatcher(&self) -> Dispatcher {
-        self.dispatcher_with(self.launcher.clone())
+        self.root().dispatcher()
     }
 
     fn dispatcher_with(&self, launcher: Arc<dyn Launcher>) -> Dispatcher {
-        Dispatcher {
-            pools: Pools::from_list(vec![self.pool.clone()]).unwrap(),
-            queues: Queues::single(self.b.queue.clone()),
-            store: self.b.pools.clone(),
-            launcher,
-            clock: self.clock.clone(),
-        }
+        self.root_with(launcher).dispatcher()
     }
 
     fn service(&self) -> JobService {
-        JobService {
-            jobs: self.b.jobs.clone(),
-            queues: Queues::single(self.b.queue.clone()).with_dlq("cpu", self.b.dlq.clone()),
-            clock: self.clock.clone(),
-            catalog: Arc::new(Catalog::demo()),
-            config: Config::default(),
-            progress: None,
-            fleet: Some(Fleet {
-                pools: Pools::from_list(vec![self.pool.clone()]).unwrap(),
-                store: self.b.pools.clone(),
-            }),
-        }
+        self.root().service()
     }
 
     fn watchdog(&self) -> Watchdog {
-        Watchdog {
-            service: self.service(),
-            pools: Pools::from_list(vec![self.pool.clone()]).unwrap(),
-            launcher: Some(self.launcher.clone()),
-            cancel_grace_ms: 30_000,
-        }
+        self.root().watchdog(30_000)
     }
 
     async fn enqueue(&self, n: usize) -> Vec<Job> {
@@ -76,20 +65,10 @@ impl Setup {
             j.updated_at = j.created_at;
             j.expires_at = j.created_at + 3_600_000;
             self.b.jobs.create(&j, None).await.unwrap();
-            self.b.queue.send(&message(&j)).await.unwrap();
+            self.b.queue.send(&WorkMessage::for_job(&j, "t")).await.unwrap();
             jobs.push(j);
         }
         jobs
-    }
-}
-
-fn message(j: &Job) -> WorkMessage {
-    WorkMessage {
-        job_id: j.id,
-        attempt: j.attempt,
-        tenant: j.tenant.clone(),
-        model: j.model.clone(),
-        trace_id: "t".into(),
     }
 }
 
@@ -343,7 +322,7 @@ async fn expired_and_dead_lettered_jobs_are_settled(b: Backend) {
     let jobs = s.enqueue(2).await;
     // The second job's message went to the dead-letter queue (as SQS does after
     // maxReceiveCount receives).
-    s.b.dlq.send(&message(&jobs[1])).await.unwrap();
+    s.b.dlq.send(&WorkMessage::for_job(&jobs[1], "t")).await.unwrap();
     let w = s.watchdog();
     let report = w.run().await.unwrap();
     assert_eq!((report.expired, report.dead_lettered), (0, 1));

@@ -14,15 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_aws::{AwsBackend, AwsFleet, QueueUrls};
+use ferry_aws::QueueUrls;
 use ferry_core::catalog::Catalog;
-use ferry_core::config::Config;
 use ferry_core::dispatch::{Dispatcher, PoolList, PoolView};
-use ferry_core::fleet::{ExecutorTask, Launcher};
+use ferry_core::fleet::ExecutorTask;
 use ferry_core::input::JobInput;
 use ferry_core::job::{Job, JobStatus, Task};
 use ferry_core::pool::PoolConfig;
-use ferry_core::ports::{Clock, JobStore, ManualClock, SystemClock, WorkMessage};
+use ferry_core::ports::{Clock, ManualClock, SystemClock, WorkMessage};
+use ferry_core::root::Root;
 use ferry_core::service::JobService;
 use ferry_core::state::Transition;
 use ferry_core::watchdog::{DEFAULT_CANCEL_GRACE_MS, Watchdog, WatchdogReport};
@@ -47,8 +47,9 @@ struct Setup {
     gpu: QueueUrls,
     cpu: QueueUrls,
     catalog: Catalog,
-    backend: AwsBackend,
-    fleet: AwsFleet,
+    /// The root as the dispatcher Lambda builds it (`ferry_aws::root_from_lookup`), on the
+    /// manual clock.
+    root: Root,
     clock: Arc<ManualClock>,
 }
 
@@ -113,45 +114,37 @@ async fn setup() -> Option<Setup> {
     ]})
     .to_string();
     let catalog = Catalog::from_json(CATALOG).expect("catalog");
-    let backend = AwsBackend::connect(&moto.sdk, &table, &default.queue_url).await;
-    let lookup = move |name: &str| (name == "FERRY_POOLS").then(|| pools.clone());
-    let fleet = AwsFleet::from_lookup(&moto.sdk, &backend, &catalog, lookup).expect("the fleet");
-    assert_eq!(fleet.pools.names(), ["cpu", "gpu"]);
-
+    let lookup = move |name: &str| match name {
+        "FERRY_POOLS" => Some(pools.clone()),
+        "FERRY_MODELS" => Some(CATALOG.to_string()),
+        "FERRY_TABLE" => Some(table.clone()),
+        "FERRY_QUEUE_URL" => Some(default.queue_url.clone()),
+        _ => None,
+    };
+    let mut root = ferry_aws::root_from_lookup(&moto.sdk, &lookup).await.expect("the root");
+    assert_eq!(root.pools.names(), ["cpu", "gpu"]);
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
-    Some(Setup { moto, cluster, provider, gpu_family, cpu_family, gpu, cpu, catalog, backend, fleet, clock })
+    root.ports.clock = clock.clone();
+    Some(Setup { moto, cluster, provider, gpu_family, cpu_family, gpu, cpu, catalog, root, clock })
 }
 
 impl Setup {
     fn dispatcher(&self) -> Dispatcher {
-        self.fleet.dispatcher(self.clock.clone())
+        self.root.dispatcher()
     }
 
-    /// The job service as the dispatcher Lambda builds it: the fleet's per-pool queues.
+    /// The job service as the dispatcher Lambda builds it: the pools' own queues.
     fn service(&self) -> JobService {
-        JobService {
-            jobs: self.backend.jobs.clone(),
-            queues: self.fleet.queues.clone(),
-            clock: self.clock.clone(),
-            catalog: Arc::new(self.catalog.clone()),
-            config: Config::default(),
-            progress: None,
-            fleet: Some(self.fleet.view()),
-        }
+        self.root.service()
     }
 
     /// The watchdog with the ECS launcher, as the dispatcher Lambda builds it.
     fn watchdog(&self) -> Watchdog {
-        Watchdog {
-            service: self.service(),
-            pools: self.fleet.pools.clone(),
-            launcher: Some(self.fleet.launcher.clone()),
-            cancel_grace_ms: DEFAULT_CANCEL_GRACE_MS,
-        }
+        self.root.watchdog(DEFAULT_CANCEL_GRACE_MS)
     }
 
     fn pool(&self, name: &str) -> &PoolConfig {
-        self.fleet.pools.get(name).unwrap_or_else(|| panic!("pool {name}"))
+        self.root.pools.get(name).unwrap_or_else(|| panic!("pool {name}"))
     }
 
     /// A queued job of `model` in the table, and its message on the model's pool queue.
@@ -164,14 +157,8 @@ impl Setup {
         j.created_at = self.clock.now();
         j.updated_at = j.created_at;
         j.expires_at = j.created_at + 3_600_000;
-        self.backend.jobs.create(&j, None).await.expect("creating the job");
-        let message = WorkMessage {
-            job_id: j.id,
-            attempt: j.attempt,
-            tenant: j.tenant.clone(),
-            model: j.model.clone(),
-            trace_id: format!("test-{}", j.id),
-        };
+        self.root.ports.jobs.create(&j, None).await.expect("creating the job");
+        let message = WorkMessage::for_job(&j, format!("test-{}", j.id));
         self.service().queue_for_model(model).send(&message).await.expect("sending the message");
         j
     }
@@ -179,10 +166,10 @@ impl Setup {
     /// What an executor on `task` does with the next message of `pool`: receive it, claim
     /// its job with a lease of `lease_ms`, and delete it.
     async fn claim(&self, pool: &str, task: &str, lease_ms: u64) -> Job {
-        let queue = self.fleet.queues.for_pool(pool);
+        let queue = self.root.ports.queues.for_pool(pool);
         let got = queue.receive(1, Duration::from_secs(1), Duration::from_secs(60)).await.expect("receive");
         let delivery = got.into_iter().next().expect("a message for the executor");
-        let job = self.backend.jobs.get(&delivery.message.job_id).await.unwrap().expect("the message's job");
+        let job = self.root.ports.jobs.get(&delivery.message.job_id).await.unwrap().expect("the message's job");
         let claim = Transition::Claim { executor_id: task.into(), lease_until: self.clock.now() + lease_ms };
         let running = self.service().apply(&job, claim).await.expect("claim");
         queue.delete(&delivery.receipt).await.expect("delete");
@@ -192,7 +179,7 @@ impl Setup {
     /// The pool's tasks as the launcher lists them (ListTasks by `startedBy`, desired
     /// status RUNNING, then DescribeTasks).
     async fn listed(&self, pool: &str) -> Vec<ExecutorTask> {
-        self.fleet.launcher.list(self.pool(pool)).await.expect("ListTasks")
+        self.root.ports.launcher.list(self.pool(pool)).await.expect("ListTasks")
     }
 
     async fn listed_ids(&self, pool: &str) -> Vec<String> {
@@ -308,7 +295,7 @@ async fn watchdog_stops_the_task_of_a_lost_executor_and_requeues_its_job() {
         let report = w.run().await.expect("watchdog");
         assert_eq!((report.requeued, report.tasks_stopped, report.failed_lost), (1, 1, 0), "{report:?}");
 
-        let job = s.backend.jobs.get(&queued.id).await.unwrap().expect("the job");
+        let job = s.root.ports.jobs.get(&queued.id).await.unwrap().expect("the job");
         assert_eq!((job.status, job.attempt, job.executor_id.clone()), (JobStatus::Queued, 2, None));
         assert!(s.listed("gpu").await.is_empty(), "the stopped task is not listed");
         assert!(s.ecs_list("gpu", aws_sdk_ecs::types::DesiredStatus::Running).await.is_empty());
@@ -327,7 +314,8 @@ async fn watchdog_stops_the_task_of_a_lost_executor_and_requeues_its_job() {
         let replacement = s.listed_ids("gpu").await;
         assert_eq!(replacement.len(), 1);
         assert_ne!(replacement[0], lost);
-        let got = s.fleet.queues.for_pool("gpu").receive(10, Duration::from_secs(1), Duration::from_secs(60)).await;
+        let got =
+            s.root.ports.queues.for_pool("gpu").receive(10, Duration::from_secs(1), Duration::from_secs(60)).await;
         let got: Vec<_> = got.expect("receive").into_iter().map(|d| (d.message.job_id, d.message.attempt)).collect();
         assert_eq!(got, [(queued.id, 2)]);
     })
@@ -388,7 +376,7 @@ async fn the_handler_reconciles_the_streamed_pool_and_everything_on_schedule() {
         assert!(fargate[0].task_definition_arn().is_some_and(|a| a.contains(&s.cpu_family)));
         assert_eq!(env_var(&fargate[0], "FERRY_QUEUE_URL").as_deref(), Some(s.cpu.queue_url.as_str()));
         assert!(s.listed("gpu").await.is_empty(), "the lost executor's task was stopped");
-        let job = s.backend.jobs.get(&gpu_job.id).await.unwrap().expect("the job");
+        let job = s.root.ports.jobs.get(&gpu_job.id).await.unwrap().expect("the job");
         assert_eq!((job.status, job.attempt), (JobStatus::Queued, 2));
 
         // The next minute: the retry gets a new gpu executor.

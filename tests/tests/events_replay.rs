@@ -76,7 +76,7 @@ async fn fresh_stack() -> Stack {
 /// The queued job the get and cancel events name, owned by the events' tenant.
 async fn seed(stack: &Stack) {
     let job = ferry_tests::fixtures::job_with_id(SEEDED_JOB, TENANT, JobStatus::Queued);
-    stack.jobs.create(&job, None).await.expect("seeding the job");
+    stack.root.ports.jobs.create(&job, None).await.expect("seeding the job");
 }
 
 fn body_bytes(body: &Body) -> Vec<u8> {

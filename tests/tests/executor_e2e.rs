@@ -34,8 +34,13 @@ async fn submit_and_follow(aws: bool) {
         opts.queue = opts.table.clone();
         opts.management_endpoint = Some(format!("http://{ws_addr}"));
     }
-    let stack = stack::build(&opts).await.expect("stack");
+    let stack = std::sync::Arc::new(stack::build(&opts).await.expect("stack"));
     assert_eq!(stack.workers.len(), 1, "one pool, one executor");
+    let stop = ferry_executor::worker::Shutdown::default();
+    let running = {
+        let (stack, stop) = (stack.clone(), stop.clone());
+        tokio::spawn(async move { stack.run(stop).await })
+    };
     let gw = Gateway::new(&stack, false);
     tokio::spawn(gateway::serve(ws_listener, gw, std::future::pending()));
     let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -113,7 +118,8 @@ async fn submit_and_follow(aws: bool) {
         _ => None,
     });
     assert_eq!(result.as_ref(), Some(output));
-    stack.stop_workers.trigger();
+    stop.trigger();
+    tokio::time::timeout(Duration::from_secs(30), running).await.expect("the executor stops").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,12 +5,11 @@
 //! adapter: the embedded stack reads local directories).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::catalog::{Catalog, ModelSpec};
 use ferry_core::job::{JobStatus, Task};
-use ferry_core::ports::{NoNotifier, WorkMessage};
+use ferry_core::ports::WorkMessage;
 use ferry_core::progress::EventBody;
 use ferry_executor::testing::{ScratchDir, write_tiny_llama};
 use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
@@ -56,8 +55,7 @@ async fn models_are_fetched_from_s3_once_and_served() {
         spec("s3-missing", &format!("s3://{bucket}/models/nothing-here")),
     ])
     .unwrap();
-    let hub = Arc::new(b.hub(Arc::new(NoNotifier)));
-    let service = b.service(catalog, hub.clone());
+    let root = b.root(catalog);
     let cache = ScratchDir::new("s3-cache").unwrap();
     let worker = || {
         let config = WorkerConfig {
@@ -66,7 +64,7 @@ async fn models_are_fetched_from_s3_once_and_served() {
             ..WorkerConfig::default()
         };
         let s3 = S3Models { client: s3.clone(), cache: cache.path().to_path_buf() };
-        Worker::with_s3(service.clone(), hub.clone(), config, Some(s3))
+        Worker::with_s3(&root, config, Some(s3))
     };
     let submit = |model: &str| {
         let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
@@ -78,13 +76,7 @@ async fn models_are_fetched_from_s3_once_and_served() {
         let (b, w) = (b.clone(), worker());
         async move {
             b.jobs.create(&job, None).await.unwrap();
-            let m = WorkMessage {
-                job_id: job.id,
-                attempt: 1,
-                tenant: job.tenant.clone(),
-                model: job.model.clone(),
-                trace_id: "s3".into(),
-            };
+            let m = WorkMessage::for_job(&job, "s3");
             b.queue.send(&m).await.unwrap();
             w.run(Shutdown::default()).await;
             let done = b.jobs.get(&job.id).await.unwrap().unwrap();

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use ferry_core::catalog::Catalog;
 use ferry_core::input::JobInput;
 use ferry_core::job::{Job, JobStatus};
-use ferry_core::ports::{NoNotifier, WorkMessage};
+use ferry_core::ports::WorkMessage;
 use ferry_core::progress::EventBody;
-use ferry_core::publish::ProgressHub;
+use ferry_core::root::Root;
 use ferry_core::service::JobService;
 use ferry_executor::models::{LoadedModel, ModelError, Progress, RunOutcome, Runner, TokenOut};
 use ferry_executor::worker::{Exit, Shutdown, Worker, WorkerConfig};
@@ -64,15 +64,14 @@ impl Runner for Scripted {
 
 struct Setup {
     b: Backend,
+    root: Root,
     service: JobService,
-    hub: Arc<ProgressHub>,
     model: Arc<Scripted>,
 }
 
 fn setup(b: Backend) -> Setup {
-    let hub = Arc::new(b.hub(Arc::new(NoNotifier)));
-    let service = b.service(Catalog::demo(), hub.clone());
-    Setup { b, service, hub, model: Arc::default() }
+    let root = b.root(Catalog::demo());
+    Setup { service: root.service(), root, b, model: Arc::default() }
 }
 
 impl Setup {
@@ -84,7 +83,7 @@ impl Setup {
             ..WorkerConfig::default()
         };
         tweak(&mut config);
-        let w = Worker::new(self.service.clone(), self.hub.clone(), config);
+        let w = Worker::new(&self.root, config);
         w.models.preload("tiny-llama", LoadedModel::Custom(self.model.clone()));
         w
     }
@@ -100,14 +99,7 @@ impl Setup {
     }
 
     async fn send(&self, job: &Job) {
-        let m = WorkMessage {
-            job_id: job.id,
-            attempt: job.attempt,
-            tenant: job.tenant.clone(),
-            model: job.model.clone(),
-            trace_id: "test".into(),
-        };
-        self.b.queue.send(&m).await.unwrap();
+        self.b.queue.send(&WorkMessage::for_job(job, "test")).await.unwrap();
     }
 
     async fn job(&self, job: &Job) -> Job {

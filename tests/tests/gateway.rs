@@ -158,7 +158,7 @@ impl Env {
     async fn wait_gone(&self, id: &str) {
         for _ in 0..200 {
             if !self.gw.registry.ids().iter().any(|i| i == id)
-                && self.stack.connections.get(id).await.unwrap().is_none()
+                && self.stack.root.ports.connections.get(id).await.unwrap().is_none()
             {
                 return;
             }
@@ -260,7 +260,7 @@ async fn connect_is_authenticated(setup: Setup) {
 async fn subscribe_replay_and_resume_without_gaps(setup: Setup) {
     let Some(env) = start(setup, true).await else { return };
     let (mut ws, id) = env.connect_id(ACME).await;
-    assert!(env.stack.connections.get(&id).await.unwrap().is_some(), "$connect recorded it");
+    assert!(env.stack.root.ports.connections.get(&id).await.unwrap().is_some(), "$connect recorded it");
     let job = env.submit(ACME).await;
     let ack = subscribe(&mut ws, &job, None).await;
     assert_eq!(ack["action"], "subscribed", "{ack}");
@@ -427,22 +427,22 @@ async fn management_api_and_gone_cleanup(setup: Setup) {
 
 async fn stale_connection_is_removed_on_publish(env: &Env) {
     let job = env.submit(ACME).await;
-    let now = env.stack.clock.now();
+    let now = env.stack.root.ports.clock.now();
     let stale = Connection {
         id: "c3RhbGUtY29ubmVjdGlvbg==".into(),
         tenant: ferry_core::TenantId::new("acme").unwrap(),
         connected_at: now,
         expires_at: now + 60_000,
     };
-    env.stack.connections.put(&stale).await.unwrap();
-    env.stack.connections.subscribe(&stale.id, &job.parse().unwrap()).await.unwrap();
+    env.stack.root.ports.connections.put(&stale).await.unwrap();
+    env.stack.root.ports.connections.subscribe(&stale.id, &job.parse().unwrap()).await.unwrap();
     let mut ws = env.connect(ACME).await;
     subscribe(&mut ws, &job, None).await;
     let resp = env.drive(&job, 0).await;
     assert_eq!(resp.headers()["x-ferry-fan-out"], "delivered=1 gone=1 failed=0");
     assert_eq!(seqs(&recv_events(&mut ws, 1).await), [1]);
-    assert!(env.stack.connections.get(&stale.id).await.unwrap().is_none(), "410 removed the record");
-    assert_eq!(env.stack.connections.subscribers(&job.parse().unwrap()).await.unwrap().len(), 1);
+    assert!(env.stack.root.ports.connections.get(&stale.id).await.unwrap().is_none(), "410 removed the record");
+    assert_eq!(env.stack.root.ports.connections.subscribers(&job.parse().unwrap()).await.unwrap().len(), 1);
 }
 
 async fn many_connections_all_receive_an_event(setup: Setup) {

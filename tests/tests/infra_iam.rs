@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use clap::{Args as _, FromArgMatches as _};
 use ferry_core::catalog::Catalog;
-use ferry_core::fleet::Launcher;
 use ferry_core::job::{Job, JobStatus};
-use ferry_core::ports::{ApiKeyRecord, ApiKeyStore, Connection, ConnectionStore, JobStore, WorkMessage, WorkQueue};
+use ferry_core::ports::{ApiKeyRecord, Connection, WorkMessage, WorkQueue};
 use ferry_executor::models::{LoadedModel, ModelError, Progress, RunOutcome, Runner};
 use ferry_tests::backends::unique_name;
 use ferry_tests::recorder::Recorder;
@@ -63,8 +62,8 @@ struct Deployment {
     cluster: String,
     catalog: Catalog,
     queues: BTreeMap<&'static str, (String, String)>,
-    fleet: ferry_aws::AwsFleet,
-    backend: ferry_aws::AwsBackend,
+    /// The deployment's composition root, as the Lambdas build it (without recording).
+    root: ferry_core::root::Root,
     cache: PathBuf,
 }
 
@@ -122,17 +121,16 @@ async fn deploy() -> Option<Deployment> {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let catalog = Catalog::from_json(&catalog).unwrap();
-    let backend = ferry_aws::AwsBackend::connect(&moto.sdk, &table, &queues["cpu"].0).await;
     let lookup = |k: &str| env.get(k).cloned();
-    let fleet = ferry_aws::AwsFleet::from_lookup(&moto.sdk, &backend, &catalog, lookup).unwrap();
+    let root = ferry_aws::root_from_lookup(&moto.sdk, &lookup).await.unwrap();
     let record = ApiKeyRecord {
         key_hash: ferry_core::auth::hash_api_key(KEY),
         tenant: ferry_core::TenantId::new("acme").unwrap(),
         created_at: 1,
     };
-    backend.keys.put(&record).await.unwrap();
+    root.ports.keys.put(&record).await.unwrap();
     let cache = std::env::temp_dir().join(format!("ferry-iam-cache-{}", ulid::Ulid::new()));
-    Some(Deployment { moto, env, table, cluster, catalog, queues, fleet, backend, cache })
+    Some(Deployment { moto, env, table, cluster, catalog, queues, root, cache })
 }
 
 impl Deployment {
@@ -152,23 +150,10 @@ impl Deployment {
         j.model = model.into();
         j.input = ferry_tests::fixtures::generate("the river", 4);
         edit(&mut j);
-        self.backend.jobs.create(&j, None).await.unwrap();
+        self.root.ports.jobs.create(&j, None).await.unwrap();
         if status == JobStatus::Queued {
             let pool = self.catalog.get(model).unwrap().pool.clone();
-            let m = WorkMessage {
-                job_id: j.id,
-                attempt: j.attempt,
-                tenant: j.tenant.clone(),
-                model: j.model.clone(),
-                trace_id: "iam".into(),
-            };
-            ferry_aws::SqsWorkQueue::new(
-                aws_sdk_sqs::Client::new(&self.moto.sdk),
-                self.queues[pool.as_str()].0.clone(),
-            )
-            .send(&m)
-            .await
-            .unwrap();
+            self.root.ports.queues.for_pool(&pool).send(&WorkMessage::for_job(&j, "iam")).await.unwrap();
         }
         j
     }
@@ -178,15 +163,15 @@ impl Deployment {
         for id in [format!("live-{}", ulid::Ulid::new()), format!("gone-{}", ulid::Ulid::new())] {
             let c =
                 Connection { id: id.clone(), tenant: job.tenant.clone(), connected_at: 1, expires_at: u64::MAX / 2 };
-            self.backend.connections.put(&c).await.unwrap();
-            self.backend.connections.subscribe(&id, &job.id).await.unwrap();
+            self.root.ports.connections.put(&c).await.unwrap();
+            self.root.ports.connections.subscribe(&id, &job.id).await.unwrap();
         }
     }
 
     /// A running executor task of `pool` (started without recording).
     async fn task(&self, pool: &str) -> String {
-        let cfg = self.fleet.pools.get(pool).unwrap();
-        self.fleet.launcher.launch(cfg, 1).await.unwrap().task_ids.remove(0)
+        let cfg = self.root.pools.get(pool).unwrap();
+        self.root.ports.launcher.launch(cfg, 1).await.unwrap().task_ids.remove(0)
     }
 }
 
@@ -219,7 +204,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
             request(&api, "POST", "/v1/jobs", Some(json!({"model": "s3-llama", "input": {"prompt": "hi"}}))).await;
         assert_eq!(status, 202, "{job}");
         let id = job["id"].as_str().unwrap().to_string();
-        let job_record = d.backend.jobs.get(&id.parse().unwrap()).await.unwrap().unwrap();
+        let job_record = d.root.ports.jobs.get(&id.parse().unwrap()).await.unwrap().unwrap();
         d.subscribe(&job_record).await;
         assert_eq!(request(&api, "POST", &format!("/v1/jobs/{id}/cancel"), None).await.0, 200);
         // After the cancel the job has a stored event to read back.
@@ -278,13 +263,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         .await;
         d.job("s3-llama", JobStatus::Queued, |j| j.expires_at = now - 1_000).await;
         let dead = d.job("s3-llama", JobStatus::Queued, |_| {}).await;
-        let m = WorkMessage {
-            job_id: dead.id,
-            attempt: 1,
-            tenant: dead.tenant.clone(),
-            model: dead.model.clone(),
-            trace_id: "iam".into(),
-        };
+        let m = WorkMessage::for_job(&dead, "iam");
         ferry_aws::SqsWorkQueue::new(aws_sdk_sqs::Client::new(&d.moto.sdk), d.queues["cpu"].1.clone())
             .send(&m)
             .await
@@ -342,13 +321,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         let flaky = d.job("flaky", JobStatus::Queued, |_| {}).await;
         // A gpu model's message in the cpu queue (a misrouted message) is handed back.
         let stray = d.job("gpu-llama", JobStatus::Queued, |_| {}).await;
-        let m = WorkMessage {
-            job_id: stray.id,
-            attempt: 1,
-            tenant: stray.tenant.clone(),
-            model: stray.model.clone(),
-            trace_id: "iam".into(),
-        };
+        let m = WorkMessage::for_job(&stray, "iam");
         ferry_aws::SqsWorkQueue::new(aws_sdk_sqs::Client::new(&d.moto.sdk), d.queues["cpu"].0.clone())
             .send(&m)
             .await
@@ -359,10 +332,10 @@ async fn each_role_allows_exactly_what_its_component_calls() {
                 .expect("the executor drains its queue and exits idle");
         assert_eq!(exit, ferry_executor::worker::Exit::Idle);
         for j in [&fetched, &flaky] {
-            let end = d.backend.jobs.get(&j.id).await.unwrap().unwrap();
+            let end = d.root.ports.jobs.get(&j.id).await.unwrap().unwrap();
             assert_eq!(end.status, JobStatus::Succeeded, "{}: {:?}", j.model, end.error);
         }
-        assert_eq!(d.backend.jobs.get(&flaky.id).await.unwrap().unwrap().attempt, 2);
+        assert_eq!(d.root.ports.jobs.get(&flaky.id).await.unwrap().unwrap().attempt, 2);
         assert_role("executor", &rec.actions());
         let _ = std::fs::remove_dir_all(&d.cache);
         let _ = std::fs::remove_file(&catalog_file);

@@ -40,7 +40,7 @@ fn job(tenant: &str) -> Job {
     ferry_tests::fixtures::job(tenant, JobStatus::Running)
 }
 
-fn hub(b: &Backend, notifier: Arc<Recorder>) -> ProgressHub {
+fn hub(b: &Backend, notifier: Arc<Recorder>) -> Arc<ProgressHub> {
     b.hub(notifier)
 }
 
@@ -97,7 +97,7 @@ async fn stream_coalesces_bursts(b: Backend) {
     b.jobs.create(&j, None).await.unwrap();
     let conn = subscriber(&b, &j, "live").await;
     let recorder = Arc::new(Recorder::default());
-    let stream = ProgressStream::new(Arc::new(hub(&b, recorder.clone())), j.id);
+    let stream = ProgressStream::new(hub(&b, recorder.clone()), j.id);
 
     // A burst: 300 small tokens pushed without waiting, then 40 big ones (2 KiB of text each).
     const SMALL: u32 = 300;
@@ -148,7 +148,7 @@ async fn status_changes_are_published(b: Backend) {
     b.jobs.create(&j, None).await.unwrap();
     let conn = subscriber(&b, &j, "live").await;
     let recorder = Arc::new(Recorder::default());
-    let service = b.service(Catalog::demo(), Arc::new(hub(&b, recorder.clone())));
+    let service = b.with_notifier(recorder.clone()).root(Catalog::demo()).service();
     let cancelled = service.cancel(&j.tenant, &j.id).await.unwrap();
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     let stored = b.events.read(&j.id, 0, 10, 10).await.unwrap();
@@ -163,7 +163,7 @@ async fn status_changes_are_published(b: Backend) {
 async fn sequence_is_gap_free(b: Backend) {
     let j = job("acme");
     b.jobs.create(&j, None).await.unwrap();
-    let hub = Arc::new(hub(&b, Arc::default()));
+    let hub = hub(&b, Arc::default());
     // moto runs DynamoDB transactions without isolation (two racing TransactWriteItems can
     // both pass their conditions), so on moto the writers take turns; real DynamoDB
     // serializes them, and the embedded store is raced for real.
@@ -240,7 +240,7 @@ async fn refuses_what_cannot_be_delivered(b: Backend) {
 async fn long_poll_read(b: Backend) {
     let j = job("acme");
     b.jobs.create(&j, None).await.unwrap();
-    let hub = Arc::new(hub(&b, Arc::default()));
+    let hub = hub(&b, Arc::default());
     for i in 0..3 {
         hub.publish_progress(&j.id, token(i)).await.unwrap();
     }

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use ferry_core::fleet::NoLauncher;
 use ferry_core::job::JobStatus;
-use ferry_core::ports::{Connection, ConnectionStore, JobStore, NoNotifier, SystemClock};
+use ferry_core::ports::{Connection, NoNotifier, Queues};
 use ferry_core::progress::EventBody;
-use ferry_core::publish::ProgressHub;
 use ferry_tests::backends::unique_name;
 use ferry_tests::recorder::Recorder;
 use serde_json::{Value, json};
@@ -41,7 +41,9 @@ async fn executor_events_without_a_management_endpoint_are_pushed_from_the_strea
     let table = unique_name();
     ferry_aws::ensure_table(&dynamo, &table).await.unwrap();
     let urls = ferry_aws::ensure_queues(&aws_sdk_sqs::Client::new(&sdk), &table, 5).await.unwrap();
-    let stores = ferry_aws::TableStores::new(dynamo.clone(), &table);
+    let aws = ferry_aws::AwsPorts::new(&sdk, &table);
+    let ports = |aws: &ferry_aws::AwsPorts| aws.ports(Queues::none(), Arc::new(NoLauncher), Arc::new(NoNotifier));
+    let stores = ports(&aws);
     let job = ferry_tests::fixtures::job("acme", JobStatus::Running);
     stores.jobs.create(&job, None).await.unwrap();
     let conn =
@@ -49,21 +51,14 @@ async fn executor_events_without_a_management_endpoint_are_pushed_from_the_strea
     stores.connections.put(&conn).await.unwrap();
     stores.connections.subscribe("live-1", &job.id).await.unwrap();
 
-    // The executor: no notifier, events marked for the stream.
-    let marked = Arc::new(ferry_aws::DynamoJobStore::new(dynamo.clone(), &table).with_stream_fanout());
-    let hub = ProgressHub {
-        jobs: stores.jobs.clone(),
-        events: marked,
-        connections: stores.connections.clone(),
-        notifier: Arc::new(NoNotifier),
-        clock: Arc::new(SystemClock),
-    };
+    // The executor: no notifier, events marked for the stream (as its `aws_ports` builds them).
+    let hub = ports(&aws.clone().with_stream_fanout()).hub();
     let tokens: Vec<EventBody> =
         (0..3).map(|i| EventBody::Token { index: i, id: 10 + i, text: format!(" t{i}"), logprob: None }).collect();
     let (events, fan_out) = hub.publish_batch(&job.id, tokens).await.unwrap();
     assert_eq!(fan_out.delivered, 0, "the executor itself pushes nothing");
     // An event written by a component that pushes itself is not marked.
-    let unmarked = ProgressHub { events: stores.jobs.clone(), ..hub };
+    let unmarked = stores.hub();
     unmarked.store(&job.id, EventBody::Log { level: "info".into(), message: "pushed directly".into() }).await.unwrap();
 
     // The stream: the new images of the event items, as the Lambda service delivers them.

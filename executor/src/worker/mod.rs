@@ -28,6 +28,7 @@ use ferry_core::fleet::{ExecutorActivity, PoolStore};
 use ferry_core::job::{Job, JobStatus};
 use ferry_core::ports::{Delivery, StoreError, WorkQueue};
 use ferry_core::publish::ProgressHub;
+use ferry_core::root::Root;
 use ferry_core::service::{JobService, ServiceError};
 use ferry_core::state::Transition;
 
@@ -102,39 +103,30 @@ pub struct Worker {
     /// What the heartbeat reports.
     activity: Arc<Activity>,
     /// Where the heartbeat goes (the dispatcher counts idle executors and the API explains
-    /// jobs whose model is loading); none in tests that do not need it.
-    pool_store: std::sync::OnceLock<Arc<dyn PoolStore>>,
+    /// jobs whose model is loading).
+    pool_store: Arc<dyn PoolStore>,
 }
 
 impl Worker {
-    pub fn new(service: JobService, hub: Arc<ProgressHub>, config: WorkerConfig) -> Arc<Worker> {
-        Self::with_s3(service, hub, config, None)
+    /// An executor over `root`'s ports (the job service and the progress hub derived from
+    /// it, the heartbeat to its pool store), serving the catalog's models of its pool.
+    pub fn new(root: &Root, config: WorkerConfig) -> Arc<Worker> {
+        Self::with_s3(root, config, None)
     }
 
     /// Like [`Worker::new`], fetching models stored in S3 with `s3`.
-    pub fn with_s3(
-        service: JobService,
-        hub: Arc<ProgressHub>,
-        config: WorkerConfig,
-        s3: Option<S3Models>,
-    ) -> Arc<Worker> {
-        let models = Arc::new(ModelRegistry::new(&service.catalog, &config.pool, &config.device, s3));
-        let now = service.clock.now();
+    pub fn with_s3(root: &Root, config: WorkerConfig, s3: Option<S3Models>) -> Arc<Worker> {
+        let models = Arc::new(ModelRegistry::new(&root.catalog, &config.pool, &config.device, s3));
         Arc::new(Worker {
-            service,
-            hub,
+            service: root.service(),
+            hub: root.hub(),
             models,
             config,
             running: AtomicUsize::new(0),
             last_busy: Mutex::new(Instant::now()),
-            activity: Arc::new(Activity::new(now)),
-            pool_store: std::sync::OnceLock::new(),
+            activity: Arc::new(Activity::new(root.ports.clock.now())),
+            pool_store: root.ports.pools.clone(),
         })
-    }
-
-    /// Sends the executor's heartbeat to `store` while [`Worker::run`] runs (set before it).
-    pub fn report_to(&self, store: Arc<dyn PoolStore>) {
-        let _ = self.pool_store.set(store);
     }
 
     /// The queue of this executor's pool.
@@ -147,8 +139,7 @@ impl Worker {
     pub async fn run(self: &Arc<Self>, shutdown: Shutdown) -> Exit {
         let idle = Shutdown::default();
         let beat_stop = Shutdown::default();
-        let beat =
-            self.pool_store.get().cloned().map(|store| tokio::spawn(self.clone().heartbeat(store, beat_stop.clone())));
+        let beat = tokio::spawn(self.clone().heartbeat(self.pool_store.clone(), beat_stop.clone()));
         let mut slots = tokio::task::JoinSet::new();
         for _ in 0..self.config.concurrency.max(1) {
             let (me, shutdown, idle) = (self.clone(), shutdown.clone(), idle.clone());
@@ -156,9 +147,7 @@ impl Worker {
         }
         while slots.join_next().await.is_some() {}
         beat_stop.trigger();
-        if let Some(beat) = beat {
-            let _ = beat.await;
-        }
+        let _ = beat.await;
         if shutdown.is_set() { Exit::Shutdown } else { Exit::Idle }
     }
 

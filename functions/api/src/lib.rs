@@ -1,15 +1,8 @@
 //! Glue between `lambda_http` and [`ferry_core::api::Api`]: the only code the Lambda adds.
 //! Kept in a library so the event-replay test drives exactly what the binary runs.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use ferry_core::api::Api;
-use ferry_core::catalog::Catalog;
-use ferry_core::config::Config;
-use ferry_core::ports::{Clock, SystemClock};
-use ferry_core::publish::ProgressHub;
-use ferry_core::service::JobService;
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
@@ -17,44 +10,14 @@ use lambda_http::{Body, Request, RequestExt, Response};
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The API as the Lambda runs it, configured by `env` (the process environment in `main`;
-/// tests pass a recording lookup, which is how the infra cross-check learns what it reads).
+/// tests pass a recording lookup, which is how the infra cross-check learns what it reads):
+/// the composition root over the AWS adapters. Status changes made here (a cancel) are
+/// pushed to WebSocket subscribers through `FERRY_WS_MANAGEMENT_ENDPOINT`.
 pub async fn build(
     sdk: &ferry_aws::SdkConfig,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Api, BuildError> {
-    let backend = ferry_aws::AwsBackend::from_lookup(sdk, env).await?;
-    let events = backend.jobs.clone();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    // Status changes made here (a cancel) are pushed to WebSocket subscribers through the
-    // WebSocket API's Management endpoint; without it they are stored for replay only.
-    let progress = match env("FERRY_WS_MANAGEMENT_ENDPOINT").filter(|v| !v.trim().is_empty()) {
-        Some(endpoint) => Some(Arc::new(ProgressHub {
-            jobs: backend.jobs.clone(),
-            events: backend.jobs.clone(),
-            connections: backend.connections.clone(),
-            notifier: Arc::new(ferry_aws::ApiGatewayNotifier::new(sdk, &endpoint)),
-            clock: clock.clone(),
-        })),
-        None => {
-            tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: status changes reach WebSocket clients late");
-            None
-        }
-    };
-    let catalog = Catalog::from_lookup(env)?;
-    // Each pool's queue (new jobs go to their model's pool), and the pools' records for
-    // `GET /v1/pools` and the jobs' `queue_state`.
-    let fleet = ferry_aws::AwsFleet::from_lookup(sdk, &backend, &catalog, env)?;
-    let service = JobService {
-        jobs: backend.jobs,
-        queues: fleet.queues.clone(),
-        clock: clock.clone(),
-        catalog: Arc::new(catalog),
-        config: Config::from_lookup(env)?,
-        progress,
-        fleet: Some(fleet.view()),
-    };
-    let pools = Arc::new(fleet.dispatcher(clock));
-    Ok(Api::new(service, backend.keys).with_events(events).with_pools(pools))
+    Ok(Api::new(&ferry_aws::root_from_lookup(sdk, env).await?))
 }
 
 /// Answers one API Gateway HTTP API (payload v2) request with the shared handler.

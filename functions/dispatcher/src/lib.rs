@@ -1,7 +1,8 @@
 //! The dispatcher Lambda's handler: one plain async function over the dispatcher and the
 //! watchdog (ports inside), called by `main` with the AWS adapters and by tests with any.
 //!
-//! Two triggers, told apart by the event's shape:
+//! Two triggers, told apart by the event's shape (the stream's record layout is
+//! `ferry_aws::stream`'s to read):
 //! - the jobs table's DynamoDB stream: records of jobs that are (still) `queued` name the
 //!   pools to reconcile at once, so a new job gets an executor within seconds;
 //! - the EventBridge schedule (every minute, `{"source": "aws.events", ...}`): every pool is
@@ -35,31 +36,14 @@ pub enum Trigger {
 
 /// Reads the trigger from the raw event. `pool_of` maps a model id to its pool (the catalog).
 pub fn trigger(event: &Value, pool_of: impl Fn(&str) -> String) -> Trigger {
-    let Some(records) = event.get("Records").and_then(Value::as_array) else { return Trigger::Schedule };
-    let mut pools = BTreeSet::new();
-    let mut events = Vec::new();
-    for r in records {
-        if r.get("eventSource").and_then(Value::as_str) != Some("aws:dynamodb") {
-            continue;
-        }
-        let image = &r["dynamodb"]["NewImage"];
-        let pk = image["pk"]["S"].as_str().unwrap_or_default();
-        let status = image["status"]["S"].as_str().unwrap_or_default();
-        if pk.starts_with("job#") && status == "queued" {
-            if let Some(model) = image["model"]["S"].as_str() {
-                pools.insert(pool_of(model));
-            }
-        }
-        if pk.starts_with("evt#") && image["fanout"]["S"].as_str() == Some("stream") {
-            match image["body"]["S"].as_str().map(serde_json::from_str::<ProgressEvent>) {
-                Some(Ok(event)) => events.push(event),
-                other => tracing::warn!(pk, error = ?other.map(|r| r.err()), "unreadable progress event in the stream"),
-            }
-        }
+    match ferry_aws::stream::read_stream_event(event) {
+        Some(batch) => Trigger::Stream {
+            pools: batch.queued_models.iter().map(|m| pool_of(m)).collect(),
+            events: batch.events,
+            records: batch.records,
+        },
+        None => Trigger::Schedule,
     }
-    // The stream orders records per item; a job's events are ordered by seq here.
-    events.sort_by_key(|e| (e.job_id, e.seq));
-    Trigger::Stream { pools, events, records: records.len() }
 }
 
 /// The answer: what was reconciled, and the stream's (always empty) batch failures.
@@ -83,11 +67,10 @@ pub async fn handle(dispatcher: &Dispatcher, watchdog: &Watchdog, event: Value) 
         Trigger::Stream { pools, events, records } => {
             tracing::info!(records, pools = ?pools, events = events.len(), "stream trigger");
             if !events.is_empty() {
-                match &service.progress {
-                    Some(hub) => out.pushed = hub.fan_out_events(events).await.delivered as u32,
-                    None => {
-                        out.errors.push("streamed events, but no FERRY_WS_MANAGEMENT_ENDPOINT to push them to".into())
-                    }
+                let fan_out = service.progress.fan_out_events(events).await;
+                out.pushed = fan_out.delivered as u32;
+                if fan_out.failed > 0 {
+                    out.errors.push(format!("{} streamed event deliveries failed", fan_out.failed));
                 }
             }
             pools.iter().filter(|p| dispatcher.pools.get(p).is_some()).cloned().collect()
@@ -123,42 +106,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_records_name_the_pools_of_queued_jobs() {
+    fn stream_records_name_the_pools_of_their_queued_jobs() {
         let event = serde_json::json!({"Records": [
             {"eventSource": "aws:dynamodb", "eventName": "INSERT", "dynamodb": {"NewImage": {
-                "pk": {"S": "job#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B"}, "status": {"S": "queued"}, "model": {"S": "llama"}}}},
-            {"eventSource": "aws:dynamodb", "eventName": "MODIFY", "dynamodb": {"NewImage": {
-                "pk": {"S": "job#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1C"}, "status": {"S": "running"}, "model": {"S": "minilm"}}}},
-            {"eventSource": "aws:dynamodb", "eventName": "INSERT", "dynamodb": {"NewImage": {
-                "pk": {"S": "evt#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B#00000000000000000001"}}}},
-            {"eventSource": "aws:dynamodb", "eventName": "REMOVE", "dynamodb": {}}
+                "pk": {"S": "job#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B"}, "status": {"S": "queued"}, "model": {"S": "llama"}}}}
         ]});
         let t = trigger(&event, |m| if m == "llama" { "gpu".into() } else { "cpu".into() });
-        assert_eq!(t, Trigger::Stream { pools: ["gpu".to_string()].into(), events: vec![], records: 4 });
-    }
-
-    #[test]
-    fn events_marked_for_the_stream_are_read_back_in_seq_order() {
-        let evt = |seq: u64, marked: bool| {
-            let body = serde_json::json!({"job_id": "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B", "seq": seq, "time": 5,
-                "type": "token", "index": seq - 1, "id": 7, "text": "a", "logprob": null});
-            let mut image = serde_json::json!({"pk": {"S": format!("evt#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B#{seq:020}")},
-                "body": {"S": body.to_string()}});
-            if marked {
-                image["fanout"] = serde_json::json!({"S": "stream"});
-            }
-            serde_json::json!({"eventSource": "aws:dynamodb", "eventName": "INSERT", "dynamodb": {"NewImage": image}})
-        };
-        let event = serde_json::json!({"Records": [evt(3, true), evt(2, true), evt(4, false)]});
-        let Trigger::Stream { events, pools, .. } = trigger(&event, |_| "cpu".into()) else { panic!("a stream") };
-        assert!(pools.is_empty());
-        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3], "only marked events, in order");
-    }
-
-    #[test]
-    fn a_scheduled_event_reconciles_everything() {
-        let event = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
-        assert_eq!(trigger(&event, |_| "cpu".into()), Trigger::Schedule);
+        assert_eq!(t, Trigger::Stream { pools: ["gpu".to_string()].into(), events: vec![], records: 1 });
+        let schedule = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        assert_eq!(trigger(&schedule, |_| "cpu".into()), Trigger::Schedule);
     }
 
     #[test]

@@ -11,21 +11,10 @@ use ferry_core::ws::{WsApi, WsRequest};
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The WebSocket API as the Lambda runs it, configured by `env` (the process environment in
-/// `main`; tests pass a recording lookup). Only the table is needed here (no queue).
+/// `main`; tests pass a recording lookup): the table's ports and the Management API
+/// (`FERRY_WS_MANAGEMENT_ENDPOINT`, required), no queue.
 pub fn build(sdk: &ferry_aws::SdkConfig, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<WsApi, BuildError> {
-    let endpoint = env("FERRY_WS_MANAGEMENT_ENDPOINT").filter(|v| !v.trim().is_empty()).ok_or(
-        "FERRY_WS_MANAGEMENT_ENDPOINT is required: the WebSocket API's Management endpoint, \
-         https://{api-id}.execute-api.{region}.amazonaws.com/{stage}",
-    )?;
-    let stores = ferry_aws::TableStores::from_lookup(sdk, env);
-    let hub = ferry_core::publish::ProgressHub {
-        jobs: stores.jobs.clone(),
-        events: stores.jobs,
-        connections: stores.connections,
-        notifier: std::sync::Arc::new(ferry_aws::ApiGatewayNotifier::new(sdk, &endpoint)),
-        clock: std::sync::Arc::new(ferry_core::ports::SystemClock),
-    };
-    Ok(WsApi { hub: std::sync::Arc::new(hub), keys: stores.keys })
+    Ok(ferry_aws::ws_ports_from_lookup(sdk, env)?.ws())
 }
 
 /// The route invocation an API Gateway WebSocket event carries: the route key and

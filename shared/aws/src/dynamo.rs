@@ -25,8 +25,9 @@ use ferry_core::progress::ProgressEvent;
 use ferry_core::{JobId, Millis};
 
 use crate::dynamo_codec::{
-    GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, event_pk, event_to_item, idem_pk, idem_to_item, item_to_apikey,
-    item_to_event, item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk,
+    FANOUT, FANOUT_STREAM, GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, event_pk, event_to_item, idem_pk,
+    idem_to_item, item_to_apikey, item_to_event, item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s,
+    tenant_gsi1pk,
 };
 
 /// Error codes DynamoDB uses to say "slow down"; they become `StoreError::Throttled`.
@@ -385,7 +386,7 @@ impl EventStore for DynamoJobStore {
                 .set_item(Some({
                     let mut item = event_to_item(event, retain_until)?;
                     if self.stream_fanout {
-                        item.insert("fanout".into(), s("stream"));
+                        item.insert(FANOUT.into(), s(FANOUT_STREAM));
                     }
                     item
                 }))

@@ -46,8 +46,16 @@ pub(crate) const GSI2SK: &str = "gsi2sk";
 /// The attribute DynamoDB's TTL is enabled on.
 pub(crate) const TTL: &str = "ttl";
 
+/// The `pk` prefixes of jobs and of progress events.
+pub(crate) const JOB_PREFIX: &str = "job#";
+pub(crate) const EVENT_PREFIX: &str = "evt#";
+/// On an event item written by a process that cannot push it: the dispatcher Lambda pushes
+/// it from the table's stream (`fanout = "stream"`).
+pub(crate) const FANOUT: &str = "fanout";
+pub(crate) const FANOUT_STREAM: &str = "stream";
+
 pub(crate) fn job_pk(id: &JobId) -> String {
-    format!("job#{id}")
+    format!("{JOB_PREFIX}{id}")
 }
 
 pub(crate) fn tenant_gsi1pk(tenant: &TenantId) -> String {
@@ -80,7 +88,7 @@ pub(crate) fn apikey_pk(key_hash: &str) -> String {
 
 pub(crate) fn event_pk(job_id: &JobId, seq: u64) -> String {
     // Zero-padded so the keys of one job sort by seq, should anything ever list them.
-    format!("evt#{job_id}#{seq:020}")
+    format!("{EVENT_PREFIX}{job_id}#{seq:020}")
 }
 
 pub(crate) fn conn_pk(id: &str) -> String {

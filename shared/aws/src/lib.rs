@@ -7,8 +7,10 @@
 //! - [`SqsWorkQueue`]: the work queue on SQS, see [`sqs`].
 //! - [`ApiGatewayNotifier`]: pushes to WebSocket connections (Management API), see [`notifier`].
 //! - [`EcsLauncher`]: starts, lists and stops executor tasks on ECS (the `Launcher` port), see [`ecs`].
-//! - [`config`]: building SDK configuration and the whole backend from the environment
-//!   (a Lambda) or from an explicit endpoint (tests, `ferry dev --backend aws` on moto).
+//! - [`config`]: SDK configuration from the environment (a Lambda) or for an explicit
+//!   endpoint (tests, `ferry dev --backend aws` on moto), and the settings a process reads.
+//! - [`root`]: all of the above as one `Ports` ([`AwsPorts::ports`]), and the Lambdas' roots.
+//! - [`stream`]: reading the jobs table's DynamoDB stream records (the dispatcher Lambda's trigger).
 //! - [`bootstrap`](mod@bootstrap): creating the table and the queues when they are missing.
 //!
 //! Adapters report failures as the ports' own `StoreError` / `QueueError`; only bootstrap
@@ -21,17 +23,18 @@ pub mod dynamo;
 mod dynamo_codec;
 mod dynamo_fleet;
 pub mod ecs;
-pub mod fleet;
 pub mod notifier;
+pub mod root;
 pub mod sqs;
+pub mod stream;
 
 pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
-pub use config::{AwsBackend, AwsSettings, DEFAULT_TABLE, TableStores, sdk_config_for_endpoint, sdk_config_from_env};
+pub use config::{AwsSettings, DEFAULT_TABLE, sdk_config_for_endpoint, sdk_config_from_env};
 pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
 pub use ecs::EcsLauncher;
-pub use fleet::AwsFleet;
 pub use notifier::ApiGatewayNotifier;
+pub use root::{AwsPorts, root_from_lookup, ws_ports_from_lookup};
 pub use sqs::SqsWorkQueue;
 
 /// Re-exported so callers can build clients without naming the SDK crates themselves.

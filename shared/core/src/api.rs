@@ -53,29 +53,25 @@ impl Ctx {
 pub struct Api {
     pub service: JobService,
     pub keys: Arc<dyn ApiKeyStore>,
-    /// Stored progress events (`GET /v1/jobs/{id}/events`); without it that route is 503.
-    pub events: Option<Arc<dyn EventStore>>,
-    /// The pools' dispatcher, read-only (`GET /v1/pools`); without it that route is 503.
-    pub pools: Option<Arc<crate::dispatch::Dispatcher>>,
+    /// Stored progress events (`GET /v1/jobs/{id}/events`).
+    pub events: Arc<dyn EventStore>,
+    /// The pools' dispatcher, read-only (`GET /v1/pools`).
+    pub pools: crate::dispatch::Dispatcher,
     limiter: RateLimiter,
 }
 
 impl Api {
-    pub fn new(service: JobService, keys: Arc<dyn ApiKeyStore>) -> Self {
-        let limiter = RateLimiter::new(service.config.rate_limit_per_s, service.config.rate_limit_burst);
-        Api { service, keys, events: None, pools: None, limiter }
-    }
-
-    /// Serves stored progress events from `events`.
-    pub fn with_events(mut self, events: Arc<dyn EventStore>) -> Self {
-        self.events = Some(events);
-        self
-    }
-
-    /// Serves `GET /v1/pools` from `dispatcher` (which it only reads).
-    pub fn with_pools(mut self, dispatcher: Arc<crate::dispatch::Dispatcher>) -> Self {
-        self.pools = Some(dispatcher);
-        self
+    /// The API over `root`'s ports.
+    pub fn new(root: &crate::root::Root) -> Self {
+        let config = &root.config;
+        let limiter = RateLimiter::new(config.rate_limit_per_s, config.rate_limit_burst);
+        Api {
+            service: root.service(),
+            keys: root.ports.keys.clone(),
+            events: root.ports.events.clone(),
+            pools: root.dispatcher(),
+            limiter,
+        }
     }
 
     /// Answers one request. Never panics on input and never returns internals in a body.

@@ -90,7 +90,7 @@ pub struct PoolList {
     pub pools: Vec<PoolView>,
 }
 
-/// The dispatcher over its ports.
+/// The dispatcher over its ports. Built by [`crate::root::Root::dispatcher`].
 #[derive(Clone)]
 pub struct Dispatcher {
     pub pools: Pools,

@@ -65,6 +65,23 @@ pub trait Launcher: Send + Sync {
     async fn stop(&self, pool: &PoolConfig, task_id: &str, reason: &str) -> Result<(), LaunchError>;
 }
 
+/// The launcher of processes that launch nothing (executors, the `ws` Lambda, tests of
+/// other things): no tasks; launching or stopping one is an error.
+pub struct NoLauncher;
+
+#[async_trait]
+impl Launcher for NoLauncher {
+    async fn launch(&self, _: &PoolConfig, _: u32) -> Result<Launched, LaunchError> {
+        Err(LaunchError::Misconfigured("this process launches no executors".into()))
+    }
+    async fn list(&self, _: &PoolConfig) -> Result<Vec<ExecutorTask>, LaunchError> {
+        Ok(vec![])
+    }
+    async fn stop(&self, _: &PoolConfig, _: &str, _: &str) -> Result<(), LaunchError> {
+        Err(LaunchError::Misconfigured("this process stops no executors".into()))
+    }
+}
+
 /// One launch the dispatcher reserved (and then made), so a task that ECS does not list yet
 /// is still counted and a concurrent dispatcher does not launch it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

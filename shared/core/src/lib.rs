@@ -26,6 +26,7 @@ pub mod progress;
 pub mod publish;
 pub mod queue_state;
 pub mod ratelimit;
+pub mod root;
 pub mod routes;
 pub mod service;
 pub mod state;

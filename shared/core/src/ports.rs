@@ -240,7 +240,7 @@ impl Notifier for NoNotifier {
 }
 
 /// What an API key resolves to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApiKeyRecord {
     /// Hex SHA-256 of the key; the key itself is never stored.
     pub key_hash: String,
@@ -317,6 +317,32 @@ pub trait WorkQueue: Send + Sync {
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
 }
 
+/// A queue for processes that send and receive no work (the `ws` Lambda): every call fails.
+pub struct NoQueue;
+
+#[async_trait]
+impl WorkQueue for NoQueue {
+    async fn send(&self, _: &WorkMessage) -> Result<(), QueueError> {
+        Err(no_queue())
+    }
+    async fn receive(&self, _: u32, _: Duration, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+        Err(no_queue())
+    }
+    async fn delete(&self, _: &str) -> Result<(), QueueError> {
+        Err(no_queue())
+    }
+    async fn set_visibility(&self, _: &str, _: Duration) -> Result<(), QueueError> {
+        Err(no_queue())
+    }
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        Err(no_queue())
+    }
+}
+
+fn no_queue() -> QueueError {
+    QueueError::Unavailable("this process has no work queue configured".into())
+}
+
 /// The work queues: one per pool (each with its dead-letter queue), or one shared by every
 /// pool. Cheap to clone.
 #[derive(Clone)]
@@ -330,6 +356,11 @@ impl Queues {
     /// One queue for every pool.
     pub fn single(queue: std::sync::Arc<dyn WorkQueue>) -> Self {
         Queues { default: queue, pools: Default::default(), dlqs: Default::default() }
+    }
+
+    /// No queue at all ([`NoQueue`]).
+    pub fn none() -> Self {
+        Queues::single(std::sync::Arc::new(NoQueue))
     }
 
     /// Gives `pool` its own queue.

@@ -33,10 +33,7 @@ pub fn openapi_json() -> Response<Bytes> {
 #[utoipa::path(get, path = "/v1/pools", tag = "pools", security(("bearer" = [])),
     responses((status = 200, body = crate::dispatch::PoolList), (status = 503, body = ErrorBody)))]
 pub async fn list_pools(api: &Api, ctx: &Ctx) -> Result<Response<Bytes>, ApiError> {
-    let Some(dispatcher) = &api.pools else {
-        return Err(ApiError::unavailable("pool status is not configured on this deployment"));
-    };
-    match dispatcher.views().await {
+    match api.pools.views().await {
         Ok(list) => Ok(json_response(StatusCode::OK, &list)),
         Err(e) => {
             tracing::error!(request_id = %ctx.request_id, error = %e, "could not read the pools");
@@ -235,7 +232,7 @@ pub async fn job_events(api: &Api, ctx: &Ctx, req: &Request<Bytes>) -> Result<Re
         }
         seen.push(k);
     }
-    let store = api.events.as_ref().ok_or_else(|| ApiError::unavailable("progress events are not configured"))?;
+    let store = &api.events;
     let svc = &api.service;
     let wait = Duration::from_secs(wait);
     let (events, status, last_seq) =

@@ -56,7 +56,7 @@ impl Submitted {
     }
 }
 
-/// The job service over its ports.
+/// The job service over its ports. Built by [`crate::root::Root::service`].
 #[derive(Clone)]
 pub struct JobService {
     pub jobs: Arc<dyn JobStore>,
@@ -66,12 +66,11 @@ pub struct JobService {
     pub catalog: Arc<Catalog>,
     pub config: Config,
     /// Where status changes are published as progress events (`status` type), so followers
-    /// see a cancel or a failure the moment it is written. Without it status changes are
-    /// only visible by reading the job.
-    pub progress: Option<Arc<ProgressHub>>,
+    /// see a cancel or a failure the moment it is written.
+    pub progress: Arc<ProgressHub>,
     /// The pools and their records, so job views explain where a queued job stands
-    /// (`queue_state`); without it the field is null.
-    pub fleet: Option<crate::queue_state::Fleet>,
+    /// (`queue_state`).
+    pub fleet: crate::queue_state::Fleet,
 }
 
 impl JobService {
@@ -220,18 +219,16 @@ impl JobService {
     /// failure here is logged, not returned: followers still learn the status from the job
     /// (a subscribe or an events read reports it).
     async fn announce(&self, job: &Job) {
-        let Some(hub) = &self.progress else { return };
         let body = EventBody::Status { status: job.status, attempt: job.attempt };
-        if let Err(e) = hub.publish_progress(&job.id, body).await {
+        if let Err(e) = self.progress.publish_progress(&job.id, body).await {
             tracing::warn!(job_id = %job.id, status = %job.status, error = %e, "could not publish the status change");
         }
     }
 
-    /// Where `job` stands (null without a fleet, for finished jobs, or when the pool
-    /// records cannot be read: the view is still served).
+    /// Where `job` stands (null for finished jobs, or when the pool records cannot be read:
+    /// the view is still served).
     pub async fn queue_state(&self, job: &Job) -> Option<crate::queue_state::QueueState> {
-        let fleet = self.fleet.as_ref()?;
-        match fleet.queue_state(job, self.pool_of(&job.model), self.clock.now()).await {
+        match self.fleet.queue_state(job, self.pool_of(&job.model), self.clock.now()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(job_id = %job.id, error = %e, "could not read the pool records for queue_state");

@@ -38,14 +38,15 @@ pub struct WatchdogReport {
     pub tasks_stopped: u32,
 }
 
-/// The watchdog over the job service's ports and the launcher.
+/// The watchdog over the job service's ports and the launcher. Built by
+/// [`crate::root::Root::watchdog`].
 #[derive(Clone)]
 pub struct Watchdog {
     pub service: JobService,
     pub pools: Pools,
-    /// Stops the tasks of lost or unresponsive executors; without one, jobs are still
-    /// retried or finished but nothing is stopped.
-    pub launcher: Option<Arc<dyn Launcher>>,
+    /// Stops the tasks of lost or unresponsive executors (with [`crate::fleet::NoLauncher`],
+    /// jobs are still retried or finished but nothing is stopped).
+    pub launcher: Arc<dyn Launcher>,
     pub cancel_grace_ms: u64,
 }
 
@@ -140,9 +141,9 @@ impl Watchdog {
     }
 
     async fn stop_task(&self, job: &Job, reason: &str, report: &mut WatchdogReport) {
-        let (Some(launcher), Some(task)) = (&self.launcher, &job.executor_id) else { return };
+        let Some(task) = &job.executor_id else { return };
         let Some(pool) = self.pools.get(self.service.pool_of(&job.model)) else { return };
-        match launcher.stop(pool, task, &format!("ferry watchdog: job {} {reason}", job.id)).await {
+        match self.launcher.stop(pool, task, &format!("ferry watchdog: job {} {reason}", job.id)).await {
             Ok(()) => report.tasks_stopped += 1,
             Err(e) => tracing::warn!(job_id = %job.id, task, error = %e, "could not stop the task"),
         }

@@ -11,21 +11,26 @@
 //! - [`MemoryConnectionStore`]: WebSocket connections and their job subscriptions.
 //! - [`MemoryApiKeyStore`]: hashed API keys.
 //! - [`MemoryPoolStore`], [`MemoryLauncher`]: the fleet's records, and a launcher for tests.
-//! - [`remote`]: all of the above reached from another process (`ferry dev`'s executors).
 //! - [`MemoryQueue`]: an at-least-once queue with long polling and an optional dead-letter queue.
+//! - [`gateway`]: the `Notifier` of `ferry dev`'s local WebSocket gateway (its connections).
+//! - [`ports`]: all of the above as one `Ports` (the composition root's embedded set).
+//! - [`remote`]: all of the above reached from another process (`ferry dev`'s executors).
 
 mod connections;
 mod fleet;
+pub mod gateway;
 mod jobs;
 mod keys;
 mod queue;
 pub mod remote;
+mod root;
 
 pub use connections::MemoryConnectionStore;
 pub use fleet::{MemoryLauncher, MemoryPoolStore};
 pub use jobs::MemoryJobStore;
 pub use keys::MemoryApiKeyStore;
 pub use queue::MemoryQueue;
+pub use root::ports;
 
 /// Locks a std mutex, ignoring poisoning: every critical section in this crate validates
 /// before it mutates, so a panic inside one cannot leave half-written state behind.

@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::fleet::{ExecutorRecord, PoolState, PoolStore};
+use ferry_core::fleet::{ExecutorRecord, NoLauncher, PoolState, PoolStore};
 use ferry_core::job::{Job, JobId, JobStatus, Millis};
 use ferry_core::ports::{
-    Connection, ConnectionStore, Created, Delivery, EventStore, Expected, IdempotencyRecord, JobPage, JobStore,
-    ListQuery, QueueDepth, QueueError, Queues, StoreError, WorkMessage, WorkQueue,
+    ApiKeyRecord, ApiKeyStore, Connection, ConnectionStore, Created, Delivery, EventStore, Expected, IdempotencyRecord,
+    JobPage, JobStore, ListQuery, Notifier, QueueDepth, QueueError, Queues, StoreError, SystemClock, WorkMessage,
+    WorkQueue,
 };
 use ferry_core::progress::ProgressEvent;
+use ferry_core::root::Ports;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -44,6 +46,8 @@ pub enum Call {
     ConnSubscribe { id: String, job_id: JobId },
     ConnUnsubscribe { id: String, job_id: JobId },
     ConnSubscribers { job_id: JobId },
+    KeyLookup { key_hash: String },
+    KeyPut { record: ApiKeyRecord },
     QueueSend { pool: String, message: WorkMessage },
     QueueReceive { pool: String, max: u32, wait_ms: u64, visibility_ms: u64 },
     QueueDelete { pool: String, receipt: String },
@@ -115,16 +119,6 @@ impl From<WireError> for QueueError {
     }
 }
 
-/// The ports a stack serves.
-#[derive(Clone)]
-pub struct Ports {
-    pub jobs: Arc<dyn JobStore>,
-    pub events: Arc<dyn EventStore>,
-    pub connections: Arc<dyn ConnectionStore>,
-    pub queues: Queues,
-    pub pools: Arc<dyn PoolStore>,
-}
-
 /// Answers one call: `Ok(result JSON)` or the port's error.
 pub async fn answer(ports: &Ports, call: Call) -> Result<Value, WireError> {
     fn json<T: Serialize>(v: T) -> Result<Value, WireError> {
@@ -149,6 +143,8 @@ pub async fn answer(ports: &Ports, call: Call) -> Result<Value, WireError> {
         Call::ConnSubscribe { id, job_id } => json(ports.connections.subscribe(&id, &job_id).await?),
         Call::ConnUnsubscribe { id, job_id } => json(ports.connections.unsubscribe(&id, &job_id).await?),
         Call::ConnSubscribers { job_id } => json(ports.connections.subscribers(&job_id).await?),
+        Call::KeyLookup { key_hash } => json(ports.keys.lookup(&key_hash).await?),
+        Call::KeyPut { record } => json(ports.keys.put(&record).await?),
         Call::QueueSend { pool, message } => json(ports.queues.for_pool(&pool).send(&message).await?),
         Call::QueueReceive { pool, max, wait_ms, visibility_ms } => {
             let wait = ms(wait_ms.min(20_000));
@@ -211,6 +207,33 @@ impl RemoteStack {
     /// The queue of `pool`, as a `WorkQueue`.
     pub fn queue(&self, pool: &str) -> RemoteQueue {
         RemoteQueue { stack: self.clone(), pool: pool.into() }
+    }
+
+    /// Every port of the stack, for an executor of `pool` (its queue; it launches nothing),
+    /// pushing progress through `notifier`.
+    pub fn ports(&self, pool: &str, notifier: Arc<dyn Notifier>) -> Ports {
+        let stack = Arc::new(self.clone());
+        Ports {
+            jobs: stack.clone(),
+            events: stack.clone(),
+            connections: stack.clone(),
+            keys: stack.clone(),
+            queues: Queues::single(Arc::new(self.queue(pool))),
+            pools: stack,
+            launcher: Arc::new(NoLauncher),
+            notifier,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for RemoteStack {
+    async fn lookup(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.call(&Call::KeyLookup { key_hash: key_hash.into() }).await?)
+    }
+    async fn put(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {
+        Ok(self.call(&Call::KeyPut { record: record.clone() }).await?)
     }
 }
 

@@ -1,0 +1,193 @@
+//! How `ferry dev`'s stack is built: its options (backend, keys, models, pools, executors)
+//! and the catalog and keys they resolve to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ferry_core::TenantId;
+use ferry_core::catalog::Catalog;
+use ferry_core::config::Config;
+use ferry_core::pool::Pools;
+use ferry_executor::worker::WorkerConfig;
+
+/// The key `ferry dev` accepts when given none, and the CLI's default key: the dev server
+/// listens on loopback only, so a well-known key is a convenience, not a hole.
+pub const DEV_API_KEY: &str = "fry_dev_local_key";
+/// The tenant of keys given without one.
+pub const DEV_TENANT: &str = "dev";
+
+/// Which adapters the stack runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// In-process store and queue: nothing else to run.
+    Embedded,
+    /// DynamoDB and SQS through the AWS SDK (`AWS_ENDPOINT_URL` for an emulator).
+    Aws,
+}
+
+/// How to build the stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub backend: BackendKind,
+    /// `KEY` or `KEY=TENANT`; empty means [`DEV_API_KEY`] for tenant [`DEV_TENANT`].
+    pub api_keys: Vec<String>,
+    /// `ID=DIR` Hugging Face model directories.
+    pub models: Vec<String>,
+    pub models_file: Option<PathBuf>,
+    /// DynamoDB table and SQS queue names (AWS backend).
+    pub table: String,
+    pub queue: String,
+    /// An explicit AWS endpoint; `None` reads the environment.
+    pub aws_endpoint: Option<String>,
+    /// Where progress is posted: a Management API endpoint (`ferry dev` passes its own
+    /// gateway's, `http://{ws addr}`, under `--backend aws`, so the SDK's wire path is used),
+    /// or `None` to post straight into the gateway's connection registry.
+    pub management_endpoint: Option<String>,
+    /// Run in-process executors for the catalog's pools (`ferry dev` does unless
+    /// `--no-executor`), so submitted jobs complete with no other process.
+    pub executors: bool,
+    /// How the in-process executors run (their pool is set per pool).
+    pub worker: WorkerConfig,
+    pub config: Config,
+    /// The pools (min warm, max tasks, idle timeout...); the catalog's other pools get defaults.
+    pub pools: Pools,
+    /// Scale to zero with real executor processes: a reconcile loop (the dispatcher and the
+    /// watchdog) launches them as the backlog calls for; they exit when idle.
+    pub scale: Option<ScaleOptions>,
+}
+
+/// How `ferry dev` launches executor processes.
+#[derive(Debug, Clone)]
+pub struct ScaleOptions {
+    /// Where the executors reach the stack's in-memory ports (the HTTP API's address,
+    /// `http://127.0.0.1:PORT`); only the embedded backend needs it.
+    pub stack_url: String,
+    /// The executors' Management endpoint (the local gateway), for live progress.
+    pub management_endpoint: Option<String>,
+    /// How often the dispatcher reconciles (the Lambda runs on every new job and every minute).
+    pub reconcile_every: Duration,
+    /// How often the watchdog runs.
+    pub watchdog_every: Duration,
+    /// How long an executor waits for a cancel acknowledgement before its process is killed.
+    pub cancel_grace: Duration,
+    /// The executors' lease (seconds): a killed executor's job is retried after it lapses.
+    pub lease_s: u64,
+    /// The executors' message visibility timeout (seconds): a killed executor's message
+    /// counts as in-flight backlog (keeping an executor up) until it lapses.
+    pub visibility_s: u64,
+    /// Overrides every pool's `idle_timeout_s` (`ferry dev --idle-timeout`).
+    pub idle_timeout_s: Option<u64>,
+    /// Extra environment for the executors.
+    pub env: Vec<(String, String)>,
+    /// Where executor logs go.
+    pub log_dir: PathBuf,
+    /// The executor program and its leading arguments; default
+    /// [`crate::launcher::ProcessLauncher::find_program`].
+    pub program: Option<(PathBuf, Vec<String>)>,
+}
+
+impl ScaleOptions {
+    pub fn new(stack_url: impl Into<String>) -> Self {
+        ScaleOptions {
+            stack_url: stack_url.into(),
+            management_endpoint: None,
+            reconcile_every: Duration::from_millis(500),
+            watchdog_every: Duration::from_secs(2),
+            cancel_grace: Duration::from_secs(10),
+            lease_s: 15,
+            visibility_s: 15,
+            idle_timeout_s: None,
+            env: vec![],
+            log_dir: std::env::temp_dir().join("ferry-dev-executors"),
+            program: None,
+        }
+    }
+}
+
+impl StackOptions {
+    /// Embedded adapters, the dev key, the demo catalog, default config.
+    pub fn embedded() -> Self {
+        StackOptions {
+            backend: BackendKind::Embedded,
+            api_keys: vec![],
+            models: vec![],
+            models_file: None,
+            table: "ferry-jobs".into(),
+            queue: "ferry-work".into(),
+            aws_endpoint: None,
+            management_endpoint: None,
+            executors: false,
+            worker: dev_worker_config(),
+            config: Config::default(),
+            pools: Pools::default(),
+            scale: None,
+        }
+    }
+}
+
+/// `ferry dev`'s executors: poll often, never exit for idleness, 5 s grace on Ctrl-C.
+pub fn dev_worker_config() -> WorkerConfig {
+    WorkerConfig {
+        executor_id: format!("dev-{}", ulid::Ulid::new()),
+        idle_timeout: Duration::from_secs(365 * 86_400),
+        grace_period: Duration::from_secs(5),
+        poll_wait: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    }
+}
+
+/// The id of the demo catalog's text-generation model, which `ferry dev` serves from a tiny
+/// random-weight Llama it writes itself when no directory is given (its text is gibberish;
+/// `--model tiny-llama=DIR` serves a real one).
+pub const DEMO_LLAMA: &str = "tiny-llama";
+
+/// Gives catalog entries without a `path` one `ferry dev` can serve: the demo Llama is
+/// written to a cache directory (once). Others stay as they are (their jobs fail with a
+/// clear error saying the catalog gives no path).
+pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
+    for spec in &mut catalog.models {
+        if spec.path.is_none() && spec.s3_uri.is_none() && spec.id == DEMO_LLAMA {
+            let dir = std::env::temp_dir().join("ferry-dev-models").join(DEMO_LLAMA);
+            if !dir.join("model.safetensors").exists() {
+                // Written beside and renamed into place, so two `ferry dev`s starting at once
+                // never read a half-written model.
+                let tmp = dir.with_extension(ulid::Ulid::new().to_string());
+                ferry_executor::tiny::write_tiny_llama(&tmp, 42)
+                    .with_context(|| format!("writing the demo model to {}", tmp.display()))?;
+                if std::fs::rename(&tmp, &dir).is_err() {
+                    // Another process got there first (or an old, partial directory is in the way).
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    if !dir.join("model.safetensors").exists() {
+                        bail!("cannot write the demo model to {}", dir.display());
+                    }
+                }
+            }
+            spec.path = Some(dir);
+        }
+    }
+    Ok(())
+}
+
+/// Parses `KEY` or `KEY=TENANT`.
+pub fn parse_key_arg(arg: &str) -> anyhow::Result<(String, TenantId)> {
+    let (key, tenant) = arg.split_once('=').unwrap_or((arg, DEV_TENANT));
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) || key.len() > 256 {
+        bail!("API keys are 1 to 256 visible ASCII characters");
+    }
+    let tenant = TenantId::new(tenant).with_context(|| format!("bad tenant in --api-key {key}=..."))?;
+    Ok((key.to_string(), tenant))
+}
+
+/// The catalog: a file and/or `--model` directories, else `FERRY_MODELS[_FILE]`, else the demo.
+pub fn build_catalog(opts: &StackOptions) -> anyhow::Result<Catalog> {
+    let mut models = match &opts.models_file {
+        Some(path) => Catalog::from_file(path)?.models,
+        None if opts.models.is_empty() => return Ok(Catalog::from_env()?),
+        None => vec![],
+    };
+    for arg in &opts.models {
+        models.push(Catalog::spec_from_arg(arg)?);
+    }
+    Ok(Catalog::new(models)?)
+}
