@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_cli::stack::{self, DEV_API_KEY, StackOptions};
-use ferry_core::api::Api;
 use ferry_core::config::Config;
+use ferry_http::Api;
 use http::{Method, Request, StatusCode};
 
 const SUBMIT_BODY: &str = r#"{"model":"tiny-llama","input":{"prompt":"hello"},"params":{"max_new_tokens":16}}"#;

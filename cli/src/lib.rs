@@ -1,6 +1,6 @@
 //! The `ferry` command as a library, so tests start the very same local stack in-process:
 //!
-//! - [`server`]: serves [`ferry_core::api::Api`] over HTTP/1.1 (axum), with graceful shutdown.
+//! - [`server`]: serves [`ferry_http::Api`] over HTTP/1.1 (axum), with graceful shutdown.
 //! - [`stack`]: builds the local stack (embedded or AWS adapters, keys, models).
 //! - [`client`]: a small client of the HTTP API for `ferry submit/get/list/cancel`.
 //! - [`gateway`]: the local WebSocket API and Management API (API Gateway stand-in).

@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Executor(args) => ferry_executor::cli::run(args).await,
         Command::Openapi => {
-            println!("{}", serde_json::to_string_pretty(&ferry_core::openapi::document())?);
+            println!("{}", serde_json::to_string_pretty(&ferry_http::openapi())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Aws(cmd) => aws(cmd).await,

@@ -1,7 +1,6 @@
-//! Serves the shared API handler over HTTP for `ferry dev` (and for benchmarks): one axum
-//! fallback route turns each request into the `http::Request<Bytes>` the handler takes.
-//! The body is read up to one byte past the limit, so the handler itself answers 413
-//! without this server buffering an unbounded body.
+//! Serves the HTTP API's router over HTTP/1.1 for `ferry dev` (and for benchmarks), the
+//! same router the api Lambda serves, and on the same listener the loopback ports endpoint
+//! of `ferry dev`'s executor processes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,9 +8,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use ferry_core::api::Api;
 use ferry_core::root::Ports;
+use ferry_http::Api;
 use ferry_local::remote;
 use http::StatusCode;
 use tokio::net::TcpListener;
@@ -42,7 +40,10 @@ pub async fn serve_with_ports(
     ports: Option<(Ports, String)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut app = axum::Router::new().fallback(handle).with_state(mode);
+    let mut app = match mode {
+        Mode::Api(api) => axum::Router::new().fallback_service(api.app()),
+        Mode::Constant202 => axum::Router::new().fallback(constant_202),
+    };
     if let Some(ports) = ports {
         let internal =
             axum::Router::new().route(remote::PATH, axum::routing::post(port_call)).with_state(Arc::new(ports));
@@ -65,7 +66,7 @@ async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> R
         let e = remote::WireError::Unavailable { message: "missing or wrong stack token".into() };
         return reply(StatusCode::FORBIDDEN, remote::Reply::Err(e));
     }
-    let body = match read_limited(req.into_body(), 16 << 20).await {
+    let body = match ferry_http::read_limited(req.into_body(), 16 << 20).await {
         Ok(b) => b,
         Err(e) => {
             return reply(
@@ -89,48 +90,12 @@ async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> R
     }
 }
 
-async fn handle(State(mode): State<Mode>, req: Request) -> Response {
-    let api = match mode {
-        Mode::Api(api) => api,
-        Mode::Constant202 => {
-            let mut r = Response::new(Body::from(&br#"{"id":"01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B","status":"queued"}"#[..]));
-            *r.status_mut() = StatusCode::ACCEPTED;
-            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-            return r;
-        }
-    };
-    let limit = api.service.config.max_body_bytes;
-    let (parts, body) = req.into_parts();
-    let body = match read_limited(body, limit + 1).await {
-        Ok(b) => b,
-        Err(_) => {
-            let e = ferry_core::error::ApiError::bad_request("body", "the request body could not be read");
-            return into_axum(e.into_response());
-        }
-    };
-    into_axum(api.handle(http::Request::from_parts(parts, body)).await)
-}
-
-/// Reads at most `max` bytes of the body; anything beyond is not read.
-async fn read_limited(body: Body, max: usize) -> Result<Bytes, axum::Error> {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            let room = max.saturating_sub(buf.len());
-            buf.extend_from_slice(&data[..data.len().min(room)]);
-            if buf.len() >= max {
-                break;
-            }
-        }
-    }
-    Ok(buf.freeze())
-}
-
-fn into_axum(resp: http::Response<Bytes>) -> Response {
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, Body::from(body))
+/// The benchmark ceiling: what a server that does nothing answers.
+async fn constant_202() -> Response {
+    let mut r = Response::new(Body::from(&br#"{"id":"01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B","status":"queued"}"#[..]));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -175,7 +175,7 @@ impl Deployment {
     }
 }
 
-async fn request(api: &ferry_core::api::Api, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn request(api: &ferry_http::Api, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = http::Request::builder().method(method).uri(path).header("authorization", format!("Bearer {KEY}"));
     if body.is_some() {
         req = req.header("content-type", "application/json").header("idempotency-key", "iam-1");

@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ferry_core::TenantId;
-use ferry_core::api::Api;
 use ferry_core::auth::hash_api_key;
 use ferry_core::fleet::{Launcher, NoLauncher};
 use ferry_core::ports::{ApiKeyRecord, JobStore, Notifier, WorkQueue};
 use ferry_core::root::{Ports, Root};
 use ferry_core::ws::WsApi;
 use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
+use ferry_http::Api;
 use ferry_local::gateway::{LocalNotifier, Registry};
 
 pub use self::options::{

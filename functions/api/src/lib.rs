@@ -1,8 +1,9 @@
-//! Glue between `lambda_http` and [`ferry_core::api::Api`]: the only code the Lambda adds.
-//! Kept in a library so the event-replay test drives exactly what the binary runs.
+//! Glue between `lambda_http` and the HTTP API's router ([`ferry_http::Api`]): the only
+//! code the Lambda adds. Kept in a library so the event-replay test drives exactly what the
+//! binary runs.
 
 use bytes::Bytes;
-use ferry_core::api::Api;
+use ferry_http::Api;
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 

@@ -1,4 +1,4 @@
-//! The `api` Lambda: API Gateway HTTP API -> `ferry_core::api::Api`. It builds the AWS
+//! The `api` Lambda: API Gateway HTTP API -> `ferry_http::Api`. It builds the AWS
 //! clients once from its environment ([`ferry_api_lambda::build`]) and hands every request
 //! to the shared handler.
 

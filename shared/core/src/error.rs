@@ -36,8 +36,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
-    /// The allowed methods, for 405.
-    pub allow: Option<&'static str>,
+    /// The allowed methods, for 405 (`GET, POST`).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -108,8 +108,8 @@ impl ApiError {
         if let Some(s) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        if let Some(allow) = self.allow {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            headers.insert(header::ALLOW, allow);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -437,7 +437,7 @@ pub fn quote(s: &str) -> String {
 
 /// The field names serde knows for a struct: what `Fields::new` accepts, taken from the
 /// type itself so the list of known fields can never disagree with it.
-pub(crate) fn field_names<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
+pub fn field_names<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
     struct Names(Vec<&'static str>);
     #[derive(Debug)]
     struct Stop;

@@ -10,7 +10,6 @@
 //! - [`api`]: the HTTP API as one plain async function over the service, called by the
 //!   Lambda (`functions/api`) and by `ferry dev` alike.
 
-pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod config;
@@ -19,7 +18,6 @@ pub mod error;
 pub mod fleet;
 pub mod input;
 pub mod job;
-pub mod openapi;
 pub mod pool;
 pub mod ports;
 pub mod progress;
@@ -27,7 +25,6 @@ pub mod publish;
 pub mod queue_state;
 pub mod ratelimit;
 pub mod root;
-pub mod routes;
 pub mod service;
 pub mod state;
 pub mod stream;
