@@ -18,8 +18,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use ferry_core::JobId;
 use ferry_core::ports::{Connection, ConnectionStore, StoreError};
 
-use crate::dynamo::store_err;
 use crate::dynamo_codec::{PK, TTL, conn_pk, connection_attrs, item_to_connection, n, s, string_set, subs_pk};
+use crate::dynamo_error::store_err;
 
 /// How long a job's subscriber item outlives its latest subscribe. Connections live at
 /// most 2 h, so a day is ample.

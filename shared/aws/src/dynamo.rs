@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
@@ -29,10 +29,8 @@ use crate::dynamo_codec::{
     idem_to_item, item_to_apikey, item_to_event, item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s,
     tenant_gsi1pk,
 };
-
-/// Error codes DynamoDB uses to say "slow down"; they become `StoreError::Throttled`.
-const THROTTLE_CODES: [&str; 4] =
-    ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "ThrottlingError"];
+use crate::dynamo_error::{THROTTLE_CODES, store_err};
+use crate::dynamo_index::Table;
 
 /// How often `create` retries a transaction that lost a race it cannot judge yet
 /// (a concurrent transaction on the same key, or a binding that vanished after failing
@@ -49,24 +47,6 @@ const BATCH_GET_MAX: u64 = 100;
 
 /// How often `read` asks again for keys BatchGetItem left unprocessed before giving up.
 const BATCH_GET_TRIES: u32 = 8;
-
-/// Maps an SDK error: throttling codes to `Throttled`, anything else to `Unavailable`
-/// with the full error chain (the SDK's own `Display` says only "service error").
-pub(crate) fn store_err<E, R>(operation: &str, err: SdkError<E, R>) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let throttled = err.code().is_some_and(|c| THROTTLE_CODES.contains(&c));
-    let message = format!("DynamoDB {operation}: {}", DisplayErrorContext(&err));
-    if throttled {
-        tracing::warn!(operation, "DynamoDB throttled the request");
-        StoreError::Throttled(message)
-    } else {
-        tracing::error!(operation, error = %message, "DynamoDB call failed");
-        StoreError::Unavailable(message)
-    }
-}
 
 /// A cancelled transaction whose own conditions the caller has already judged: throttling
 /// becomes `Throttled`, anything but a conflict with a concurrent transaction is a failure
@@ -295,7 +275,7 @@ impl JobStore for DynamoJobStore {
         limit: u32,
         after: Option<JobId>,
     ) -> Result<JobPage, StoreError> {
-        crate::dynamo_fleet::active(self, status, limit, after).await
+        crate::dynamo_index::active(&Table { client: &self.client, table: &self.table }, status, limit, after).await
     }
 
     async fn update(&self, job: &ferry_core::Job, expected: Expected) -> Result<(), StoreError> {

@@ -6,12 +6,44 @@
 //! Adding a param is one change here: a field on its params struct, a line in its `parse`,
 //! and, when it has bounds, a line in its `check`.
 
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::job::Task;
+
+/// What a model does, which decides the shape of a job's input and params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Input `{"prompt": string}`; params max_new_tokens, temperature, top_p, top_k, seed,
+    /// repetition_penalty, stop.
+    TextGeneration,
+    /// Input `{"texts": [string, ...]}`; no params.
+    Embeddings,
+}
+
+impl Task {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Task::TextGeneration => "text-generation",
+            Task::Embeddings => "embeddings",
+        }
+    }
+}
+
+impl FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text-generation" => Ok(Task::TextGeneration),
+            "embeddings" => Ok(Task::Embeddings),
+            other => Err(format!("unknown task {other:?}")),
+        }
+    }
+}
 
 /// What a job runs: its task's input and params, typed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

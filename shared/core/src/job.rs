@@ -7,6 +7,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::input::Task;
+
 /// Milliseconds since the Unix epoch. One integer type for every timestamp keeps stores
 /// simple (DynamoDB numbers) and arithmetic exact.
 pub type Millis = u64;
@@ -129,37 +131,6 @@ impl From<TenantId> for String {
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// What a model does, which decides the shape of a job's input and params.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Task {
-    /// Input `{"prompt": string}`; params max_new_tokens, temperature, top_p, top_k, seed,
-    /// repetition_penalty, stop.
-    TextGeneration,
-    /// Input `{"texts": [string, ...]}`; no params.
-    Embeddings,
-}
-
-impl Task {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Task::TextGeneration => "text-generation",
-            Task::Embeddings => "embeddings",
-        }
-    }
-}
-
-impl FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text-generation" => Ok(Task::TextGeneration),
-            "embeddings" => Ok(Task::Embeddings),
-            other => Err(format!("unknown task {other:?}")),
-        }
     }
 }
 
