@@ -63,6 +63,15 @@ impl Backend {
         Backend { ports: Ports { clock, ..self.ports.clone() }, ..self.clone() }
     }
 
+    /// The same adapters, with the `cpu` pool's sends failing on demand.
+    pub fn with_failing_sends(&self) -> (Backend, Arc<crate::faults::SendsFail>) {
+        let queue = crate::faults::SendsFail::new(self.queue.clone());
+        let as_queue: Arc<dyn WorkQueue> = queue.clone();
+        let queues =
+            Queues::single(as_queue.clone()).with_pool("cpu", as_queue.clone()).with_dlq("cpu", self.dlq.clone());
+        (Backend { ports: Ports { queues, ..self.ports.clone() }, queue: as_queue, ..self.clone() }, queue)
+    }
+
     /// The progress path over these stores, pushing through `notifier`.
     pub fn hub(&self, notifier: Arc<dyn Notifier>) -> Arc<ProgressHub> {
         self.with_notifier(notifier).ports.hub()

@@ -4,6 +4,7 @@
 pub mod backends;
 pub mod ecs;
 pub mod event_files;
+pub mod faults;
 pub mod fixtures;
 pub mod infra;
 pub mod moto;

@@ -110,6 +110,7 @@ on_both!(
     failed_launches_back_off_and_explain_themselves,
     launches_go_ten_per_call,
     lost_executor_job_is_retried_then_failed,
+    a_lost_job_whose_retry_cannot_be_queued_is_failed,
     unacknowledged_cancel_is_forced,
     expired_and_dead_lettered_jobs_are_settled,
 );
@@ -294,6 +295,28 @@ async fn lost_executor_job_is_retried_then_failed(b: Backend) {
     let end = s.b.jobs.get(&claimed.id).await.unwrap().unwrap();
     assert_eq!(end.status, JobStatus::Failed);
     assert_eq!(end.error.unwrap().kind, "executor_lost");
+}
+
+/// The watchdog requeues through the same `JobService::requeue` as the executor: when the
+/// new message cannot be sent the job is failed, not left queued with no message.
+async fn a_lost_job_whose_retry_cannot_be_queued_is_failed(b: Backend) {
+    let (b, sends) = b.with_failing_sends();
+    let s = setup(b, pool(0, 2, 1)).await;
+    let mut j = job("t", JobStatus::Running);
+    j.lease_until = Some(s.clock.now() + 10_000);
+    j.executor_id = Some("task-cpu-4".into());
+    s.b.jobs.create(&j, None).await.unwrap();
+    sends.fail(true);
+    s.clock.advance(11_000);
+    let report = s.watchdog().run().await.unwrap();
+    assert_eq!(report.requeued, 1);
+    let end = s.b.jobs.get(&j.id).await.unwrap().unwrap();
+    assert_eq!((end.status, end.attempt), (JobStatus::Failed, 2));
+    assert_eq!(end.error.unwrap().kind, "enqueue_failed");
+    sends.fail(false);
+    let got = s.b.queue.receive(10, Duration::from_millis(500), Duration::from_secs(60)).await.unwrap();
+    assert!(got.is_empty(), "no message for a failed job");
+    assert_eq!(s.watchdog().run().await.unwrap(), Default::default(), "nothing left to settle");
 }
 
 async fn unacknowledged_cancel_is_forced(b: Backend) {

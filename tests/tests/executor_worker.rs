@@ -163,6 +163,7 @@ macro_rules! both_backends {
 }
 
 both_backends!(
+    a_retry_that_cannot_be_queued_fails_the_job,
     runs_a_job_once_and_exits_when_idle,
     duplicates_and_stale_messages_are_skipped,
     cancel_stops_the_work_and_keeps_the_partial_output,
@@ -288,6 +289,23 @@ async fn retryable_errors_retry_and_others_fail_at_once(s: Setup) {
     let failed = s.job(&doomed).await;
     assert_eq!((failed.status, failed.attempt), (JobStatus::Failed, failed.max_attempts));
     assert!(s.queue_empty().await);
+}
+
+/// A retryable failure whose next attempt cannot be queued (the send fails after the
+/// requeue's write): the job is failed, saying so, never left queued with no message.
+async fn a_retry_that_cannot_be_queued_fails_the_job(s: Setup) {
+    let (b, sends) = s.b.with_failing_sends();
+    let s = Setup { root: b.root(Catalog::demo()), service: b.root(Catalog::demo()).service(), b, ..s };
+    let flaky = s.submit(json!({"tokens": 2, "fail": "runtime", "fail_runs": 1}), 60).await;
+    sends.fail(true);
+    let w = s.worker(|c| c.idle_timeout = Duration::from_millis(1000));
+    w.run(Shutdown::default()).await;
+    let done = s.job(&flaky).await;
+    assert_eq!((done.status, done.attempt), (JobStatus::Failed, 2), "requeued, then failed");
+    let error = done.error.expect("the failure says why");
+    assert_eq!(error.kind, "enqueue_failed");
+    assert_eq!(s.model.runs.load(Ordering::SeqCst), 1, "never run again");
+    assert!(s.queue_empty().await, "the first attempt's message is acknowledged");
 }
 
 async fn sigterm_releases_the_job_to_another_executor(s: Setup) {
