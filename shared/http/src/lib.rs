@@ -20,7 +20,6 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use ferry_core::error::ApiError;
@@ -115,17 +114,12 @@ impl Api {
         let router = router
             .fallback(not_found)
             .method_not_allowed_fallback(move |req: Request| method_not_allowed(allowed.clone(), req))
-            .layer(axum::middleware::from_fn(request_context))
             .with_state(state.clone());
         Api { state, router }
     }
 
-    /// The router (without the trailing-slash rewrite, which must wrap it: see [`Api::app`]).
-    pub fn router(&self) -> Router {
-        self.router.clone()
-    }
-
-    /// The whole application as a service: the router behind the one-trailing-slash rewrite.
+    /// The whole application as a service: the router behind the one-trailing-slash rewrite
+    /// and the request context (request id, log line).
     pub fn app(&self) -> App {
         App(self.router.clone())
     }
@@ -143,8 +137,10 @@ impl Api {
     }
 }
 
-/// The router behind the one-trailing-slash rewrite (`/v1/jobs/` is `/v1/jobs`). Routing
-/// happens inside the router, so a rewrite of the path has to wrap it.
+/// The router behind the one-trailing-slash rewrite (`/v1/jobs/` is `/v1/jobs`) and the
+/// request context. Routing happens inside the router, so a rewrite of the path has to
+/// wrap it; the context is here too rather than in an axum middleware layer, which would
+/// box and clone per request a second time (measured: docs/BENCHMARKS.md, handler).
 #[derive(Clone)]
 pub struct App(Router);
 
@@ -155,7 +151,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = <Router as tower::Service<http::Request<B>>>::Future;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
         tower::Service::<http::Request<B>>::poll_ready(&mut self.0, cx)
@@ -178,17 +174,20 @@ where
                 }
             }
         }
-        self.0.call(req)
+        Box::pin(request_context(req.method().clone(), req.uri().path().to_string(), self.0.call(req)))
     }
 }
 
 /// The request id (a ULID: `x-request-id`, and the id every log line and 500 of the
 /// request carries), and one log line per request.
-async fn request_context(req: Request, next: Next) -> Response {
+async fn request_context(
+    method: Method,
+    path: String,
+    routed: impl std::future::Future<Output = Result<Response, Infallible>>,
+) -> Result<Response, Infallible> {
     let started = Instant::now();
     let request_id = ulid::Ulid::new().to_string();
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let mut resp = error::with_request_id(request_id.clone(), next.run(req)).await;
+    let mut resp = error::with_request_id(request_id.clone(), routed).await?;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -196,7 +195,7 @@ async fn request_context(req: Request, next: Next) -> Response {
         request_id, %method, path, status = resp.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
-    resp
+    Ok(resp)
 }
 
 async fn not_found() -> HttpError {
