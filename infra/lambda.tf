@@ -1,5 +1,5 @@
 # The three Lambdas (functions/*): Rust binaries on provided.al2023, arm64, from the zips
-# `cargo lambda build --release --arm64 --output-format zip --bin api --bin ws --bin dispatcher`
+# `cargo lambda build --profile lambda-release --arm64 --output-format zip --bin api --bin ws --bin dispatcher`
 # writes to target/lambda/<bin>/bootstrap.zip.
 #
 # - api: every HTTP API route (apigw_http.tf). 29 s: API Gateway cuts HTTP integrations at

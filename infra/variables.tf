@@ -83,7 +83,7 @@ variable "models_catalog_json" {
 # ---------------------------------------------------------------------------- Lambdas
 
 variable "lambda_zip_dir" {
-  description = "Where `cargo lambda build --release --arm64 --output-format zip` wrote the zips (DIR/api/bootstrap.zip, DIR/ws/..., DIR/dispatcher/...). Relative paths are relative to this directory (infra/)."
+  description = "Where `cargo lambda build --profile lambda-release --arm64 --output-format zip` wrote the zips (DIR/api/bootstrap.zip, DIR/ws/..., DIR/dispatcher/...). Relative paths are relative to this directory (infra/)."
   type        = string
   default     = "../target/lambda"
 }
