@@ -312,6 +312,7 @@ async fn a_lost_job_whose_retry_cannot_be_queued_is_failed(b: Backend) {
     assert_eq!(report.requeued, 1);
     let end = s.b.jobs.get(&j.id).await.unwrap().unwrap();
     assert_eq!((end.status, end.attempt), (JobStatus::Failed, 2));
+    assert!(!end.never_queued(), "it ran once: an Idempotency-Key retry returns it, not a new job");
     assert_eq!(end.error.unwrap().kind, "enqueue_failed");
     sends.fail(false);
     let got = s.b.queue.receive(10, Duration::from_millis(500), Duration::from_secs(60)).await.unwrap();

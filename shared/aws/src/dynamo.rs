@@ -138,12 +138,26 @@ impl DynamoJobStore {
 
     /// The job and its binding in one transaction: either both are written, or the key is
     /// already bound (and unexpired) and nothing is.
-    async fn create_with_idem(&self, job: Item, idem: &IdempotencyRecord) -> Result<Created, StoreError> {
-        let idem_put = Put::builder()
+    /// With `stale`, the binding may also be taken over from that job (`rebind`).
+    async fn create_with_idem(
+        &self,
+        job: Item,
+        idem: &IdempotencyRecord,
+        stale: Option<&JobId>,
+    ) -> Result<Created, StoreError> {
+        let condition = match stale {
+            None => "attribute_not_exists(pk) OR expires_at < :now",
+            Some(_) => "attribute_not_exists(pk) OR expires_at < :now OR job_id = :stale",
+        };
+        let mut idem_put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(idem_to_item(idem)))
-            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
-            .expression_attribute_values(":now", n(idem.created_at))
+            .condition_expression(condition)
+            .expression_attribute_values(":now", n(idem.created_at));
+        if let Some(id) = stale {
+            idem_put = idem_put.expression_attribute_values(":stale", s(id.to_string()));
+        }
+        let idem_put = idem_put
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build_err)?;
@@ -195,7 +209,7 @@ impl JobStore for DynamoJobStore {
     async fn create(&self, job: &ferry_core::Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
         let item = job_to_item(job);
         if let Some(idem) = idem {
-            return self.create_with_idem(item, idem).await;
+            return self.create_with_idem(item, idem, None).await;
         }
         let result = self
             .client
@@ -212,6 +226,15 @@ impl JobStore for DynamoJobStore {
             }
             Err(err) => Err(store_err("PutItem", err)),
         }
+    }
+
+    async fn rebind(
+        &self,
+        job: &ferry_core::Job,
+        idem: &IdempotencyRecord,
+        stale: &JobId,
+    ) -> Result<Created, StoreError> {
+        self.create_with_idem(job_to_item(job), idem, Some(stale)).await
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<ferry_core::Job>, StoreError> {

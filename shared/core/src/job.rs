@@ -242,10 +242,22 @@ pub struct Job {
     pub last_seq: u64,
 }
 
+/// `error.type` of a job whose message could not be sent (`JobService`'s enqueue).
+pub const ENQUEUE_FAILED: &str = "enqueue_failed";
+
 impl Job {
     /// The job's task (its input's).
     pub fn task(&self) -> Task {
         self.input.task()
+    }
+
+    /// Whether the job failed before any executor could see it: its first message was
+    /// never sent. An `Idempotency-Key` bound to such a job is taken over by the retry.
+    pub fn never_queued(&self) -> bool {
+        self.status == JobStatus::Failed
+            && self.attempt == 1
+            && self.started_at.is_none()
+            && self.error.as_ref().is_some_and(|e| e.kind == ENQUEUE_FAILED)
     }
 
     /// Whether the job waited in the queue past `expires_at` without ever starting. A job

@@ -112,6 +112,13 @@ pub trait JobStore: Send + Sync {
     /// present is `AlreadyExists`.
     async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError>;
 
+    /// Writes a new job and moves `idem`'s key to it from `stale`, the job the key is bound
+    /// to now, atomically: how a retry with the same `Idempotency-Key` runs a job whose
+    /// first try was never queued. When the key is bound to another job by then (a
+    /// concurrent retry won), nothing is written and that binding is returned as
+    /// `Duplicate`; a key that is no longer bound (expired) is bound as by `create`.
+    async fn rebind(&self, job: &Job, idem: &IdempotencyRecord, stale: &JobId) -> Result<Created, StoreError>;
+
     /// Reads a job by id (any tenant: callers check ownership).
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::job::{Job, JobError, JobId, JobStatus, TenantId};
+use crate::job::{ENQUEUE_FAILED, Job, JobError, JobId, JobStatus, TenantId};
 use crate::ports::{
     Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, Queues, StoreError,
     WorkMessage, WorkQueue,
@@ -16,6 +16,10 @@ use crate::progress::EventBody;
 use crate::publish::ProgressHub;
 use crate::state::{self, Transition, TransitionError};
 use crate::submit::ValidSubmit;
+
+/// How many times a submit tries to take over an idempotency key from a job that was never
+/// queued before it reports the key as contended.
+const REBIND_TRIES: usize = 3;
 
 /// Why a service call failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,20 +131,35 @@ impl JobService {
             created_at: now,
             expires_at: now + c.idempotency_ttl_s * 1000,
         });
-        match self.jobs.create(&job, idem.as_ref()).await? {
-            Created::Duplicate(record) => {
-                if record.request_hash != req.request_hash {
-                    return Err(ServiceError::IdempotencyMismatch);
+        // A key bound to a job that was never queued (its send failed: the client got a 503
+        // and retries) is taken over by this job, so the retry runs; `stale` is that job.
+        let mut stale: Option<JobId> = None;
+        for _ in 0..REBIND_TRIES {
+            let created = match (&idem, &stale) {
+                (Some(rec), Some(stale)) => self.jobs.rebind(&job, rec, stale).await?,
+                _ => self.jobs.create(&job, idem.as_ref()).await?,
+            };
+            let record = match created {
+                Created::New => {
+                    self.enqueue(&job, trace_id, "the work queue was unavailable").await?;
+                    tracing::info!(job_id = %job.id, tenant = %tenant, model = %job.model, "job queued");
+                    return Ok(Submitted::New(job));
                 }
-                let existing = self.get(tenant, &record.job_id).await?;
-                Ok(Submitted::Existing(existing))
+                Created::Duplicate(record) => record,
+            };
+            if record.request_hash != req.request_hash {
+                return Err(ServiceError::IdempotencyMismatch);
             }
-            Created::New => {
-                self.enqueue(&job, trace_id, "the work queue was unavailable").await?;
-                tracing::info!(job_id = %job.id, tenant = %tenant, model = %job.model, "job queued");
-                Ok(Submitted::New(job))
+            match self.get(tenant, &record.job_id).await {
+                Ok(existing) if !existing.never_queued() => return Ok(Submitted::Existing(existing)),
+                // Never queued, or gone (past retention): nothing to return; take the key over.
+                Ok(_) | Err(ServiceError::NotFound) => stale = Some(record.job_id),
+                Err(e) => return Err(e),
             }
         }
+        // Every try lost to another retry rebinding the key meanwhile: the key is contended,
+        // ask the client to retry (nothing was written).
+        Err(ServiceError::Store(StoreError::Throttled("the idempotency key is being retried concurrently".into())))
     }
 
     /// Puts `job` (as read, running or cancelling) back in the queue for its next attempt:
@@ -160,7 +179,7 @@ impl JobService {
             return Ok(());
         };
         tracing::error!(job_id = %job.id, attempt = job.attempt, error = %e, "enqueue failed; failing the job");
-        let error = JobError { kind: "enqueue_failed".into(), message: why.into() };
+        let error = JobError { kind: ENQUEUE_FAILED.into(), message: why.into() };
         if let Err(e2) = self.apply(job, Transition::Fail { error }).await {
             tracing::error!(job_id = %job.id, error = %e2, "could not mark the unqueued job failed");
         }

@@ -50,19 +50,24 @@ impl MemoryJobStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-#[async_trait]
-impl JobStore for MemoryJobStore {
-    async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
+    /// `create`, and `rebind` when `stale` is given: the binding may then also be taken
+    /// over from `stale`.
+    fn create_bound(
+        &self,
+        job: &Job,
+        idem: Option<&IdempotencyRecord>,
+        stale: Option<&JobId>,
+    ) -> Result<Created, StoreError> {
         let mut inner = lock(&self.inner);
         // Validate everything before writing anything: the create is all-or-nothing.
         if let Some(rec) = idem {
             let slot = (rec.tenant.clone(), rec.key.clone());
             if let Some(existing) = inner.idem.get(&slot) {
                 // An expired binding is replaced, as the DynamoDB condition
-                // `attribute_not_exists(pk) OR expires_at < :created_at` allows.
-                if existing.expires_at >= rec.created_at {
+                // `attribute_not_exists(pk) OR expires_at < :created_at` allows; so is the
+                // binding to `stale` (`OR job_id = :stale`).
+                if existing.expires_at >= rec.created_at && Some(&existing.job_id) != stale {
                     return Ok(Created::Duplicate(existing.clone()));
                 }
             }
@@ -76,6 +81,17 @@ impl JobStore for MemoryJobStore {
         inner.by_tenant.entry(job.tenant.clone()).or_default().insert(job.id);
         inner.jobs.insert(job.id, job.clone());
         Ok(Created::New)
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
+        self.create_bound(job, idem, None)
+    }
+
+    async fn rebind(&self, job: &Job, idem: &IdempotencyRecord, stale: &JobId) -> Result<Created, StoreError> {
+        self.create_bound(job, Some(idem), Some(stale))
     }
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {

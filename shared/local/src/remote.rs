@@ -34,6 +34,7 @@ pub const PATH: &str = "/internal/v1/ports";
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Call {
     JobCreate { job: Job, idem: Option<IdempotencyRecord> },
+    JobRebind { job: Job, idem: IdempotencyRecord, stale: JobId },
     JobGet { id: JobId },
     JobList { query: ListQuery },
     JobUpdate { job: Job, expected: Expected },
@@ -127,6 +128,7 @@ pub async fn answer(ports: &Ports, call: Call) -> Result<Value, WireError> {
     let ms = Duration::from_millis;
     match call {
         Call::JobCreate { job, idem } => json(ports.jobs.create(&job, idem.as_ref()).await?),
+        Call::JobRebind { job, idem, stale } => json(ports.jobs.rebind(&job, &idem, &stale).await?),
         Call::JobGet { id } => json(ports.jobs.get(&id).await?),
         Call::JobList { query } => json(ports.jobs.list(&query).await?),
         Call::JobUpdate { job, expected } => json(ports.jobs.update(&job, expected).await?),
@@ -241,6 +243,9 @@ impl ApiKeyStore for RemoteStack {
 impl JobStore for RemoteStack {
     async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
         Ok(self.call(&Call::JobCreate { job: job.clone(), idem: idem.cloned() }).await?)
+    }
+    async fn rebind(&self, job: &Job, idem: &IdempotencyRecord, stale: &JobId) -> Result<Created, StoreError> {
+        Ok(self.call(&Call::JobRebind { job: job.clone(), idem: idem.clone(), stale: *stale }).await?)
     }
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
         Ok(self.call(&Call::JobGet { id: *id }).await?)

@@ -116,6 +116,41 @@ pub async fn case_expired_binding_is_replaced(b: Backend) {
     assert_eq!(ids(&list_all(&b, &t, None, 10).await), vec![later.id, first.id], "[{}]", b.name);
 }
 
+/// `rebind` moves a key from the job it is bound to onto a new job, atomically, and only
+/// from that job: a retry that lost the race to another gets the winner's binding.
+pub async fn case_rebind_takes_the_key_over(b: Backend) {
+    let t = tenant("idem-rebind");
+    let first = queued_job(&t, T0);
+    b.jobs.create(&first, Some(&idem(&t, "k", &first, T0))).await.unwrap();
+
+    let second = queued_job(&t, T0 + 10);
+    let second_rec = idem(&t, "k", &second, T0 + 10);
+    let got = b.jobs.rebind(&second, &second_rec, &first.id).await.unwrap();
+    assert_eq!(got, Created::New, "[{}]", b.name);
+    assert_eq!(get(&b, &second.id).await, second, "[{}]", b.name);
+    assert_eq!(get(&b, &first.id).await, first, "[{}] the stale job is left as it was", b.name);
+    // The key now names the second job.
+    let probe = queued_job(&t, T0 + 20);
+    let got = b.jobs.create(&probe, Some(&idem(&t, "k", &probe, T0 + 20))).await.unwrap();
+    assert_eq!(got, Created::Duplicate(second_rec.clone()), "[{}]", b.name);
+
+    // A retry that still thinks the key names the first job loses: nothing is written.
+    let late = queued_job(&t, T0 + 30);
+    let got = b.jobs.rebind(&late, &idem(&t, "k", &late, T0 + 30), &first.id).await.unwrap();
+    assert_eq!(got, Created::Duplicate(second_rec), "[{}]", b.name);
+    assert_eq!(b.jobs.get(&late.id).await.unwrap(), None, "[{}] the losing rebind wrote its job", b.name);
+
+    // A key bound to nothing is bound as by create; a duplicate job id is refused whole.
+    let fresh = queued_job(&t, T0 + 40);
+    let got = b.jobs.rebind(&fresh, &idem(&t, "other", &fresh, T0 + 40), &first.id).await.unwrap();
+    assert_eq!(got, Created::New, "[{}]", b.name);
+    let again = b.jobs.rebind(&fresh, &idem(&t, "third", &fresh, T0 + 50), &first.id).await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists)), "[{}] {again:?}", b.name);
+    let probe = queued_job(&t, T0 + 60);
+    let got = b.jobs.create(&probe, Some(&idem(&t, "third", &probe, T0 + 60))).await.unwrap();
+    assert_eq!(got, Created::New, "[{}] the refused rebind bound its key", b.name);
+}
+
 pub async fn case_get_missing(b: Backend) {
     assert_eq!(b.jobs.get(&JobId::generate(T0)).await.unwrap(), None, "[{}]", b.name);
 }

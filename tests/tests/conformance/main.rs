@@ -44,6 +44,7 @@ conformance! {
     create_duplicate_id => jobs::case_create_duplicate_id,
     idempotent_create => jobs::case_idempotent_create,
     expired_binding_is_replaced => jobs::case_expired_binding_is_replaced,
+    rebind_takes_the_key_over => jobs::case_rebind_takes_the_key_over,
     get_missing => jobs::case_get_missing,
     list_pages_newest_first => jobs::case_list_pages_newest_first,
     list_status_filter_across_pages => jobs::case_list_status_filter_across_pages,
