@@ -529,7 +529,7 @@ fn print_stack(stack: &stack::Stack, addr: SocketAddr, ws_host: SocketAddr, back
 }
 
 async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
-    let sdk = ferry_aws::sdk_config_from_env().await;
+    let sdk = ferry_aws::sdk_config_from_env().await?;
     match cmd {
         AwsCommand::Bootstrap { table, queue } => {
             let urls = ferry_aws::bootstrap(&sdk, &table, &queue).await?;

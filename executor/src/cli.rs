@@ -79,7 +79,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sdk = match &args.stack_url {
         Some(_) => None,
-        None => Some(ferry_aws::sdk_config_from_env().await),
+        None => Some(ferry_aws::sdk_config_from_env().await?),
     };
     let worker = build(&args, sdk.as_ref()).await?;
     let shutdown = Shutdown::default();

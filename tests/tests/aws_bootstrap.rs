@@ -91,3 +91,54 @@ async fn an_incompatible_table_is_refused() {
     let err = ferry_aws::ensure_table(&dynamo, &name).await.unwrap_err();
     assert!(err.to_string().contains("gsi1"), "{err}");
 }
+
+/// Timeouts short enough to see in a test; the connect timeout is not what is tested.
+fn short_timeouts() -> ferry_aws::Timeouts {
+    ferry_aws::Timeouts {
+        connect: std::time::Duration::from_secs(2),
+        attempt: std::time::Duration::from_millis(300),
+        operation: std::time::Duration::from_millis(900),
+    }
+}
+
+/// An endpoint that accepts connections and never answers (a half-open peer, a stuck
+/// proxy): a call to it fails once its timeouts pass instead of blocking its caller.
+#[tokio::test]
+async fn a_call_to_an_endpoint_that_never_answers_fails_within_its_timeouts() {
+    use ferry_core::ports::{JobStore, StoreError};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket); // read nothing, answer nothing, close nothing
+        }
+    });
+    let sdk = ferry_aws::sdk_config_for_endpoint_with(&endpoint, &short_timeouts()).await;
+    let jobs = ferry_aws::DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), "hung");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), jobs.get(&ferry_core::JobId::generate(0)))
+        .await
+        .expect("the call was not cut by its timeouts");
+    assert!(matches!(got, Err(StoreError::Unavailable(_) | StoreError::Throttled(_))), "{got:?}");
+    held.abort();
+}
+
+/// A long poll may take its whole wait: the attempt timeout (300 ms here) is extended by
+/// the wait for ReceiveMessage only, so an empty queue's 2 s poll ends empty, not in error.
+#[tokio::test]
+async fn a_long_poll_is_not_cut_by_the_attempt_timeout() {
+    use ferry_core::ports::WorkQueue;
+    let Some(moto) = ferry_tests::moto::shared() else { return };
+    let sdk = ferry_aws::sdk_config_for_endpoint_with(&moto.endpoint, &short_timeouts()).await;
+    let name = unique();
+    let urls = ferry_aws::bootstrap(&sdk, &name, &name).await.expect("bootstrap");
+    let queue = ferry_aws::SqsWorkQueue::new(aws_sdk_sqs::Client::new(&sdk), urls.queue_url);
+    let started = std::time::Instant::now();
+    let got = queue.receive(1, std::time::Duration::from_secs(2), std::time::Duration::from_secs(30)).await;
+    assert_eq!(got.expect("the long poll was cut").len(), 0);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "moto answered before the wait: {:?}",
+        started.elapsed()
+    );
+}

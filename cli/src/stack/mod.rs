@@ -103,7 +103,7 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
     let registry = Arc::new(Registry::default());
     let sdk = match (opts.backend, &opts.aws_endpoint, &opts.management_endpoint) {
         (BackendKind::Aws, Some(endpoint), _) => Some(ferry_aws::sdk_config_for_endpoint(endpoint).await),
-        (BackendKind::Aws, None, _) => Some(ferry_aws::sdk_config_from_env().await),
+        (BackendKind::Aws, None, _) => Some(ferry_aws::sdk_config_from_env().await?),
         // The SDK notifier against the local gateway's Management API needs a configuration.
         (BackendKind::Embedded, _, Some(endpoint)) => Some(ferry_aws::sdk_config_for_endpoint(endpoint).await),
         (BackendKind::Embedded, _, None) => None,

@@ -8,7 +8,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ferry_core::telemetry::init(true);
-    let sdk = ferry_aws::sdk_config_from_env().await;
+    let sdk = ferry_aws::sdk_config_from_env().await?;
     let (dispatcher, watchdog) = ferry_dispatcher_lambda::build(&sdk, &|k| std::env::var(k).ok()).await?;
     let (dispatcher, watchdog) = (&dispatcher, &watchdog);
     run(service_fn(move |event: LambdaEvent<Value>| async move {

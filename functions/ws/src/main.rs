@@ -8,7 +8,7 @@ use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ferry_core::telemetry::init(true);
-    let sdk = ferry_aws::sdk_config_from_env().await;
+    let sdk = ferry_aws::sdk_config_from_env().await?;
     let api = ferry_ws_lambda::build(&sdk, &|k| std::env::var(k).ok())?;
     let api = &api;
     run(service_fn(move |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| async move {

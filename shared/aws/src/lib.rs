@@ -31,7 +31,9 @@ pub mod sqs;
 pub mod stream;
 
 pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
-pub use config::{AwsSettings, DEFAULT_TABLE, sdk_config_for_endpoint, sdk_config_from_env};
+pub use config::{
+    AwsSettings, DEFAULT_TABLE, Timeouts, sdk_config_for_endpoint, sdk_config_for_endpoint_with, sdk_config_from_env,
+};
 pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
 pub use ecs::EcsLauncher;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use ferry_core::ports::{Delivery, QueueDepth, QueueError, WorkMessage, WorkQueue};
@@ -170,15 +171,18 @@ impl WorkQueue for SqsWorkQueue {
     }
 
     async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let wait_s = secs_ceil(wait, MAX_WAIT_S);
         let out = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
             .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
-            .wait_time_seconds(secs_ceil(wait, MAX_WAIT_S))
+            .wait_time_seconds(wait_s)
             .visibility_timeout(secs_ceil(visibility, MAX_VISIBILITY_S))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .customize()
+            .config_override(long_poll_timeouts(self.client.config().timeout_config(), wait_s))
             .send()
             .await
             .map_err(|e| queue_err("ReceiveMessage", e))?;
@@ -244,4 +248,27 @@ impl WorkQueue for SqsWorkQueue {
             in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         })
     }
+}
+
+/// A long poll may take its wait time before answering: it is added to the client's attempt
+/// and operation timeouts (ferry_aws::Timeouts), so only a poll that overruns its wait by
+/// as much as an ordinary call may take is cut.
+fn long_poll_timeouts(base: Option<&TimeoutConfig>, wait_s: i32) -> aws_sdk_sqs::config::Builder {
+    let wait = Duration::from_secs(wait_s.max(0) as u64);
+    let mut t = TimeoutConfig::builder();
+    if let Some(base) = base {
+        if let Some(c) = base.connect_timeout() {
+            t = t.connect_timeout(c);
+        }
+        if let Some(r) = base.read_timeout() {
+            t = t.read_timeout(r + wait);
+        }
+        if let Some(a) = base.operation_attempt_timeout() {
+            t = t.operation_attempt_timeout(a + wait);
+        }
+        if let Some(o) = base.operation_timeout() {
+            t = t.operation_timeout(o + wait);
+        }
+    }
+    aws_sdk_sqs::config::Builder::default().timeout_config(t.build())
 }
