@@ -72,6 +72,12 @@ impl Backend {
         (Backend { ports: Ports { queues, ..self.ports.clone() }, queue: as_queue, ..self.clone() }, queue)
     }
 
+    /// The same adapters, with the writes of a job's end failing on demand.
+    pub fn with_failing_finish(&self) -> (Backend, Arc<crate::faults::FinishFails>) {
+        let jobs = crate::faults::FinishFails::new(self.ports.jobs.clone());
+        (Backend { ports: Ports { jobs: jobs.clone(), ..self.ports.clone() }, ..self.clone() }, jobs)
+    }
+
     /// The progress path over these stores, pushing through `notifier`.
     pub fn hub(&self, notifier: Arc<dyn Notifier>) -> Arc<ProgressHub> {
         self.with_notifier(notifier).ports.hub()

@@ -2,11 +2,15 @@
 //! went through and the next one did not.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::ports::{Delivery, QueueDepth, QueueError, WorkMessage, WorkQueue};
+use ferry_core::job::{Job, JobId, JobStatus};
+use ferry_core::ports::{
+    Created, Delivery, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueDepth, QueueError, StoreError,
+    WorkMessage, WorkQueue,
+};
 
 /// A queue whose sends fail while [`SendsFail::fail`] is on; every other call reaches the
 /// queue it wraps.
@@ -44,5 +48,73 @@ impl WorkQueue for SendsFail {
     }
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         self.inner.depth().await
+    }
+}
+
+/// A job store whose writes of a job's end (an update to a terminal status) fail as told:
+/// the next `throttle(n)` of them are throttled, and while `refuse_outputs` is on, those
+/// carrying an output are refused for good (as DynamoDB refuses an item over 400 KB).
+/// Every other call reaches the store it wraps.
+pub struct FinishFails {
+    inner: Arc<dyn JobStore>,
+    throttles_left: AtomicU32,
+    refuse_outputs: AtomicBool,
+    /// Terminal writes that failed here, of either kind.
+    pub failed: AtomicU32,
+}
+
+impl FinishFails {
+    pub fn new(inner: Arc<dyn JobStore>) -> Arc<FinishFails> {
+        Arc::new(FinishFails {
+            inner,
+            throttles_left: AtomicU32::new(0),
+            refuse_outputs: AtomicBool::new(false),
+            failed: AtomicU32::new(0),
+        })
+    }
+
+    pub fn throttle(&self, n: u32) {
+        self.throttles_left.store(n, Ordering::SeqCst);
+    }
+
+    pub fn refuse_outputs(&self, on: bool) {
+        self.refuse_outputs.store(on, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl JobStore for FinishFails {
+    async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
+        self.inner.create(job, idem).await
+    }
+    async fn rebind(&self, job: &Job, idem: &IdempotencyRecord, stale: &JobId) -> Result<Created, StoreError> {
+        self.inner.rebind(job, idem, stale).await
+    }
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError> {
+        if job.status.is_terminal() {
+            let throttled =
+                self.throttles_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            if throttled {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::Throttled("injected: the store throttles the write".into()));
+            }
+            let has_output = job.output.as_ref().is_some_and(|o| !o.is_null());
+            if has_output && self.refuse_outputs.load(Ordering::SeqCst) {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::Refused(
+                    "injected: item size to update has exceeded the maximum allowed size".into(),
+                ));
+            }
+        }
+        self.inner.update(job, expected).await
+    }
+    async fn active(&self, status: JobStatus, limit: u32, after: Option<JobId>) -> Result<JobPage, StoreError> {
+        self.inner.active(status, limit, after).await
     }
 }

@@ -142,3 +142,27 @@ async fn a_long_poll_is_not_cut_by_the_attempt_timeout() {
         started.elapsed()
     );
 }
+
+/// DynamoDB refuses an item over 400 KB with a ValidationException (moto too): that is a
+/// `Refused` write, not an outage to retry.
+#[tokio::test]
+async fn an_item_over_dynamodbs_limit_is_refused_not_retried() {
+    use ferry_core::catalog::Catalog;
+    use ferry_core::job::JobStatus;
+    use ferry_core::ports::StoreError;
+    use ferry_core::service::ServiceError;
+    use ferry_core::state::Transition;
+    let Some(b) = ferry_tests::backends::aws().await else { return };
+    let service = b.root(Catalog::demo()).service();
+    let job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
+    b.jobs.create(&job, None).await.unwrap();
+    let claim = Transition::Claim { executor_id: "e".into(), lease_until: u64::MAX / 2 };
+    let running = service.apply(&job, claim).await.unwrap();
+    let output = serde_json::json!({"text": "x".repeat(450 * 1024)});
+    let got = service.apply(&running, Transition::Succeed { output }).await;
+    assert!(matches!(got, Err(ServiceError::Store(StoreError::Refused(_)))), "{got:?}");
+    // Real DynamoDB refuses the whole UpdateItem; moto 5.2.5 applies its small attributes
+    // (the status) before refusing the large one, so the record is not checked here: the
+    // executor's handling of a refusal is tested on both backends with a store that
+    // refuses whole (executor_worker: an_outcome_the_store_refuses_...).
+}

@@ -164,6 +164,8 @@ macro_rules! both_backends {
 
 both_backends!(
     a_retry_that_cannot_be_queued_fails_the_job,
+    a_throttled_outcome_is_retried_until_it_is_stored,
+    an_outcome_the_store_refuses_is_recorded_without_its_output,
     runs_a_job_once_and_exits_when_idle,
     duplicates_and_stale_messages_are_skipped,
     cancel_stops_the_work_and_keeps_the_partial_output,
@@ -306,6 +308,47 @@ async fn a_retry_that_cannot_be_queued_fails_the_job(s: Setup) {
     assert_eq!(error.kind, "enqueue_failed");
     assert_eq!(s.model.runs.load(Ordering::SeqCst), 1, "never run again");
     assert!(s.queue_empty().await, "the first attempt's message is acknowledged");
+}
+
+/// The store throttles the write of the job's end: the executor keeps trying (the message
+/// still in flight) until the outcome is stored, and only then deletes the message.
+async fn a_throttled_outcome_is_retried_until_it_is_stored(s: Setup) {
+    let (b, fails) = s.b.with_failing_finish();
+    let s = Setup { root: b.root(Catalog::demo()), service: b.root(Catalog::demo()).service(), b, ..s };
+    fails.throttle(3);
+    let job = s.submit(json!({"tokens": 3}), 60).await;
+    let w = s.worker(|c| c.idle_timeout = Duration::from_millis(1000));
+    assert_eq!(w.run(Shutdown::default()).await, Exit::Idle);
+    let done = s.job(&job).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"text": " t0 t1 t2", "tokens": 3})));
+    assert_eq!(fails.failed.load(Ordering::SeqCst), 3, "three throttled writes, then the stored one");
+    assert_eq!(s.model.runs.load(Ordering::SeqCst), 1, "run once");
+    assert!(s.queue_empty().await, "the message was deleted after the outcome was stored");
+    let events = s.events(&job).await;
+    assert_eq!(events.iter().filter(|e| matches!(e, EventBody::Result { .. })).count(), 1, "one result");
+    assert_eq!(statuses(&events), [JobStatus::Running, JobStatus::Succeeded]);
+}
+
+/// The store refuses the output for good (an item over DynamoDB's size limit): the job is
+/// not left to run again and again; it ends `failed` saying its result was not stored.
+async fn an_outcome_the_store_refuses_is_recorded_without_its_output(s: Setup) {
+    let (b, fails) = s.b.with_failing_finish();
+    let s = Setup { root: b.root(Catalog::demo()), service: b.root(Catalog::demo()).service(), b, ..s };
+    fails.refuse_outputs(true);
+    let job = s.submit(json!({"tokens": 2}), 60).await;
+    let w = s.worker(|c| c.idle_timeout = Duration::from_millis(1000));
+    assert_eq!(w.run(Shutdown::default()).await, Exit::Idle);
+    let done = s.job(&job).await;
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(done.output, None);
+    let error = done.error.expect("the failure says why");
+    assert_eq!(error.kind, "result_not_stored");
+    assert_eq!(s.model.runs.load(Ordering::SeqCst), 1, "not run again");
+    assert!(s.queue_empty().await, "the message was deleted once the failure was stored");
+    let events = s.events(&job).await;
+    assert!(events.iter().any(|e| matches!(e, EventBody::Error { error } if error.kind == "result_not_stored")));
+    assert_eq!(statuses(&events), [JobStatus::Running, JobStatus::Failed]);
 }
 
 async fn sigterm_releases_the_job_to_another_executor(s: Setup) {

@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     pub poll_wait: Duration,
     /// How often a running job's record is read for a cancel request.
     pub cancel_check: Duration,
+    /// How long a finished job's outcome write is retried while the store throttles or
+    /// cannot be reached, before its message is left to come back.
+    pub outcome_retry_for: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -77,6 +80,7 @@ impl Default for WorkerConfig {
             visibility: Duration::from_secs(120),
             poll_wait: Duration::from_secs(20),
             cancel_check: Duration::from_millis(500),
+            outcome_retry_for: Duration::from_secs(300),
         }
     }
 }

@@ -65,6 +65,32 @@ pub(super) fn against(action: &Action, current: &Job) -> Action {
     }
 }
 
+/// `error.type` of a job whose output the store refused (over its item size, say).
+pub(super) const RESULT_NOT_STORED: &str = "result_not_stored";
+
+/// The write to make instead when the store refused `action` for good (DynamoDB refuses an
+/// item over 400 KB: an output too large for the job record): the same end without the
+/// output (a success becomes `failed`, `result_not_stored`), so the job is settled and
+/// says why, rather than left to run again. `None` when the action carries no output.
+pub(super) fn without_output(action: &Action) -> Option<Action> {
+    let replacement = match action {
+        Action::Write(Transition::Succeed { .. }) => Transition::Fail {
+            error: JobError {
+                kind: RESULT_NOT_STORED.into(),
+                message: "the job finished, but its output could not be stored (most often: larger than a job \
+                          record holds)"
+                    .into(),
+            },
+        },
+        Action::Write(Transition::TimeOut { partial_output: Some(_) }) => Transition::TimeOut { partial_output: None },
+        Action::Write(Transition::ConfirmCancel { partial_output: Some(_), forced }) => {
+            Transition::ConfirmCancel { partial_output: None, forced: *forced }
+        }
+        _ => return None,
+    };
+    Some(Action::Write(replacement))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +165,26 @@ mod tests {
         assert_eq!(against(&Action::Retry, &job(1, JobStatus::Running)), Action::Retry);
         let succeed = Action::Write(Transition::Succeed { output: json!(1) });
         assert_eq!(against(&succeed, &cancelling), succeed, "a finished run is recorded as it finished");
+    }
+
+    #[test]
+    fn a_refused_output_is_dropped_and_a_success_becomes_a_failure() {
+        let succeed = Action::Write(Transition::Succeed { output: json!({"text": "x"}) });
+        match without_output(&succeed) {
+            Some(Action::Write(Transition::Fail { error })) => assert_eq!(error.kind, RESULT_NOT_STORED),
+            other => panic!("{other:?}"),
+        }
+        let timed_out = Action::Write(Transition::TimeOut { partial_output: Some(json!("partial")) });
+        assert_eq!(without_output(&timed_out), Some(Action::Write(Transition::TimeOut { partial_output: None })));
+        let cancelled = Action::Write(Transition::ConfirmCancel { partial_output: Some(json!("p")), forced: false });
+        assert_eq!(
+            without_output(&cancelled),
+            Some(Action::Write(Transition::ConfirmCancel { partial_output: None, forced: false }))
+        );
+        // Nothing to drop: no fallback, the refusal stands.
+        assert_eq!(without_output(&Action::Retry), None);
+        assert_eq!(without_output(&Action::Write(Transition::TimeOut { partial_output: None })), None);
+        let fail = Action::Write(Transition::Fail { error: JobError { kind: "x".into(), message: "y".into() } });
+        assert_eq!(without_output(&fail), None);
     }
 }

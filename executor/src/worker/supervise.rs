@@ -103,6 +103,11 @@ impl Worker {
 
     /// Records the outcome with a compare-and-set (re-reading and deciding again when the
     /// record changed under us, e.g. a cancel request arrived), then settles the message.
+    /// The message is deleted only once the outcome is stored, or someone else decided the
+    /// attempt: a throttled or unreachable store is retried with backoff (the lease and the
+    /// message's visibility renewed meanwhile) for up to `outcome_retry_for`, then the
+    /// message is left to come back; a write the store refuses for good is replaced by the
+    /// same end without its output ([`outcome::without_output`]).
     async fn finish(
         &self,
         job: Job,
@@ -116,32 +121,64 @@ impl Worker {
         }
         let _ = stream.flush().await;
 
+        let mut wanted = decision.action;
         let mut current = job;
-        let mut written = None;
-        for _ in 0..5 {
-            let action = outcome::against(&decision.action, &current);
+        let mut conflicts = 0;
+        let give_up_at = Instant::now() + self.config.outcome_retry_for;
+        let mut pause = OUTCOME_RETRY_FIRST;
+        let mut renew_at = Instant::now() + self.config.lease / 3;
+        let written = loop {
+            let action = outcome::against(&wanted, &current);
             let result = match &action {
                 Action::Write(t) => self.service.apply(&current, t.clone()).await,
                 Action::Retry => self.service.requeue(&current, &delivery.message.trace_id).await,
                 Action::Release => self.service.apply(&current, Transition::Requeue { next_attempt: false }).await,
             };
-            match result {
-                Ok(j) => {
-                    written = Some((j, action));
-                    break;
-                }
-                Err(ServiceError::Store(StoreError::ConditionFailed { current: Some(fresh) }))
-                    if fresh.attempt == current.attempt && !fresh.status.is_terminal() =>
+            let e = match result {
+                Ok(j) => break Some((j, action)),
+                Err(e) => e,
+            };
+            match e {
+                ServiceError::Store(StoreError::ConditionFailed { current: Some(fresh) })
+                    if fresh.attempt == current.attempt && !fresh.status.is_terminal() && conflicts < 5 =>
                 {
+                    conflicts += 1;
                     current = *fresh;
                 }
-                Err(e) => {
-                    // A requeue whose message could not be sent has failed the job itself.
-                    tracing::warn!(job_id = %current.id, error = %e, "could not record the outcome");
-                    break;
+                // The attempt was decided elsewhere (the watchdog), or a requeue whose message
+                // could not be sent failed the job itself: nothing left for us to record.
+                ServiceError::Store(StoreError::ConditionFailed { .. }) | ServiceError::EnqueueFailed(_) => {
+                    tracing::warn!(job_id = %current.id, error = %e, "the outcome was settled elsewhere");
+                    break None;
+                }
+                ServiceError::Store(StoreError::Refused(_)) if outcome::without_output(&action).is_some() => {
+                    tracing::error!(job_id = %current.id, error = %e, "the store refused the outcome; recording it without its output");
+                    let replacement = outcome::without_output(&action).expect("checked above");
+                    if let Action::Write(Transition::Fail { error }) = &replacement {
+                        let _ = stream.push(EventBody::Error { error: error.clone() });
+                        let _ = stream.flush().await;
+                    }
+                    wanted = replacement;
+                }
+                ServiceError::Store(ref se) if se.is_transient() && Instant::now() + pause < give_up_at => {
+                    tracing::warn!(job_id = %current.id, error = %e, retry_in_ms = pause.as_millis() as u64,
+                        "could not record the outcome; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
+                    if Instant::now() >= renew_at {
+                        current = self.keep_alive(current, delivery).await;
+                        renew_at = Instant::now() + self.config.lease / 3;
+                    }
+                }
+                _ => {
+                    // Not acknowledged: the message comes back when its visibility lapses, and
+                    // the watchdog retries the job once its lease does; nothing is lost.
+                    tracing::error!(job_id = %current.id, error = %e,
+                        "could not record the outcome; leaving the message to come back");
+                    return;
                 }
             }
-        }
+        };
         match written {
             Some((j, Action::Release)) => {
                 // Same attempt, same message: make it visible again now.
@@ -161,7 +198,27 @@ impl Worker {
             None => self.ack(delivery).await,
         }
     }
+
+    /// While an outcome waits to be recorded: the lease renewed (so the watchdog does not
+    /// take the job back) and the message kept invisible. Returns the job as renewed.
+    async fn keep_alive(&self, current: Job, delivery: &Delivery) -> Job {
+        if let Err(e) = self.queue().set_visibility(&delivery.receipt, self.config.visibility).await {
+            tracing::warn!(job_id = %current.id, error = %e, "could not extend the message's visibility");
+        }
+        let lease_until = self.service.clock.now() + self.config.lease.as_millis() as u64;
+        match self.service.apply(&current, Transition::Renew { lease_until }).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(job_id = %current.id, error = %e, "lease renewal failed");
+                current
+            }
+        }
+    }
 }
+
+/// The first pause before an outcome write is tried again, doubling up to the second.
+const OUTCOME_RETRY_FIRST: Duration = Duration::from_millis(100);
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The stop reason a supervisor sets for a running model (0 = none).
 #[derive(Default)]

@@ -29,7 +29,7 @@ use crate::dynamo_codec::{
     idem_to_item, item_to_apikey, item_to_event, item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s,
     tenant_gsi1pk,
 };
-use crate::dynamo_error::{THROTTLE_CODES, store_err};
+use crate::dynamo_error::{REFUSAL_CODES, THROTTLE_CODES, store_err};
 use crate::dynamo_index::Table;
 
 /// How often `create` retries a transaction that lost a race it cannot judge yet
@@ -62,6 +62,10 @@ where
     if reasons.iter().any(|r| r.code().is_some_and(|c| THROTTLE_CODES.contains(&c))) {
         tracing::warn!("DynamoDB throttled a transaction");
         Some(StoreError::Throttled(detail()))
+    } else if reasons.iter().any(|r| r.code().is_some_and(|c| REFUSAL_CODES.contains(&c))) {
+        let message = detail();
+        tracing::error!(error = %message, "DynamoDB refused a transaction");
+        Some(StoreError::Refused(message))
     } else if !reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
         let message = detail();
         tracing::error!(error = %message, "DynamoDB transaction failed");

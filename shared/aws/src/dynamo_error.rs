@@ -7,7 +7,13 @@ use ferry_core::ports::StoreError;
 pub(crate) const THROTTLE_CODES: [&str; 4] =
     ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded", "ThrottlingError"];
 
-/// Maps an SDK error: throttling codes to `Throttled`, anything else to `Unavailable`
+/// Error codes that mean "this request can never succeed as it is" (an item over 400 KB, an
+/// expression DynamoDB rejects); they become `StoreError::Refused`. A transaction reports
+/// the same per item as the cancellation reason `ValidationError`.
+pub(crate) const REFUSAL_CODES: [&str; 3] =
+    ["ValidationException", "ValidationError", "ItemCollectionSizeLimitExceededException"];
+
+/// Maps an SDK error: throttling codes to `Throttled`, refusals to `Refused`, anything else to `Unavailable`
 /// with the full error chain (the SDK's own `Display` says only "service error").
 pub(crate) fn store_err<E, R>(operation: &str, err: SdkError<E, R>) -> StoreError
 where
@@ -19,6 +25,9 @@ where
     if throttled {
         tracing::warn!(operation, "DynamoDB throttled the request");
         StoreError::Throttled(message)
+    } else if err.code().is_some_and(|c| REFUSAL_CODES.contains(&c)) {
+        tracing::error!(operation, error = %message, "DynamoDB refused the request");
+        StoreError::Refused(message)
     } else {
         tracing::error!(operation, error = %message, "DynamoDB call failed");
         StoreError::Unavailable(message)

@@ -28,6 +28,10 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The store refused the write for good: trying it again cannot succeed (DynamoDB's
+    /// ValidationException, most often an item over its 400 KB limit).
+    #[error("write refused: {0}")]
+    Refused(String),
 }
 
 impl StoreError {

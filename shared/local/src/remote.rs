@@ -70,6 +70,7 @@ pub enum WireError {
     Throttled { message: String },
     Unavailable { message: String },
     Corrupt { message: String },
+    Refused { message: String },
     InvalidReceipt,
 }
 
@@ -81,6 +82,7 @@ impl From<StoreError> for WireError {
             StoreError::Throttled(message) => WireError::Throttled { message },
             StoreError::Unavailable(message) => WireError::Unavailable { message },
             StoreError::Corrupt(message) => WireError::Corrupt { message },
+            StoreError::Refused(message) => WireError::Refused { message },
         }
     }
 }
@@ -104,6 +106,7 @@ impl From<WireError> for StoreError {
             WireError::Throttled { message } => StoreError::Throttled(message),
             WireError::Unavailable { message } => StoreError::Unavailable(message),
             WireError::Corrupt { message } => StoreError::Corrupt(message),
+            WireError::Refused { message } => StoreError::Refused(message),
             WireError::InvalidReceipt => StoreError::Corrupt("invalid receipt".into()),
         }
     }
