@@ -93,6 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing::info!(?exit, "executor stopped");
     Ok(match exit {
         Exit::Idle | Exit::Shutdown => ExitCode::SUCCESS,
+        // Non-zero: ECS records the task as failed and the service replaces it.
+        Exit::Unreachable => ExitCode::from(3),
     })
 }
 

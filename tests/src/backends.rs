@@ -63,9 +63,9 @@ impl Backend {
         Backend { ports: Ports { clock, ..self.ports.clone() }, ..self.clone() }
     }
 
-    /// The same adapters, with the `cpu` pool's sends failing on demand.
-    pub fn with_failing_sends(&self) -> (Backend, Arc<crate::faults::SendsFail>) {
-        let queue = crate::faults::SendsFail::new(self.queue.clone());
+    /// The same adapters, with the `cpu` pool's sends (or receives) failing on demand.
+    pub fn with_failing_queue(&self) -> (Backend, Arc<crate::faults::QueueFails>) {
+        let queue = crate::faults::QueueFails::new(self.queue.clone());
         let as_queue: Arc<dyn WorkQueue> = queue.clone();
         let queues =
             Queues::single(as_queue.clone()).with_pool("cpu", as_queue.clone()).with_dlq("cpu", self.dlq.clone());

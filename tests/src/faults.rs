@@ -12,25 +12,30 @@ use ferry_core::ports::{
     WorkMessage, WorkQueue,
 };
 
-/// A queue whose sends fail while [`SendsFail::fail`] is on; every other call reaches the
-/// queue it wraps.
-pub struct SendsFail {
+/// A queue whose sends fail while [`QueueFails::fail_sends`] is on, and whose receives fail
+/// while [`QueueFails::fail_receives`] is; every other call reaches the queue it wraps.
+pub struct QueueFails {
     inner: Arc<dyn WorkQueue>,
     failing: AtomicBool,
+    receives_failing: AtomicBool,
 }
 
-impl SendsFail {
-    pub fn new(inner: Arc<dyn WorkQueue>) -> Arc<SendsFail> {
-        Arc::new(SendsFail { inner, failing: AtomicBool::new(false) })
+impl QueueFails {
+    pub fn new(inner: Arc<dyn WorkQueue>) -> Arc<QueueFails> {
+        Arc::new(QueueFails { inner, failing: AtomicBool::new(false), receives_failing: AtomicBool::new(false) })
     }
 
-    pub fn fail(&self, on: bool) {
+    pub fn fail_sends(&self, on: bool) {
         self.failing.store(on, Ordering::SeqCst);
+    }
+
+    pub fn fail_receives(&self, on: bool) {
+        self.receives_failing.store(on, Ordering::SeqCst);
     }
 }
 
 #[async_trait]
-impl WorkQueue for SendsFail {
+impl WorkQueue for QueueFails {
     async fn send(&self, message: &WorkMessage) -> Result<(), QueueError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(QueueError::Unavailable("injected: the queue refuses sends".into()));
@@ -38,6 +43,9 @@ impl WorkQueue for SendsFail {
         self.inner.send(message).await
     }
     async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+        if self.receives_failing.load(Ordering::SeqCst) {
+            return Err(QueueError::Unavailable("injected: the queue cannot be reached".into()));
+        }
         self.inner.receive(max, wait, visibility).await
     }
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {

@@ -300,13 +300,13 @@ async fn lost_executor_job_is_retried_then_failed(b: Backend) {
 /// The watchdog requeues through the same `JobService::requeue` as the executor: when the
 /// new message cannot be sent the job is failed, not left queued with no message.
 async fn a_lost_job_whose_retry_cannot_be_queued_is_failed(b: Backend) {
-    let (b, sends) = b.with_failing_sends();
+    let (b, sends) = b.with_failing_queue();
     let s = setup(b, pool(0, 2, 1)).await;
     let mut j = job("t", JobStatus::Running);
     j.lease_until = Some(s.clock.now() + 10_000);
     j.executor_id = Some("task-cpu-4".into());
     s.b.jobs.create(&j, None).await.unwrap();
-    sends.fail(true);
+    sends.fail_sends(true);
     s.clock.advance(11_000);
     let report = s.watchdog().run().await.unwrap();
     assert_eq!(report.requeued, 1);
@@ -314,7 +314,7 @@ async fn a_lost_job_whose_retry_cannot_be_queued_is_failed(b: Backend) {
     assert_eq!((end.status, end.attempt), (JobStatus::Failed, 2));
     assert!(!end.never_queued(), "it ran once: an Idempotency-Key retry returns it, not a new job");
     assert_eq!(end.error.unwrap().kind, "enqueue_failed");
-    sends.fail(false);
+    sends.fail_sends(false);
     let got = s.b.queue.receive(10, Duration::from_millis(500), Duration::from_secs(60)).await.unwrap();
     assert!(got.is_empty(), "no message for a failed job");
     assert_eq!(s.watchdog().run().await.unwrap(), Default::default(), "nothing left to settle");

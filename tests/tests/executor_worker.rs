@@ -166,6 +166,8 @@ both_backends!(
     a_retry_that_cannot_be_queued_fails_the_job,
     a_throttled_outcome_is_retried_until_it_is_stored,
     an_outcome_the_store_refuses_is_recorded_without_its_output,
+    an_executor_whose_queue_stays_unreachable_exits_with_an_error,
+    time_with_a_failing_queue_counts_as_idle,
     runs_a_job_once_and_exits_when_idle,
     duplicates_and_stale_messages_are_skipped,
     cancel_stops_the_work_and_keeps_the_partial_output,
@@ -296,10 +298,10 @@ async fn retryable_errors_retry_and_others_fail_at_once(s: Setup) {
 /// A retryable failure whose next attempt cannot be queued (the send fails after the
 /// requeue's write): the job is failed, saying so, never left queued with no message.
 async fn a_retry_that_cannot_be_queued_fails_the_job(s: Setup) {
-    let (b, sends) = s.b.with_failing_sends();
+    let (b, sends) = s.b.with_failing_queue();
     let s = Setup { root: b.root(Catalog::demo()), service: b.root(Catalog::demo()).service(), b, ..s };
     let flaky = s.submit(json!({"tokens": 2, "fail": "runtime", "fail_runs": 1}), 60).await;
-    sends.fail(true);
+    sends.fail_sends(true);
     let w = s.worker(|c| c.idle_timeout = Duration::from_millis(1000));
     w.run(Shutdown::default()).await;
     let done = s.job(&flaky).await;
@@ -349,6 +351,34 @@ async fn an_outcome_the_store_refuses_is_recorded_without_its_output(s: Setup) {
     let events = s.events(&job).await;
     assert!(events.iter().any(|e| matches!(e, EventBody::Error { error } if error.kind == "result_not_stored")));
     assert_eq!(statuses(&events), [JobStatus::Running, JobStatus::Failed]);
+}
+
+/// A queue that cannot be reached (a broken VPC endpoint, revoked credentials) for longer
+/// than the bound: the executor exits with an error instead of retrying forever.
+async fn an_executor_whose_queue_stays_unreachable_exits_with_an_error(s: Setup) {
+    let (b, queue) = s.b.with_failing_queue();
+    queue.fail_receives(true);
+    let s = Setup { root: b.root(Catalog::demo()), service: b.root(Catalog::demo()).service(), b, ..s };
+    let w = s.worker(|c| {
+        c.idle_timeout = Duration::from_secs(600);
+        c.unreachable_exit = Duration::from_millis(1500);
+    });
+    let exit = tokio::time::timeout(Duration::from_secs(30), w.run(Shutdown::default())).await;
+    assert_eq!(exit.expect("the executor never gave up"), Exit::Unreachable);
+}
+
+/// The idle timeout counts time without work whatever the reason: failing receives do not
+/// keep an executor (and the instance it bills) alive.
+async fn time_with_a_failing_queue_counts_as_idle(s: Setup) {
+    let (b, queue) = s.b.with_failing_queue();
+    queue.fail_receives(true);
+    let s = Setup { root: b.root(Catalog::demo()), service: b.root(Catalog::demo()).service(), b, ..s };
+    let w = s.worker(|c| {
+        c.idle_timeout = Duration::from_millis(1500);
+        c.unreachable_exit = Duration::from_secs(600);
+    });
+    let exit = tokio::time::timeout(Duration::from_secs(30), w.run(Shutdown::default())).await;
+    assert_eq!(exit.expect("a failing queue kept the executor up"), Exit::Idle);
 }
 
 async fn sigterm_releases_the_job_to_another_executor(s: Setup) {

@@ -34,14 +34,14 @@ const OTHER_BODY: &[u8] = br#"{"model":"tiny-llama","input":{"prompt":"hello"},"
 /// The 503 a failed send answers asks the client to retry with the same key; the retry
 /// must run a job, not hand back the failed one. Once it has, the key is bound as usual.
 async fn a_key_whose_job_was_never_queued_runs_the_retry(b: Backend) {
-    let (b, sends) = b.with_failing_sends();
+    let (b, sends) = b.with_failing_queue();
     let root = b.root(Catalog::demo());
     let service = root.service();
     let tenant = TenantId::new("acme").unwrap();
     let valid = |body: &[u8]| -> ValidSubmit { parse_submit(body, &root.catalog, &root.config).unwrap() };
     let key = || Some("retry-me".to_string());
 
-    sends.fail(true);
+    sends.fail_sends(true);
     let err = service.submit(&tenant, valid(BODY), key(), "t1").await.unwrap_err();
     assert!(matches!(err, ServiceError::EnqueueFailed(_)), "[{}] {err:?}", b.name);
     let query = ListQuery { tenant: tenant.clone(), status: None, limit: 10, after: None };
@@ -51,7 +51,7 @@ async fn a_key_whose_job_was_never_queued_runs_the_retry(b: Backend) {
     assert_eq!((failed.status, failed.error.as_ref().unwrap().kind.as_str()), (JobStatus::Failed, ENQUEUE_FAILED));
     assert!(failed.never_queued(), "[{}]", b.name);
 
-    sends.fail(false);
+    sends.fail_sends(false);
     let retried = match service.submit(&tenant, valid(BODY), key(), "t2").await.unwrap() {
         Submitted::New(job) => job,
         Submitted::Existing(job) => panic!("[{}] the retry got the job that was never queued: {job:?}", b.name),

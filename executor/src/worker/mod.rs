@@ -20,7 +20,7 @@ mod outcome;
 mod shutdown;
 mod supervise;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,10 @@ pub struct WorkerConfig {
     /// How long a finished job's outcome write is retried while the store throttles or
     /// cannot be reached, before its message is left to come back.
     pub outcome_retry_for: Duration,
+    /// How long the queue (or the job store) may stay unreachable before the executor gives
+    /// up and exits with an error ([`Exit::Unreachable`]), so that ECS replaces it and a
+    /// billed instance never idles on errors.
+    pub unreachable_exit: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -81,6 +85,7 @@ impl Default for WorkerConfig {
             poll_wait: Duration::from_secs(20),
             cancel_check: Duration::from_millis(500),
             outcome_retry_for: Duration::from_secs(300),
+            unreachable_exit: Duration::from_secs(180),
         }
     }
 }
@@ -92,6 +97,8 @@ pub enum Exit {
     Idle,
     /// Asked to stop (SIGTERM); running jobs finished or were released.
     Shutdown,
+    /// The queue or the job store stayed unreachable for `unreachable_exit`: an error exit.
+    Unreachable,
 }
 
 /// The executor: the job service (with its progress hub), the models and the config.
@@ -104,6 +111,10 @@ pub struct Worker {
     running: AtomicUsize,
     /// When the last job ended (or the worker started).
     last_busy: Mutex<Instant>,
+    /// Since when every receive (or claim read) has failed; None while they succeed.
+    failing_since: Mutex<Option<Instant>>,
+    /// Set when the loop gave up on an unreachable queue or store.
+    gave_up: AtomicBool,
     /// What the heartbeat reports.
     activity: Arc<Activity>,
     /// Where the heartbeat goes (the dispatcher counts idle executors and the API explains
@@ -128,6 +139,8 @@ impl Worker {
             config,
             running: AtomicUsize::new(0),
             last_busy: Mutex::new(Instant::now()),
+            failing_since: Mutex::new(None),
+            gave_up: AtomicBool::new(false),
             activity: Arc::new(Activity::new(root.ports.clock.now())),
             pool_store: root.ports.pools.clone(),
         })
@@ -152,7 +165,13 @@ impl Worker {
         while slots.join_next().await.is_some() {}
         beat_stop.trigger();
         let _ = beat.await;
-        if shutdown.is_set() { Exit::Shutdown } else { Exit::Idle }
+        if shutdown.is_set() {
+            Exit::Shutdown
+        } else if self.gave_up.load(Ordering::SeqCst) {
+            Exit::Unreachable
+        } else {
+            Exit::Idle
+        }
     }
 
     async fn slot(&self, shutdown: &Shutdown, idle: &Shutdown) {
@@ -167,17 +186,32 @@ impl Worker {
                 _ = idle.wait() => return,
             };
             let deliveries = match received {
-                Ok(d) => d,
+                Ok(d) => {
+                    self.reachable(true);
+                    d
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "receive failed; retrying");
+                    if self.reachable(false) >= c.unreachable_exit {
+                        tracing::error!(error = %e, down_s = c.unreachable_exit.as_secs(),
+                            "the work queue has been unreachable too long; exiting with an error");
+                        self.gave_up.store(true, Ordering::SeqCst);
+                        idle.trigger();
+                        return;
+                    }
+                    if self.quiet() {
+                        // Time without work counts whatever the reason: an executor that
+                        // cannot reach its queue has no work either.
+                        tracing::info!(idle_s = c.idle_timeout.as_secs(), "no work (the queue is failing); exiting");
+                        idle.trigger();
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
             if deliveries.is_empty() {
-                let quiet = self.running.load(Ordering::SeqCst) == 0
-                    && self.last_busy.lock().unwrap().elapsed() >= c.idle_timeout;
-                if quiet {
+                if self.quiet() {
                     tracing::info!(idle_s = c.idle_timeout.as_secs(), "no work; exiting");
                     idle.trigger();
                     return;
@@ -186,8 +220,11 @@ impl Worker {
             }
             for delivery in deliveries {
                 self.running.fetch_add(1, Ordering::SeqCst);
-                self.handle(&delivery, shutdown).await;
-                *self.last_busy.lock().unwrap() = Instant::now();
+                if self.handle(&delivery, shutdown).await {
+                    // Only work resets the idle clock: a message skipped or left to come back
+                    // (a duplicate, a store error) is not work.
+                    *self.last_busy.lock().unwrap() = Instant::now();
+                }
                 if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
                     self.activity.set(ExecutorActivity::Idle, self.service.clock.now(), None);
                 }
@@ -195,9 +232,25 @@ impl Worker {
         }
     }
 
+    /// No job running, and none for `idle_timeout`.
+    fn quiet(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 0 && self.last_busy.lock().unwrap().elapsed() >= self.config.idle_timeout
+    }
+
+    /// Records whether a call to the queue or store just succeeded; returns how long they
+    /// have been failing (zero after a success).
+    fn reachable(&self, ok: bool) -> Duration {
+        let mut since = self.failing_since.lock().unwrap();
+        if ok {
+            *since = None;
+            return Duration::ZERO;
+        }
+        since.get_or_insert_with(Instant::now).elapsed()
+    }
+
     /// One message: claim, run, finish. Every path ends with the message deleted, or
-    /// released for another executor.
-    pub async fn handle(&self, delivery: &Delivery, shutdown: &Shutdown) {
+    /// released for another executor. Returns whether a job ran.
+    pub async fn handle(&self, delivery: &Delivery, shutdown: &Shutdown) -> bool {
         let m = &delivery.message;
         if !self.models.serves(&m.model) {
             // Another pool's job (one queue serves every pool until the dispatcher gives each
@@ -205,21 +258,22 @@ impl Worker {
             // and this one does not spin receiving it again and again.
             tracing::warn!(job_id = %m.job_id, model = %m.model, "not a model of this pool; releasing the message");
             let _ = self.queue().set_visibility(&delivery.receipt, FOREIGN_RELEASE).await;
-            return;
+            return false;
         }
         let job = match self.claim(delivery).await {
             Claim::Won(job) => job,
             Claim::Skip => {
                 self.ack(delivery).await;
-                return;
+                return false;
             }
-            Claim::Later => return,
+            Claim::Later => return false,
         };
         tracing::info!(job_id = %job.id, attempt = job.attempt, model = %job.model, "job claimed");
         let activity =
             if self.models.is_loaded(&job.model) { ExecutorActivity::Busy } else { ExecutorActivity::LoadingModel };
         self.activity.set(activity, self.service.clock.now(), Some(job.model.clone()));
         self.run_claimed(job, delivery, shutdown).await;
+        true
     }
 
     /// The claim: `queued -> running` for the message's attempt.

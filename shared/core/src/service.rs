@@ -157,9 +157,9 @@ impl JobService {
                 Err(e) => return Err(e),
             }
         }
-        // Every try lost to another retry rebinding the key meanwhile: the key is contended,
-        // ask the client to retry (nothing was written).
-        Err(ServiceError::Store(StoreError::Throttled("the idempotency key is being retried concurrently".into())))
+        // Every try lost to another retry rebinding the key meanwhile (nothing was written):
+        // a 409 asking the client to retry.
+        Err(ServiceError::Contended)
     }
 
     /// Puts `job` (as read, running or cancelling) back in the queue for its next attempt:
