@@ -112,6 +112,7 @@ on_both!(
     lost_executor_job_is_retried_then_failed,
     a_lost_job_whose_retry_cannot_be_queued_is_failed,
     unacknowledged_cancel_is_forced,
+    a_job_past_its_deadline_is_timed_out_though_its_executor_lives,
     expired_and_dead_lettered_jobs_are_settled,
 );
 
@@ -339,6 +340,29 @@ async fn unacknowledged_cancel_is_forced(b: Backend) {
     assert_eq!(end.status, JobStatus::Cancelled);
     assert_eq!(end.error.unwrap().kind, "cancel_forced");
     assert_eq!(s.launcher.stopped()[0].1, "task-cpu-3");
+}
+
+/// An executor that keeps renewing its lease but never stops the job (one long forward
+/// pass, a hung download): past `timeout_s` and the grace period the watchdog stops its
+/// task and times the job out.
+async fn a_job_past_its_deadline_is_timed_out_though_its_executor_lives(b: Backend) {
+    let s = setup(b, pool(0, 2, 1)).await;
+    let mut j = job("t", JobStatus::Running);
+    j.timeout_s = 60;
+    j.started_at = Some(s.clock.now());
+    j.lease_until = Some(s.clock.now() + 3_600_000);
+    j.executor_id = Some("task-cpu-5".into());
+    s.b.jobs.create(&j, None).await.unwrap();
+    let w = s.watchdog();
+    s.clock.advance(60_000 + 29_000);
+    assert_eq!(w.run().await.unwrap(), Default::default(), "within the grace period after the deadline");
+    s.clock.advance(2_000);
+    let report = w.run().await.unwrap();
+    assert_eq!((report.timed_out, report.tasks_stopped, report.requeued), (1, 1, 0));
+    let end = s.b.jobs.get(&j.id).await.unwrap().unwrap();
+    assert_eq!((end.status, end.attempt), (JobStatus::TimedOut, 1));
+    assert_eq!(s.launcher.stopped()[0].1, "task-cpu-5");
+    assert_eq!(w.run().await.unwrap(), Default::default(), "settled once");
 }
 
 async fn expired_and_dead_lettered_jobs_are_settled(b: Backend) {

@@ -80,7 +80,9 @@ impl Worker {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(job_id = %current.id, error = %e, "cannot read the job"),
             }
-            if now >= renew_at {
+            // Past the deadline and the grace after it, the lease is no longer renewed: a model
+            // that does not stop is the watchdog's to time out (and its task to stop).
+            if now >= renew_at && now < deadline + self.config.grace_period {
                 let lease_until = self.service.clock.now() + self.config.lease.as_millis() as u64;
                 match self.service.apply(&current, Transition::Renew { lease_until }).await {
                     Ok(j) => current = j,

@@ -6,6 +6,10 @@
 //!   is stopped, in case it is hung rather than dead.
 //! - A cancelling job no executor acknowledged within the grace period: its task is
 //!   stopped (ECS StopTask) and the job becomes `cancelled` with error `cancel_forced`.
+//! - A running job past its deadline (`started_at + timeout_s` plus the grace period) while
+//!   its executor still renews the lease (a model stuck in one long forward pass, a hung
+//!   download): its task is stopped and the job becomes `timed_out`. The executor enforces
+//!   the timeout itself; this is the hard stop when it cannot.
 //! - A queued job past `expires_at` that never started becomes `expired` (a retried job
 //!   met its queue deadline already).
 //! - A message in a pool's dead-letter queue makes its job `failed` (`dead_letter`).
@@ -24,7 +28,8 @@ use crate::ports::StoreError;
 use crate::service::{JobService, ServiceError};
 use crate::state::{Transition, TransitionError};
 
-/// How long an executor has to acknowledge a cancel before its task is stopped.
+/// How long an executor has to acknowledge a cancel, or to stop a job past its deadline,
+/// before its task is stopped.
 pub const DEFAULT_CANCEL_GRACE_MS: u64 = 30_000;
 
 /// What one pass did.
@@ -35,6 +40,7 @@ pub struct WatchdogReport {
     pub expired: u32,
     pub dead_lettered: u32,
     pub cancels_forced: u32,
+    pub timed_out: u32,
     pub tasks_stopped: u32,
 }
 
@@ -47,6 +53,8 @@ pub struct Watchdog {
     /// Stops the tasks of lost or unresponsive executors (with [`crate::fleet::NoLauncher`],
     /// jobs are still retried or finished but nothing is stopped).
     pub launcher: Arc<dyn Launcher>,
+    /// How long an executor has to act on a cancel or a deadline (see
+    /// [`DEFAULT_CANCEL_GRACE_MS`]) before the watchdog does.
     pub cancel_grace_ms: u64,
 }
 
@@ -81,8 +89,9 @@ impl Watchdog {
     async fn check(&self, listed: &Job, report: &mut WatchdogReport) -> Result<(), ServiceError> {
         let now = self.service.clock.now();
         let lapsed = |j: &Job| j.lease_until.is_some_and(|l| l < now);
+        let overdue = |j: &Job| self.past_deadline(j, now);
         let due = match listed.status {
-            JobStatus::Running => lapsed(listed),
+            JobStatus::Running => lapsed(listed) || overdue(listed),
             JobStatus::Cancelling => lapsed(listed) || self.cancel_overdue(listed, now),
             JobStatus::Queued => listed.is_expired(now),
             _ => false,
@@ -93,6 +102,15 @@ impl Watchdog {
         // The index may lag: decide on the record itself.
         let Some(job) = self.service.jobs.get(&listed.id).await? else { return Ok(()) };
         let result = match job.status {
+            // Past its deadline: timed out whether its executor lives or not (no retry: the
+            // next attempt would have no time either).
+            JobStatus::Running if overdue(&job) => {
+                tracing::warn!(job_id = %job.id, executor = ?job.executor_id, timeout_s = job.timeout_s,
+                    "job past its deadline; stopping it");
+                self.stop_task(&job, "past its deadline", report).await;
+                let t = Transition::TimeOut { partial_output: None };
+                self.service.apply(&job, t).await.map(|_| report.timed_out += 1)
+            }
             JobStatus::Running if lapsed(&job) => self.recover_lost(&job, report).await,
             JobStatus::Cancelling if lapsed(&job) || self.cancel_overdue(&job, now) => {
                 self.stop_task(&job, "cancel not acknowledged", report).await;
@@ -105,6 +123,11 @@ impl Watchdog {
             _ => Ok(()),
         };
         ignore_lost_race(result)
+    }
+
+    /// Whether the attempt ran past `timeout_s` and the grace period after it.
+    fn past_deadline(&self, job: &Job, now: Millis) -> bool {
+        job.started_at.is_some_and(|s| now > s + job.timeout_s * 1000 + self.cancel_grace_ms)
     }
 
     fn cancel_overdue(&self, job: &Job, now: Millis) -> bool {
