@@ -17,7 +17,7 @@ use ferry_core::ports::{Clock, ManualClock, WorkMessage};
 use ferry_core::queue_state::QueueStateKind;
 use ferry_core::root::Root;
 use ferry_core::service::JobService;
-use ferry_core::watchdog::Watchdog;
+use ferry_core::watchdog::{DEFAULT_RESEND_AFTER_MS, Watchdog};
 use ferry_local::MemoryLauncher;
 use ferry_tests::backends::Backend;
 use ferry_tests::fixtures::job;
@@ -113,6 +113,7 @@ on_both!(
     a_lost_job_whose_retry_cannot_be_queued_is_failed,
     unacknowledged_cancel_is_forced,
     a_job_past_its_deadline_is_timed_out_though_its_executor_lives,
+    a_queued_job_whose_message_was_lost_is_sent_again,
     expired_and_dead_lettered_jobs_are_settled,
 );
 
@@ -363,6 +364,35 @@ async fn a_job_past_its_deadline_is_timed_out_though_its_executor_lives(b: Backe
     assert_eq!((end.status, end.attempt), (JobStatus::TimedOut, 1));
     assert_eq!(s.launcher.stopped()[0].1, "task-cpu-5");
     assert_eq!(w.run().await.unwrap(), Default::default(), "settled once");
+}
+
+/// A queued job with no message (deleted by hand here; in life a crash between the job's
+/// write and its send): the watchdog sends a new one once the job has waited long enough,
+/// then waits as long again before another.
+async fn a_queued_job_whose_message_was_lost_is_sent_again(b: Backend) {
+    let s = setup(b, pool(0, 2, 1)).await;
+    let jobs = s.enqueue(1).await;
+    let lost = s.b.queue.receive(10, Duration::from_millis(500), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    s.b.queue.delete(&lost[0].receipt).await.unwrap();
+    let w = s.watchdog();
+    s.clock.advance(60_000);
+    assert_eq!(w.run().await.unwrap().resent, 0, "not yet: a backlog waits this long too");
+    s.clock.advance(DEFAULT_RESEND_AFTER_MS);
+    assert_eq!(w.run().await.unwrap().resent, 1);
+    let got = s.b.queue.receive(10, Duration::from_millis(500), Duration::from_secs(60)).await.unwrap();
+    let sent: Vec<_> = got.iter().map(|d| (d.message.job_id, d.message.attempt)).collect();
+    assert_eq!(sent, vec![(jobs[0].id, 1)], "a message for the job's current attempt");
+    let job = s.b.jobs.get(&jobs[0].id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempt), (JobStatus::Queued, 1));
+    assert_eq!(w.run().await.unwrap().resent, 0, "noted: the next pass waits again");
+    // An executor can claim it as ever.
+    let claimed = s
+        .service()
+        .apply(&job, ferry_core::state::Transition::Claim { executor_id: "e".into(), lease_until: u64::MAX / 2 })
+        .await
+        .unwrap();
+    assert_eq!(claimed.status, JobStatus::Running);
 }
 
 async fn expired_and_dead_lettered_jobs_are_settled(b: Backend) {

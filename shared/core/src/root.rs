@@ -124,6 +124,7 @@ impl Root {
             pools: self.pools.clone(),
             launcher: self.ports.launcher.clone(),
             cancel_grace_ms,
+            resend_after_ms: crate::watchdog::DEFAULT_RESEND_AFTER_MS,
         }
     }
 }

@@ -13,6 +13,7 @@ use JobStatus::*;
 
 /// Every legal (from, to) status change. Anything else is refused.
 pub const LEGAL: &[(JobStatus, JobStatus)] = &[
+    (Queued, Queued),
     (Queued, Running),
     (Queued, Cancelled),
     (Queued, Expired),
@@ -59,6 +60,9 @@ pub enum Transition {
     ConfirmCancel { partial_output: Option<serde_json::Value>, forced: bool },
     /// Still queued past `expires_at`: queued -> expired.
     Expire,
+    /// Queued so long that its message may be gone (a send lost in a crash between the
+    /// write and the send): queued -> queued, noting when a new message was sent.
+    Resend,
 }
 
 /// Why a transition was refused.
@@ -88,6 +92,7 @@ pub fn target(from: JobStatus, t: &Transition) -> JobStatus {
         }
         Transition::ConfirmCancel { .. } => Cancelled,
         Transition::Expire => Expired,
+        Transition::Resend => from,
     }
 }
 
@@ -96,8 +101,13 @@ pub fn target(from: JobStatus, t: &Transition) -> JobStatus {
 pub fn transition(job: &Job, t: &Transition, now: Millis, retention_ms: u64) -> Result<Job, TransitionError> {
     let from = job.status;
     let to = target(from, t);
-    // Renew keeps the status, so it is legal only where a lease exists.
-    if !is_legal(from, to) || (from == to && !matches!(t, Transition::Renew { .. })) {
+    // Only two transitions keep the status: Renew where a lease exists, Resend while queued.
+    let may_stay = match t {
+        Transition::Renew { .. } => matches!(from, Running | Cancelling),
+        Transition::Resend => from == Queued,
+        _ => false,
+    };
+    if !is_legal(from, to) || (from == to && !may_stay) {
         return Err(TransitionError::Illegal { from, to });
     }
     let mut next = job.clone();
@@ -152,6 +162,7 @@ pub fn transition(job: &Job, t: &Transition, now: Millis, retention_ms: u64) -> 
                 });
             }
         }
+        Transition::Resend => {}
         Transition::Expire => {
             next.error =
                 Some(JobError { kind: "expired".into(), message: "the job was not started before it expired".into() });

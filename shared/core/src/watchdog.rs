@@ -13,6 +13,10 @@
 //! - A queued job past `expires_at` that never started becomes `expired` (a retried job
 //!   met its queue deadline already).
 //! - A message in a pool's dead-letter queue makes its job `failed` (`dead_letter`).
+//! - A queued job whose message may be lost (the process crashed between the job's write
+//!   and its send, in the API or in a requeue) would wait forever: every job queued for
+//!   `resend_after_ms` without moving gets a new message (and again after as long). A
+//!   duplicate is harmless: a claim is a compare-and-set on the attempt.
 //!
 //! Every change is a compare-and-set on what was read, so a watchdog racing an executor
 //! (or another watchdog) changes a job at most once.
@@ -24,13 +28,18 @@ use serde::Serialize;
 use crate::fleet::Launcher;
 use crate::job::{Job, JobError, JobStatus, Millis};
 use crate::pool::Pools;
-use crate::ports::StoreError;
+use crate::ports::{StoreError, WorkMessage};
 use crate::service::{JobService, ServiceError};
 use crate::state::{Transition, TransitionError};
 
 /// How long an executor has to acknowledge a cancel, or to stop a job past its deadline,
 /// before its task is stopped.
 pub const DEFAULT_CANCEL_GRACE_MS: u64 = 30_000;
+
+/// How long a job may stay queued, untouched, before its message is sent again: the work
+/// queue's visibility timeout (120 s: a message received by an executor that died before
+/// claiming reappears by then) plus a margin for backlogs.
+pub const DEFAULT_RESEND_AFTER_MS: u64 = 300_000;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -41,6 +50,7 @@ pub struct WatchdogReport {
     pub dead_lettered: u32,
     pub cancels_forced: u32,
     pub timed_out: u32,
+    pub resent: u32,
     pub tasks_stopped: u32,
 }
 
@@ -56,6 +66,8 @@ pub struct Watchdog {
     /// How long an executor has to act on a cancel or a deadline (see
     /// [`DEFAULT_CANCEL_GRACE_MS`]) before the watchdog does.
     pub cancel_grace_ms: u64,
+    /// A job queued this long without a change gets a new message ([`DEFAULT_RESEND_AFTER_MS`]).
+    pub resend_after_ms: u64,
 }
 
 impl Watchdog {
@@ -93,7 +105,7 @@ impl Watchdog {
         let due = match listed.status {
             JobStatus::Running => lapsed(listed) || overdue(listed),
             JobStatus::Cancelling => lapsed(listed) || self.cancel_overdue(listed, now),
-            JobStatus::Queued => listed.is_expired(now),
+            JobStatus::Queued => listed.is_expired(now) || self.resend_due(listed, now),
             _ => false,
         };
         if !due {
@@ -120,6 +132,7 @@ impl Watchdog {
             JobStatus::Queued if job.is_expired(now) => {
                 self.service.apply(&job, Transition::Expire).await.map(|_| report.expired += 1)
             }
+            JobStatus::Queued if self.resend_due(&job, now) => self.resend(&job, report).await,
             _ => Ok(()),
         };
         ignore_lost_race(result)
@@ -128,6 +141,22 @@ impl Watchdog {
     /// Whether the attempt ran past `timeout_s` and the grace period after it.
     fn past_deadline(&self, job: &Job, now: Millis) -> bool {
         job.started_at.is_some_and(|s| now > s + job.timeout_s * 1000 + self.cancel_grace_ms)
+    }
+
+    fn resend_due(&self, job: &Job, now: Millis) -> bool {
+        now.saturating_sub(job.updated_at) > self.resend_after_ms
+    }
+
+    /// Notes the resend on the job (so the next pass waits as long again), then sends a new
+    /// message for its attempt.
+    async fn resend(&self, job: &Job, report: &mut WatchdogReport) -> Result<(), ServiceError> {
+        let noted = self.service.apply(job, Transition::Resend).await?;
+        let message = WorkMessage::for_job(&noted, &format!("watchdog-{}", job.id));
+        self.service.queue_for_model(&job.model).send(&message).await?;
+        tracing::warn!(job_id = %job.id, attempt = job.attempt, queued_ms = noted.updated_at.saturating_sub(job.updated_at),
+            "job queued long without moving; its message was sent again");
+        report.resent += 1;
+        Ok(())
     }
 
     fn cancel_overdue(&self, job: &Job, now: Millis) -> bool {

@@ -47,6 +47,7 @@ fn all_transitions() -> Vec<Transition> {
         Transition::RequestCancel,
         Transition::ConfirmCancel { partial_output: None, forced: false },
         Transition::Expire,
+        Transition::Resend,
     ]
 }
 
@@ -84,9 +85,15 @@ fn every_pair_is_allowed_or_refused_as_the_table_says() {
                             assert_eq!(next.status, to);
                             reached.insert((from, to));
                         }
-                        // Only `Renew` keeps a status: another transition "staying" is refused.
+                        // Only `Renew` (running, cancelling) and `Resend` (queued) keep a
+                        // status: another transition "staying" is refused.
                         Err(e) => assert!(
-                            from == to && !matches!(t, Transition::Renew { .. }),
+                            from == to
+                                && !matches!(
+                                    (t, from),
+                                    (Transition::Renew { .. }, JobStatus::Running | JobStatus::Cancelling)
+                                        | (Transition::Resend, JobStatus::Queued)
+                                ),
                             "{from} -> {to} by {t:?}: {e}"
                         ),
                     }
