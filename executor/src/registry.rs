@@ -75,7 +75,10 @@ impl ModelRegistry {
                     let dir = crate::fetch::cache_dir(&s3.cache, model);
                     let bytes = crate::fetch::sync_s3_dir(&s3.client, uri, &dir).await?;
                     let ms = started.elapsed().as_millis();
-                    let _ = stream.push(log("info", format!("fetched {uri}: {bytes} bytes in {ms} ms")));
+                    // The job's own log shows what was fetched, not from where (the bucket is
+                    // the operator's); the executor's log has the location.
+                    tracing::info!(model, uri = %uri, bytes, fetch_ms = ms as u64, "model fetched from S3");
+                    let _ = stream.push(log("info", format!("fetched {model}: {bytes} bytes in {ms} ms")));
                     spec.path = Some(dir);
                 }
                 let device = self.device.clone();
@@ -88,7 +91,8 @@ impl ModelRegistry {
                 let _ = stream.push(log("info", format!("model loaded in {ms} ms")));
                 Ok::<_, ModelError>(Arc::new(model))
             })
-            .await?;
+            .await
+            .inspect_err(|e| tracing::error!(model, error = %e, "the model could not be loaded"))?;
         Ok(loaded.clone())
     }
 }

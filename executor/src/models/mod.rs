@@ -42,6 +42,18 @@ impl ModelError {
         matches!(self, ModelError::Runtime(_))
     }
 
+    /// The message recorded on the job, which its tenant reads: the input problem as it
+    /// is; for a model that cannot load, only that (the cause names buckets, paths and SDK
+    /// errors: it is in the executor's log); for a runtime failure the cause redacted
+    /// ([`ferry_core::error::redact`]).
+    pub fn public_message(&self) -> String {
+        match self {
+            ModelError::InvalidInput { .. } => self.to_string(),
+            ModelError::Load(_) => "the model could not be loaded on the executor; its log has the cause".into(),
+            ModelError::Runtime(cause) => format!("inference failed: {}", ferry_core::error::redact(cause)),
+        }
+    }
+
     /// The `error.type` recorded on the job.
     pub fn kind(&self) -> &'static str {
         match self {

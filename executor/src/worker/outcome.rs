@@ -44,7 +44,7 @@ pub(super) fn decide(outcome: Result<RunOutcome, ModelError>, job: &Job) -> Deci
             (vec![log("warn", "executor stopping; job released".into())], Action::Release)
         }
         Err(e) => {
-            let error = JobError { kind: e.kind().into(), message: e.to_string() };
+            let error = JobError { kind: e.kind().into(), message: e.public_message() };
             let retry = e.is_retryable() && job.attempt < job.max_attempts;
             let action = if retry { Action::Retry } else { Action::Write(Transition::Fail { error: error.clone() }) };
             (vec![EventBody::Error { error }], action)

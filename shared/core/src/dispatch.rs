@@ -135,7 +135,8 @@ impl Dispatcher {
                     let empty =
                         Snapshot { depth: QueueDepth::default(), tasks: vec![], executors: vec![], state: None };
                     let mut view = self.view(cfg, &empty, 0, self.clock.now());
-                    view.last_error = Some(format!("cannot read the pool: {e}"));
+                    view.last_error =
+                        Some("cannot read the pool's state right now (the API's log has the cause)".into());
                     pools.push(view);
                 }
             }
@@ -263,7 +264,9 @@ impl Dispatcher {
             match &failure {
                 Some(why) => {
                     next.failures += 1;
-                    next.last_error = Some(why.clone());
+                    // The pool record is shown to tenants (GET /v1/pools, queue_state): the
+                    // cause in words, without ARNs or account ids; the log has it whole.
+                    next.last_error = Some(crate::error::redact(why));
                     next.last_error_at = Some(now);
                     let backoff = (BASE_BACKOFF_MS << (next.failures - 1).min(10)).min(MAX_BACKOFF_MS);
                     next.backoff_until = Some(now + backoff);

@@ -126,3 +126,54 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Byt
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
+
+/// A message from an adapter or a model made fit for tenants: ARNs, URLs (S3 locations,
+/// endpoints), file paths and 12-digit account ids are replaced by what they are, and the
+/// whole is capped at 300 characters. What stays is the cause in words ("RESOURCE:GPU",
+/// "device lost"); the full text goes to the log of whoever produced it.
+pub fn redact(message: &str) -> String {
+    let words: Vec<String> = message
+        .split(' ')
+        .map(|w| {
+            let core = w.trim_matches(|c: char| matches!(c, '(' | ')' | '"' | '\'' | ',' | ';' | '[' | ']'));
+            let digits = core.chars().filter(char::is_ascii_digit).count();
+            if core.contains("arn:") {
+                w.replace(core, "[arn]")
+            } else if core.contains("://") {
+                w.replace(core, "[url]")
+            } else if core.starts_with('/') && core[1..].contains('/') {
+                w.replace(core, "[path]")
+            } else if digits == 12 && core.chars().all(|c| c.is_ascii_digit()) {
+                w.replace(core, "[account]")
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    let joined = words.join(" ");
+    match joined.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &joined[..cut]),
+        None => joined,
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact;
+
+    #[test]
+    fn internals_are_replaced_and_causes_kept() {
+        let raw = "RunTask failed: RESOURCE:GPU (arn:aws:ecs:us-east-1:123456789012:container-instance/x) \
+                   assuming role arn:aws:iam::123456789012:role/ferry-dispatcher; account 123456789012; \
+                   fetching s3://acme-models/llama/model.safetensors into /models/llama/x.tmp: device lost";
+        let out = redact(raw);
+        for leaked in ["123456789012", "arn:aws", "acme-models", "/models/llama"] {
+            assert!(!out.contains(leaked), "{leaked} in {out}");
+        }
+        for kept in ["RESOURCE:GPU", "[arn]", "[url]", "[path]", "[account]", "device lost"] {
+            assert!(out.contains(kept), "{kept} missing from {out}");
+        }
+        assert_eq!(redact("no capacity"), "no capacity");
+        assert!(redact(&"x".repeat(1000)).chars().count() <= 301);
+    }
+}
