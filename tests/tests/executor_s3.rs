@@ -1,7 +1,8 @@
 //! Models stored in S3 (`s3_uri` in the catalog): the executor copies the directory from S3
 //! (moto, over HTTP with the real SDK) into its model cache on the first job, loads it and
 //! runs the job; a second executor with the same cache downloads nothing; a prefix with no
-//! objects fails the job with a clear load error. Runs on moto only (S3 has no embedded
+//! objects fails the job with a load error; retrained weights of the same size are fetched
+//! again (the cache is keyed on ETags); two syncs at once download once. Runs on moto only (S3 has no embedded
 //! adapter: the embedded stack reads local directories).
 
 use std::path::Path;
@@ -123,4 +124,52 @@ async fn models_are_fetched_from_s3_once_and_served() {
     // under the prefix) are the operator's, in the executor's log.
     assert!(error.message.contains("could not be loaded"), "{}", error.message);
     assert!(!error.message.contains("s3://") && !error.message.contains("prefix"), "{}", error.message);
+
+    // Retrained weights of the same shape (same sizes, new content): the cache is keyed on
+    // the objects' ETags, so the new weights are fetched and served, and only they.
+    write_tiny_llama(local.path(), 4).unwrap();
+    let weights = std::fs::read(local.path().join("model.safetensors")).unwrap();
+    let old = std::fs::read(cached.join("model.safetensors")).unwrap();
+    assert_eq!(weights.len(), old.len(), "same shape");
+    assert_ne!(weights, old, "new weights");
+    upload_dir(&s3, &bucket, "models/tiny", local.path()).await;
+    let (third, logs) = run(submit("s3-llama")).await;
+    assert_eq!(third.status, JobStatus::Succeeded, "{third:?} {logs:?}");
+    assert_eq!(std::fs::read(cached.join("model.safetensors")).unwrap(), weights, "the cache holds the new weights");
+    let fetched = logs.iter().find(|l| l.starts_with("fetched s3-llama:")).expect("the fetch is reported");
+    assert!(fetched.contains(&format!(": {} bytes", weights.len())), "only the changed file: {fetched}");
+}
+
+/// Two executors on one host syncing the same model at once: one downloads, the other waits
+/// for the cache lock and finds everything there; the files are whole, no temporary left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_syncs_of_one_model_download_it_once() {
+    let Some(moto) = ferry_tests::moto::shared() else { return };
+    let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
+    let s3 = ferry_executor::fetch::s3_client(&sdk);
+    let bucket = ferry_tests::backends::unique_name();
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let local = ScratchDir::new("s3-model-concurrent").unwrap();
+    write_tiny_llama(local.path(), 5).unwrap();
+    upload_dir(&s3, &bucket, "m", local.path()).await;
+    let cache = ScratchDir::new("s3-cache-concurrent").unwrap();
+    let dir = ferry_executor::fetch::cache_dir(cache.path(), "m");
+    let uri = format!("s3://{bucket}/m");
+    let (a, b) = tokio::join!(
+        ferry_executor::fetch::sync_s3_dir(&s3, &uri, &dir),
+        ferry_executor::fetch::sync_s3_dir(&s3, &uri, &dir)
+    );
+    let total: u64 = std::fs::read_dir(local.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a + b, total, "downloaded once between them ({a} + {b})");
+    for entry in std::fs::read_dir(local.path()).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(std::fs::read(dir.join(&name)).unwrap(), std::fs::read(local.path().join(&name)).unwrap());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ferry-partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
