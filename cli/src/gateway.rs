@@ -97,7 +97,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let registry = gateway.registry.clone();
-    let app = router(gateway).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(gateway)
+        .layer(axum::middleware::from_fn(crate::server::host_guard))
+        .into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     registry.close_all(1001, "Going away");
     registry.drained(Duration::from_secs(5)).await;

@@ -49,7 +49,42 @@ pub async fn serve_with_ports(
             axum::Router::new().route(remote::PATH, axum::routing::post(port_call)).with_state(Arc::new(ports));
         app = app.merge(internal);
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app.layer(axum::middleware::from_fn(host_guard))).with_graceful_shutdown(shutdown).await
+}
+
+/// Refuses a request whose `Host` is a name other than `localhost`: what a web page reaches
+/// a loopback server with by DNS rebinding (its own name resolving to 127.0.0.1), with the
+/// well-known dev key. Clients that name the server by an IP address or `localhost` (the
+/// CLI, curl, scripts, other machines when bound to one) are served; a request with no
+/// `Host` (HTTP/1.0) too.
+pub async fn host_guard(req: Request, next: axum::middleware::Next) -> Response {
+    match req.headers().get(http::header::HOST).map(|h| h.to_str().map(allowed_host)) {
+        None | Some(Ok(true)) => next.run(req).await,
+        Some(_) => {
+            let body = br#"{"error":{"type":"forbidden","message":"this server answers to localhost and IP addresses only (Host header refused)","field":"Host"}}"#;
+            let mut r = Response::new(Body::from(&body[..]));
+            *r.status_mut() = StatusCode::FORBIDDEN;
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            r
+        }
+    }
+}
+
+/// `localhost` (or a `*.localhost` name, which resolves to loopback by RFC 6761) or an IP
+/// literal, with or without a port.
+fn allowed_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => return rest.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(n, _)| n),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> Response {
@@ -61,7 +96,8 @@ async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> R
         r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         r
     };
-    let authorized = req.headers().get(remote::TOKEN_HEADER).is_some_and(|v| v.as_bytes() == token.as_bytes());
+    let authorized =
+        req.headers().get(remote::TOKEN_HEADER).is_some_and(|v| constant_time_eq(v.as_bytes(), token.as_bytes()));
     if !authorized {
         let e = remote::WireError::Unavailable { message: "missing or wrong stack token".into() };
         return reply(StatusCode::FORBIDDEN, remote::Reply::Err(e));
@@ -115,4 +151,38 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{allowed_host, constant_time_eq};
+
+    #[test]
+    fn hosts_by_ip_or_localhost_are_served_and_names_refused() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.",
+            "app.localhost:3000",
+            "127.0.0.1:8080",
+            "10.0.0.7",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(allowed_host(ok), "{ok}");
+        }
+        for refused in
+            ["evil.example", "evil.example:8080", "localhost.evil.example", "127.0.0.1.nip.io", "[evil]:80", ""]
+        {
+            assert!(!allowed_host(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 }

@@ -120,6 +120,7 @@ both_backends!(
     meta_routes,
     unicode_round_trips,
     job_events_over_http,
+    a_foreign_host_is_refused,
 );
 
 async fn submit_get_list(backend: &str) {
@@ -568,4 +569,21 @@ async fn job_events_over_http(backend: &str) {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {e}");
         assert_eq!(e["error"]["field"], field);
     }
+}
+
+/// DNS rebinding: a web page whose own name resolves to 127.0.0.1 reaches `ferry dev` with
+/// its name in `Host`. Refused, before anything is read or written; localhost and IP
+/// addresses are served.
+async fn a_foreign_host_is_refused(backend: &str) {
+    let Some(h) = start(backend, |_| {}).await else { return };
+    let post = |host: &str| h.req("POST", "/v1/jobs", Some(KEY_A)).header("host", host).json(&text_job());
+    let (status, body) = send(post("evil.example:8080")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!((body["error"]["type"].as_str(), body["error"]["field"].as_str()), (Some("forbidden"), Some("Host")));
+    assert_eq!(h.job_count(KEY_A).await, 0, "nothing submitted");
+    for host in ["localhost:8080", "127.0.0.1"] {
+        let (status, body) = send(post(host)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{host}: {body}");
+    }
+    assert_eq!(h.job_count(KEY_A).await, 2);
 }
