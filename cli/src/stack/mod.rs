@@ -178,7 +178,7 @@ fn in_process_workers(opts: &StackOptions, root: &Root, sdk: Option<&ferry_aws::
             let config = WorkerConfig { pool, executor_id, ..opts.worker.clone() };
             let s3 = sdk.map(|sdk| S3Models {
                 client: ferry_executor::fetch::s3_client(sdk),
-                cache: std::env::temp_dir().join("ferry-dev-models").join("s3"),
+                cache: options::state_dir().join("models").join("s3"),
             });
             Worker::with_s3(root, config, s3)
         })

@@ -99,7 +99,7 @@ impl ScaleOptions {
             visibility_s: 15,
             idle_timeout_s: None,
             env: vec![],
-            log_dir: std::env::temp_dir().join("ferry-dev-executors"),
+            log_dir: state_dir().join("executors"),
             program: None,
         }
     }
@@ -148,7 +148,7 @@ pub const DEMO_LLAMA: &str = "tiny-llama";
 pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
     for spec in &mut catalog.models {
         if spec.path.is_none() && spec.s3_uri.is_none() && spec.id == DEMO_LLAMA {
-            let dir = std::env::temp_dir().join("ferry-dev-models").join(DEMO_LLAMA);
+            let dir = state_dir().join("models").join(DEMO_LLAMA);
             if !dir.join("model.safetensors").exists() {
                 // Written beside and renamed into place, so two `ferry dev`s starting at once
                 // never read a half-written model.
@@ -167,6 +167,29 @@ pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where `ferry dev` keeps its state (the demo model, the S3 model cache, executor logs): a
+/// directory of the user's own, mode 0700: `$FERRY_STATE_DIR`, else `$XDG_STATE_HOME/ferry`,
+/// else `~/.local/state/ferry`. Without a home, a fresh directory under the system's temp
+/// dir for this process (nothing there is reused: another user could have put it there).
+pub fn state_dir() -> PathBuf {
+    state_dir_in(|k| std::env::var_os(k))
+}
+
+fn state_dir_in(lookup: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let env = |k: &str| lookup(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = env("FERRY_STATE_DIR")
+        .or_else(|| env("XDG_STATE_HOME").map(|d| d.join("ferry")))
+        .or_else(|| env("HOME").map(|h| h.join(".local").join("state").join("ferry")))
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("ferry-dev-{}-{}", std::process::id(), ulid::Ulid::new()))
+        });
+    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir);
+    // An existing directory keeps its contents but loses any group or other access.
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    dir
 }
 
 /// Parses `KEY` or `KEY=TENANT`.
@@ -190,4 +213,37 @@ pub fn build_catalog(opts: &StackOptions) -> anyhow::Result<Catalog> {
         models.push(Catalog::spec_from_arg(arg)?);
     }
     Ok(Catalog::new(models)?)
+}
+
+#[cfg(test)]
+mod state_dir_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::state_dir_in;
+
+    #[test]
+    fn the_state_dir_is_the_users_own_and_private() {
+        let scratch = ferry_executor::testing::ScratchDir::new("state-dir").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let xdg = scratch.path().join("xdg");
+        let dir = state_dir_in(|k| (k == "XDG_STATE_HOME").then(|| xdg.clone().into()));
+        assert_eq!(dir, xdg.join("ferry"));
+        assert_eq!(mode(&dir), 0o700);
+        // FERRY_STATE_DIR wins; an existing directory open to others is closed.
+        let own = scratch.path().join("own");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = state_dir_in(|k| match k {
+            "FERRY_STATE_DIR" => Some(own.clone().into()),
+            "XDG_STATE_HOME" => Some(xdg.clone().into()),
+            _ => None,
+        });
+        assert_eq!((dir.as_path(), mode(&own)), (own.as_path(), 0o700));
+        // No home at all: a fresh directory each time, never a shared fixed path.
+        let a = state_dir_in(|_| None);
+        let b = state_dir_in(|_| None);
+        assert_ne!(a, b);
+        assert_eq!(mode(&a), 0o700);
+        let _ = (std::fs::remove_dir(&a), std::fs::remove_dir(&b));
+    }
 }
