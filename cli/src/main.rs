@@ -396,10 +396,17 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        server::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            server::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    // What `--demo --once` ends with; the stack stops the normal way first (executor
+    // processes included), whatever stopped it.
+    let exit = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -450,13 +457,15 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     if a.demo {
         let (key, url, demo_ws, once) =
             (stack.api_keys[0].0.clone(), format!("http://{addr}"), format!("ws://{ws_host}/"), a.once);
+        let (stop_tx, exit) = (stop_tx.clone(), exit.clone());
         tokio::spawn(async move {
             let result = demo::run(&Client::new(&url, &key), Some(&demo_ws), &mut std::io::stdout()).await;
             if let Err(e) = &result {
                 eprintln!("demo failed: {e:#}");
             }
             if once {
-                std::process::exit(if result.is_ok() { 0 } else { 1 });
+                exit.store(if result.is_ok() { 0 } else { 1 }, std::sync::atomic::Ordering::SeqCst);
+                let _ = stop_tx.send(true);
             }
         });
     }
@@ -484,7 +493,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     // The executors release their jobs; executor processes were asked to stop.
     let _ = running.await;
     println!("ferry dev: stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(exit.load(std::sync::atomic::Ordering::SeqCst)))
 }
 
 fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {

@@ -82,13 +82,38 @@ fn client_commands_against_dev_and_clean_ctrl_c() {
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
 
+/// The processes (other than this test's) whose environment holds `marker`.
+fn processes_with_env(marker: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()) && *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+        })
+        .collect()
+}
+
 #[test]
 fn demo_runs_and_exits_with_once() {
+    // A state directory of its own marks this run's processes, executors included.
+    let state = ferry_executor::testing::ScratchDir::new("dev-once-state").unwrap();
     let out = Command::new(FERRY)
         .args(["dev", "--http", "127.0.0.1:0", "--demo", "--once"])
         .env("RUST_LOG", "warn")
+        .env("FERRY_STATE_DIR", state.path())
         .output()
         .unwrap();
+    let marker = format!("FERRY_STATE_DIR={}", state.path().display());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with_env(&marker).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_with_env(&marker), Vec::<String>::new(), "executor processes left behind by --once");
+    assert!(state.path().join("executors").is_dir(), "its executors logged under the state directory");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("fry_dev_local_key"), "the dev key is printed: {text}");
