@@ -9,3 +9,22 @@ pub mod fixtures;
 pub mod infra;
 pub mod moto;
 pub mod recorder;
+
+/// Generates `embedded::<name>` and `aws::<name>` tests from `async fn <name>(b: Backend)`
+/// cases in the calling module (the AWS ones skip, with a message, where moto is missing).
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod embedded { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::backends::embedded()).await }
+        )* }
+        mod aws { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(b) = $crate::backends::aws().await else { eprintln!("skipping: moto_server not installed"); return };
+                super::$name(b).await
+            }
+        )* }
+    };
+}

@@ -85,24 +85,7 @@ fn pool(min_warm: u32, max_tasks: u32, jobs_per_task: u32) -> PoolConfig {
     PoolConfig { min_warm, max_tasks, jobs_per_task, ..PoolConfig::named("cpu") }
 }
 
-/// Runs `$case(setup)` on both backends.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(ferry_tests::backends::embedded()).await }
-        )* }
-        mod aws { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(b) = ferry_tests::backends::aws().await else { eprintln!("skipping: moto_server not installed"); return };
-                super::$name(b).await
-            }
-        )* }
-    };
-}
-
-on_both!(
+ferry_tests::on_both!(
     scales_from_zero_and_back,
     min_warm_and_max_tasks_bound_the_pool,
     unlisted_launches_are_not_repeated,

@@ -10,23 +10,7 @@ use ferry_core::service::{ServiceError, Submitted};
 use ferry_core::submit::{ValidSubmit, parse_submit};
 use ferry_tests::backends::Backend;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(ferry_tests::backends::embedded()).await }
-        )* }
-        mod aws { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(b) = ferry_tests::backends::aws().await else { eprintln!("skipping: moto_server not installed"); return };
-                super::$name(b).await
-            }
-        )* }
-    };
-}
-
-on_both!(a_key_whose_job_was_never_queued_runs_the_retry);
+ferry_tests::on_both!(a_key_whose_job_was_never_queued_runs_the_retry);
 
 const BODY: &[u8] = br#"{"model":"tiny-llama","input":{"prompt":"hello"},"params":{"max_new_tokens":4}}"#;
 const OTHER_BODY: &[u8] = br#"{"model":"tiny-llama","input":{"prompt":"hello"},"params":{"max_new_tokens":5}}"#;
