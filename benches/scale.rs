@@ -66,6 +66,8 @@ async fn main() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let ports_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ports_addr = ports_listener.local_addr().unwrap();
     let mut opts = StackOptions::embedded();
     opts.config.rate_limit_per_s = 0.0;
     opts.models = vec![format!("bench={}", model_dir.display())];
@@ -77,15 +79,12 @@ async fn main() {
         reconcile_every: Duration::from_millis(200),
         log_dir: dir.join("logs"),
         program: Some((program, vec![])),
-        ..ScaleOptions::new(format!("http://{addr}"))
+        ..ScaleOptions::new(format!("http://{ports_addr}"))
     });
     let st = std::sync::Arc::new(stack::build(&opts).await.unwrap());
-    tokio::spawn(server::serve_with_ports(
-        listener,
-        Mode::Api(st.api.clone()),
-        st.served_ports(),
-        std::future::pending(),
-    ));
+    tokio::spawn(server::serve(listener, Mode::Api(st.api.clone()), std::future::pending()));
+    let ports = st.served_ports().expect("a scaling stack serves its ports");
+    tokio::spawn(server::serve_ports(ports_listener, ports, std::future::pending()));
     let stop = ferry_executor::worker::Shutdown::default();
     let running = {
         let (st, stop) = (st.clone(), stop.clone());

@@ -422,7 +422,9 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let ws_listener =
         tokio::net::TcpListener::bind(ws_addr).await.with_context(|| format!("binding {ws_addr} (--ws)"))?;
     let ws_host = loopback_if_unspecified(ws_listener.local_addr()?);
-    let http_host = loopback_if_unspecified(addr);
+    // The executor processes' endpoint: loopback only, whatever --http binds.
+    let ports_listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let ports_addr = ports_listener.local_addr()?;
     let pools = match &a.pools_file {
         Some(path) => ferry_core::pool::Pools::from_file(path)?,
         None => ferry_core::pool::Pools::from_lookup(|k| std::env::var(k).ok())?,
@@ -449,7 +451,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         scale: (!a.no_executor && !a.in_process).then(|| stack::ScaleOptions {
             management_endpoint: Some(format!("http://{ws_host}")),
             idle_timeout_s: Some(a.idle_timeout),
-            ..stack::ScaleOptions::new(format!("http://{http_host}"))
+            ..stack::ScaleOptions::new(format!("http://{ports_addr}"))
         }),
     };
     let stack = Arc::new(stack::build(&opts).await?);
@@ -482,14 +484,15 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             shutdown.trigger();
         });
     }
-    let http = server::serve_with_ports(
-        listener,
-        server::Mode::Api(stack.api.clone()),
-        stack.served_ports(),
-        stopped(stop_rx.clone()),
-    );
-    let ws = gateway::serve(ws_listener, Gateway::new(&stack, a.dev_progress), stopped(stop_rx));
-    tokio::try_join!(http, ws)?;
+    let http = server::serve(listener, server::Mode::Api(stack.api.clone()), stopped(stop_rx.clone()));
+    let ports = async {
+        match stack.served_ports() {
+            Some(ports) => server::serve_ports(ports_listener, ports, stopped(stop_rx.clone())).await,
+            None => Ok(()),
+        }
+    };
+    let ws = gateway::serve(ws_listener, Gateway::new(&stack, a.dev_progress), stopped(stop_rx.clone()));
+    tokio::try_join!(http, ports, ws)?;
     // The executors release their jobs; executor processes were asked to stop.
     let _ = running.await;
     println!("ferry dev: stopped");

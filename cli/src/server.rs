@@ -1,6 +1,6 @@
 //! Serves the HTTP API's router over HTTP/1.1 for `ferry dev` (and for benchmarks), the
-//! same router the api Lambda serves, and on the same listener the loopback ports endpoint
-//! of `ferry dev`'s executor processes.
+//! same router the api Lambda serves, and, on a loopback listener of its own, the ports
+//! endpoint of `ferry dev`'s executor processes.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,26 +29,23 @@ pub async fn serve(
     mode: Mode,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with_ports(listener, mode, None, shutdown).await
-}
-
-/// Like [`serve`], also answering `POST /internal/v1/ports` for `ferry dev`'s executor
-/// processes (the in-memory ports, guarded by the token).
-pub async fn serve_with_ports(
-    listener: TcpListener,
-    mode: Mode,
-    ports: Option<(Ports, String)>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let mut app = match mode {
+    let app = match mode {
         Mode::Api(api) => axum::Router::new().fallback_service(api.app()),
         Mode::Constant202 => axum::Router::new().fallback(constant_202),
     };
-    if let Some(ports) = ports {
-        let internal =
-            axum::Router::new().route(remote::PATH, axum::routing::post(port_call)).with_state(Arc::new(ports));
-        app = app.merge(internal);
-    }
+    axum::serve(listener, app.layer(axum::middleware::from_fn(host_guard))).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves `POST /internal/v1/ports` for `ferry dev`'s executor processes (the in-memory
+/// ports, guarded by the token) and nothing else, on a listener of its own: bind it to
+/// loopback, apart from the API's, so exposing the API (`--http 0.0.0.0:8080`) never
+/// exposes the stack's ports.
+pub async fn serve_ports(
+    listener: TcpListener,
+    ports: (Ports, String),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(remote::PATH, axum::routing::post(port_call)).with_state(Arc::new(ports));
     axum::serve(listener, app.layer(axum::middleware::from_fn(host_guard))).with_graceful_shutdown(shutdown).await
 }
 

@@ -38,6 +38,8 @@ async fn start(max_tasks: u32, max_attempts: u32, models: Vec<String>) -> Runnin
     std::fs::create_dir_all(&dir).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let ports_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ports_addr = ports_listener.local_addr().unwrap();
     let mut opts = StackOptions::embedded();
     opts.config.max_attempts = max_attempts;
     opts.config.rate_limit_per_s = 0.0;
@@ -53,7 +55,7 @@ async fn start(max_tasks: u32, max_attempts: u32, models: Vec<String>) -> Runnin
         visibility_s: 5,
         log_dir: dir.join("logs"),
         program: Some((PathBuf::from(FERRY), vec!["executor".into()])),
-        ..ScaleOptions::new(format!("http://{addr}"))
+        ..ScaleOptions::new(format!("http://{ports_addr}"))
     });
     if !opts.models.is_empty() {
         // `--model` replaces the demo catalog: keep the demo Llama too.
@@ -65,8 +67,9 @@ async fn start(max_tasks: u32, max_attempts: u32, models: Vec<String>) -> Runnin
         let (stack, stop) = (stack.clone(), stop.clone());
         async move { stack.run(stop).await }
     });
-    let (api, ports) = (stack.api.clone(), stack.served_ports());
-    tokio::spawn(server::serve_with_ports(listener, Mode::Api(api), ports, std::future::pending()));
+    tokio::spawn(server::serve(listener, Mode::Api(stack.api.clone()), std::future::pending()));
+    let ports = stack.served_ports().expect("a scaling stack serves its ports");
+    tokio::spawn(server::serve_ports(ports_listener, ports, std::future::pending()));
     let client = Client::new(&format!("http://{addr}"), stack::DEV_API_KEY);
     Running { stack, stop, client, _dir: dir }
 }
