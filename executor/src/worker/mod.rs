@@ -65,7 +65,7 @@ pub struct WorkerConfig {
     /// How long a finished job's outcome write is retried while the store throttles or
     /// cannot be reached, before its message is left to come back.
     pub outcome_retry_for: Duration,
-    /// How long the queue (or the job store) may stay unreachable before the executor gives
+    /// How long the work queue may stay unreachable (every receive failing) before the executor gives
     /// up and exits with an error ([`Exit::Unreachable`]), so that ECS replaces it and a
     /// billed instance never idles on errors.
     pub unreachable_exit: Duration,
@@ -97,7 +97,7 @@ pub enum Exit {
     Idle,
     /// Asked to stop (SIGTERM); running jobs finished or were released.
     Shutdown,
-    /// The queue or the job store stayed unreachable for `unreachable_exit`: an error exit.
+    /// The work queue stayed unreachable for `unreachable_exit`: an error exit.
     Unreachable,
 }
 
@@ -111,9 +111,9 @@ pub struct Worker {
     running: AtomicUsize,
     /// When the last job ended (or the worker started).
     last_busy: Mutex<Instant>,
-    /// Since when every receive (or claim read) has failed; None while they succeed.
+    /// Since when every receive has failed; None while they succeed.
     failing_since: Mutex<Option<Instant>>,
-    /// Set when the loop gave up on an unreachable queue or store.
+    /// Set when the loop gave up on an unreachable queue.
     gave_up: AtomicBool,
     /// What the heartbeat reports.
     activity: Arc<Activity>,
@@ -237,8 +237,8 @@ impl Worker {
         self.running.load(Ordering::SeqCst) == 0 && self.last_busy.lock().unwrap().elapsed() >= self.config.idle_timeout
     }
 
-    /// Records whether a call to the queue or store just succeeded; returns how long they
-    /// have been failing (zero after a success).
+    /// Records whether a receive just succeeded; returns how long receives have been failing
+    /// (zero after a success).
     fn reachable(&self, ok: bool) -> Duration {
         let mut since = self.failing_since.lock().unwrap();
         if ok {

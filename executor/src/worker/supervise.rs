@@ -83,17 +83,11 @@ impl Worker {
             // Past the deadline and the grace after it, the lease is no longer renewed: a model
             // that does not stop is the watchdog's to time out (and its task to stop).
             if now >= renew_at && now < deadline + self.config.grace_period {
-                let lease_until = self.service.clock.now() + self.config.lease.as_millis() as u64;
-                match self.service.apply(&current, Transition::Renew { lease_until }).await {
-                    Ok(j) => current = j,
-                    Err(e) => tracing::warn!(job_id = %current.id, error = %e, "lease renewal failed"),
-                }
+                current = self.renew_lease(current).await;
                 renew_at = now + self.config.lease * 2 / 3;
             }
             if now >= visible_at {
-                if let Err(e) = self.queue().set_visibility(&delivery.receipt, self.config.visibility).await {
-                    tracing::warn!(job_id = %current.id, error = %e, "could not extend the message's visibility");
-                }
+                self.extend_visibility(&current, delivery).await;
                 visible_at = now + self.config.visibility * 2 / 3;
             }
         };
@@ -168,7 +162,9 @@ impl Worker {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(OUTCOME_RETRY_MAX);
                     if Instant::now() >= renew_at {
-                        current = self.keep_alive(current, delivery).await;
+                        // Waiting to record the outcome: keep the job ours and its message hidden.
+                        self.extend_visibility(&current, delivery).await;
+                        current = self.renew_lease(current).await;
                         renew_at = Instant::now() + self.config.lease / 3;
                     }
                 }
@@ -201,12 +197,9 @@ impl Worker {
         }
     }
 
-    /// While an outcome waits to be recorded: the lease renewed (so the watchdog does not
-    /// take the job back) and the message kept invisible. Returns the job as renewed.
-    async fn keep_alive(&self, current: Job, delivery: &Delivery) -> Job {
-        if let Err(e) = self.queue().set_visibility(&delivery.receipt, self.config.visibility).await {
-            tracing::warn!(job_id = %current.id, error = %e, "could not extend the message's visibility");
-        }
+    /// The job's lease renewed for another `lease`; the job as renewed, or as it was when the
+    /// renewal failed (logged: the next renewal tries again).
+    async fn renew_lease(&self, current: Job) -> Job {
         let lease_until = self.service.clock.now() + self.config.lease.as_millis() as u64;
         match self.service.apply(&current, Transition::Renew { lease_until }).await {
             Ok(j) => j,
@@ -214,6 +207,13 @@ impl Worker {
                 tracing::warn!(job_id = %current.id, error = %e, "lease renewal failed");
                 current
             }
+        }
+    }
+
+    /// The message kept invisible for another `visibility`.
+    async fn extend_visibility(&self, job: &Job, delivery: &Delivery) {
+        if let Err(e) = self.queue().set_visibility(&delivery.receipt, self.config.visibility).await {
+            tracing::warn!(job_id = %job.id, error = %e, "could not extend the message's visibility");
         }
     }
 }
