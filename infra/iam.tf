@@ -1,13 +1,15 @@
 # Roles, least privilege, one per component. Each role's permissions are one policy
 # document, data.aws_iam_policy_document.<role>, listing exactly the calls its code makes
 # (shared/aws/src: dynamo.rs, connections.rs, dynamo_fleet.rs, sqs.rs, ecs.rs,
-# notifier.rs; executor/src/fetch.rs):
+# notifier.rs, s3.rs; executor/src/fetch.rs):
 #
-#   api         table, both work queues (send, depth), ECS list/describe, Management API
+#   api         table, both work queues (send, depth), ECS list/describe, Management API,
+#               results bucket (put inputs/, get outputs/ for presigned URLs)
 #   ws          table, Management API
 #   dispatcher  table + its stream, queues (send, depth; DLQs receive/delete), ECS
 #               RunTask/List/Describe/Stop/Tag, PassRole to the executor roles, Management API
-#   executor    table, work queues (the whole consumer side), models bucket, Management API
+#   executor    table, work queues (the whole consumer side), models bucket, results bucket
+#               (get inputs/, put outputs/), Management API
 #   execution   ECR pull, executor log streams (ECS uses it to start the task)
 #
 # DynamoDB authorizes TransactWriteItems per item as PutItem/UpdateItem/DeleteItem/
@@ -47,6 +49,26 @@ data "aws_iam_policy_document" "api" {
     sid       = "EnqueueAndReadDepth"
     actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
     resources = local.work_queue_arns
+  }
+  statement {
+    sid       = "StoreLargeInputs"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.results.arn}/inputs/*"]
+  }
+  statement {
+    sid       = "SignOutputUrls" # presigned GETs of outputs are authorized as this role's GetObject
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.results.arn}/outputs/*"]
+  }
+  statement {
+    sid       = "ResultsKeyThroughS3"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
   }
   statement {
     sid       = "PoolTasksForGetPools"
@@ -251,8 +273,18 @@ data "aws_iam_policy_document" "executor" {
     resources = ["${aws_s3_bucket.models.arn}/*"]
   }
   statement {
-    sid       = "ModelsKeyThroughS3"
-    actions   = ["kms:Decrypt"]
+    sid       = "ReadLargeInputs"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.results.arn}/inputs/*"]
+  }
+  statement {
+    sid       = "StoreLargeOutputs"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.results.arn}/outputs/*"]
+  }
+  statement {
+    sid       = "ModelsKeyThroughS3" # and the results bucket's: outputs are written encrypted
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.main.arn]
     condition {
       test     = "StringEquals"

@@ -84,6 +84,7 @@ locals {
     FERRY_MODELS                 = local.models_json
     FERRY_POOLS                  = local.pools_json
     FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint
+    FERRY_RESULTS_BUCKET         = aws_s3_bucket.results.bucket
     RUST_LOG                     = var.rust_log
   }
 
@@ -114,6 +115,8 @@ locals {
       AWS_REGION                 = var.region
       FERRY_TABLE                = aws_dynamodb_table.jobs.name
       FERRY_QUEUE_URL            = aws_sqs_queue.work["cpu"].url
+      FERRY_RESULTS_BUCKET       = aws_s3_bucket.results.bucket
+      FERRY_API_URL              = aws_apigatewayv2_api.http.api_endpoint
       FERRY_POOL                 = "cpu"
       FERRY_DEVICE               = "cpu"
       FERRY_MODELS               = local.models_json
@@ -129,6 +132,8 @@ locals {
       AWS_REGION                 = var.region
       FERRY_TABLE                = aws_dynamodb_table.jobs.name
       FERRY_QUEUE_URL            = aws_sqs_queue.work["gpu"].url
+      FERRY_RESULTS_BUCKET       = aws_s3_bucket.results.bucket
+      FERRY_API_URL              = aws_apigatewayv2_api.http.api_endpoint
       FERRY_POOL                 = "gpu"
       FERRY_DEVICE               = "cuda"
       FERRY_MODELS               = local.models_json

@@ -69,3 +69,8 @@ output "availability_zones" {
   description = "The two AZs in use; copy them into availability_zones to pin them (an automatic pick can change when AWS offers gpu_instance_type in more zones)."
   value       = local.azs
 }
+
+output "results_bucket" {
+  description = "The results bucket: job inputs and outputs over 64 KiB (inputs/, outputs/), expired after results_expire_days."
+  value       = aws_s3_bucket.results.bucket
+}

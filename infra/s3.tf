@@ -110,3 +110,118 @@ resource "aws_s3_bucket_logging" "models" {
   target_bucket = var.models_bucket_access_log_bucket
   target_prefix = "s3-access/${aws_s3_bucket.models.id}/"
 }
+
+# The results bucket: job inputs and outputs too large for the job record (over 64 KiB:
+# shared/core/src/objects.rs). The api Lambda writes large inputs (inputs/) and signs GET
+# URLs to outputs; executors read inputs and write outputs (outputs/). Private, encrypted
+# with the deployment's key, TLS only, not versioned (an object is written once), and
+# expired by prefix after the jobs' retention: outputs var.results_expire_days after they
+# are written (a finished job is kept FERRY_RETENTION_S, 7 days by default, after it ends),
+# inputs two days later (a job may wait in the queue and run for a day before it ends).
+
+resource "aws_s3_bucket" "results" {
+  #checkov:skip=CKV_AWS_144:Results expire with their jobs; replicating them elsewhere would outlive the jobs that refer to them.
+  #checkov:skip=CKV2_AWS_62:Nothing consumes bucket events: the job record refers to its objects.
+  #checkov:skip=CKV_AWS_21:Objects are written once under keys derived from the job; versioning would only keep expired outputs longer.
+  bucket        = "${var.name}-results-${local.account_id}-${var.region}"
+  force_destroy = var.allow_destroy
+}
+
+resource "aws_s3_bucket_ownership_controls" "results" {
+  bucket = aws_s3_bucket.results.id
+
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "results" {
+  bucket = aws_s3_bucket.results.id
+
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "results" {
+  bucket = aws_s3_bucket.results.id
+
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.main.arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "results" {
+  bucket = aws_s3_bucket.results.id
+
+  rule {
+    id     = "outputs-expire-with-their-jobs"
+    status = "Enabled"
+    filter {
+      prefix = "outputs/"
+    }
+    expiration {
+      days = var.results_expire_days
+    }
+  }
+
+  rule {
+    id     = "inputs-expire-with-their-jobs"
+    status = "Enabled"
+    filter {
+      prefix = "inputs/"
+    }
+    expiration {
+      days = var.results_expire_days + 2
+    }
+  }
+
+  rule {
+    id     = "incomplete-uploads"
+    status = "Enabled"
+    filter {}
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+}
+
+data "aws_iam_policy_document" "results_bucket" {
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.results.arn, "${aws_s3_bucket.results.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "results" {
+  bucket = aws_s3_bucket.results.id
+  policy = data.aws_iam_policy_document.results_bucket.json
+
+  depends_on = [aws_s3_bucket_public_access_block.results]
+}
+
+resource "aws_s3_bucket_logging" "results" {
+  count = var.results_bucket_access_log_bucket == "" ? 0 : 1
+
+  bucket        = aws_s3_bucket.results.id
+  target_bucket = var.results_bucket_access_log_bucket
+  target_prefix = "s3-access/${aws_s3_bucket.results.id}/"
+}

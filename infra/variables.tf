@@ -269,3 +269,20 @@ variable "models_bucket_access_log_bucket" {
   type        = string
   default     = ""
 }
+
+variable "results_expire_days" {
+  description = "Days after which stored job outputs (over 64 KiB) are deleted; inputs two days later. Keep it at least the jobs' retention (FERRY_RETENTION_S, 7 days by default) plus one day, or views of old jobs point at deleted objects."
+  type        = number
+  default     = 8
+
+  validation {
+    condition     = var.results_expire_days >= 1
+    error_message = "results_expire_days must be at least 1."
+  }
+}
+
+variable "results_bucket_access_log_bucket" {
+  description = "Optional: an existing bucket to receive the results bucket's server access logs (who fetched which output). Empty: no access logging."
+  type        = string
+  default     = ""
+}

@@ -105,6 +105,14 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/jobs", self.base)).query(&q)).await
     }
 
+    /// `GET /v1/jobs/{id}/output`: the job's output, inline or stored (a redirect to a
+    /// presigned URL is followed; the key is not sent to another host).
+    pub async fn output(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        let answer: Answer<serde_json::Value> =
+            self.send(self.http.get(format!("{}/v1/jobs/{}/output", self.base, enc(id)))).await?;
+        Ok(answer.body)
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<Answer<JobView>, ClientError> {
         self.send(self.http.post(format!("{}/v1/jobs/{}/cancel", self.base, enc(id)))).await
     }

@@ -309,6 +309,9 @@ pub struct Printer {
     bar_open: bool,
     /// Its width in characters (a shorter bar is padded over it).
     bar_width: usize,
+    /// The `result` event was a reference to an output too large for a frame: the caller
+    /// fetches it (`GET /v1/jobs/{id}/output`) and prints it after the stream.
+    pub output_by_reference: bool,
 }
 
 impl Printer {
@@ -345,11 +348,20 @@ impl Printer {
                 self.bar_open = true;
                 self.bar_width = width;
             }
-            EventBody::Result { output } => {
+            EventBody::Result { output, output_url, output_bytes } => {
                 if std::mem::take(&mut self.tokens_open) {
                     let _ = writeln!(out);
                 }
-                let _ = writeln!(out, "{}", serde_json::to_string_pretty(output).unwrap_or_default());
+                match output_url {
+                    Some(url) if output.is_null() => {
+                        let bytes = output_bytes.unwrap_or(0);
+                        let _ = writeln!(err, "[result] {bytes} bytes, stored: {url}");
+                        self.output_by_reference = true;
+                    }
+                    _ => {
+                        let _ = writeln!(out, "{}", serde_json::to_string_pretty(output).unwrap_or_default());
+                    }
+                }
             }
             EventBody::Error { error } => {
                 let _ = writeln!(err, "error: {} ({})", error.message, error.kind);

@@ -132,6 +132,9 @@ struct DevArgs {
     /// DynamoDB table (AWS backend).
     #[arg(long, env = "FERRY_TABLE", default_value = "ferry-jobs")]
     table: String,
+    /// S3 bucket for inputs and outputs over 64 KiB (AWS backend; created when missing).
+    #[arg(long, env = "FERRY_RESULTS_BUCKET", default_value = "ferry-results")]
+    results_bucket: String,
     /// SQS queue name (AWS backend); its dead-letter queue is NAME-dlq.
     #[arg(long, env = "FERRY_QUEUE_NAME", default_value = "ferry-work")]
     queue: String,
@@ -263,11 +266,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("job {} {}", ans.body.id, ans.body.status);
                 return watch(&ans.body.id.to_string(), &a.follow_args, &a.client).await;
             }
-            print_job(&ans.body, a.client.json)
+            print_job(&ans.body, &a.client).await
         }
         Command::Watch { id, follow, client: ca } => watch(&id, &follow, &ca).await,
-        Command::Get { id, client: ca } => print_job(&client(&ca).get(&id).await?.body, ca.json),
-        Command::Cancel { id, client: ca } => print_job(&client(&ca).cancel(&id).await?.body, ca.json),
+        Command::Get { id, client: ca } => print_job(&client(&ca).get(&id).await?.body, &ca).await,
+        Command::Cancel { id, client: ca } => print_job(&client(&ca).cancel(&id).await?.body, &ca).await,
         Command::List { status, limit, cursor, client: ca } => {
             let page = client(&ca).list(status.as_deref(), limit, cursor.as_deref()).await?.body;
             if ca.json {
@@ -354,6 +357,10 @@ async fn watch(id: &str, f: &FollowArgs, ca: &ClientArgs) -> anyhow::Result<Exit
     let result = follow::follow(&opts, |e| printer.event(e)).await;
     printer.finish();
     let status = result?;
+    if printer.output_by_reference {
+        let output = client(ca).output(id).await?;
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    }
     if !ca.json {
         eprintln!("job {id} {status}");
     }
@@ -368,10 +375,16 @@ fn exit_code(status: ferry_core::JobStatus) -> ExitCode {
     }
 }
 
-/// Prints a job; the exit code tells failed/cancelled/timed-out jobs apart for scripts.
-fn print_job(job: &JobView, json: bool) -> anyhow::Result<ExitCode> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(job)?);
+/// Prints a job, with its output whether the view holds it inline or it is stored (then
+/// fetched, and with `--json` filled into the view's `output`); the exit code tells
+/// failed/cancelled/timed-out jobs apart for scripts.
+async fn print_job(job: &JobView, ca: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let mut job = job.clone();
+    if job.output.is_none() && job.output_bytes.is_some() {
+        job.output = Some(client(ca).output(&job.id.to_string()).await?);
+    }
+    if ca.json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
     } else {
         println!("job {}  {}  model={}  attempt {}/{}", job.id, job.status, job.model, job.attempt, job.max_attempts);
         println!("  created {}  queue delay {} ms", job.created_at, job.queue_delay_ms);
@@ -437,6 +450,8 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         table: a.table,
         queue: a.queue,
         aws_endpoint: None,
+        results_bucket: a.results_bucket,
+        api_url: Some(format!("http://{}", loopback_if_unspecified(addr))),
         // Under --backend aws progress goes through the AWS notifier to this gateway's own
         // Management API: the SDK's wire path, as in a deployment.
         management_endpoint: (a.backend == BackendKind::Aws).then(|| format!("http://{ws_host}")),
@@ -484,7 +499,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             shutdown.trigger();
         });
     }
-    let http = server::serve(listener, server::Mode::Api(stack.api.clone()), stopped(stop_rx.clone()));
+    let http = server::serve(listener, server::Mode::Stack(stack.clone()), stopped(stop_rx.clone()));
     let ports = async {
         match stack.served_ports() {
             Some(ports) => server::serve_ports(ports_listener, ports, stopped(stop_rx.clone())).await,

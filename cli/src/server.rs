@@ -19,6 +19,9 @@ use tokio::net::TcpListener;
 pub enum Mode {
     /// The real API.
     Api(Arc<Api>),
+    /// `ferry dev`'s stack: its API, and the signed URLs of its stored outputs
+    /// (`/dev/objects/...`, embedded backend).
+    Stack(Arc<crate::stack::Stack>),
     /// A constant 202 with a fixed body: the ceiling benchmarks compare against.
     Constant202,
 }
@@ -31,6 +34,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = match mode {
         Mode::Api(api) => axum::Router::new().fallback_service(api.app()),
+        Mode::Stack(stack) => {
+            let router = axum::Router::new();
+            let router = match &stack.objects {
+                Some(objects) => router.route(
+                    &format!("{}{{*key}}", ferry_local::OBJECT_URL_PATH),
+                    axum::routing::get(signed_object).with_state(objects.clone()),
+                ),
+                None => router,
+            };
+            router.fallback_service(stack.api.app())
+        }
         Mode::Constant202 => axum::Router::new().fallback(constant_202),
     };
     axum::serve(listener, app.layer(axum::middleware::from_fn(host_guard))).with_graceful_shutdown(shutdown).await
@@ -79,10 +93,7 @@ fn allowed_host(host: &str) -> bool {
     name == "localhost" || name.ends_with(".localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
-/// Compares two secrets in time that does not depend on where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use ferry_core::auth::constant_time_eq;
 
 async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> Response {
     let (ports, token) = &*ports;
@@ -120,6 +131,44 @@ async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> R
     match remote::answer(ports, call).await {
         Ok(v) => reply(StatusCode::OK, remote::Reply::Ok(v)),
         Err(e) => reply(StatusCode::OK, remote::Reply::Err(e)),
+    }
+}
+
+/// `GET /dev/objects/{key}?expires=MS&signature=HEX`: a stored object, to whoever holds
+/// a URL the store signed and that has not expired (what a presigned S3 URL does; any
+/// `Authorization` header is ignored).
+async fn signed_object(
+    State(objects): State<Arc<ferry_local::DirObjects>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    use ferry_core::objects::ObjectStore;
+    let error = |status: StatusCode, kind: &str, message: &str| {
+        let body = serde_json::json!({"error": {"type": kind, "message": message}}).to_string();
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r
+    };
+    let query = query.unwrap_or_default();
+    let param = |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+    let expires = param("expires").and_then(|e| e.parse::<u64>().ok()).unwrap_or(0);
+    let signature = param("signature").unwrap_or_default();
+    let now = ferry_core::ports::Clock::now(&ferry_core::ports::SystemClock);
+    if !objects.verify(&key, expires, signature, now) {
+        return error(StatusCode::FORBIDDEN, "forbidden", "the URL's signature is invalid or it has expired");
+    }
+    match objects.get(&key).await {
+        Ok(Some(bytes)) => {
+            let mut r = Response::new(Body::from(bytes));
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            r
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", "no such object (past its retention?)"),
+        Err(e) => {
+            tracing::error!(key, error = %e, "reading a stored object");
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the object could not be read; retry shortly")
+        }
     }
 }
 

@@ -288,3 +288,57 @@ async fn a_job_ended_without_a_status_event_is_noticed_by_the_recheck() {
     let outcome = tokio::time::timeout(Duration::from_secs(10), follower).await.expect("follow ends").unwrap();
     assert_eq!(outcome.unwrap(), JobStatus::Cancelled);
 }
+
+/// Runs `command` to its end, reading its output as it goes (a large output would fill
+/// the pipe and block it otherwise): (exit code, stdout, stderr).
+async fn run_to_end(command: &mut Command) -> (i32, String, String) {
+    let child = command.spawn().unwrap();
+    let out =
+        tokio::time::timeout(Duration::from_secs(120), tokio::task::spawn_blocking(move || child.wait_with_output()))
+            .await
+            .expect("the command ends")
+            .unwrap()
+            .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+#[tokio::test]
+async fn a_stored_output_prints_in_full_from_follow_and_get() {
+    let dir = match std::env::var("FERRY_MINILM_DIR") {
+        Ok(dir) if !dir.is_empty() => dir,
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("FERRY_MINILM_DIR is not set in CI"),
+        _ => return eprintln!("note: FERRY_MINILM_DIR is not set; skipping"),
+    };
+    let model = format!("minilm={dir}");
+    let key = format!("{KEY}=acme");
+    let dev = spawn_dev(&["--in-process", "--model", &model, "--api-key", &key, "--rate-limit", "0"]);
+    // 100 vectors of 384 numbers: far over the inline threshold and a WebSocket frame.
+    let texts: Vec<String> = (0..100).map(|i| format!("sentence number {i} about a river")).collect();
+    let mut args = vec!["submit", "--model", "minilm", "--follow"];
+    for t in &texts {
+        args.extend(["--text", t.as_str()]);
+    }
+    let (code, out, err) = run_to_end(&mut dev.ferry(&args)).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stored: "), "the result came as a reference: {err}");
+    let followed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {}", &out[..out.len().min(300)]));
+    assert_eq!(followed["embeddings"].as_array().map(Vec::len), Some(100));
+    let id = err.lines().find_map(|l| l.strip_prefix("job ")?.split_whitespace().next()).unwrap().to_string();
+
+    let get = |extra: &[&str]| {
+        let mut c = Command::new(FERRY);
+        c.args(["get", &id, "--url", &dev.http]).args(extra).env("FERRY_API_KEY", KEY).env("RUST_LOG", "warn");
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    };
+    let (code, out, err) = run_to_end(&mut get(&["--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    let view: Value = serde_json::from_str(&out).unwrap();
+    assert!(view["output_url"].is_string(), "stored: {}", view["output_url"]);
+    assert_eq!(view["output"], followed, "get --json fills in the stored output");
+    let (code, out, _) = run_to_end(&mut get(&[])).await;
+    assert_eq!(code, 0);
+    let printed = out.lines().find_map(|l| l.trim().strip_prefix("output: ")).expect("an output line");
+    assert_eq!(serde_json::from_str::<Value>(printed).unwrap(), followed);
+}

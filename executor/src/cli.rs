@@ -70,6 +70,15 @@ pub struct Args {
     /// processes `ferry dev` launches).
     #[arg(long, env = "FERRY_STACK_URL")]
     pub stack_url: Option<String>,
+    /// The S3 bucket large inputs and outputs are stored in (over 64 KiB; `infra/s3.tf`).
+    /// Without one, a job whose output is that large fails `result_not_stored`.
+    #[arg(long, env = "FERRY_RESULTS_BUCKET")]
+    pub results_bucket: Option<String>,
+    /// The HTTP API's base URL (`https://ID.execute-api.REGION.amazonaws.com`): `result`
+    /// events of outputs too large for a WebSocket frame point at its
+    /// `/v1/jobs/{id}/output` (the path alone without it).
+    #[arg(long, env = "FERRY_API_URL")]
+    pub api_url: Option<String>,
     /// The token `ferry dev` hands its executors for `--stack-url`.
     #[arg(long, env = "FERRY_STACK_TOKEN", hide_env_values = true)]
     pub stack_token: Option<String>,
@@ -129,6 +138,7 @@ pub async fn build(args: &Args, sdk: Option<&ferry_aws::SdkConfig>) -> anyhow::R
         visibility: Duration::from_secs(args.visibility_timeout.clamp(3, 43_200)),
         // A receive never outlasts the idle timeout, so an idle executor exits on time.
         poll_wait: Duration::from_secs(args.idle_timeout.clamp(1, 20)),
+        api_url: args.api_url.clone().filter(|u| !u.trim().is_empty()),
         ..WorkerConfig::default()
     };
     tracing::info!(executor_id = %config.executor_id, pool = %config.pool, device = %config.device, "executor starting");
@@ -139,7 +149,7 @@ pub async fn build(args: &Args, sdk: Option<&ferry_aws::SdkConfig>) -> anyhow::R
 /// (private subnets without NAT) its events are marked for the dispatcher Lambda, which
 /// pushes them from the table's stream.
 async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<(Ports, Option<S3Models>)> {
-    let mut aws = ferry_aws::AwsPorts::new(sdk, &args.table);
+    let mut aws = ferry_aws::AwsPorts::new(sdk, &args.table).with_results_bucket(args.results_bucket.as_deref());
     let queue_url = match &args.queue_url {
         Some(url) => url.clone(),
         None => ferry_aws::AwsSettings::from_lookup(aws.sqs(), |k| std::env::var(k).ok()).await?.queue_url,
@@ -150,7 +160,7 @@ async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<(P
         aws = aws.with_stream_fanout();
     }
     let ports = aws.ports(Queues::single(aws.queue(queue_url)), Arc::new(NoLauncher), aws.notifier(endpoint));
-    let s3 = S3Models { client: crate::fetch::s3_client(sdk), cache: args.model_cache.clone() };
+    let s3 = S3Models { client: ferry_aws::s3_client(sdk), cache: args.model_cache.clone() };
     Ok((ports, Some(s3)))
 }
 

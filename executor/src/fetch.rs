@@ -15,12 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::models::ModelError;
 
-/// An S3 client for `sdk`. With an endpoint override (an emulator such as moto, or an
-/// S3-compatible store) it uses path-style addressing, which those expect.
-pub fn s3_client(sdk: &ferry_aws::SdkConfig) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::from(sdk).force_path_style(sdk.endpoint_url().is_some()).build();
-    aws_sdk_s3::Client::from_conf(config)
-}
+pub use ferry_aws::s3_client;
 
 /// `s3://bucket/prefix` split into (bucket, prefix without a trailing `/`).
 pub fn parse_s3_uri(uri: &str) -> Result<(String, String), ModelError> {

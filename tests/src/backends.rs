@@ -78,6 +78,12 @@ impl Backend {
         (Backend { ports: Ports { jobs: jobs.clone(), ..self.ports.clone() }, ..self.clone() }, jobs)
     }
 
+    /// The same adapters with no results store (a deployment without `FERRY_RESULTS_BUCKET`).
+    pub fn without_objects(&self) -> Backend {
+        let objects = Arc::new(ferry_core::objects::NoObjects);
+        Backend { ports: Ports { objects, ..self.ports.clone() }, ..self.clone() }
+    }
+
     /// The progress path over these stores, pushing through `notifier`.
     pub fn hub(&self, notifier: Arc<dyn Notifier>) -> Arc<ProgressHub> {
         self.with_notifier(notifier).ports.hub()
@@ -89,16 +95,26 @@ impl Backend {
     }
 }
 
-/// Fresh in-process adapters.
+/// Fresh in-process adapters (large inputs and outputs in a new directory under the
+/// system's temporary directory).
 pub fn embedded() -> Backend {
-    let ports = ferry_local::ports(&["cpu".to_string()], MAX_RECEIVE_COUNT, Arc::new(NoLauncher), Arc::new(NoNotifier));
+    let objects = Arc::new(ferry_local::DirObjects::new(
+        std::env::temp_dir().join("ferry-test-objects").join(ulid::Ulid::new().to_string()),
+    ));
+    let ports = ferry_local::ports(
+        &["cpu".to_string()],
+        MAX_RECEIVE_COUNT,
+        Arc::new(NoLauncher),
+        Arc::new(NoNotifier),
+        objects,
+    );
     let queue = ports.queues.for_pool("cpu").clone();
     let dlq = ports.queues.dlq("cpu").expect("the cpu pool's dead-letter queue").clone();
     Backend { ports, queue, dlq, name: "embedded" }
 }
 
-/// The AWS adapters on this process's shared moto server, over a new table and a new
-/// queue with its dead-letter queue. `None` when moto is not installed (outside CI; see
+/// The AWS adapters on this process's shared moto server, over a new table, a new queue
+/// with its dead-letter queue and a new results bucket. `None` when moto is not installed (outside CI; see
 /// [`moto::shared`]). Panics when bootstrap fails: that is a test failure, not a skip.
 pub async fn aws() -> Option<Backend> {
     let server = moto::shared()?;
@@ -107,9 +123,12 @@ pub async fn aws() -> Option<Backend> {
     ferry_aws::ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &name)
         .await
         .unwrap_or_else(|e| panic!("creating table {name} on moto at {}: {e}", server.endpoint));
+    ferry_aws::ensure_bucket(&ferry_aws::s3_client(&sdk), &name)
+        .await
+        .unwrap_or_else(|e| panic!("creating bucket {name} on moto at {}: {e}", server.endpoint));
     // `bootstrap` would do both, but with the production maxReceiveCount; the suite needs
     // the embedded backend's.
-    let aws = ferry_aws::AwsPorts::new(&sdk, &name);
+    let aws = ferry_aws::AwsPorts::new(&sdk, &name).with_results_bucket(Some(&name));
     let urls = ferry_aws::ensure_queues(aws.sqs(), &name, MAX_RECEIVE_COUNT)
         .await
         .unwrap_or_else(|e| panic!("creating queue {name} on moto at {}: {e}", server.endpoint));

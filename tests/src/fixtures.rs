@@ -13,7 +13,7 @@ pub fn job(tenant: &str, status: JobStatus) -> Job {
         id: JobId::generate(now),
         tenant: TenantId::new(tenant).expect("a valid tenant id"),
         model: "tiny-llama".into(),
-        input: JobInput::prompt("made by a test"),
+        input: JobInput::prompt("made by a test").into(),
         timeout_s: 600,
         max_attempts: 3,
         created_at: now,
@@ -28,6 +28,7 @@ pub fn job(tenant: &str, status: JobStatus) -> Job {
         executor_id: running.then(|| "test-executor".to_string()),
         lease_until: running.then_some(now + 60_000),
         output: None,
+        output_object: None,
         error: None,
         retain_until: now + 365 * 86_400_000,
         last_seq: 0,
@@ -39,8 +40,8 @@ pub fn job_with_id(id: &str, tenant: &str, status: JobStatus) -> Job {
     Job { id: id.parse().expect("a ULID"), ..job(tenant, status) }
 }
 
-/// A text-generation input of `prompt`, at most `max_new_tokens` tokens.
-pub fn generate(prompt: &str, max_new_tokens: u32) -> JobInput {
+/// A text-generation input of `prompt`, at most `max_new_tokens` tokens (inline).
+pub fn generate(prompt: &str, max_new_tokens: u32) -> ferry_core::input::Input {
     let params = ferry_core::input::TextGenerationParams { max_new_tokens: Some(max_new_tokens), ..Default::default() };
-    JobInput::TextGeneration { input: ferry_core::input::TextGenerationInput { prompt: prompt.into() }, params }
+    JobInput::TextGeneration { input: ferry_core::input::TextGenerationInput { prompt: prompt.into() }, params }.into()
 }

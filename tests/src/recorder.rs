@@ -149,11 +149,13 @@ pub fn iam_actions(method: &str, path: &str, query: &str, target: Option<&str>, 
         }
         return vec![format!("{service}:{op}")];
     }
-    // S3 (path-style): GET /bucket?list-type=2 lists, GET /bucket/key reads.
+    // S3 (path-style): GET /bucket?list-type=2 lists, GET /bucket/key reads (a presigned
+    // URL too: authorized as the signer's GetObject), PUT /bucket/key writes.
     let segments = path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).count();
     match (method, segments) {
         ("GET", 1) if query.contains("list-type=2") => vec!["s3:ListBucket".into()],
         ("GET" | "HEAD", n) if n >= 2 => vec!["s3:GetObject".into()],
+        ("PUT", n) if n >= 2 => vec!["s3:PutObject".into()],
         _ => vec![format!("unknown:{method} {path}?{query}")],
     }
 }

@@ -225,7 +225,7 @@ async fn prefer_wait_times_out_then_returns_terminal(backend: &str) {
             break j["id"].as_str().unwrap().to_string();
         }
     };
-    h.drive(&id, Some(Transition::Succeed { output: json!({"text": "hi"}) })).await;
+    h.drive(&id, Some(Transition::Succeed { output: json!({"text": "hi"}).into() })).await;
     let (s, job) = waiter.await.unwrap();
     assert_eq!(s, StatusCode::OK);
     assert_eq!(job["status"], "succeeded");
@@ -262,7 +262,7 @@ async fn cancel_lifecycle(backend: &str) {
     // A finished job cannot be cancelled, and stays as it was.
     let (_, done) = h.submit(KEY_A, text_job()).await;
     let did = done["id"].as_str().unwrap();
-    h.drive(did, Some(Transition::Succeed { output: json!(1) })).await;
+    h.drive(did, Some(Transition::Succeed { output: json!(1).into() })).await;
     let (_, before) = send(h.req("GET", &format!("/v1/jobs/{did}"), Some(KEY_A))).await;
     let (s, _) = send(h.req("POST", &format!("/v1/jobs/{did}/cancel"), Some(KEY_A))).await;
     assert_eq!(s, StatusCode::CONFLICT);
@@ -352,7 +352,7 @@ type Case<'a> = (&'a str, String, Option<&'a str>, Option<&'a str>, Vec<u8>, u16
 /// Every malformed or unacceptable request gets a 4xx naming the field, and nothing is stored.
 async fn bad_input_never_changes_state(backend: &str) {
     let Some(h) = start(backend, |_| {}).await else { return };
-    let big = "x".repeat(300 * 1024);
+    let big = "x".repeat(Config::default().max_body_bytes);
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
     let valid_id = JobId::generate(1_700_000_000_000).to_string();
     // (method, path, key, content-type, body, status, field)

@@ -159,7 +159,7 @@ async fn an_item_over_dynamodbs_limit_is_refused_not_retried() {
     let claim = Transition::Claim { executor_id: "e".into(), lease_until: u64::MAX / 2 };
     let running = service.apply(&job, claim).await.unwrap();
     let output = serde_json::json!({"text": "x".repeat(450 * 1024)});
-    let got = service.apply(&running, Transition::Succeed { output }).await;
+    let got = service.apply(&running, Transition::Succeed { output: output.into() }).await;
     assert!(matches!(got, Err(ServiceError::Store(StoreError::Refused(_)))), "{got:?}");
     // Real DynamoDB refuses the whole UpdateItem; moto 5.2.5 applies its small attributes
     // (the status) before refusing the large one, so the record is not checked here: the

@@ -152,7 +152,7 @@ impl Setup {
         let mut j = job("acme", JobStatus::Queued);
         j.model = model.into();
         if self.catalog.get(model).expect("a catalog model").task == Task::Embeddings {
-            j.input = JobInput::texts(["made by a test"]);
+            j.input = JobInput::texts(["made by a test"]).into();
         }
         j.created_at = self.clock.now();
         j.updated_at = j.created_at;

@@ -114,7 +114,7 @@ async fn submit_and_follow(aws: bool) {
         "the load time is reported"
     );
     let result = events.iter().find_map(|e| match &e.body {
-        EventBody::Result { output } => Some(output.clone()),
+        EventBody::Result { output, .. } => Some(output.clone()),
         _ => None,
     });
     assert_eq!(result.as_ref(), Some(output));

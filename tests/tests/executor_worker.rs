@@ -23,9 +23,10 @@ use ferry_tests::backends::{self, Backend};
 use serde_json::{Value, json};
 
 /// A model driven by the job's prompt, a JSON script: `{"tokens": n, "step_ms": ms, "emit":
-/// e, "fail": "runtime" | "invalid", "fail_runs": k}` takes n steps, checking for a stop
-/// before each, and reports the first e of them as token events (default all); fails its
-/// first k runs when `fail` is set. Counts its runs.
+/// e, "fail": "runtime" | "invalid", "fail_runs": k, "pad": b}` takes n steps, checking for
+/// a stop before each, and reports the first e of them as token events (default all); fails
+/// its first k runs when `fail` is set; adds b bytes of padding to its (partial) output.
+/// Counts its runs.
 #[derive(Default)]
 struct Scripted {
     runs: AtomicUsize,
@@ -47,9 +48,14 @@ impl Runner for Scripted {
             }
         }
         let mut text = String::new();
+        let pad = input["pad"].as_u64().map(|b| "p".repeat(b as usize));
+        let output = |text: &str, tokens: u32| match &pad {
+            Some(pad) => json!({"text": text, "tokens": tokens, "pad": pad}),
+            None => json!({"text": text, "tokens": tokens}),
+        };
         for index in 0..n {
             if let Some(reason) = progress.stop_requested() {
-                return Ok(RunOutcome::Stopped { reason, partial: json!({"text": text, "tokens": index}) });
+                return Ok(RunOutcome::Stopped { reason, partial: output(&text, index) });
             }
             std::thread::sleep(step);
             let piece = format!(" t{index}");
@@ -58,7 +64,7 @@ impl Runner for Scripted {
                 progress.token(TokenOut { index, id: index + 10, text: piece, logprob: Some(-0.5) });
             }
         }
-        Ok(RunOutcome::Done(json!({"text": text, "tokens": n})))
+        Ok(RunOutcome::Done(output(&text, n)))
     }
 }
 
@@ -91,7 +97,7 @@ impl Setup {
     /// A queued job running `script`, recorded and its message sent.
     async fn submit(&self, script: Value, timeout_s: u64) -> Job {
         let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
-        job.input = JobInput::prompt(script.to_string());
+        job.input = JobInput::prompt(script.to_string()).into();
         job.timeout_s = timeout_s;
         self.b.jobs.create(&job, None).await.unwrap();
         self.send(&job).await;
@@ -176,7 +182,104 @@ both_backends!(
     sigterm_releases_the_job_to_another_executor,
     lease_and_visibility_are_renewed,
     another_pools_job_is_left_for_that_pool,
+    a_large_output_is_stored_and_its_result_event_is_a_reference,
+    a_large_partial_output_is_stored,
+    a_large_input_is_read_back_from_the_results_store,
+    without_a_results_store_a_large_output_fails_the_job,
 );
+
+/// The stored output of `job` (as recorded), parsed.
+async fn stored_output(s: &Setup, job: &Job) -> Value {
+    let object = job.output_object.clone().expect("the output is stored");
+    assert_eq!(job.output, None, "never both");
+    assert_eq!(object.key, ferry_core::objects::output_key(&job.id, job.attempt));
+    let bytes = s.b.objects.get(&object.key).await.unwrap().expect("the object exists");
+    assert_eq!(bytes.len() as u64, object.bytes);
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn a_large_output_is_stored_and_its_result_event_is_a_reference(s: Setup) {
+    let job = s.submit(json!({"tokens": 2, "pad": 100_000}), 60).await;
+    let w = s.worker(|c| c.api_url = Some("https://api.example".into()));
+    assert_eq!(w.run(Shutdown::default()).await, Exit::Idle);
+    let done = s.job(&job).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
+    let output = stored_output(&s, &done).await;
+    assert_eq!((&output["text"], output["pad"].as_str().map(str::len)), (&json!(" t0 t1"), Some(100_000)));
+    let events = s.events(&job).await;
+    let reference = EventBody::Result {
+        output: Value::Null,
+        output_url: Some(format!("https://api.example/v1/jobs/{}/output", job.id)),
+        output_bytes: done.output_object.map(|o| o.bytes),
+    };
+    assert_eq!(events.iter().filter(|e| **e == reference).count(), 1, "{events:?}");
+    // The output route's answer: the bytes (embedded), or a presigned URL to them (S3).
+    let bytes = match s.service.output(&job.tenant, &job.id).await.unwrap() {
+        ferry_core::service::JobOutput::Bytes(b) => b,
+        ferry_core::service::JobOutput::Redirect(url) => {
+            reqwest::get(&url).await.unwrap().bytes().await.unwrap().to_vec()
+        }
+        ferry_core::service::JobOutput::Inline(_) => panic!("a stored output is not inline"),
+    };
+    assert!(bytes == serde_json::to_vec(&output).unwrap(), "the output route gives the stored output");
+}
+
+async fn a_large_partial_output_is_stored(s: Setup) {
+    let job = s.submit(json!({"tokens": 10_000, "step_ms": 20, "pad": 100_000}), 1).await;
+    let w = s.worker(|_| {});
+    assert_eq!(w.run(Shutdown::default()).await, Exit::Idle);
+    let done = s.job(&job).await;
+    assert_eq!(done.status, JobStatus::TimedOut);
+    let partial = stored_output(&s, &done).await;
+    assert!(partial["tokens"].as_u64().is_some_and(|n| n > 0 && n < 10_000), "{}", partial["tokens"]);
+}
+
+async fn a_large_input_is_read_back_from_the_results_store(s: Setup) {
+    let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
+    // The script, then whitespace past the inline threshold (JSON ignores it).
+    let prompt = format!("{}{}", json!({"tokens": 3}), " ".repeat(70_000));
+    let (input, body) =
+        ferry_core::input::Input::for_record(JobInput::prompt(prompt), || ferry_core::objects::input_key(&job.id));
+    let object = input.object().expect("stored").clone();
+    s.b.objects.put(&object.key, body.unwrap()).await.unwrap();
+    job.input = input;
+    s.b.jobs.create(&job, None).await.unwrap();
+    s.send(&job).await;
+    // And one whose object is gone: an input error, not a retry.
+    let mut lost = ferry_tests::fixtures::job("acme", JobStatus::Queued);
+    lost.input = ferry_core::input::Input::Stored {
+        task: ferry_core::Task::TextGeneration,
+        params: json!({}),
+        object: ferry_core::objects::ObjectRef { key: ferry_core::objects::input_key(&lost.id), bytes: 70_000 },
+    };
+    s.b.jobs.create(&lost, None).await.unwrap();
+    s.send(&lost).await;
+    let w = s.worker(|_| {});
+    assert_eq!(w.run(Shutdown::default()).await, Exit::Idle);
+    let done = s.job(&job).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
+    assert_eq!(done.output, Some(json!({"text": " t0 t1 t2", "tokens": 3})));
+    let failed = s.job(&lost).await;
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.attempt, 1, "not retried");
+    assert_eq!(failed.error.map(|e| e.kind), Some("invalid_input".to_string()));
+}
+
+async fn without_a_results_store_a_large_output_fails_the_job(s: Setup) {
+    let b = s.b.without_objects();
+    let s = setup(b);
+    let job = s.submit(json!({"tokens": 2, "pad": 100_000}), 60).await;
+    let w = s.worker(|_| {});
+    assert_eq!(w.run(Shutdown::default()).await, Exit::Idle);
+    let done = s.job(&job).await;
+    assert_eq!(done.status, JobStatus::Failed);
+    assert_eq!(done.error.as_ref().map(|e| e.kind.as_str()), Some("result_not_stored"));
+    assert!(!done.has_output());
+    let events = s.events(&job).await;
+    assert!(!events.iter().any(|e| matches!(e, EventBody::Result { .. })), "no result: {events:?}");
+    assert!(events.iter().any(|e| matches!(e, EventBody::Error { error } if error.kind == "result_not_stored")));
+    assert!(s.queue_empty().await, "settled, not left to run again");
+}
 
 async fn runs_a_job_once_and_exits_when_idle(s: Setup) {
     let job = s.submit(json!({"tokens": 4}), 60).await;

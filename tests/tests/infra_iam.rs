@@ -22,6 +22,8 @@ use ferry_tests::{ecs, infra};
 use serde_json::{Value, json};
 
 const KEY: &str = "fry_iam_test_key";
+/// A stored output, as the results bucket holds it.
+const STORED_OUTPUT: &str = r#"{"text":"stored"}"#;
 
 fn infra_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra")
@@ -65,6 +67,8 @@ struct Deployment {
     /// The deployment's composition root, as the Lambdas build it (without recording).
     root: ferry_core::root::Root,
     cache: PathBuf,
+    /// The results bucket.
+    results: String,
 }
 
 async fn deploy() -> Option<Deployment> {
@@ -93,6 +97,8 @@ async fn deploy() -> Option<Deployment> {
         s3.put_object().bucket(&bucket).key(key).body(body).send().await.unwrap();
     }
     let _ = std::fs::remove_dir_all(&local);
+    let results = unique_name();
+    s3.create_bucket().bucket(&results).send().await.unwrap();
 
     let catalog = json!({"models": [
         {"id": "s3-llama", "task": "text-generation", "pool": "cpu", "s3_uri": format!("s3://{bucket}/models/tiny/")},
@@ -116,6 +122,7 @@ async fn deploy() -> Option<Deployment> {
         ("FERRY_MODELS", catalog.clone()),
         ("FERRY_POOLS", pools),
         ("FERRY_CANCEL_GRACE_S", "30".into()),
+        ("FERRY_RESULTS_BUCKET", results.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -130,7 +137,14 @@ async fn deploy() -> Option<Deployment> {
     };
     root.ports.keys.put(&record).await.unwrap();
     let cache = std::env::temp_dir().join(format!("ferry-iam-cache-{}", ulid::Ulid::new()));
-    Some(Deployment { moto, env, table, cluster, catalog, queues, root, cache })
+    let root = ferry_core::root::Root {
+        ports: ferry_core::root::Ports {
+            objects: ferry_aws::AwsPorts::new(&moto.sdk, &table).with_results_bucket(Some(&results)).objects(),
+            ..root.ports
+        },
+        ..root
+    };
+    Some(Deployment { moto, env, table, cluster, catalog, queues, root, cache, results })
 }
 
 impl Deployment {
@@ -158,6 +172,28 @@ impl Deployment {
         j
     }
 
+    /// A succeeded job whose output ([`STORED_OUTPUT`]) is in the results bucket.
+    async fn job_with_stored_output(&self) -> Job {
+        let key = format!("outputs/{}/1.json", ulid::Ulid::new());
+        self.root.ports.objects.put(&key, STORED_OUTPUT.as_bytes().to_vec()).await.unwrap();
+        self.job("s3-llama", JobStatus::Succeeded, |j| {
+            j.output_object =
+                Some(ferry_core::objects::ObjectRef { key: key.clone(), bytes: STORED_OUTPUT.len() as u64 });
+        })
+        .await
+    }
+
+    /// A queued job of `model` whose input is in the results bucket.
+    async fn job_with_stored_input(&self, model: &str) -> Job {
+        let (input, body) =
+            ferry_core::input::Input::for_record(ferry_core::input::JobInput::prompt("long ".repeat(20_000)), || {
+                format!("inputs/{}.json", ulid::Ulid::new())
+            });
+        let object = input.object().expect("stored").clone();
+        self.root.ports.objects.put(&object.key, body.unwrap()).await.unwrap();
+        self.job(model, JobStatus::Queued, |j| j.input = input).await
+    }
+
     /// Two subscribers on `job`: one live, one whose socket is gone (410: its record is deleted).
     async fn subscribe(&self, job: &Job) {
         for id in [format!("live-{}", ulid::Ulid::new()), format!("gone-{}", ulid::Ulid::new())] {
@@ -176,9 +212,24 @@ impl Deployment {
 }
 
 async fn request(api: &ferry_http::Api, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    request_with_key(api, method, path, body, "iam-1").await
+}
+
+async fn raw_request(api: &ferry_http::Api, method: &str, path: &str) -> http::Response<bytes::Bytes> {
+    let req = http::Request::builder().method(method).uri(path).header("authorization", format!("Bearer {KEY}"));
+    api.handle(req.body(bytes::Bytes::new()).unwrap()).await
+}
+
+async fn request_with_key(
+    api: &ferry_http::Api,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    idempotency_key: &str,
+) -> (u16, Value) {
     let mut req = http::Request::builder().method(method).uri(path).header("authorization", format!("Bearer {KEY}"));
     if body.is_some() {
-        req = req.header("content-type", "application/json").header("idempotency-key", "iam-1");
+        req = req.header("content-type", "application/json").header("idempotency-key", idempotency_key);
     }
     let body = body.map(|b| bytes::Bytes::from(b.to_string())).unwrap_or_default();
     let resp = api.handle(req.body(body).unwrap()).await;
@@ -207,6 +258,24 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         let job_record = d.root.ports.jobs.get(&id.parse().unwrap()).await.unwrap().unwrap();
         d.subscribe(&job_record).await;
         assert_eq!(request(&api, "POST", &format!("/v1/jobs/{id}/cancel"), None).await.0, 200);
+        // An input over the inline threshold is stored in the results bucket.
+        let large = json!({"model": "s3-llama", "input": {"prompt": "long ".repeat(20_000)}});
+        let (status, job) = request_with_key(&api, "POST", "/v1/jobs", Some(large), "iam-large").await;
+        assert_eq!(status, 202, "{job}");
+        assert!(job["input"].is_null() && job["input_bytes"].as_u64() > Some(65_536), "{job}");
+        // A finished job whose output is stored: its view carries a presigned URL (the
+        // fetch through it is authorized as the api role's GetObject), its output route
+        // redirects there.
+        let stored = d.job_with_stored_output().await;
+        let (status, view) = request(&api, "GET", &format!("/v1/jobs/{}", stored.id), None).await;
+        assert_eq!(status, 200, "{view}");
+        let url = view["output_url"].as_str().expect("a presigned output URL").to_string();
+        let fetched = reqwest::get(&url).await.unwrap();
+        assert_eq!(fetched.status(), 200, "{url}");
+        assert_eq!(fetched.bytes().await.unwrap().as_ref(), STORED_OUTPUT.as_bytes());
+        let redirect = raw_request(&api, "GET", &format!("/v1/jobs/{}/output", stored.id)).await;
+        assert_eq!(redirect.status(), 307);
+        assert!(redirect.headers()["location"].to_str().unwrap().contains("X-Amz-Signature"));
         // After the cancel the job has a stored event to read back.
         for path in [format!("/v1/jobs/{id}"), "/v1/jobs".to_string(), format!("/v1/jobs/{id}/events")] {
             let (status, body) = request(&api, "GET", &path, None).await;
@@ -311,6 +380,8 @@ async fn each_role_allows_exactly_what_its_component_calls() {
             d.cache.to_str().unwrap(),
             "--models-file",
             catalog_file.to_str().unwrap(),
+            "--results-bucket",
+            &d.results,
         ];
         let cmd = ferry_executor::cli::Args::augment_args(clap::Command::new("ferry-executor"));
         let args = ferry_executor::cli::Args::from_arg_matches(&cmd.try_get_matches_from(argv).unwrap()).unwrap();
@@ -319,6 +390,8 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         let fetched = d.job("s3-llama", JobStatus::Queued, |_| {}).await;
         d.subscribe(&fetched).await;
         let flaky = d.job("flaky", JobStatus::Queued, |_| {}).await;
+        // A large input read from the results bucket, a large output written there.
+        let large = d.job_with_stored_input("flaky").await;
         // A gpu model's message in the cpu queue (a misrouted message) is handed back.
         let stray = d.job("gpu-llama", JobStatus::Queued, |_| {}).await;
         let m = WorkMessage::for_job(&stray, "iam");
@@ -331,11 +404,13 @@ async fn each_role_allows_exactly_what_its_component_calls() {
                 .await
                 .expect("the executor drains its queue and exits idle");
         assert_eq!(exit, ferry_executor::worker::Exit::Idle);
-        for j in [&fetched, &flaky] {
+        for j in [&fetched, &flaky, &large] {
             let end = d.root.ports.jobs.get(&j.id).await.unwrap().unwrap();
             assert_eq!(end.status, JobStatus::Succeeded, "{}: {:?}", j.model, end.error);
         }
         assert_eq!(d.root.ports.jobs.get(&flaky.id).await.unwrap().unwrap().attempt, 2);
+        let stored = d.root.ports.jobs.get(&large.id).await.unwrap().unwrap();
+        assert!(stored.output.is_none() && stored.output_object.is_some(), "a large output is stored: {stored:?}");
         assert_role("executor", &rec.actions());
         let _ = std::fs::remove_dir_all(&d.cache);
         let _ = std::fs::remove_file(&catalog_file);
@@ -353,6 +428,6 @@ impl Runner for FailsOnce {
         if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Err(ModelError::Runtime("device lost".into()));
         }
-        Ok(RunOutcome::Done(json!({"text": "ok"})))
+        Ok(RunOutcome::Done(json!({"text": "ok ".repeat(30_000)})))
     }
 }

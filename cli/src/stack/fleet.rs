@@ -78,11 +78,15 @@ pub(super) fn process_launcher(
     if let Some(endpoint) = &scale.management_endpoint {
         env.push(("FERRY_WS_MANAGEMENT_ENDPOINT".into(), endpoint.clone()));
     }
+    if let Some(url) = &opts.api_url {
+        env.push(("FERRY_API_URL".into(), url.clone()));
+    }
     if let Some(token) = ports_token {
         env.push(("FERRY_STACK_URL".into(), scale.stack_url.clone()));
         env.push(("FERRY_STACK_TOKEN".into(), token.to_string()));
     } else {
         env.push(("FERRY_TABLE".into(), opts.table.clone()));
+        env.push(("FERRY_RESULTS_BUCKET".into(), opts.results_bucket.clone()));
         if let Some(endpoint) = &opts.aws_endpoint {
             for (k, v) in [
                 ("AWS_ENDPOINT_URL", endpoint.as_str()),

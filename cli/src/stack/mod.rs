@@ -19,6 +19,7 @@ use ferry_core::root::{Ports, Root};
 use ferry_core::ws::WsApi;
 use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
 use ferry_http::Api;
+use ferry_local::DirObjects;
 use ferry_local::gateway::{LocalNotifier, Registry};
 
 pub use self::options::{
@@ -46,7 +47,19 @@ pub struct Stack {
     /// The token of the loopback ports endpoint executor processes use (embedded backend
     /// with `scale`).
     pub ports_token: Option<String>,
+    /// The embedded results store (large inputs and outputs), whose signed URLs the HTTP
+    /// server answers at `/dev/objects/` (embedded backend).
+    pub objects: Option<Arc<DirObjects>>,
     scale: Option<ScaleOptions>,
+}
+
+impl Drop for Stack {
+    /// The embedded store's objects live as long as the in-memory jobs that refer to them.
+    fn drop(&mut self) {
+        if let Some(objects) = &self.objects {
+            let _ = std::fs::remove_dir_all(objects.root());
+        }
+    }
 }
 
 impl Stack {
@@ -132,9 +145,22 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         None if opts.executors => (Arc::new(fleet::InProcessTasks(in_process_ids(opts, &pools, &catalog))), None),
         None => (Arc::new(NoLauncher), None),
     };
-    let ports = match (queues, &sdk) {
-        (Some(queues), Some(sdk)) => ferry_aws::AwsPorts::new(sdk, &opts.table).ports(queues, launcher, notifier),
-        _ => ferry_local::ports(&names, ferry_aws::bootstrap::MAX_RECEIVE_COUNT, launcher, notifier),
+    let (ports, objects) = match (queues, &sdk) {
+        (Some(queues), Some(sdk)) => {
+            ferry_aws::ensure_bucket(&ferry_aws::s3_client(sdk), &opts.results_bucket)
+                .await
+                .context("creating the results bucket")?;
+            let aws = ferry_aws::AwsPorts::new(sdk, &opts.table).with_results_bucket(Some(&opts.results_bucket));
+            (aws.ports(queues, launcher, notifier), None)
+        }
+        _ => {
+            let objects = Arc::new(DirObjects::new(options::objects_dir()));
+            if let Some(url) = &opts.api_url {
+                objects.serve_at(url);
+            }
+            let max_receives = ferry_aws::bootstrap::MAX_RECEIVE_COUNT;
+            (ferry_local::ports(&names, max_receives, launcher, notifier, objects.clone()), Some(objects))
+        }
     };
     let root = Root::new(ports, catalog, pools, opts.config.clone());
     for (key, tenant) in &api_keys {
@@ -155,6 +181,7 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         launcher: process_launcher,
         workers,
         ports_token,
+        objects,
         scale: opts.scale.clone(),
     })
 }
@@ -175,7 +202,7 @@ fn in_process_workers(opts: &StackOptions, root: &Root, sdk: Option<&ferry_aws::
     in_process_ids(opts, &root.pools, &root.catalog)
         .into_iter()
         .map(|(pool, executor_id)| {
-            let config = WorkerConfig { pool, executor_id, ..opts.worker.clone() };
+            let config = WorkerConfig { pool, executor_id, api_url: opts.api_url.clone(), ..opts.worker.clone() };
             let s3 = sdk.map(|sdk| S3Models {
                 client: ferry_executor::fetch::s3_client(sdk),
                 cache: options::state_dir().join("models").join("s3"),

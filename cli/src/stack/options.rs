@@ -40,6 +40,12 @@ pub struct StackOptions {
     pub queue: String,
     /// An explicit AWS endpoint; `None` reads the environment.
     pub aws_endpoint: Option<String>,
+    /// The S3 bucket of large inputs and outputs (AWS backend; created when missing).
+    pub results_bucket: String,
+    /// The HTTP API's address (`http://127.0.0.1:PORT`), once bound: the base of the signed
+    /// URLs to stored outputs (embedded backend) and of the output references in `result`
+    /// events. `None`: views carry no `output_url` (the output route still answers).
+    pub api_url: Option<String>,
     /// Where progress is posted: a Management API endpoint (`ferry dev` passes its own
     /// gateway's, `http://{ws addr}`, under `--backend aws`, so the SDK's wire path is used),
     /// or `None` to post straight into the gateway's connection registry.
@@ -116,6 +122,8 @@ impl StackOptions {
             table: "ferry-jobs".into(),
             queue: "ferry-work".into(),
             aws_endpoint: None,
+            results_bucket: "ferry-results".into(),
+            api_url: None,
             management_endpoint: None,
             executors: false,
             worker: dev_worker_config(),
@@ -175,6 +183,23 @@ pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
 /// dir for this process (nothing there is reused: another user could have put it there).
 pub fn state_dir() -> PathBuf {
     state_dir_in(|k| std::env::var_os(k))
+}
+
+/// Where one stack's large inputs and outputs go: a directory of its own under the state
+/// dir's `objects/` (removed when the stack is dropped, as its in-memory jobs are). Others
+/// left there by a stack that did not stop normally are removed once a day old.
+pub fn objects_dir() -> PathBuf {
+    let parent = state_dir().join("objects");
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        let day = std::time::Duration::from_secs(86_400);
+        for e in entries.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a > day));
+            if old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    parent.join(ulid::Ulid::new().to_string())
 }
 
 fn state_dir_in(lookup: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {

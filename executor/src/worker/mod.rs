@@ -69,6 +69,9 @@ pub struct WorkerConfig {
     /// up and exits with an error ([`Exit::Unreachable`]), so that ECS replaces it and a
     /// billed instance never idles on errors.
     pub unreachable_exit: Duration,
+    /// The HTTP API's base URL, for the `output_url` of `result` events too large for a
+    /// WebSocket frame (`FERRY_API_URL`; the path alone when None).
+    pub api_url: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -86,6 +89,7 @@ impl Default for WorkerConfig {
             cancel_check: Duration::from_millis(500),
             outcome_retry_for: Duration::from_secs(300),
             unreachable_exit: Duration::from_secs(180),
+            api_url: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! carries it out with compare-and-sets, re-reading the job when it changed underneath.
 
 use ferry_core::job::{Job, JobError, JobStatus};
+use ferry_core::objects::{ObjectRef, Output};
 use ferry_core::progress::EventBody;
 use ferry_core::state::Transition;
 
@@ -28,17 +29,22 @@ pub(super) struct Decision {
     pub action: Action,
 }
 
-/// What `outcome` calls for, for `job` as the run started.
-pub(super) fn decide(outcome: Result<RunOutcome, ModelError>, job: &Job) -> Decision {
+/// What `outcome` calls for, for `job` as the run started. Outputs are inline here; the
+/// supervisor stores a large one as an object before the write ([`stored_output`]). The
+/// `result` event holds the output when it fits a WebSocket frame, else it points at the
+/// job's output route under `api_url`.
+pub(super) fn decide(outcome: Result<RunOutcome, ModelError>, job: &Job, api_url: Option<&str>) -> Decision {
     let (events, action) = match outcome {
         Ok(RunOutcome::Done(output)) => {
-            (vec![EventBody::Result { output: output.clone() }], Action::Write(Transition::Succeed { output }))
+            let size = serde_json::to_vec(&output).map(|b| b.len()).unwrap_or(0);
+            let event = EventBody::result(&job.id, output.clone(), size, api_url);
+            (vec![event], Action::Write(Transition::Succeed { output: output.into() }))
         }
         Ok(RunOutcome::Stopped { reason: StopReason::Cancelled, partial }) => {
-            (vec![], Action::Write(Transition::ConfirmCancel { partial_output: Some(partial), forced: false }))
+            (vec![], Action::Write(Transition::ConfirmCancel { partial_output: Some(partial.into()), forced: false }))
         }
         Ok(RunOutcome::Stopped { reason: StopReason::TimedOut, partial }) => {
-            (vec![], Action::Write(Transition::TimeOut { partial_output: Some(partial) }))
+            (vec![], Action::Write(Transition::TimeOut { partial_output: Some(partial.into()) }))
         }
         Ok(RunOutcome::Stopped { reason: StopReason::Shutdown, .. }) => {
             (vec![log("warn", "executor stopping; job released".into())], Action::Release)
@@ -62,6 +68,39 @@ pub(super) fn against(action: &Action, current: &Job) -> Action {
             Action::Write(Transition::ConfirmCancel { partial_output: None, forced: false })
         }
         other => other.clone(),
+    }
+}
+
+/// The inline output `action` records when it is too large for the job record (over
+/// [`ferry_core::objects::INLINE_BYTES`]): the value, serialized, to store as an object first.
+pub(super) fn large_output(action: &Action) -> Option<Vec<u8>> {
+    let output = match action {
+        Action::Write(Transition::Succeed { output }) => output,
+        Action::Write(Transition::TimeOut { partial_output: Some(output) }) => output,
+        Action::Write(Transition::ConfirmCancel { partial_output: Some(output), .. }) => output,
+        _ => return None,
+    };
+    match output {
+        Output::Inline(v) => match ferry_core::objects::encode(v) {
+            (bytes, true) => Some(bytes),
+            (_, false) => None,
+        },
+        Output::Stored(_) => None,
+    }
+}
+
+/// `action` with its output replaced by the reference to where it was stored.
+pub(super) fn stored_output(action: Action, object: ObjectRef) -> Action {
+    let stored = Output::Stored(object);
+    match action {
+        Action::Write(Transition::Succeed { .. }) => Action::Write(Transition::Succeed { output: stored }),
+        Action::Write(Transition::TimeOut { partial_output: Some(_) }) => {
+            Action::Write(Transition::TimeOut { partial_output: Some(stored) })
+        }
+        Action::Write(Transition::ConfirmCancel { partial_output: Some(_), forced }) => {
+            Action::Write(Transition::ConfirmCancel { partial_output: Some(stored), forced })
+        }
+        other => other,
     }
 }
 
@@ -96,6 +135,7 @@ mod tests {
     use super::*;
     use ferry_core::input::JobInput;
     use ferry_core::job::{JobId, TenantId};
+    use ferry_core::objects::INLINE_BYTES;
     use serde_json::json;
 
     fn job(attempt: u32, status: JobStatus) -> Job {
@@ -103,7 +143,7 @@ mod tests {
             id: JobId::generate(1),
             tenant: TenantId::new("t").unwrap(),
             model: "m".into(),
-            input: JobInput::prompt("p"),
+            input: JobInput::prompt("p").into(),
             timeout_s: 60,
             max_attempts: 3,
             created_at: 1,
@@ -118,6 +158,7 @@ mod tests {
             executor_id: Some("e".into()),
             lease_until: Some(9),
             output: None,
+            output_object: None,
             error: None,
             retain_until: 10,
             last_seq: 0,
@@ -127,12 +168,12 @@ mod tests {
     #[test]
     fn each_outcome_has_its_write_and_events() {
         let running = job(1, JobStatus::Running);
-        let done = decide(Ok(RunOutcome::Done(json!({"text": "x"}))), &running);
-        assert_eq!(done.action, Action::Write(Transition::Succeed { output: json!({"text": "x"}) }));
-        assert_eq!(done.events, vec![EventBody::Result { output: json!({"text": "x"}) }]);
+        let done = decide(Ok(RunOutcome::Done(json!({"text": "x"}))), &running, None);
+        assert_eq!(done.action, Action::Write(Transition::Succeed { output: json!({"text": "x"}).into() }));
+        assert_eq!(done.events, vec![EventBody::inline_result(json!({"text": "x"}))]);
 
-        let stopped = |reason| decide(Ok(RunOutcome::Stopped { reason, partial: json!({"n": 1}) }), &running);
-        let partial = Some(json!({"n": 1}));
+        let stopped = |reason| decide(Ok(RunOutcome::Stopped { reason, partial: json!({"n": 1}) }), &running, None);
+        let partial = Some(json!({"n": 1}).into());
         let cancelled = Transition::ConfirmCancel { partial_output: partial.clone(), forced: false };
         assert_eq!(stopped(StopReason::Cancelled).action, Action::Write(cancelled));
         assert_eq!(
@@ -147,12 +188,12 @@ mod tests {
     #[test]
     fn failures_retry_while_attempts_remain_and_only_when_retryable() {
         let runtime = || Err(ModelError::Runtime("device lost".into()));
-        assert_eq!(decide(runtime(), &job(1, JobStatus::Running)).action, Action::Retry);
-        let last = decide(runtime(), &job(3, JobStatus::Running));
+        assert_eq!(decide(runtime(), &job(1, JobStatus::Running), None).action, Action::Retry);
+        let last = decide(runtime(), &job(3, JobStatus::Running), None);
         let Action::Write(Transition::Fail { error }) = &last.action else { panic!("{last:?}") };
         assert_eq!(error.kind, "inference_failed");
         assert_eq!(last.events, vec![EventBody::Error { error: error.clone() }]);
-        let invalid = decide(Err(ModelError::invalid("input.prompt", "too long")), &job(1, JobStatus::Running));
+        let invalid = decide(Err(ModelError::invalid("input.prompt", "too long")), &job(1, JobStatus::Running), None);
         assert!(matches!(&invalid.action, Action::Write(Transition::Fail { error }) if error.kind == "invalid_input"));
     }
 
@@ -163,20 +204,21 @@ mod tests {
         assert_eq!(against(&Action::Retry, &cancelling), confirm);
         assert_eq!(against(&Action::Release, &cancelling), confirm);
         assert_eq!(against(&Action::Retry, &job(1, JobStatus::Running)), Action::Retry);
-        let succeed = Action::Write(Transition::Succeed { output: json!(1) });
+        let succeed = Action::Write(Transition::Succeed { output: json!(1).into() });
         assert_eq!(against(&succeed, &cancelling), succeed, "a finished run is recorded as it finished");
     }
 
     #[test]
     fn a_refused_output_is_dropped_and_a_success_becomes_a_failure() {
-        let succeed = Action::Write(Transition::Succeed { output: json!({"text": "x"}) });
+        let succeed = Action::Write(Transition::Succeed { output: json!({"text": "x"}).into() });
         match without_output(&succeed) {
             Some(Action::Write(Transition::Fail { error })) => assert_eq!(error.kind, RESULT_NOT_STORED),
             other => panic!("{other:?}"),
         }
-        let timed_out = Action::Write(Transition::TimeOut { partial_output: Some(json!("partial")) });
+        let timed_out = Action::Write(Transition::TimeOut { partial_output: Some(json!("partial").into()) });
         assert_eq!(without_output(&timed_out), Some(Action::Write(Transition::TimeOut { partial_output: None })));
-        let cancelled = Action::Write(Transition::ConfirmCancel { partial_output: Some(json!("p")), forced: false });
+        let cancelled =
+            Action::Write(Transition::ConfirmCancel { partial_output: Some(json!("p").into()), forced: false });
         assert_eq!(
             without_output(&cancelled),
             Some(Action::Write(Transition::ConfirmCancel { partial_output: None, forced: false }))
@@ -186,5 +228,36 @@ mod tests {
         assert_eq!(without_output(&Action::Write(Transition::TimeOut { partial_output: None })), None);
         let fail = Action::Write(Transition::Fail { error: JobError { kind: "x".into(), message: "y".into() } });
         assert_eq!(without_output(&fail), None);
+    }
+
+    #[test]
+    fn large_outputs_are_stored_first_and_their_result_event_is_a_reference() {
+        let running = job(1, JobStatus::Running);
+        let small = decide(Ok(RunOutcome::Done(json!("x".repeat(20_000)))), &running, Some("https://api.example"));
+        assert_eq!(large_output(&small.action), None);
+        assert!(matches!(&small.events[..], [EventBody::Result { output_url: None, .. }]), "fits a frame");
+
+        let big = json!("y".repeat(INLINE_BYTES));
+        let large = decide(Ok(RunOutcome::Done(big.clone())), &running, Some("https://api.example/"));
+        let bytes = large_output(&large.action).expect("over the inline threshold");
+        assert_eq!(bytes, serde_json::to_vec(&big).unwrap());
+        let url = format!("https://api.example/v1/jobs/{}/output", running.id);
+        let reference = EventBody::Result {
+            output: serde_json::Value::Null,
+            output_url: Some(url),
+            output_bytes: Some(bytes.len() as u64),
+        };
+        assert_eq!(large.events, vec![reference]);
+        let object = ObjectRef { key: "outputs/x/1.json".into(), bytes: bytes.len() as u64 };
+        assert_eq!(
+            stored_output(large.action, object.clone()),
+            Action::Write(Transition::Succeed { output: Output::Stored(object.clone()) })
+        );
+        let partial = decide(Ok(RunOutcome::Stopped { reason: StopReason::TimedOut, partial: big }), &running, None);
+        assert!(large_output(&partial.action).is_some(), "partial outputs too");
+        assert_eq!(
+            stored_output(partial.action, object.clone()),
+            Action::Write(Transition::TimeOut { partial_output: Some(Output::Stored(object)) })
+        );
     }
 }

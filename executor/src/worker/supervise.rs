@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::fleet::ExecutorActivity;
+use ferry_core::input::JobInput;
 use ferry_core::job::{Job, JobStatus};
+use ferry_core::objects::{ObjectError, ObjectRef};
 use ferry_core::ports::{Delivery, StoreError};
 use ferry_core::progress::EventBody;
 use ferry_core::service::ServiceError;
@@ -27,9 +29,13 @@ impl Worker {
         let flag = Arc::new(StopFlag::default());
         let deadline = Instant::now() + Duration::from_secs(job.timeout_s);
 
+        let input = match self.read_input(&job).await {
+            Ok(input) => input,
+            Err(e) => return self.finish(job, Err(e), delivery, &stream).await,
+        };
         // Load (once per executor) and run on a blocking thread, supervised from here.
         let models = self.models.clone();
-        let (input, model_id) = (job.input.clone(), job.model.clone());
+        let model_id = job.model.clone();
         let progress = StreamProgress { stream: stream.clone(), flag: flag.clone() };
         let (activity, clock) = (self.activity.clone(), self.service.clock.clone());
         let mut work = tokio::spawn(async move {
@@ -97,6 +103,66 @@ impl Worker {
         self.finish(current, outcome, delivery, &stream).await;
     }
 
+    /// The job's typed input: the record's, or read back from the results store when it
+    /// was too large for the record.
+    async fn read_input(&self, job: &Job) -> Result<JobInput, ModelError> {
+        let Some(object) = job.input.object() else {
+            return job.input.resolve(None).map_err(|e| ModelError::Runtime(e.to_string()));
+        };
+        let body = match self.service.objects.get(&object.key).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                return Err(ModelError::invalid("input", "the job's stored input is gone (past its retention)"));
+            }
+            Err(ObjectError::NotConfigured) => {
+                return Err(ModelError::invalid("input", "this executor has no results store to read the input from"));
+            }
+            Err(e) => return Err(ModelError::Runtime(format!("could not read the job's input: {e}"))),
+        };
+        job.input
+            .resolve(Some(&body))
+            .map_err(|e| ModelError::invalid("input", format!("the job's stored input is unreadable: {e}")))
+    }
+
+    /// Stores the output `action` records as an object when it is too large for the job
+    /// record, and returns the action recording the reference instead. A transient failure
+    /// is retried with backoff (the lease and visibility renewed) for `outcome_retry_for`;
+    /// None when it never succeeded (the message is left to come back). A store that
+    /// cannot take it (none configured, access refused) gives the same end without the
+    /// output ([`outcome::without_output`]).
+    async fn store_large_output(&self, action: Action, job: &mut Job, delivery: &Delivery) -> Option<Action> {
+        let Some(bytes) = outcome::large_output(&action) else { return Some(action) };
+        let key = ferry_core::objects::output_key(&job.id, job.attempt);
+        let object = ObjectRef { key: key.clone(), bytes: bytes.len() as u64 };
+        let give_up_at = Instant::now() + self.config.outcome_retry_for;
+        let mut pause = OUTCOME_RETRY_FIRST;
+        let mut renew_at = Instant::now() + self.config.lease / 3;
+        loop {
+            match self.service.objects.put(&key, bytes.clone()).await {
+                Ok(()) => return Some(outcome::stored_output(action, object)),
+                Err(e) if e.is_transient() && Instant::now() + pause < give_up_at => {
+                    tracing::warn!(job_id = %job.id, error = %e, retry_in_ms = pause.as_millis() as u64,
+                        "could not store the output; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
+                    if Instant::now() >= renew_at {
+                        self.extend_visibility(job, delivery).await;
+                        *job = self.renew_lease(job.clone()).await;
+                        renew_at = Instant::now() + self.config.lease / 3;
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::error!(job_id = %job.id, error = %e, "could not store the output; leaving the message to come back");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "the output cannot be stored; recording the end without it");
+                    return outcome::without_output(&action);
+                }
+            }
+        }
+    }
+
     /// Records the outcome with a compare-and-set (re-reading and deciding again when the
     /// record changed under us, e.g. a cancel request arrived), then settles the message.
     /// The message is deleted only once the outcome is stored, or someone else decided the
@@ -111,14 +177,24 @@ impl Worker {
         delivery: &Delivery,
         stream: &ProgressStream,
     ) {
-        let decision = outcome::decide(outcome, &job);
+        let decision = outcome::decide(outcome, &job, self.config.api_url.as_deref());
+        let mut current = job;
+        let Some(mut wanted) = self.store_large_output(decision.action.clone(), &mut current, delivery).await else {
+            return;
+        };
+        let output_dropped = wanted != decision.action && !matches!(wanted, Action::Write(Transition::Succeed { .. }));
         for e in decision.events {
+            // A success whose output could not be stored is recorded as a failure: no result.
+            if output_dropped && matches!(e, EventBody::Result { .. }) {
+                continue;
+            }
             let _ = stream.push(e);
+        }
+        if let (true, Action::Write(Transition::Fail { error })) = (output_dropped, &wanted) {
+            let _ = stream.push(EventBody::Error { error: error.clone() });
         }
         let _ = stream.flush().await;
 
-        let mut wanted = decision.action;
-        let mut current = job;
         let mut conflicts = 0;
         let give_up_at = Instant::now() + self.config.outcome_retry_for;
         let mut pause = OUTCOME_RETRY_FIRST;

@@ -18,7 +18,7 @@ pub async fn build(
     sdk: &ferry_aws::SdkConfig,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Api, BuildError> {
-    Ok(Api::new(&ferry_aws::root_from_lookup(sdk, env).await?))
+    Ok(Api::new(&ferry_aws::api_root_from_lookup(sdk, env).await?))
 }
 
 /// Answers one API Gateway HTTP API (payload v2) request with the shared handler.

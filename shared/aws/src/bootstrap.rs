@@ -49,6 +49,25 @@ pub async fn bootstrap(sdk: &SdkConfig, table: &str, queue_name: &str) -> Result
     Ok(urls)
 }
 
+/// Ensures the results bucket exists (HeadBucket, then CreateBucket when it is missing).
+/// Deployments create it with its encryption and lifecycle expiry in `infra/s3.tf`; this is
+/// for emulators and tests.
+pub async fn ensure_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), AwsError> {
+    match client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => return Ok(()),
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {}
+        Err(err) => return Err(AwsError::service("S3", "HeadBucket", err)),
+    }
+    match client.create_bucket().bucket(bucket).send().await {
+        Ok(_) => {
+            tracing::info!(bucket, "results bucket created");
+            Ok(())
+        }
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_bucket_already_owned_by_you()) => Ok(()),
+        Err(err) => Err(AwsError::service("S3", "CreateBucket", err)),
+    }
+}
+
 /// Ensures the jobs table exists with key `pk` (S), the tenant index `gsi1`
 /// (`gsi1pk`/`gsi1sk`) and the by-state index `gsi2` (`gsi2pk`/`gsi2sk`), all attributes
 /// projected, on-demand billing, a stream of new and old images, and TTL on `ttl`; waits

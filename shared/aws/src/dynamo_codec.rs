@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use ferry_core::input::JobInput;
+use ferry_core::input::Input;
 use ferry_core::ports::{ApiKeyRecord, Connection, IdempotencyRecord, StoreError};
 use ferry_core::progress::ProgressEvent;
 use ferry_core::{Job, JobError, JobId, Millis, TenantId};
@@ -126,6 +126,7 @@ pub(crate) fn lifecycle_attrs(job: &Job) -> Vec<(&'static str, Option<AttributeV
         ("executor_id", job.executor_id.clone().map(s)),
         ("lease_until", job.lease_until.map(n)),
         ("output", job.output.as_ref().map(json)),
+        ("output_object", job.output_object.as_ref().map(|o| s(serde_json::json!(o).to_string()))),
         ("error_type", job.error.as_ref().map(|e| s(e.kind.clone()))),
         ("error_message", job.error.as_ref().map(|e| s(e.message.clone()))),
         ("retain_until", Some(n(job.retain_until))),
@@ -148,6 +149,9 @@ pub(crate) fn job_to_item(job: &Job) -> Item {
     item.insert("task".into(), s(job.task().as_str()));
     item.insert("input".into(), s(job.input.input_json().to_string()));
     item.insert("params".into(), s(job.input.params_json().to_string()));
+    if let Some(object) = job.input.object() {
+        item.insert("input_object".into(), s(serde_json::json!(object).to_string()));
+    }
     item.insert("timeout_s".into(), n(job.timeout_s));
     item.insert("max_attempts".into(), n(job.max_attempts));
     item.insert("created_at".into(), n(job.created_at));
@@ -191,6 +195,10 @@ pub(crate) fn item_to_job(item: &Item) -> Result<Job, StoreError> {
         executor_id: r.opt_s("executor_id")?,
         lease_until: r.opt_n("lease_until")?,
         output: r.opt_s("output")?.map(|t| parse_json(&r, "output", &t)).transpose()?,
+        output_object: r
+            .opt_s("output_object")?
+            .map(|t| serde_json::from_str(&t).map_err(|e| r.corrupt("output_object", e)))
+            .transpose()?,
         error,
         retain_until: r.n("retain_until")?,
         // Written at creation and then only by the progress path: tolerate its absence.
@@ -350,9 +358,12 @@ impl Reader<'_> {
     }
 
     /// The typed input from its three attributes: `task`, `input` and `params`.
-    fn job_input(&self) -> Result<JobInput, StoreError> {
-        let stored =
+    fn job_input(&self) -> Result<Input, StoreError> {
+        let mut stored =
             serde_json::json!({"task": self.s("task")?, "input": self.json("input")?, "params": self.json("params")?});
+        if let Some(object) = self.opt_s("input_object")? {
+            stored["input_object"] = parse_json(self, "input_object", &object)?;
+        }
         serde_json::from_value(stored).map_err(|e| self.corrupt("input", e))
     }
 }
@@ -367,7 +378,7 @@ mod unit {
             id: JobId::generate(1_700_000_000_000),
             tenant: TenantId::new("acme").unwrap(),
             model: "tiny".into(),
-            input: JobInput::prompt("hi"),
+            input: ferry_core::input::JobInput::prompt("hi").into(),
             timeout_s: 30,
             max_attempts: 3,
             created_at: 1_700_000_000_000,
@@ -382,6 +393,7 @@ mod unit {
             executor_id: Some("ex".into()),
             lease_until: None,
             output: Some(serde_json::json!({"text": "x"})),
+            output_object: None,
             error: Some(JobError { kind: "model_error".into(), message: "boom".into() }),
             retain_until: 1_700_086_400_123,
             last_seq: 7,

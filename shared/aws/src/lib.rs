@@ -6,6 +6,7 @@
 //!   [`DynamoConnectionStore`] keeps WebSocket connections and subscriptions, see [`connections`].
 //! - [`SqsWorkQueue`]: the work queue on SQS, see [`sqs`].
 //! - [`ApiGatewayNotifier`]: pushes to WebSocket connections (Management API), see [`notifier`].
+//! - [`S3Objects`]: large inputs and outputs in the results bucket, see [`s3`](mod@s3).
 //! - [`EcsLauncher`]: starts, lists and stops executor tasks on ECS (the `Launcher` port), see [`ecs`].
 //! - [`config`]: SDK configuration from the environment (a Lambda) or for an explicit
 //!   endpoint (tests, `ferry dev --backend aws` on moto), and the settings a process reads.
@@ -27,10 +28,11 @@ mod dynamo_index;
 pub mod ecs;
 pub mod notifier;
 pub mod root;
+pub mod s3;
 pub mod sqs;
 pub mod stream;
 
-pub use bootstrap::{QueueUrls, bootstrap, ensure_queues, ensure_table};
+pub use bootstrap::{QueueUrls, bootstrap, ensure_bucket, ensure_queues, ensure_table};
 pub use config::{
     AwsSettings, DEFAULT_TABLE, Timeouts, sdk_config_for_endpoint, sdk_config_for_endpoint_with, sdk_config_from_env,
 };
@@ -38,7 +40,8 @@ pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
 pub use ecs::EcsLauncher;
 pub use notifier::ApiGatewayNotifier;
-pub use root::{AwsPorts, root_from_lookup, ws_ports_from_lookup};
+pub use root::{AwsPorts, api_root_from_lookup, root_from_lookup, ws_ports_from_lookup};
+pub use s3::{S3Objects, s3_client};
 pub use sqs::SqsWorkQueue;
 
 /// Re-exported so callers can build clients without naming the SDK crates themselves.

@@ -13,9 +13,10 @@ use ferry_core::root::{Ports, Root};
 
 use crate::config::{AwsSettings, table_from_lookup};
 use crate::{
-    ApiGatewayNotifier, AwsError, DynamoApiKeyStore, DynamoConnectionStore, DynamoJobStore, EcsLauncher, SdkConfig,
-    SqsWorkQueue,
+    ApiGatewayNotifier, AwsError, DynamoApiKeyStore, DynamoConnectionStore, DynamoJobStore, EcsLauncher, S3Objects,
+    SdkConfig, SqsWorkQueue,
 };
+use ferry_core::objects::{NoObjects, ObjectStore};
 
 /// An environment lookup: the process environment in a binary, a map (or a recorder) in tests.
 pub type Lookup<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
@@ -29,6 +30,7 @@ pub struct AwsPorts {
     sqs: aws_sdk_sqs::Client,
     table: String,
     stream_fanout: bool,
+    results_bucket: Option<String>,
 }
 
 impl AwsPorts {
@@ -40,7 +42,15 @@ impl AwsPorts {
             sqs: aws_sdk_sqs::Client::new(sdk),
             table: table.to_string(),
             stream_fanout: false,
+            results_bucket: None,
         }
+    }
+
+    /// Large inputs and outputs go to the S3 bucket `bucket` (`FERRY_RESULTS_BUCKET`);
+    /// without one (or with an empty name) they are refused with a clear error.
+    pub fn with_results_bucket(mut self, bucket: Option<&str>) -> AwsPorts {
+        self.results_bucket = bucket.map(str::trim).filter(|b| !b.is_empty()).map(String::from);
+        self
     }
 
     /// Progress events this process stores are marked for the dispatcher Lambda, which
@@ -89,8 +99,17 @@ impl AwsPorts {
         notifier(&self.sdk, endpoint)
     }
 
+    /// The results bucket's objects, or [`NoObjects`] without one.
+    pub fn objects(&self) -> Arc<dyn ObjectStore> {
+        match &self.results_bucket {
+            Some(bucket) => Arc::new(S3Objects::new(crate::s3_client(&self.sdk), bucket)),
+            None => Arc::new(NoObjects),
+        }
+    }
+
     /// Every port: the table's stores (jobs and their events, connections, API keys, the
-    /// fleet's records), with `queues`, `launcher` and `notifier`, on the system clock.
+    /// fleet's records), the results bucket, with `queues`, `launcher` and `notifier`, on
+    /// the system clock.
     pub fn ports(&self, queues: Queues, launcher: Arc<dyn Launcher>, notifier: Arc<dyn Notifier>) -> Ports {
         let jobs = Arc::new(DynamoJobStore::new(self.dynamo.clone(), &self.table));
         let events = match self.stream_fanout {
@@ -102,6 +121,7 @@ impl AwsPorts {
             events,
             connections: Arc::new(DynamoConnectionStore::new(self.dynamo.clone(), &self.table)),
             keys: Arc::new(DynamoApiKeyStore::new(self.dynamo.clone(), &self.table)),
+            objects: self.objects(),
             queues,
             pools: jobs,
             launcher,
@@ -141,6 +161,19 @@ pub async fn root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, 
     let queues = aws.queues(&pools, &settings.queue_url, default_dlq.as_deref());
     tracing::info!(table = %aws.table, queue_url = %settings.queue_url, "AWS ports configured");
     Ok(Root::new(aws.ports(queues, aws.ecs(), notifier), catalog, pools, config))
+}
+
+/// The api Lambda's root: [`root_from_lookup`]'s, with the results bucket
+/// (`FERRY_RESULTS_BUCKET`) it stores large inputs in and signs output URLs of. (The
+/// dispatcher handles no input or output, so it has none.)
+pub async fn api_root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, AwsError> {
+    let mut root = root_from_lookup(sdk, env).await?;
+    let aws = AwsPorts::new(sdk, &table_from_lookup(env)).with_results_bucket(env("FERRY_RESULTS_BUCKET").as_deref());
+    root.ports.objects = aws.objects();
+    if env("FERRY_RESULTS_BUCKET").is_none_or(|v| v.trim().is_empty()) {
+        tracing::warn!("FERRY_RESULTS_BUCKET is not set: inputs over 64 KiB are refused with 413");
+    }
+    Ok(root)
 }
 
 /// What the `ws` Lambda runs on: the table's ports and the Management API

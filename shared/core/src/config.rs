@@ -8,7 +8,8 @@ use crate::input::InputLimits;
 /// Everything the HTTP API and the job service can be tuned with.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `FERRY_MAX_BODY_BYTES`: larger request bodies get 413. Default 256 KiB.
+    /// `FERRY_MAX_BODY_BYTES`: larger request bodies get 413. Default 6 MiB (the Lambda
+    /// payload limit); inputs over [`crate::objects::INLINE_BYTES`] go to the results store.
     pub max_body_bytes: usize,
     /// `FERRY_DEFAULT_TIMEOUT_S`: a job's execution timeout when it names none. Default 600.
     pub default_timeout_s: u64,
@@ -31,14 +32,18 @@ pub struct Config {
     pub rate_limit_burst: f64,
     /// `FERRY_MAX_NEW_TOKENS`: bound on `params.max_new_tokens` for models naming none. Default 4096.
     pub max_new_tokens: u32,
-    /// `FERRY_MAX_BATCH`: bound on `input.texts` for models naming none. Default 128.
+    /// `FERRY_MAX_BATCH`: bound on `input.texts` for models naming none. Default 2048
+    /// (OpenAI's limit per embeddings request).
     pub max_batch: u32,
+    /// `FERRY_OUTPUT_URL_TTL_S`: how long a job view's `output_url` works. Default 3600;
+    /// 60 to 604800 (SigV4's limit of 7 days).
+    pub output_url_ttl_s: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_body_bytes: 256 * 1024,
+            max_body_bytes: 6 << 20,
             default_timeout_s: 600,
             max_timeout_s: 86_400,
             max_attempts: 3,
@@ -49,7 +54,8 @@ impl Default for Config {
             rate_limit_per_s: 50.0,
             rate_limit_burst: 100.0,
             max_new_tokens: 4096,
-            max_batch: 128,
+            max_batch: 2048,
+            output_url_ttl_s: crate::objects::DEFAULT_URL_TTL_S,
         }
     }
 }
@@ -70,6 +76,7 @@ pub const VARS: &[&str] = &[
     "FERRY_RATE_LIMIT_BURST",
     "FERRY_MAX_NEW_TOKENS",
     "FERRY_MAX_BATCH",
+    "FERRY_OUTPUT_URL_TTL_S",
 ];
 
 /// A variable that is set but unusable.
@@ -119,6 +126,7 @@ impl Config {
         parse(g, "FERRY_RATE_LIMIT_BURST", &mut c.rate_limit_burst, |v| v.is_finite() && *v >= 1.0)?;
         parse(g, "FERRY_MAX_NEW_TOKENS", &mut c.max_new_tokens, |v| *v >= 1)?;
         parse(g, "FERRY_MAX_BATCH", &mut c.max_batch, |v| *v >= 1)?;
+        parse(g, "FERRY_OUTPUT_URL_TTL_S", &mut c.output_url_ttl_s, |v| (60..=604_800).contains(v))?;
         if c.default_timeout_s > c.max_timeout_s {
             return Err(ConfigError {
                 var: "FERRY_DEFAULT_TIMEOUT_S".into(),

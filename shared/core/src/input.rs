@@ -308,18 +308,126 @@ impl JobInput {
     }
 }
 
+/// A job's input as its record holds it: inline, or, when its `input` object is over
+/// [`crate::objects::INLINE_BYTES`], stored as an object, the record keeping the task, the
+/// params and where the input is. Only the executor reads a stored input back
+/// ([`Input::resolve`]); views show `input: null` and its size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredInput", into = "StoredInput")]
+pub enum Input {
+    Inline(JobInput),
+    Stored { task: Task, params: Value, object: crate::objects::ObjectRef },
+}
+
+impl From<JobInput> for Input {
+    fn from(j: JobInput) -> Self {
+        Input::Inline(j)
+    }
+}
+
+impl Input {
+    pub fn task(&self) -> Task {
+        match self {
+            Input::Inline(j) => j.task(),
+            Input::Stored { task, .. } => *task,
+        }
+    }
+
+    /// The `input` object as the record shows it (null when stored as an object).
+    pub fn input_json(&self) -> Value {
+        match self {
+            Input::Inline(j) => j.input_json(),
+            Input::Stored { .. } => Value::Null,
+        }
+    }
+
+    pub fn params_json(&self) -> Value {
+        match self {
+            Input::Inline(j) => j.params_json(),
+            Input::Stored { params, .. } => params.clone(),
+        }
+    }
+
+    /// Where the input is stored, when it is not inline.
+    pub fn object(&self) -> Option<&crate::objects::ObjectRef> {
+        match self {
+            Input::Inline(_) => None,
+            Input::Stored { object, .. } => Some(object),
+        }
+    }
+
+    /// The inline input.
+    pub fn inline(&self) -> Option<&JobInput> {
+        match self {
+            Input::Inline(j) => Some(j),
+            Input::Stored { .. } => None,
+        }
+    }
+
+    /// The typed input, with a stored `input` object read back from `body` (its bytes).
+    pub fn resolve(&self, body: Option<&[u8]>) -> Result<JobInput, serde_json::Error> {
+        match (self, body) {
+            (Input::Inline(j), _) => Ok(j.clone()),
+            (Input::Stored { task, params, .. }, Some(body)) => {
+                let input: Value = serde_json::from_slice(body)?;
+                JobInput::try_from(StoredInput { task: *task, input, params: params.clone(), input_object: None })
+            }
+            (Input::Stored { .. }, None) => {
+                Err(serde::de::Error::custom("the job's input is stored as an object and was not read"))
+            }
+        }
+    }
+
+    /// `input` as a job record holds it: inline when its `input` object is at most
+    /// [`crate::objects::INLINE_BYTES`], else `Stored` at `key`, with the bytes to write there.
+    pub fn for_record(input: JobInput, key: impl FnOnce() -> String) -> (Input, Option<Vec<u8>>) {
+        match crate::objects::encode(&input.input_json()) {
+            (_, false) => (Input::Inline(input), None),
+            (bytes, true) => {
+                let object = crate::objects::ObjectRef { key: key(), bytes: bytes.len() as u64 };
+                (Input::Stored { task: input.task(), params: input.params_json(), object }, Some(bytes))
+            }
+        }
+    }
+}
+
 /// How a job's input is stored: the task, the `input` object and the `params` object, the
-/// shape job stores and the job view keep (`#[serde(flatten)]` into the job).
+/// shape job stores and the job view keep (`#[serde(flatten)]` into the job); with
+/// `input_object` (and `input: null`) when the input is stored as an object.
 #[derive(Serialize, Deserialize)]
 struct StoredInput {
     task: Task,
     input: Value,
     params: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input_object: Option<crate::objects::ObjectRef>,
 }
 
 impl From<JobInput> for StoredInput {
     fn from(j: JobInput) -> Self {
-        StoredInput { task: j.task(), input: j.input_json(), params: j.params_json() }
+        StoredInput { task: j.task(), input: j.input_json(), params: j.params_json(), input_object: None }
+    }
+}
+
+impl From<Input> for StoredInput {
+    fn from(i: Input) -> Self {
+        match i {
+            Input::Inline(j) => j.into(),
+            Input::Stored { task, params, object } => {
+                StoredInput { task, input: Value::Null, params, input_object: Some(object) }
+            }
+        }
+    }
+}
+
+impl TryFrom<StoredInput> for Input {
+    type Error = serde_json::Error;
+
+    fn try_from(s: StoredInput) -> Result<Self, Self::Error> {
+        match s.input_object {
+            Some(object) => Ok(Input::Stored { task: s.task, params: s.params, object }),
+            None => JobInput::try_from(s).map(Input::Inline),
+        }
     }
 }
 

@@ -212,9 +212,10 @@ pub struct Job {
     pub tenant: TenantId,
     pub model: String,
     /// What the job runs: its task, input and params, validated when it was submitted.
-    /// Stored (and shown) as `task`, `input` and `params`.
+    /// Stored (and shown) as `task`, `input` and `params`; a large input as an object
+    /// (`input: null` and `input_object`).
     #[serde(flatten)]
-    pub input: crate::input::JobInput,
+    pub input: crate::input::Input,
     pub timeout_s: u64,
     pub max_attempts: u32,
     pub created_at: Millis,
@@ -232,7 +233,11 @@ pub struct Job {
     pub cancel_requested_at: Option<Millis>,
     pub executor_id: Option<String>,
     pub lease_until: Option<Millis>,
+    /// The output (or partial output) when small enough for the record.
     pub output: Option<serde_json::Value>,
+    /// Where the output is stored when it is not inline (never both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_object: Option<crate::objects::ObjectRef>,
     pub error: Option<JobError>,
     /// When the store may delete the record (DynamoDB TTL). Stores keep returning it until
     /// they delete it; the job service treats it as gone from then on.
@@ -246,6 +251,19 @@ pub struct Job {
 pub const ENQUEUE_FAILED: &str = "enqueue_failed";
 
 impl Job {
+    /// Records `output` (inline, or the reference to its object), replacing any earlier one.
+    pub fn set_output(&mut self, output: crate::objects::Output) {
+        match output {
+            crate::objects::Output::Inline(v) => (self.output, self.output_object) = (Some(v), None),
+            crate::objects::Output::Stored(r) => (self.output, self.output_object) = (None, Some(r)),
+        }
+    }
+
+    /// Whether an output (inline or stored) is recorded.
+    pub fn has_output(&self) -> bool {
+        self.output.is_some() || self.output_object.is_some()
+    }
+
     /// The job's task (its input's).
     pub fn task(&self) -> Task {
         self.input.task()

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fleet;
 pub mod input;
 pub mod job;
+pub mod objects;
 pub mod pool;
 pub mod ports;
 pub mod progress;

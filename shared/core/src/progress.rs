@@ -33,16 +33,46 @@ pub enum EventBody {
     Token { index: u32, id: u32, text: String, logprob: Option<f32> },
     /// Work done so far, 0 to 100, with an optional note (loading a model, a batch done).
     Percentage { percent: f32, message: Option<String> },
-    /// The final output (also stored on the job).
+    /// The final output (also stored on the job). An output too large for one WebSocket
+    /// frame comes as a reference instead: `output` null, `output_url` (the job's
+    /// `GET /v1/jobs/{id}/output`, which takes the API key and redirects to the object)
+    /// and `output_bytes`.
     Result {
         #[schema(value_type = Object)]
         output: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_bytes: Option<u64>,
     },
     /// The job failed, or a step of it did.
     Error { error: JobError },
 }
 
+/// Room left in a frame for the rest of a `result` event (ids, seq, time, keys).
+const RESULT_ENVELOPE_BYTES: usize = 512;
+
 impl EventBody {
+    /// The `result` event of `job`'s `output` (`size`: its serialized bytes): inline when
+    /// it fits a frame, else a reference to the job's output route under `api_url` (the
+    /// HTTP API's base URL; the path alone when it is not known).
+    pub fn result(job: &JobId, output: serde_json::Value, size: usize, api_url: Option<&str>) -> EventBody {
+        if size + RESULT_ENVELOPE_BYTES <= MAX_EVENT_BYTES {
+            return EventBody::Result { output, output_url: None, output_bytes: None };
+        }
+        let base = api_url.map(|u| u.trim_end_matches('/')).unwrap_or_default();
+        EventBody::Result {
+            output: serde_json::Value::Null,
+            output_url: Some(format!("{base}/v1/jobs/{job}/output")),
+            output_bytes: Some(size as u64),
+        }
+    }
+
+    /// A `result` event holding `output` inline.
+    pub fn inline_result(output: serde_json::Value) -> EventBody {
+        EventBody::Result { output, output_url: None, output_bytes: None }
+    }
+
     /// Whether this event ends the stream for a follower.
     pub fn is_final(&self) -> bool {
         match self {

@@ -15,6 +15,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::fleet::{Launcher, PoolStore};
+use crate::objects::ObjectStore;
 use crate::pool::Pools;
 use crate::ports::{ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, Notifier, Queues};
 use crate::publish::ProgressHub;
@@ -37,6 +38,9 @@ pub struct Ports {
     pub connections: Arc<dyn ConnectionStore>,
     /// Hashed API keys.
     pub keys: Arc<dyn ApiKeyStore>,
+    /// Large inputs and outputs (the results bucket; [`crate::objects::NoObjects`] where
+    /// none is configured).
+    pub objects: Arc<dyn ObjectStore>,
     /// The work queues: one per pool, with their dead-letter queues.
     pub queues: Queues,
     /// The dispatcher's pool records and the executors' heartbeats.
@@ -97,6 +101,7 @@ impl Root {
     pub fn service(&self) -> JobService {
         JobService {
             jobs: self.ports.jobs.clone(),
+            objects: self.ports.objects.clone(),
             queues: self.ports.queues.clone(),
             clock: self.ports.clock.clone(),
             catalog: self.catalog.clone(),

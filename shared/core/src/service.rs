@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::input::Input;
+use crate::job::rfc3339;
 use crate::job::{ENQUEUE_FAILED, Job, JobError, JobId, JobStatus, TenantId};
+use crate::objects::{self, ObjectError, ObjectStore};
 use crate::ports::{
     Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, Queues, StoreError,
     WorkMessage, WorkQueue,
@@ -16,6 +19,7 @@ use crate::progress::EventBody;
 use crate::publish::ProgressHub;
 use crate::state::{self, Transition, TransitionError};
 use crate::submit::ValidSubmit;
+use crate::view::JobView;
 
 /// How many times a submit tries to take over an idempotency key from a job that was never
 /// queued before it reports the key as contended.
@@ -35,12 +39,18 @@ pub enum ServiceError {
     EnqueueFailed(QueueError),
     #[error("the job kept changing under a concurrent writer")]
     Contended,
+    /// The job has no output (yet, or at all: it failed before producing any).
+    #[error("the job has no output (it is {0})")]
+    NoOutput(JobStatus),
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The results store (large inputs and outputs) failed or is not configured.
+    #[error(transparent)]
+    Objects(#[from] ObjectError),
 }
 
 /// The outcome of a submit.
@@ -60,10 +70,23 @@ impl Submitted {
     }
 }
 
+/// A job's output, for `GET /v1/jobs/{id}/output`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutput {
+    /// Held in the record: the JSON value.
+    Inline(serde_json::Value),
+    /// Read from the results store: the JSON, serialized.
+    Bytes(Vec<u8>),
+    /// A URL the output can be fetched from without credentials (a presigned S3 URL).
+    Redirect(String),
+}
+
 /// The job service over its ports. Built by [`crate::root::Root::service`].
 #[derive(Clone)]
 pub struct JobService {
     pub jobs: Arc<dyn JobStore>,
+    /// Large inputs and outputs.
+    pub objects: Arc<dyn ObjectStore>,
     /// Where new jobs go: the queue of their model's pool.
     pub queues: Queues,
     pub clock: Arc<dyn Clock>,
@@ -100,11 +123,19 @@ impl JobService {
         let now = self.clock.now();
         let c = &self.config;
         let expires_at = now + c.queue_ttl_s * 1000;
+        let id = JobId::generate(now);
+        // A large input goes to the results store first, so the record never points at an
+        // object that is not there (a record that is then not written leaves an object the
+        // store's expiry removes).
+        let (input, body) = Input::for_record(req.input, || objects::input_key(&id));
+        if let (Some(object), Some(body)) = (input.object(), body) {
+            self.objects.put(&object.key, body).await?;
+        }
         let job = Job {
-            id: JobId::generate(now),
+            id,
             tenant: tenant.clone(),
             model: req.model.id.clone(),
-            input: req.input,
+            input,
             timeout_s: req.timeout_s,
             max_attempts: c.max_attempts,
             created_at: now,
@@ -119,6 +150,7 @@ impl JobService {
             executor_id: None,
             lease_until: None,
             output: None,
+            output_object: None,
             error: None,
             retain_until: expires_at + c.retention_s * 1000,
             last_seq: 0,
@@ -241,6 +273,43 @@ impl JobService {
         let body = EventBody::Status { status: job.status, attempt: job.attempt };
         if let Err(e) = self.progress.publish_progress(&job.id, body).await {
             tracing::warn!(job_id = %job.id, status = %job.status, error = %e, "could not publish the status change");
+        }
+    }
+
+    /// The job as clients see it: with a URL to its output when that is stored as an object.
+    pub async fn view(&self, job: &Job) -> JobView {
+        let now = self.clock.now();
+        let mut view = JobView::new(job, now);
+        if let Some(object) = &job.output_object {
+            let ttl = Duration::from_secs(self.config.output_url_ttl_s);
+            match self.objects.url(&object.key, ttl, now).await {
+                Ok(Some(url)) => {
+                    view.output_url = Some(url.url);
+                    view.output_expires_at = Some(rfc3339(url.expires_at.min(job.retain_until)));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(job_id = %job.id, error = %e, "could not sign the output URL"),
+            }
+        }
+        view
+    }
+
+    /// A finished job's output, inline or stored (`NotFound` for a job without one).
+    pub async fn output(&self, tenant: &TenantId, id: &JobId) -> Result<JobOutput, ServiceError> {
+        let job = self.get(tenant, id).await?;
+        if let Some(output) = job.output {
+            return Ok(JobOutput::Inline(output));
+        }
+        let Some(object) = job.output_object else { return Err(ServiceError::NoOutput(job.status)) };
+        if self.objects.redirects() {
+            let ttl = Duration::from_secs(self.config.output_url_ttl_s);
+            if let Some(url) = self.objects.url(&object.key, ttl, self.clock.now()).await? {
+                return Ok(JobOutput::Redirect(url.url));
+            }
+        }
+        match self.objects.get(&object.key).await? {
+            Some(bytes) => Ok(JobOutput::Bytes(bytes)),
+            None => Err(ServiceError::NoOutput(job.status)),
         }
     }
 

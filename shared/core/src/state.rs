@@ -8,6 +8,7 @@
 //! [`LEGAL`]; a test keeps the two equal.
 
 use crate::job::{Job, JobError, JobStatus, Millis};
+use crate::objects::Output;
 
 use JobStatus::*;
 
@@ -47,17 +48,18 @@ pub enum Transition {
     /// counter grows (a failed or lost attempt); without, the same attempt is resumed later
     /// (a graceful release on shutdown).
     Requeue { next_attempt: bool },
-    /// running|cancelling -> succeeded.
-    Succeed { output: serde_json::Value },
+    /// running|cancelling -> succeeded. A large output is stored as an object first
+    /// ([`crate::objects::store_output`]) and recorded by reference.
+    Succeed { output: Output },
     /// queued|running|cancelling -> failed.
     Fail { error: JobError },
     /// running|cancelling -> timed_out, keeping what was produced.
-    TimeOut { partial_output: Option<serde_json::Value> },
+    TimeOut { partial_output: Option<Output> },
     /// A client asks to cancel: queued -> cancelled at once, running -> cancelling.
     RequestCancel,
     /// The work stopped after a cancel request: cancelling -> cancelled. `forced` records
     /// that no executor acknowledged and the task was stopped from outside.
-    ConfirmCancel { partial_output: Option<serde_json::Value>, forced: bool },
+    ConfirmCancel { partial_output: Option<Output>, forced: bool },
     /// Still queued past `expires_at`: queued -> expired.
     Expire,
     /// Queued so long that its message may be gone (a send lost in a crash between the
@@ -139,12 +141,14 @@ pub fn transition(job: &Job, t: &Transition, now: Millis, retention_ms: u64) -> 
             next.lease_until = None;
         }
         Transition::Succeed { output } => {
-            next.output = Some(output.clone());
+            next.set_output(output.clone());
             next.error = None;
         }
         Transition::Fail { error } => next.error = Some(error.clone()),
         Transition::TimeOut { partial_output } => {
-            next.output = partial_output.clone().or(next.output);
+            if let Some(p) = partial_output {
+                next.set_output(p.clone());
+            }
             next.error = Some(JobError {
                 kind: "timed_out".into(),
                 message: format!("the job ran longer than its timeout of {} s", job.timeout_s),
@@ -154,7 +158,9 @@ pub fn transition(job: &Job, t: &Transition, now: Millis, retention_ms: u64) -> 
             next.cancel_requested_at = Some(now);
         }
         Transition::ConfirmCancel { partial_output, forced } => {
-            next.output = partial_output.clone().or(next.output);
+            if let Some(p) = partial_output {
+                next.set_output(p.clone());
+            }
             if *forced {
                 next.error = Some(JobError {
                     kind: "cancel_forced".into(),

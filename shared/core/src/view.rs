@@ -37,8 +37,20 @@ pub struct JobView {
     pub execution_ms: Option<u64>,
     /// The sequence number of the latest progress event.
     pub last_seq: u64,
+    /// The input's size in bytes when it is stored as an object (then `input` is null).
+    pub input_bytes: Option<u64>,
+    /// The output (or partial output) when it is small enough to be held inline; null
+    /// when there is none yet, or when it is stored as an object (see `output_url`).
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
+    /// A URL that fetches a stored output without credentials (presigned on AWS), until
+    /// `output_expires_at`; read the job again for a fresh one. `GET /v1/jobs/{id}/output`
+    /// answers for every output, inline or stored.
+    pub output_url: Option<String>,
+    /// The output's size in bytes (serialized JSON), inline or stored.
+    pub output_bytes: Option<u64>,
+    /// When `output_url` stops working.
+    pub output_expires_at: Option<String>,
     pub error: Option<JobError>,
     pub idempotency_key: Option<String>,
     /// Where the job stands: waiting for capacity, an executor launching, the model
@@ -72,7 +84,15 @@ impl JobView {
             queue_delay_ms: job.queue_delay_ms(now),
             execution_ms: job.execution_ms(now),
             last_seq: job.last_seq,
+            input_bytes: job.input.object().map(|o| o.bytes),
             output: job.output.clone(),
+            output_url: None,
+            output_bytes: match (&job.output, &job.output_object) {
+                (_, Some(object)) => Some(object.bytes),
+                (Some(v), None) => Some(serde_json::to_vec(v).map(|b| b.len() as u64).unwrap_or(0)),
+                (None, None) => None,
+            },
+            output_expires_at: None,
             error: job.error.clone(),
             idempotency_key: job.idempotency_key.clone(),
             queue_state: None,

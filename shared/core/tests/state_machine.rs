@@ -14,7 +14,7 @@ fn job(status: JobStatus, attempt: u32) -> Job {
         id: JobId::generate(1_000),
         tenant: TenantId::new("t").unwrap(),
         model: "m".into(),
-        input: JobInput::prompt("p"),
+        input: JobInput::prompt("p").into(),
         timeout_s: 60,
         max_attempts: 3,
         created_at: 1_000,
@@ -29,6 +29,7 @@ fn job(status: JobStatus, attempt: u32) -> Job {
         executor_id: None,
         lease_until: None,
         output: None,
+        output_object: None,
         error: None,
         retain_until: 200_000,
         last_seq: 0,
@@ -41,9 +42,9 @@ fn all_transitions() -> Vec<Transition> {
         Transition::Renew { lease_until: 9_000 },
         Transition::Requeue { next_attempt: false },
         Transition::Requeue { next_attempt: true },
-        Transition::Succeed { output: serde_json::json!({"text": "x"}) },
+        Transition::Succeed { output: serde_json::json!({"text": "x"}).into() },
         Transition::Fail { error: JobError { kind: "model_error".into(), message: "m".into() } },
-        Transition::TimeOut { partial_output: Some(serde_json::json!("part")) },
+        Transition::TimeOut { partial_output: Some(serde_json::json!("part").into()) },
         Transition::RequestCancel,
         Transition::ConfirmCancel { partial_output: None, forced: false },
         Transition::Expire,
@@ -131,7 +132,8 @@ fn times_and_fields_follow_the_transition() {
     );
     assert_eq!(claimed.queue_delay_ms(6_000), 4_000);
     assert!(claimed.retain_until >= 5_000 + 60_000 + RETENTION, "kept at least until it could time out");
-    let done = transition(&claimed, &Transition::Succeed { output: serde_json::json!(42) }, 7_000, RETENTION).unwrap();
+    let done =
+        transition(&claimed, &Transition::Succeed { output: serde_json::json!(42).into() }, 7_000, RETENTION).unwrap();
     assert_eq!((done.finished_at, done.lease_until, done.retain_until), (Some(7_000), None, 7_000 + RETENTION));
     assert_eq!(done.execution_ms(99_999), Some(2_000));
     assert_eq!(done.output, Some(serde_json::json!(42)));
@@ -140,7 +142,7 @@ fn times_and_fields_follow_the_transition() {
     assert_eq!((cancelling.status, cancelling.cancel_requested_at), (JobStatus::Cancelling, Some(6_000)));
     let forced = transition(
         &cancelling,
-        &Transition::ConfirmCancel { partial_output: Some(serde_json::json!("p")), forced: true },
+        &Transition::ConfirmCancel { partial_output: Some(serde_json::json!("p").into()), forced: true },
         8_000,
         RETENTION,
     )

@@ -5,9 +5,11 @@
 
 use axum::response::{IntoResponse, Response};
 use ferry_core::error::ApiError;
+use ferry_core::objects::ObjectError;
 use ferry_core::ports::{QueueError, StoreError};
 use ferry_core::publish::PublishError;
 use ferry_core::service::ServiceError;
+use http::StatusCode;
 
 tokio::task_local! {
     /// The id of the request being answered (also its `x-request-id` header).
@@ -52,6 +54,22 @@ impl From<ServiceError> for HttpError {
             ServiceError::EnqueueFailed(ref cause) => {
                 tracing::error!(request_id, %cause, "enqueue failed");
                 ApiError::unavailable("the work queue is unavailable; the job was not started, retry shortly")
+            }
+            ServiceError::NoOutput(status) => {
+                ApiError::new(StatusCode::NOT_FOUND, format!("the job has no output (it is {status})"))
+                    .with_field("output")
+            }
+            ServiceError::Objects(ObjectError::NotConfigured) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "this deployment has no results store, so it keeps inputs of at most {} bytes",
+                    ferry_core::objects::INLINE_BYTES
+                ),
+            )
+            .with_field("input"),
+            ServiceError::Objects(ref cause @ ObjectError::Unavailable(_)) => {
+                tracing::error!(request_id, %cause, "results store unavailable");
+                ApiError::unavailable("the results store is unavailable; retry shortly")
             }
             other => {
                 tracing::error!(request_id, error = %other, "internal error");

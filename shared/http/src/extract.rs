@@ -139,8 +139,8 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// A JSON request body, within `FERRY_MAX_BODY_BYTES` (413 beyond, judged by
-/// `Content-Length` before anything is read), not empty (400) and sent as
-/// `application/json` in utf-8 (415). At most one byte past the limit is ever read.
+/// `Content-Length` before anything is kept), not empty (400) and sent as
+/// `application/json` in utf-8 (415). At most one byte past the limit is ever kept.
 pub struct JsonBody(pub Bytes);
 
 impl FromRequest<AppState> for JsonBody {
@@ -153,7 +153,12 @@ impl FromRequest<AppState> for JsonBody {
                 .with_field("body")
         };
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
+        if let Some(n) = declared.filter(|n| *n > max as u64) {
+            // A body up to twice the limit is read (and dropped) first, so the client gets
+            // the 413 rather than a connection reset mid-upload; a larger one is not read.
+            if n <= 2 * max as u64 {
+                let _ = drain(req.into_body()).await;
+            }
             return Err(too_large().into());
         }
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
@@ -169,6 +174,15 @@ impl FromRequest<AppState> for JsonBody {
         check_json_content_type(content_type.as_ref())?;
         Ok(JsonBody(body))
     }
+}
+
+/// Reads the body to its end, keeping nothing.
+async fn drain(mut body: axum::body::Body) -> Result<(), axum::Error> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        frame?;
+    }
+    Ok(())
 }
 
 /// Reads at most `max` bytes of the body; anything beyond is not read.

@@ -15,7 +15,13 @@ use ferry_http::{Api, route_table};
 use http::{Method, StatusCode};
 
 fn api() -> Api {
-    let ports = ferry_local::ports(&["cpu".into()], 5, Arc::new(NoLauncher), Arc::new(NoNotifier));
+    let ports = ferry_local::ports(
+        &["cpu".into()],
+        5,
+        Arc::new(NoLauncher),
+        Arc::new(NoNotifier),
+        Arc::new(ferry_core::objects::NoObjects),
+    );
     Api::new(&Root::new(ports, Catalog::demo(), Pools::default(), Config::default()))
 }
 
@@ -40,6 +46,7 @@ async fn the_document_and_the_router_agree() {
         ("GET", "/v1/jobs/{id}"),
         ("POST", "/v1/jobs/{id}/cancel"),
         ("GET", "/v1/jobs/{id}/events"),
+        ("GET", "/v1/jobs/{id}/output"),
     ];
     let mut got: Vec<(String, String)> = routes.iter().map(|(m, p)| (m.to_string(), p.clone())).collect();
     let mut want: Vec<(String, String)> = expected.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();

@@ -152,6 +152,7 @@ impl JobStore for MemoryJobStore {
         stored.executor_id = job.executor_id.clone();
         stored.lease_until = job.lease_until;
         stored.output = job.output.clone();
+        stored.output_object = job.output_object.clone();
         stored.error = job.error.clone();
         stored.retain_until = job.retain_until;
         Ok(())
@@ -214,7 +215,7 @@ mod tests {
             id: JobId::generate(ts),
             tenant: TenantId::new(tenant).unwrap(),
             model: "m".into(),
-            input: ferry_core::input::JobInput::texts(["a"]),
+            input: ferry_core::input::JobInput::texts(["a"]).into(),
             timeout_s: 60,
             max_attempts: 3,
             created_at: ts,
@@ -229,6 +230,7 @@ mod tests {
             executor_id: None,
             lease_until: None,
             output: None,
+            output_object: None,
             error: None,
             retain_until: ts + 10_000,
             last_seq: 0,

@@ -12,6 +12,7 @@
 //! - [`MemoryApiKeyStore`]: hashed API keys.
 //! - [`MemoryPoolStore`], [`MemoryLauncher`]: the fleet's records, and a launcher for tests.
 //! - [`MemoryQueue`]: an at-least-once queue with long polling and an optional dead-letter queue.
+//! - [`DirObjects`]: large inputs and outputs as files, with signed URLs to them.
 //! - [`gateway`]: the `Notifier` of `ferry dev`'s local WebSocket gateway (its connections).
 //! - [`ports`]: all of the above as one `Ports` (the composition root's embedded set).
 //! - [`remote`]: all of the above reached from another process (`ferry dev`'s executors).
@@ -21,6 +22,7 @@ mod fleet;
 pub mod gateway;
 mod jobs;
 mod keys;
+mod objects;
 mod queue;
 pub mod remote;
 mod root;
@@ -29,6 +31,7 @@ pub use connections::MemoryConnectionStore;
 pub use fleet::{MemoryLauncher, MemoryPoolStore};
 pub use jobs::MemoryJobStore;
 pub use keys::MemoryApiKeyStore;
+pub use objects::{DirObjects, URL_PATH as OBJECT_URL_PATH};
 pub use queue::MemoryQueue;
 pub use root::ports;
 

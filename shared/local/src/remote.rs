@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use ferry_core::fleet::{ExecutorRecord, NoLauncher, PoolState, PoolStore};
 use ferry_core::job::{Job, JobId, JobStatus, Millis};
+use ferry_core::objects::{ObjectError, ObjectStore, ObjectUrl};
 use ferry_core::ports::{
     ApiKeyRecord, ApiKeyStore, Connection, ConnectionStore, Created, Delivery, EventStore, Expected, IdempotencyRecord,
     JobPage, JobStore, ListQuery, Notifier, QueueDepth, QueueError, Queues, StoreError, SystemClock, WorkMessage,
@@ -33,32 +36,113 @@ pub const PATH: &str = "/internal/v1/ports";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Call {
-    JobCreate { job: Job, idem: Option<IdempotencyRecord> },
-    JobRebind { job: Job, idem: IdempotencyRecord, stale: JobId },
-    JobGet { id: JobId },
-    JobList { query: ListQuery },
-    JobUpdate { job: Job, expected: Expected },
-    JobActive { status: JobStatus, limit: u32, after: Option<JobId> },
-    EventAppend { events: Vec<ProgressEvent>, expected_last_seq: u64, retain_until: Millis },
-    EventRead { job_id: JobId, after: u64, last_seq: u64, limit: u32 },
-    ConnPut { connection: Connection },
-    ConnGet { id: String },
-    ConnDelete { id: String },
-    ConnSubscribe { id: String, job_id: JobId },
-    ConnUnsubscribe { id: String, job_id: JobId },
-    ConnSubscribers { job_id: JobId },
-    KeyLookup { key_hash: String },
-    KeyPut { record: ApiKeyRecord },
-    QueueSend { pool: String, message: WorkMessage },
-    QueueReceive { pool: String, max: u32, wait_ms: u64, visibility_ms: u64 },
-    QueueDelete { pool: String, receipt: String },
-    QueueVisibility { pool: String, receipt: String, visibility_ms: u64 },
-    QueueDepth { pool: String },
-    PoolGet { pool: String },
-    PoolPut { state: PoolState, expected: Option<u64> },
-    ExecPut { record: ExecutorRecord },
-    ExecList { pool: String },
-    ExecDelete { id: String },
+    JobCreate {
+        job: Job,
+        idem: Option<IdempotencyRecord>,
+    },
+    JobRebind {
+        job: Job,
+        idem: IdempotencyRecord,
+        stale: JobId,
+    },
+    JobGet {
+        id: JobId,
+    },
+    JobList {
+        query: ListQuery,
+    },
+    JobUpdate {
+        job: Job,
+        expected: Expected,
+    },
+    JobActive {
+        status: JobStatus,
+        limit: u32,
+        after: Option<JobId>,
+    },
+    EventAppend {
+        events: Vec<ProgressEvent>,
+        expected_last_seq: u64,
+        retain_until: Millis,
+    },
+    EventRead {
+        job_id: JobId,
+        after: u64,
+        last_seq: u64,
+        limit: u32,
+    },
+    ConnPut {
+        connection: Connection,
+    },
+    ConnGet {
+        id: String,
+    },
+    ConnDelete {
+        id: String,
+    },
+    ConnSubscribe {
+        id: String,
+        job_id: JobId,
+    },
+    ConnUnsubscribe {
+        id: String,
+        job_id: JobId,
+    },
+    ConnSubscribers {
+        job_id: JobId,
+    },
+    KeyLookup {
+        key_hash: String,
+    },
+    KeyPut {
+        record: ApiKeyRecord,
+    },
+    QueueSend {
+        pool: String,
+        message: WorkMessage,
+    },
+    QueueReceive {
+        pool: String,
+        max: u32,
+        wait_ms: u64,
+        visibility_ms: u64,
+    },
+    QueueDelete {
+        pool: String,
+        receipt: String,
+    },
+    QueueVisibility {
+        pool: String,
+        receipt: String,
+        visibility_ms: u64,
+    },
+    QueueDepth {
+        pool: String,
+    },
+    PoolGet {
+        pool: String,
+    },
+    PoolPut {
+        state: PoolState,
+        expected: Option<u64>,
+    },
+    ExecPut {
+        record: ExecutorRecord,
+    },
+    ExecList {
+        pool: String,
+    },
+    ExecDelete {
+        id: String,
+    },
+    /// `body` in base64.
+    ObjectPut {
+        key: String,
+        body: String,
+    },
+    ObjectGet {
+        key: String,
+    },
 }
 
 /// A port error, as it crosses the wire.
@@ -72,6 +156,7 @@ pub enum WireError {
     Corrupt { message: String },
     Refused { message: String },
     InvalidReceipt,
+    NoObjects,
 }
 
 impl From<StoreError> for WireError {
@@ -98,6 +183,27 @@ impl From<QueueError> for WireError {
     }
 }
 
+impl From<ObjectError> for WireError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::NotConfigured => WireError::NoObjects,
+            ObjectError::Unavailable(message) => WireError::Unavailable { message },
+            ObjectError::Refused(message) => WireError::Refused { message },
+        }
+    }
+}
+
+impl From<WireError> for ObjectError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NoObjects => ObjectError::NotConfigured,
+            WireError::Refused { message } => ObjectError::Refused(message),
+            WireError::Unavailable { message } | WireError::Throttled { message } => ObjectError::Unavailable(message),
+            other => ObjectError::Unavailable(format!("{other:?}")),
+        }
+    }
+}
+
 impl From<WireError> for StoreError {
     fn from(e: WireError) -> Self {
         match e {
@@ -108,6 +214,7 @@ impl From<WireError> for StoreError {
             WireError::Corrupt { message } => StoreError::Corrupt(message),
             WireError::Refused { message } => StoreError::Refused(message),
             WireError::InvalidReceipt => StoreError::Corrupt("invalid receipt".into()),
+            WireError::NoObjects => StoreError::Unavailable("no results store".into()),
         }
     }
 }
@@ -165,6 +272,11 @@ pub async fn answer(ports: &Ports, call: Call) -> Result<Value, WireError> {
         Call::ExecPut { record } => json(ports.pools.put_executor(&record).await?),
         Call::ExecList { pool } => json(ports.pools.executors(&pool).await?),
         Call::ExecDelete { id } => json(ports.pools.delete_executor(&id).await?),
+        Call::ObjectPut { key, body } => {
+            let body = BASE64.decode(body).map_err(|e| WireError::Corrupt { message: e.to_string() })?;
+            json(ports.objects.put(&key, body).await?)
+        }
+        Call::ObjectGet { key } => json(ports.objects.get(&key).await?.map(|b| BASE64.encode(b))),
     }
 }
 
@@ -223,12 +335,29 @@ impl RemoteStack {
             events: stack.clone(),
             connections: stack.clone(),
             keys: stack.clone(),
+            objects: stack.clone(),
             queues: Queues::single(Arc::new(self.queue(pool))),
             pools: stack,
             launcher: Arc::new(NoLauncher),
             notifier,
             clock: Arc::new(SystemClock),
         }
+    }
+}
+
+/// Executors write outputs and read inputs through the stack; they sign no URLs (the API
+/// does, for the views it serves).
+#[async_trait]
+impl ObjectStore for RemoteStack {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), ObjectError> {
+        Ok(self.call(&Call::ObjectPut { key: key.into(), body: BASE64.encode(body) }).await?)
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ObjectError> {
+        let body: Option<String> = self.call(&Call::ObjectGet { key: key.into() }).await?;
+        body.map(|b| BASE64.decode(b).map_err(|e| ObjectError::Unavailable(format!("object {key}: {e}")))).transpose()
+    }
+    async fn url(&self, _key: &str, _ttl: Duration, _now: Millis) -> Result<Option<ObjectUrl>, ObjectError> {
+        Ok(None)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use ferry_core::fleet::Launcher;
+use ferry_core::objects::ObjectStore;
 use ferry_core::ports::{Notifier, Queues, SystemClock, WorkQueue};
 use ferry_core::root::Ports;
 
@@ -12,12 +13,14 @@ use crate::{MemoryApiKeyStore, MemoryConnectionStore, MemoryJobStore, MemoryPool
 /// records; a queue and a dead-letter queue for each of `pools` (a message received
 /// `max_receive_count` times without being deleted moves to the dead-letter queue, as SQS
 /// redrive does); the system clock; `launcher` and `notifier` as given. Pools not named
-/// share the queue of `cpu` (or of the first pool).
+/// share the queue of `cpu` (or of the first pool). Large inputs and outputs go to `objects`
+/// (a [`crate::DirObjects`]).
 pub fn ports(
     pools: &[String],
     max_receive_count: u32,
     launcher: Arc<dyn Launcher>,
     notifier: Arc<dyn Notifier>,
+    objects: Arc<dyn ObjectStore>,
 ) -> Ports {
     let named: Vec<&str> = if pools.is_empty() { vec!["cpu"] } else { pools.iter().map(String::as_str).collect() };
     let default = named.iter().find(|p| **p == "cpu").unwrap_or(&named[0]).to_string();
@@ -39,6 +42,7 @@ pub fn ports(
         events: jobs,
         connections: Arc::new(MemoryConnectionStore::new()),
         keys: Arc::new(MemoryApiKeyStore::new()),
+        objects,
         queues,
         pools: Arc::new(MemoryPoolStore::new()),
         launcher,

@@ -27,7 +27,12 @@ fn all_bodies() -> Vec<EventBody> {
         EventBody::Token { index: u32::MAX, id: u32::MAX, text: String::new(), logprob: Some(-1.0e-38) },
         EventBody::Percentage { percent: 33.333_332, message: Some("batch 1/3 ✓".into()) },
         EventBody::Percentage { percent: 100.0, message: None },
-        EventBody::Result { output: tricky_json() },
+        EventBody::inline_result(tricky_json()),
+        EventBody::Result {
+            output: serde_json::Value::Null,
+            output_url: Some("https://api.example/v1/jobs/01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B/output".into()),
+            output_bytes: Some(4_000_000),
+        },
         EventBody::Error { error: JobError { kind: "model_error".into(), message: "CUDA out of memory: 🔥".into() } },
         EventBody::Status { status: JobStatus::Failed, attempt: 2 },
     ]

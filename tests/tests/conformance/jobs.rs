@@ -22,7 +22,7 @@ pub async fn case_create_get_round_trip(b: Backend) {
     assert_eq!(get(&b, &full.id).await, full, "[{}] every field set", b.name);
 
     let mut bare = queued_job(&t, T0 + 1);
-    bare.input = JobInput::texts([TRICKY_TEXT, "", "\u{feff}"]);
+    bare.input = JobInput::texts([TRICKY_TEXT, "", "\u{feff}"]).into();
     assert_eq!(b.jobs.create(&bare, None).await.unwrap(), Created::New);
     assert_eq!(get(&b, &bare.id).await, bare, "[{}] optional fields unset", b.name);
 
@@ -31,7 +31,7 @@ pub async fn case_create_get_round_trip(b: Backend) {
         [json!("just a string"), json!([1.5, -0.25, u64::MAX, i64::MIN]), json!(null)].into_iter().enumerate()
     {
         let mut odd = queued_job(&t, T0 + 2 + n as u64);
-        odd.input = JobInput::prompt(TRICKY_TEXT);
+        odd.input = JobInput::prompt(TRICKY_TEXT).into();
         odd.output = Some(output);
         b.jobs.create(&odd, None).await.unwrap();
         let got = get(&b, &odd.id).await;

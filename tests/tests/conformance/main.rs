@@ -9,6 +9,7 @@
 mod events;
 mod fleet;
 mod jobs;
+mod objects;
 mod queue;
 mod support;
 mod update;
@@ -77,4 +78,7 @@ conformance! {
     concurrent_pool_writers_one_wins => fleet::case_concurrent_pool_writers_one_wins,
     executor_heartbeats => fleet::case_executor_heartbeats,
     active_lists_non_terminal_jobs => fleet::case_active_lists_non_terminal_jobs,
+    objects_round_trip => objects::case_objects_round_trip,
+    object_urls_need_no_credentials => objects::case_object_urls_need_no_credentials,
+    stored_input_and_output_round_trip => objects::case_stored_input_and_output_round_trip,
 }

@@ -85,7 +85,7 @@ pub async fn case_update_leaves_immutable_fields(b: Backend) {
 
     let mut tampered = queued_job(&tenant("someone-else"), T0 + 5);
     tampered.id = original.id;
-    tampered.input = JobInput::texts(["tampered: another task and input"]);
+    tampered.input = JobInput::texts(["tampered: another task and input"]).into();
     tampered.idempotency_key = None;
     tampered.last_seq = 99;
     tampered.status = JobStatus::Running;

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ferry_core::error::{ApiError, ErrorBody};
 use ferry_core::job::{JobId, JobStatus};
 use ferry_core::ports::ListQuery;
-use ferry_core::service::Submitted;
+use ferry_core::service::{JobOutput, Submitted};
 use ferry_core::submit::{SubmitJob, parse_submit};
 use ferry_core::view::{JobList, JobView};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -24,7 +24,11 @@ use crate::extract::{JobIdPath, JsonBody, QueryParams, StrictQuery, Tenant};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(submit_job, list_jobs)).routes(routes!(get_job)).routes(routes!(cancel_job))
+    OpenApiRouter::new()
+        .routes(routes!(submit_job, list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(get_output))
 }
 
 /// Submits a job. Returns at once with 202, or with `Prefer: wait=N` waits up to N seconds
@@ -65,7 +69,7 @@ async fn submit_job(
         Submitted::New(_) => StatusCode::ACCEPTED,
     };
     let state = api.service.queue_state(&job).await;
-    let mut resp = json(status, &JobView::new(&job, api.service.clock.now()).with_queue_state(state));
+    let mut resp = json(status, &api.service.view(&job).await.with_queue_state(state));
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -88,7 +92,38 @@ async fn get_job(
 ) -> Result<Response, HttpError> {
     let job = api.service.get(&tenant, &id).await?;
     let state = api.service.queue_state(&job).await;
-    Ok(json(StatusCode::OK, &JobView::new(&job, api.service.clock.now()).with_queue_state(state)))
+    Ok(json(StatusCode::OK, &api.service.view(&job).await.with_queue_state(state)))
+}
+
+/// A job's output (or partial output), whether the view holds it inline or it is stored
+/// as an object: the JSON itself, or on AWS a redirect (307) to a presigned URL of it.
+#[utoipa::path(get, path = "/v1/jobs/{id}/output", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id (ULID, any case)")),
+    responses(
+        (status = 200, description = "The output JSON", content_type = "application/json"),
+        (status = 307, description = "Redirect to a presigned URL of the stored output"),
+        (status = 404, description = "No such job, or it has no output", body = ErrorBody),
+    ))]
+async fn get_output(
+    State(api): State<AppState>,
+    Tenant(tenant): Tenant,
+    JobIdPath(id): JobIdPath,
+) -> Result<Response, HttpError> {
+    let body = match api.service.output(&tenant, &id).await? {
+        JobOutput::Inline(v) => serde_json::to_vec(&v).unwrap_or_default(),
+        JobOutput::Bytes(b) => b,
+        JobOutput::Redirect(url) => {
+            let mut r = Response::new(axum::body::Body::empty());
+            *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            if let Ok(v) = HeaderValue::from_str(&url) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return Ok(r);
+        }
+    };
+    let mut r = Response::new(axum::body::Body::from(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
 }
 
 /// `GET /v1/jobs` parameters.
@@ -132,11 +167,11 @@ async fn list_jobs(
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let query = ListQuery { tenant, status: q.status, limit: q.limit.unwrap_or(20), after };
     let page = api.service.list(&query).await?;
-    let now = api.service.clock.now();
-    let body = JobList {
-        jobs: page.jobs.iter().map(|j| JobView::new(j, now)).collect(),
-        next_cursor: page.next.map(encode_cursor),
-    };
+    let mut jobs = Vec::with_capacity(page.jobs.len());
+    for j in &page.jobs {
+        jobs.push(api.service.view(j).await);
+    }
+    let body = JobList { jobs, next_cursor: page.next.map(encode_cursor) };
     Ok(json(StatusCode::OK, &body))
 }
 
@@ -156,7 +191,7 @@ async fn cancel_job(
 ) -> Result<Response, HttpError> {
     let job = api.service.cancel(&tenant, &id).await?;
     let status = if job.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok(json(status, &JobView::new(&job, api.service.clock.now())))
+    Ok(json(status, &api.service.view(&job).await))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
