@@ -110,7 +110,7 @@ async fn port_call(State(ports): State<Arc<(Ports, String)>>, req: Request) -> R
         let e = remote::WireError::Unavailable { message: "missing or wrong stack token".into() };
         return reply(StatusCode::FORBIDDEN, remote::Reply::Err(e));
     }
-    let body = match ferry_http::read_limited(req.into_body(), 16 << 20).await {
+    let body = match ferry_http::read_limited(req.into_body(), 64 << 20).await {
         Ok(b) => b,
         Err(e) => {
             return reply(
