@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::job::{Job, JobId, JobStatus};
+use ferry_core::job::{Job, JobId, JobStatus, Millis};
 use ferry_core::ports::{
     Created, Delivery, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueDepth, QueueError, StoreError,
     WorkMessage, WorkQueue,
 };
+use ferry_core::progress::ProgressEvent;
 
 /// A queue whose sends fail while [`QueueFails::fail_sends`] is on, and whose receives fail
 /// while [`QueueFails::fail_receives`] is; every other call reaches the queue it wraps.
@@ -88,6 +89,27 @@ impl FinishFails {
     pub fn refuse_outputs(&self, on: bool) {
         self.refuse_outputs.store(on, Ordering::SeqCst);
     }
+
+    /// The failure to inject for a write of `job`, if any.
+    fn inject(&self, job: &Job) -> Result<(), StoreError> {
+        if !job.status.is_terminal() {
+            return Ok(());
+        }
+        let throttled =
+            self.throttles_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if throttled {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Throttled("injected: the store throttles the write".into()));
+        }
+        let has_output = job.output.as_ref().is_some_and(|o| !o.is_null());
+        if has_output && self.refuse_outputs.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Refused(
+                "injected: item size to update has exceeded the maximum allowed size".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -105,22 +127,19 @@ impl JobStore for FinishFails {
         self.inner.list(query).await
     }
     async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError> {
-        if job.status.is_terminal() {
-            let throttled =
-                self.throttles_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-            if throttled {
-                self.failed.fetch_add(1, Ordering::SeqCst);
-                return Err(StoreError::Throttled("injected: the store throttles the write".into()));
-            }
-            let has_output = job.output.as_ref().is_some_and(|o| !o.is_null());
-            if has_output && self.refuse_outputs.load(Ordering::SeqCst) {
-                self.failed.fetch_add(1, Ordering::SeqCst);
-                return Err(StoreError::Refused(
-                    "injected: item size to update has exceeded the maximum allowed size".into(),
-                ));
-            }
-        }
+        self.inject(job)?;
         self.inner.update(job, expected).await
+    }
+    async fn update_with_events(
+        &self,
+        job: &Job,
+        expected: Expected,
+        expected_last_seq: u64,
+        events: &[ProgressEvent],
+        retain_until: Millis,
+    ) -> Result<(), StoreError> {
+        self.inject(job)?;
+        self.inner.update_with_events(job, expected, expected_last_seq, events, retain_until).await
     }
     async fn active(&self, status: JobStatus, limit: u32, after: Option<JobId>) -> Result<JobPage, StoreError> {
         self.inner.active(status, limit, after).await

@@ -183,18 +183,19 @@ impl Worker {
             return;
         };
         let output_dropped = wanted != decision.action && !matches!(wanted, Action::Write(Transition::Succeed { .. }));
-        for e in decision.events {
-            // A success whose output could not be stored is recorded as a failure: no result.
-            if output_dropped && matches!(e, EventBody::Result { .. }) {
-                continue;
+        // The events of a job's end go in the same atomic write as the end itself (the
+        // result, or the error); those of a retry or a release are published first.
+        let mut final_events = match (&wanted, output_dropped) {
+            (Action::Write(Transition::Fail { error }), true) => vec![EventBody::Error { error: error.clone() }],
+            (Action::Write(_), _) => decision.events,
+            _ => {
+                for e in decision.events {
+                    let _ = stream.push(e);
+                }
+                vec![]
             }
-            let _ = stream.push(e);
-        }
-        if let (true, Action::Write(Transition::Fail { error })) = (output_dropped, &wanted) {
-            let _ = stream.push(EventBody::Error { error: error.clone() });
-        }
+        };
         let _ = stream.flush().await;
-
         let mut conflicts = 0;
         let give_up_at = Instant::now() + self.config.outcome_retry_for;
         let mut pause = OUTCOME_RETRY_FIRST;
@@ -202,7 +203,7 @@ impl Worker {
         let written = loop {
             let action = outcome::against(&wanted, &current);
             let result = match &action {
-                Action::Write(t) => self.service.apply(&current, t.clone()).await,
+                Action::Write(t) => self.service.apply_with_events(&current, t.clone(), final_events.clone()).await,
                 Action::Retry => self.service.requeue(&current, &delivery.message.trace_id).await,
                 Action::Release => self.service.apply(&current, Transition::Requeue { next_attempt: false }).await,
             };
@@ -226,10 +227,10 @@ impl Worker {
                 ServiceError::Store(StoreError::Refused(_)) if outcome::without_output(&action).is_some() => {
                     tracing::error!(job_id = %current.id, error = %e, "the store refused the outcome; recording it without its output");
                     let replacement = outcome::without_output(&action).expect("checked above");
-                    if let Action::Write(Transition::Fail { error }) = &replacement {
-                        let _ = stream.push(EventBody::Error { error: error.clone() });
-                        let _ = stream.flush().await;
-                    }
+                    final_events = match &replacement {
+                        Action::Write(Transition::Fail { error }) => vec![EventBody::Error { error: error.clone() }],
+                        _ => vec![],
+                    };
                     wanted = replacement;
                 }
                 ServiceError::Store(ref se) if se.is_transient() && Instant::now() + pause < give_up_at => {

@@ -306,39 +306,14 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn update(&self, job: &ferry_core::Job, expected: Expected) -> Result<(), StoreError> {
-        let mut names = HashMap::new();
-        let mut values = HashMap::new();
-        let mut sets = Vec::new();
-        let mut removes = Vec::new();
-        // Every name gets a placeholder: several (status, ttl, output) are reserved words.
-        for (attr, value) in lifecycle_attrs(job) {
-            let name = format!("#{attr}");
-            names.insert(name.clone(), attr.to_string());
-            match value {
-                Some(value) => {
-                    let placeholder = format!(":{attr}");
-                    sets.push(format!("{name} = {placeholder}"));
-                    values.insert(placeholder, value);
-                }
-                None => removes.push(name),
-            }
-        }
-        let mut expression = format!("SET {}", sets.join(", "));
-        if !removes.is_empty() {
-            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
-        }
-        values.insert(":expected_status".to_string(), s(expected.status.as_str()));
-        values.insert(":expected_attempt".to_string(), n(expected.attempt));
-
+        let (expression, names, values) = lifecycle_update(job, expected);
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(job_pk(&job.id)))
             .update_expression(expression)
-            .condition_expression(
-                "attribute_exists(pk) AND #status = :expected_status AND #attempt = :expected_attempt",
-            )
+            .condition_expression(UPDATE_CONDITION)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -356,6 +331,103 @@ impl JobStore for DynamoJobStore {
             },
         }
     }
+
+    async fn update_with_events(
+        &self,
+        job: &ferry_core::Job,
+        expected: Expected,
+        expected_last_seq: u64,
+        events: &[ProgressEvent],
+        retain_until: Millis,
+    ) -> Result<(), StoreError> {
+        if !is_append_batch(events, expected_last_seq) || events[0].job_id != job.id {
+            let current = self.get(&job.id).await?.map(Box::new);
+            return Err(StoreError::ConditionFailed { current });
+        }
+        let (mut expression, names, mut values) = lifecycle_update(job, expected);
+        // `last_seq` moves with the events, in the SET clause (before any REMOVE).
+        expression = expression.replacen("SET ", "SET last_seq = :last_seq, ", 1);
+        values.insert(":last_seq".into(), n(events[events.len() - 1].seq));
+        values.insert(":expected_seq".into(), n(expected_last_seq));
+        let job_update = Update::builder()
+            .table_name(&self.table)
+            .key(PK, s(job_pk(&job.id)))
+            .update_expression(expression)
+            .condition_expression(format!("{UPDATE_CONDITION} AND last_seq = :expected_seq"))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_err)?;
+        let mut items = vec![TransactWriteItem::builder().update(job_update).build()];
+        for event in events {
+            let mut item = event_to_item(event, retain_until)?;
+            if self.stream_fanout {
+                item.insert(FANOUT.into(), s(FANOUT_STREAM));
+            }
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(build_err)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        let err = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = err.as_service_error() else {
+            return Err(store_err("TransactWriteItems", err));
+        };
+        let reasons = cancel.cancellation_reasons();
+        let failed = |r: &aws_sdk_dynamodb::types::CancellationReason| r.code() == Some("ConditionalCheckFailed");
+        if !reasons.iter().any(failed) {
+            // Throttled, refused (an item over its limit), a conflicting transaction.
+            return Err(store_err("TransactWriteItems", err));
+        }
+        let current = match reasons.first().filter(|r| failed(r)).and_then(|r| r.item()) {
+            Some(item) => Some(item_to_job(item)?),
+            None => self.get(&job.id).await?,
+        };
+        tracing::debug!(job_id = %job.id, "update with events: condition failed");
+        Err(StoreError::ConditionFailed { current: current.map(Box::new) })
+    }
+}
+
+/// The condition of every lifecycle update: the job exists with the expected status and attempt.
+const UPDATE_CONDITION: &str = "attribute_exists(pk) AND #status = :expected_status AND #attempt = :expected_attempt";
+
+/// The update expression writing `job`'s lifecycle fields, with its names and values (the
+/// expected status and attempt included, for [`UPDATE_CONDITION`]).
+fn lifecycle_update(
+    job: &ferry_core::Job,
+    expected: Expected,
+) -> (String, HashMap<String, String>, HashMap<String, aws_sdk_dynamodb::types::AttributeValue>) {
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    let mut sets = Vec::new();
+    let mut removes = Vec::new();
+    // Every name gets a placeholder: several (status, ttl, output) are reserved words.
+    for (attr, value) in lifecycle_attrs(job) {
+        let name = format!("#{attr}");
+        names.insert(name.clone(), attr.to_string());
+        match value {
+            Some(value) => {
+                let placeholder = format!(":{attr}");
+                sets.push(format!("{name} = {placeholder}"));
+                values.insert(placeholder, value);
+            }
+            None => removes.push(name),
+        }
+    }
+    let mut expression = format!("SET {}", sets.join(", "));
+    if !removes.is_empty() {
+        expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+    }
+    values.insert(":expected_status".to_string(), s(expected.status.as_str()));
+    values.insert(":expected_attempt".to_string(), n(expected.attempt));
+    (expression, names, values)
 }
 
 #[async_trait]

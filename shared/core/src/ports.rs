@@ -135,6 +135,22 @@ pub trait JobStore: Send + Sync {
     /// never written here. On a mismatch, `ConditionFailed` carries the stored job.
     async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError>;
 
+    /// [`JobStore::update`] and [`EventStore::append`] as one atomic write: `job`'s
+    /// lifecycle fields, and `events` (one job's, seqs `expected_last_seq + 1, + 2, ...`,
+    /// 1 to [`MAX_APPEND`] of them) stored with the job's `last_seq` moved to the last, if
+    /// and only if the stored job has `expected`'s status and attempt and `last_seq ==
+    /// expected_last_seq`. How a job's end and its final events are written: a follower
+    /// always gets the final status event of a job that ended, and never one of a job that
+    /// did not. On any mismatch nothing is written and `ConditionFailed` carries the stored job.
+    async fn update_with_events(
+        &self,
+        job: &Job,
+        expected: Expected,
+        expected_last_seq: u64,
+        events: &[ProgressEvent],
+        retain_until: Millis,
+    ) -> Result<(), StoreError>;
+
     /// Jobs of one non-terminal status across all tenants, oldest first: the watchdog's
     /// scan. Served from an index that may lag writes by a moment, so callers act only
     /// through a compare-and-set on what they read. A terminal status gives an empty page.

@@ -15,7 +15,7 @@ use crate::ports::{
     Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, Queues, StoreError,
     WorkMessage, WorkQueue,
 };
-use crate::progress::EventBody;
+use crate::progress::{EventBody, ProgressEvent};
 use crate::publish::ProgressHub;
 use crate::state::{self, Transition, TransitionError};
 use crate::submit::ValidSubmit;
@@ -24,6 +24,10 @@ use crate::view::JobView;
 /// How many times a submit tries to take over an idempotency key from a job that was never
 /// queued before it reports the key as contended.
 const REBIND_TRIES: usize = 3;
+
+/// How many times a job's end is written again on a fresh `last_seq` (progress events
+/// published between the read and the write) before it is reported as contended.
+const LAST_SEQ_TRIES: usize = 8;
 
 /// Why a service call failed.
 #[derive(Debug, thiserror::Error)]
@@ -254,16 +258,68 @@ impl JobService {
     }
 
     /// Applies a transition to `job` as read, with a compare-and-set on its status and
-    /// attempt, then publishes the new status as a progress event when it changed. Returns
-    /// the job as written.
+    /// attempt, and publishes the new status as a progress event when it changed. Returns
+    /// the job as written. See [`JobService::apply_with_events`].
     pub async fn apply(&self, job: &Job, t: Transition) -> Result<Job, ServiceError> {
-        let now = self.clock.now();
-        let next = state::transition(job, &t, now, self.config.retention_s * 1000)?;
-        self.jobs.update(&next, Expected { status: job.status, attempt: job.attempt }).await?;
-        if next.status != job.status || next.attempt != job.attempt {
-            self.announce(&next).await;
+        self.apply_with_events(job, t, Vec::new()).await
+    }
+
+    /// [`JobService::apply`], with `bodies` published with it. A job's end (a transition to
+    /// a terminal state) is written in one atomic write with `bodies` and its final status
+    /// event (moving `last_seq`): a follower gets that event exactly when the job ended,
+    /// never a job that ended silently (a crash between two writes) nor an end that lost
+    /// its race. Events published since `job` was read (the executor's own progress) only
+    /// renumber the write: it is tried again on the fresh `last_seq`. Other transitions
+    /// write the job, then publish `bodies` and the status (if it changed) as before: the
+    /// record is the truth, the events are best effort.
+    pub async fn apply_with_events(
+        &self,
+        job: &Job,
+        t: Transition,
+        bodies: Vec<EventBody>,
+    ) -> Result<Job, ServiceError> {
+        let retention = self.config.retention_s * 1000;
+        let mut read = job.clone();
+        for _ in 0..LAST_SEQ_TRIES {
+            let now = self.clock.now();
+            let mut next = state::transition(&read, &t, now, retention)?;
+            let expected = Expected { status: read.status, attempt: read.attempt };
+            if !next.status.is_terminal() {
+                self.jobs.update(&next, expected).await?;
+                if !bodies.is_empty()
+                    && let Err(e) = self.progress.publish_batch(&next.id, bodies).await
+                {
+                    tracing::warn!(job_id = %next.id, error = %e, "could not publish the job's events");
+                }
+                if next.status != read.status || next.attempt != read.attempt {
+                    self.announce(&next).await;
+                }
+                return Ok(next);
+            }
+            let status = EventBody::Status { status: next.status, attempt: next.attempt };
+            let events: Vec<ProgressEvent> = bodies
+                .iter()
+                .cloned()
+                .chain([status])
+                .zip(read.last_seq + 1..)
+                .map(|(body, seq)| ProgressEvent { job_id: next.id, seq, time: now, body })
+                .collect();
+            match self.jobs.update_with_events(&next, expected, read.last_seq, &events, next.retain_until).await {
+                Ok(()) => {
+                    next.last_seq = events.last().map_or(next.last_seq, |e| e.seq);
+                    self.progress.fan_out_events(&events).await;
+                    return Ok(next);
+                }
+                Err(StoreError::ConditionFailed { current: Some(fresh) })
+                    if fresh.status == read.status && fresh.attempt == read.attempt =>
+                {
+                    // Only `last_seq` moved (progress published meanwhile): renumber.
+                    read = *fresh;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(next)
+        Err(ServiceError::Contended)
     }
 
     /// Publishes `job`'s status as a progress event. The job is already written, so a

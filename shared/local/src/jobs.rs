@@ -141,8 +141,43 @@ impl JobStore for MemoryJobStore {
         if stored.status != expected.status || stored.attempt != expected.attempt {
             return Err(StoreError::ConditionFailed { current: Some(Box::new(stored.clone())) });
         }
-        // Only the lifecycle fields: immutable fields and `last_seq` (owned by the
-        // progress path) keep their stored values whatever `job` carries.
+        write_lifecycle(stored, job);
+        Ok(())
+    }
+
+    async fn update_with_events(
+        &self,
+        job: &Job,
+        expected: Expected,
+        expected_last_seq: u64,
+        events: &[ProgressEvent],
+        _retain_until: Millis,
+    ) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        let Some(stored) = inner.jobs.get_mut(&job.id) else {
+            return Err(StoreError::ConditionFailed { current: None });
+        };
+        let ok = stored.status == expected.status
+            && stored.attempt == expected.attempt
+            && stored.last_seq == expected_last_seq
+            && is_append_batch(events, expected_last_seq)
+            && events[0].job_id == job.id;
+        if !ok {
+            return Err(StoreError::ConditionFailed { current: Some(Box::new(stored.clone())) });
+        }
+        write_lifecycle(stored, job);
+        stored.last_seq = events[events.len() - 1].seq;
+        for event in events {
+            inner.events.insert((event.job_id, event.seq), event.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Copies only the lifecycle fields: immutable fields and `last_seq` (owned by the progress
+/// path) keep their stored values whatever `job` carries.
+fn write_lifecycle(stored: &mut Job, job: &Job) {
+    {
         stored.status = job.status;
         stored.attempt = job.attempt;
         stored.started_at = job.started_at;
@@ -155,7 +190,6 @@ impl JobStore for MemoryJobStore {
         stored.output_object = job.output_object.clone();
         stored.error = job.error.clone();
         stored.retain_until = job.retain_until;
-        Ok(())
     }
 }
 

@@ -55,6 +55,13 @@ pub enum Call {
         job: Job,
         expected: Expected,
     },
+    JobUpdateWithEvents {
+        job: Job,
+        expected: Expected,
+        expected_last_seq: u64,
+        events: Vec<ProgressEvent>,
+        retain_until: Millis,
+    },
     JobActive {
         status: JobStatus,
         limit: u32,
@@ -242,6 +249,9 @@ pub async fn answer(ports: &Ports, call: Call) -> Result<Value, WireError> {
         Call::JobGet { id } => json(ports.jobs.get(&id).await?),
         Call::JobList { query } => json(ports.jobs.list(&query).await?),
         Call::JobUpdate { job, expected } => json(ports.jobs.update(&job, expected).await?),
+        Call::JobUpdateWithEvents { job, expected, expected_last_seq, events, retain_until } => {
+            json(ports.jobs.update_with_events(&job, expected, expected_last_seq, &events, retain_until).await?)
+        }
         Call::JobActive { status, limit, after } => json(ports.jobs.active(status, limit, after).await?),
         Call::EventAppend { events, expected_last_seq, retain_until } => {
             json(ports.events.append(&events, expected_last_seq, retain_until).await?)
@@ -387,6 +397,23 @@ impl JobStore for RemoteStack {
     }
     async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError> {
         Ok(self.call(&Call::JobUpdate { job: job.clone(), expected }).await?)
+    }
+    async fn update_with_events(
+        &self,
+        job: &Job,
+        expected: Expected,
+        expected_last_seq: u64,
+        events: &[ProgressEvent],
+        retain_until: Millis,
+    ) -> Result<(), StoreError> {
+        let call = Call::JobUpdateWithEvents {
+            job: job.clone(),
+            expected,
+            expected_last_seq,
+            events: events.to_vec(),
+            retain_until,
+        };
+        Ok(self.call(&call).await?)
     }
     async fn active(&self, status: JobStatus, limit: u32, after: Option<JobId>) -> Result<JobPage, StoreError> {
         Ok(self.call(&Call::JobActive { status, limit, after }).await?)

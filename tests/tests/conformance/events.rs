@@ -397,3 +397,44 @@ pub async fn case_many_subscribers(b: Backend) {
     assert_eq!(b.connections.delete(&ids[500]).await.unwrap(), [job], "[{}]", b.name);
     assert_eq!(subscribers(&b, &job).await.len(), CONNECTIONS - 1, "[{}]", b.name);
 }
+
+/// A job's end and its final events in one write: all or nothing, conditioned on the
+/// status, the attempt and `last_seq` together.
+pub async fn case_update_with_events(b: Backend) {
+    use ferry_core::ports::Expected;
+    let t = crate::support::tenant("final");
+    let job = crate::support::queued_job(&t, crate::support::T0);
+    b.jobs.create(&job, None).await.unwrap();
+    let event = |seq: u64, body: EventBody| ProgressEvent { job_id: job.id, seq, time: 5, body };
+    b.events
+        .append(&[event(1, EventBody::Log { level: "info".into(), message: "hi".into() })], 0, u64::MAX / 2)
+        .await
+        .unwrap();
+    let mut done = job.clone();
+    done.status = JobStatus::Cancelled;
+    done.finished_at = Some(9);
+    let finals = [
+        event(2, EventBody::inline_result(serde_json::json!({"n": 1}))),
+        event(3, EventBody::Status { status: JobStatus::Cancelled, attempt: 1 }),
+    ];
+    let queued = Expected { status: JobStatus::Queued, attempt: 1 };
+    // A stale last_seq: nothing written, the stored job comes back.
+    let stale = [event(1, finals[0].body.clone()), event(2, finals[1].body.clone())];
+    match b.jobs.update_with_events(&done, queued, 0, &stale, u64::MAX / 2).await {
+        Err(StoreError::ConditionFailed { current: Some(c) }) => assert_eq!(c.last_seq, 1, "[{}]", b.name),
+        other => panic!("[{}] {other:?}", b.name),
+    }
+    // The wrong status: nothing written.
+    let running = Expected { status: JobStatus::Running, attempt: 1 };
+    let e = b.jobs.update_with_events(&done, running, 1, &finals, u64::MAX / 2).await;
+    assert!(matches!(e, Err(StoreError::ConditionFailed { .. })), "[{}] {e:?}", b.name);
+    let got = b.jobs.get(&job.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.last_seq), (JobStatus::Queued, 1), "[{}]", b.name);
+    assert_eq!(b.events.read(&job.id, 0, 3, 10).await.unwrap().len(), 1, "[{}]", b.name);
+    // All of it.
+    b.jobs.update_with_events(&done, queued, 1, &finals, u64::MAX / 2).await.unwrap();
+    let got = b.jobs.get(&job.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.last_seq, got.finished_at), (JobStatus::Cancelled, 3, Some(9)), "[{}]", b.name);
+    let stored = b.events.read(&job.id, 1, got.last_seq, 10).await.unwrap();
+    assert_eq!(stored, finals.to_vec(), "[{}]", b.name);
+}

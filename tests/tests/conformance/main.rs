@@ -59,6 +59,7 @@ conformance! {
     read_across_batches => events::case_read_across_batches,
     append_batches => events::case_append_batches,
     update_keeps_last_seq => events::case_update_keeps_last_seq,
+    update_with_events => events::case_update_with_events,
     append_condition_failures => events::case_append_condition_failures,
     concurrent_appends_one_wins => events::case_concurrent_appends_one_wins,
     connection_round_trip => events::case_connection_round_trip,
