@@ -688,3 +688,51 @@ fn every_catalog_architecture_has_a_loader() {
         assert!(!e.to_string().contains("is not implemented"), "{arch}: {e}");
     }
 }
+
+/// A tiny Llama with room for prompts longer than one prefill chunk.
+fn long_context(seed: u64) -> (ScratchDir, LlamaModel) {
+    let dir = ScratchDir::new("ferry-llama-long").unwrap();
+    let cfg = ferry_executor::tiny::TinyConfig { max_position_embeddings: 1024, ..ferry_executor::tiny::TINY_CONFIG };
+    ferry_executor::tiny::write_llama(dir.path(), seed, cfg).unwrap();
+    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    (dir, model)
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_with_the_same_logits_and_stops_between_them() {
+    use ferry_executor::models::llama::PREFILL_CHUNK;
+    let (_dir, model) = long_context(5);
+    let prompt = PROMPT.repeat(60);
+    let ids_in = model.encode_prompt(&prompt).unwrap();
+    assert!(ids_in.len() > 2 * PREFILL_CHUNK && ids_in.len() < 1000, "{} tokens", ids_in.len());
+    // The chunked prefill gives the logits of one pass over the whole prompt.
+    let full = model.next_token_logits(&ids_in).unwrap();
+    let progress = Recorder::default();
+    let out = done(model.generate(&prompt, &gen_params(json!({"max_new_tokens": 1})), &progress).unwrap());
+    assert_eq!(ids(&out), vec![argmax(&full)]);
+    let logprob = progress.tokens()[0].logprob.unwrap() as f64;
+    let want = log_softmax(&full)[argmax(&full) as usize];
+    assert!((logprob - want).abs() < 1e-4, "{logprob} vs {want}");
+
+    // A stop asked for during the prefill is seen at the next chunk, before any token.
+    struct StopsAfterFirstCheck(std::sync::atomic::AtomicUsize);
+    impl Progress for StopsAfterFirstCheck {
+        fn token(&self, _: TokenOut) {
+            panic!("no token: the prefill was stopped");
+        }
+        fn percentage(&self, _: f32, _: Option<String>) {}
+        fn stop_requested(&self) -> Option<StopReason> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (n >= 1).then_some(StopReason::TimedOut)
+        }
+    }
+    let stopper = StopsAfterFirstCheck(Default::default());
+    match model.generate(&prompt, &gen_params(json!({"max_new_tokens": 4})), &stopper).unwrap() {
+        RunOutcome::Stopped { reason: StopReason::TimedOut, partial } => {
+            assert_eq!(partial["details"]["finish_reason"], "timed_out");
+            assert_eq!(partial["token_ids"], json!([]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stopper.0.load(std::sync::atomic::Ordering::SeqCst), 2, "checked once before, once after chunk 1");
+}

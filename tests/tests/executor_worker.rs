@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 /// A model driven by the job's prompt, a JSON script: `{"tokens": n, "step_ms": ms, "emit":
 /// e, "fail": "runtime" | "invalid", "fail_runs": k, "pad": b}` takes n steps, checking for
 /// a stop before each, and reports the first e of them as token events (default all); fails
-/// its first k runs when `fail` is set; adds b bytes of padding to its (partial) output.
+/// its first k runs when `fail` is set; adds b bytes of padding to its (partial) output;
+/// with `"block_ms": ms` first works that long without looking at stop requests (one
+/// long forward pass, a stuck load).
 /// Counts its runs.
 #[derive(Default)]
 struct Scripted {
@@ -46,6 +48,9 @@ impl Runner for Scripted {
                 Some("invalid") => return Err(ModelError::invalid("input.prompt", "too long for the context")),
                 _ => {}
             }
+        }
+        if let Some(ms) = input["block_ms"].as_u64() {
+            std::thread::sleep(Duration::from_millis(ms));
         }
         let mut text = String::new();
         let pad = input["pad"].as_u64().map(|b| "p".repeat(b as usize));
@@ -186,7 +191,31 @@ both_backends!(
     a_large_partial_output_is_stored,
     a_large_input_is_read_back_from_the_results_store,
     without_a_results_store_a_large_output_fails_the_job,
+    work_that_ignores_a_timeout_or_a_cancel_is_ended_without_it,
 );
+
+async fn work_that_ignores_a_timeout_or_a_cancel_is_ended_without_it(s: Setup) {
+    // Longer than its timeout in one uninterruptible step.
+    let slow = s.submit(json!({"block_ms": 4_000}), 1).await;
+    let w = s.worker(|c| c.idle_timeout = Duration::from_secs(30));
+    let started = Instant::now();
+    let running = tokio::spawn({
+        let w = w.clone();
+        async move { w.run(Shutdown::default()).await }
+    });
+    let done = s.wait_status(&slow, JobStatus::TimedOut, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(3_000), "timed out after {took:?}: the 1 s timeout and at most 1 s more");
+    assert_eq!((done.output, done.output_object), (None, None), "no partial output from abandoned work");
+    // A cancel the work does not look at, the same way.
+    let stuck = s.submit(json!({"block_ms": 4_000}), 60).await;
+    s.wait_status(&stuck, JobStatus::Running, Duration::from_secs(10)).await;
+    s.service.cancel(&stuck.tenant, &stuck.id).await.unwrap();
+    let asked = Instant::now();
+    s.wait_status(&stuck, JobStatus::Cancelled, Duration::from_secs(10)).await;
+    assert!(asked.elapsed() < Duration::from_millis(2_500), "cancelled after {:?}", asked.elapsed());
+    running.abort();
+}
 
 /// The stored output of `job` (as recorded), parsed.
 async fn stored_output(s: &Setup, job: &Job) -> Value {

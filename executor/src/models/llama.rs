@@ -34,8 +34,9 @@
 //!   `<|end_of_text|>` when the tokenizer has it), which is part of the output's
 //!   `token_ids` and reported as a token with empty text; when the output text contains one
 //!   of the `stop` strings, the text then ending right before the earliest one; or at
-//!   `max_new_tokens`. [`Progress::stop_requested`] is asked before every forward pass; a
-//!   stop request returns [`RunOutcome::Stopped`] with the output so far.
+//!   `max_new_tokens`. [`Progress::stop_requested`] is asked before every forward pass and
+//!   between the [`PREFILL_CHUNK`]-token chunks a long prompt is prefilled in; a stop
+//!   request returns [`RunOutcome::Stopped`] with the output so far.
 //! - **Token events**: each generated token is reported with the text it adds, found by
 //!   decoding all the generated ids (skipping special tokens) and taking the new suffix.
 //!   Text is held back while it ends in an incomplete character (the decoder's U+FFFD), so
@@ -426,7 +427,13 @@ impl LlamaModel {
                 let text = self.decode(&run.generated)?;
                 return Ok(RunOutcome::Stopped { reason, partial: run.output(text, stop_reason_name(reason)) });
             }
-            let logits = session.feed(&input)?;
+            let logits = match session.feed_checked(&input, progress)? {
+                Ok(logits) => logits,
+                Err(reason) => {
+                    let text = self.decode(&run.generated)?;
+                    return Ok(RunOutcome::Stopped { reason, partial: run.output(text, stop_reason_name(reason)) });
+                }
+            };
             let id = sampler.choose(&logits, &context)?;
             let logprob = log_softmax_at(&logits, id);
             run.first_token.get_or_insert_with(|| start.elapsed());
@@ -510,6 +517,10 @@ impl LlamaModel {
     }
 }
 
+/// Prompt tokens per forward pass of a prefill: between two chunks the job's stop request
+/// is checked, so a long prompt cannot hold off a cancel or a timeout.
+pub const PREFILL_CHUNK: usize = 256;
+
 /// One job's pass over the model: a KV cache and the position it has reached.
 struct Session<'m> {
     model: &'m LlamaModel,
@@ -520,6 +531,26 @@ struct Session<'m> {
 impl<'m> Session<'m> {
     fn new(model: &'m LlamaModel) -> Self {
         Session { model, cache: model.cache_template.clone(), pos: 0 }
+    }
+
+    /// [`Session::feed`], a long prompt in chunks of [`PREFILL_CHUNK`] tokens with a stop
+    /// check between them, so a cancel or a timeout is seen during a long prefill too.
+    fn feed_checked(
+        &mut self,
+        ids: &[u32],
+        progress: &dyn Progress,
+    ) -> Result<Result<Vec<f32>, StopReason>, ModelError> {
+        let mut chunks = ids.chunks(PREFILL_CHUNK).peekable();
+        while let Some(chunk) = chunks.next() {
+            let logits = self.feed(chunk)?;
+            if chunks.peek().is_none() {
+                return Ok(Ok(logits));
+            }
+            if let Some(reason) = progress.stop_requested() {
+                return Ok(Err(reason));
+            }
+        }
+        Err(ModelError::invalid("input.prompt", "the prompt is empty"))
     }
 
     /// Runs `ids` (the prompt, then one token at a time) and returns the f32 logits for the

@@ -40,11 +40,14 @@ pub(super) fn decide(outcome: Result<RunOutcome, ModelError>, job: &Job, api_url
             let event = EventBody::result(&job.id, output.clone(), size, api_url);
             (vec![event], Action::Write(Transition::Succeed { output: output.into() }))
         }
+        // A null partial output: the work was abandoned before it reported any.
         Ok(RunOutcome::Stopped { reason: StopReason::Cancelled, partial }) => {
-            (vec![], Action::Write(Transition::ConfirmCancel { partial_output: Some(partial.into()), forced: false }))
+            let partial_output = (!partial.is_null()).then(|| partial.into());
+            (vec![], Action::Write(Transition::ConfirmCancel { partial_output, forced: false }))
         }
         Ok(RunOutcome::Stopped { reason: StopReason::TimedOut, partial }) => {
-            (vec![], Action::Write(Transition::TimeOut { partial_output: Some(partial.into()) }))
+            let partial_output = (!partial.is_null()).then(|| partial.into());
+            (vec![], Action::Write(Transition::TimeOut { partial_output }))
         }
         Ok(RunOutcome::Stopped { reason: StopReason::Shutdown, .. }) => {
             (vec![log("warn", "executor stopping; job released".into())], Action::Release)

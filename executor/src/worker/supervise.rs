@@ -51,6 +51,7 @@ impl Worker {
         let mut visible_at = Instant::now() + self.config.visibility * 2 / 3;
         let mut check = tokio::time::interval(self.config.cancel_check);
         let mut grace_deadline: Option<Instant> = None;
+        let mut stop_since: Option<Instant> = None;
         let outcome = loop {
             tokio::select! {
                 result = &mut work => break result.unwrap_or_else(|e| Err(ModelError::Runtime(format!("job task failed: {e}")))),
@@ -59,6 +60,17 @@ impl Worker {
             let now = Instant::now();
             if now >= deadline {
                 flag.set(StopReason::TimedOut);
+            }
+            // A cancel or timeout the work has not answered within STOP_WAIT (a model busy in
+            // one long pass, a download, a load) is carried out without it: the job ends now
+            // and the work, abandoned, finishes on its own with its result dropped.
+            if let Some(reason) = flag.get().filter(|r| *r != StopReason::Shutdown) {
+                let since = *stop_since.get_or_insert(now);
+                if now >= since + STOP_WAIT {
+                    tracing::warn!(job_id = %current.id, ?reason, "the work did not stop in time; ending the job without it");
+                    work.abort();
+                    break Ok(RunOutcome::Stopped { reason, partial: serde_json::Value::Null });
+                }
             }
             if shutdown.is_set() {
                 let until = *grace_deadline.get_or_insert(now + self.config.grace_period);
@@ -294,6 +306,10 @@ impl Worker {
         }
     }
 }
+
+/// How long a running job's work may take to answer a cancel or a timeout before the job
+/// is ended without it.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// The first pause before an outcome write is tried again, doubling up to the second.
 const OUTCOME_RETRY_FIRST: Duration = Duration::from_millis(100);
