@@ -12,6 +12,12 @@
 #               (get inputs/, put outputs/), Management API
 #   execution   ECR pull, executor log streams (ECS uses it to start the task)
 #
+# Each role's table statement is limited by dynamodb:LeadingKeys to the item kinds (the
+# partition key's prefix: job#, evt#, idem#, apikey#, conn#, subs#, pool#, exec#; an index's
+# for a query: tenant#, active#, executors#) its code reaches, so, for one, the executor
+# cannot read or write API keys (apikey#) or idempotency bindings. tests/tests/infra_iam.rs
+# records the keys each component's calls name and checks them against these lists.
+#
 # DynamoDB authorizes TransactWriteItems per item as PutItem/UpdateItem/DeleteItem/
 # ConditionCheckItem (Ferry's transactions use only Put and Update items); there is no separate
 # transaction action to grant. The table is
@@ -34,6 +40,11 @@ data "aws_iam_policy_document" "api" {
     sid       = "JobsTable"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem"]
     resources = local.table_resources
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["job#*", "idem#*", "evt#*", "apikey#*", "tenant#*", "pool#*", "executors#*", "conn#*", "subs#*"]
+    }
   }
   statement {
     sid       = "JobsTableKeyThroughDynamoDB"
@@ -105,6 +116,11 @@ data "aws_iam_policy_document" "ws" {
     sid       = "JobsTable" # connections and subscriptions are updates; replays read events in batches
     actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchGetItem"]
     resources = local.table_resources
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["job#*", "evt#*", "apikey#*", "conn#*", "subs#*"]
+    }
   }
   statement {
     sid       = "JobsTableKeyThroughDynamoDB"
@@ -141,6 +157,11 @@ data "aws_iam_policy_document" "dispatcher" {
     sid       = "JobsTable"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"]
     resources = local.table_resources
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["job#*", "evt#*", "active#*", "pool#*", "executors#*", "conn#*", "subs#*"]
+    }
   }
   statement {
     sid       = "JobsTableKeyThroughDynamoDB"
@@ -241,6 +262,11 @@ data "aws_iam_policy_document" "executor" {
     sid       = "JobsTable" # DeleteItem: the heartbeat (exec#<id>) is deleted on exit, and gone connections
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = local.table_resources
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["job#*", "evt#*", "exec#*", "conn#*", "subs#*"]
+    }
   }
   statement {
     sid       = "JobsTableKeyThroughDynamoDB"

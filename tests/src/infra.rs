@@ -144,3 +144,39 @@ fn collect_statements(body: &Body, out: &mut BTreeMap<String, BTreeSet<String>>)
         }
     }
 }
+
+/// The partition key kinds (`job#`, ...) `data "aws_iam_policy_document" "<name>"` lets its
+/// DynamoDB statements reach: the values of its `dynamodb:LeadingKeys` conditions, without
+/// their trailing `*`.
+pub fn policy_leading_keys(dir: &Path, name: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (_, body) in bodies(dir) {
+        for block in body.blocks() {
+            let labels: Vec<&str> = block.labels().iter().map(|l| l.as_str()).collect();
+            if block.identifier() == "data" && labels == ["aws_iam_policy_document", name] {
+                collect_leading_keys(&block.body, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn collect_leading_keys(body: &Body, out: &mut BTreeSet<String>) {
+    for block in body.blocks() {
+        match block.identifier() {
+            "statement" | "content" | "dynamic" => collect_leading_keys(&block.body, out),
+            "condition" => {
+                let attr = |k: &str| block.body.attributes().find(|a| a.key() == k).map(|a| a.expr().clone());
+                let is_leading = matches!(attr("variable"), Some(Expression::String(v)) if v == "dynamodb:LeadingKeys");
+                if let (true, Some(Expression::Array(values))) = (is_leading, attr("values")) {
+                    for v in values {
+                        if let Expression::String(v) = v {
+                            out.insert(v.trim_end_matches('*').to_string());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -20,6 +20,7 @@ use axum::response::Response;
 pub struct Recorder {
     pub endpoint: String,
     actions: Arc<Mutex<BTreeSet<String>>>,
+    keys: Arc<Mutex<BTreeSet<String>>>,
     posts: Arc<Mutex<Vec<(String, bytes::Bytes)>>>,
 }
 
@@ -28,6 +29,7 @@ struct Ctx {
     upstream: String,
     http: reqwest::Client,
     actions: Arc<Mutex<BTreeSet<String>>>,
+    keys: Arc<Mutex<BTreeSet<String>>>,
     posts: Arc<Mutex<Vec<(String, bytes::Bytes)>>>,
 }
 
@@ -35,23 +37,32 @@ impl Recorder {
     /// Starts a recorder forwarding to `upstream` (moto's base URL).
     pub async fn start(upstream: &str) -> Recorder {
         let actions = Arc::new(Mutex::new(BTreeSet::new()));
+        let keys = Arc::new(Mutex::new(BTreeSet::new()));
         let posts = Arc::new(Mutex::new(Vec::new()));
         let ctx = Ctx {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             actions: actions.clone(),
+            keys: keys.clone(),
             posts: posts.clone(),
         };
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().fallback(forward).with_state(ctx);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Recorder { endpoint: format!("http://{addr}"), actions, posts }
+        Recorder { endpoint: format!("http://{addr}"), actions, keys, posts }
     }
 
     /// What was posted to live connections through the Management API: (connection id, data).
     pub fn posts(&self) -> Vec<(String, bytes::Bytes)> {
         self.posts.lock().unwrap().clone()
+    }
+
+    /// The kinds of DynamoDB items reached so far: the prefixes (`job#`, `apikey#`, ...) of
+    /// the partition keys each request names (an index's, for a query), which IAM checks
+    /// against a `dynamodb:LeadingKeys` condition.
+    pub fn leading_keys(&self) -> BTreeSet<String> {
+        self.keys.lock().unwrap().clone()
     }
 
     /// The IAM actions recorded so far (`service:Action`).
@@ -68,6 +79,9 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
     let query = parts.uri.query().unwrap_or("").to_string();
     let actions = iam_actions(parts.method.as_str(), &path, &query, target.as_deref(), &body);
     ctx.actions.lock().unwrap().extend(actions);
+    if target.as_deref().is_some_and(|t| t.starts_with("DynamoDB")) {
+        ctx.keys.lock().unwrap().extend(leading_key_kinds(&body));
+    }
 
     if let Some((_, id)) = path.split_once("/@connections/") {
         // The Management API: connections named `gone-...` are closed (410, as API Gateway
@@ -102,6 +116,42 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
         }
         Err(e) => Response::builder().status(502).body(Body::from(e.to_string())).unwrap(),
     }
+}
+
+/// The prefixes (up to and including the first `#`) of the partition keys a DynamoDB
+/// request names: `pk` of its `Key` or `Item` (in transactions and batches too), and the
+/// `:pk` value of a query's key condition.
+pub fn leading_key_kinds(body: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut keys = Vec::new();
+    let mut pk_of = |item: &serde_json::Value| {
+        if let Some(pk) = item["pk"]["S"].as_str() {
+            keys.push(pk.to_string());
+        }
+    };
+    pk_of(&v["Key"]);
+    pk_of(&v["Item"]);
+    for t in v["TransactItems"].as_array().into_iter().flatten() {
+        for kind in ["Put", "Update", "Delete", "ConditionCheck"] {
+            pk_of(&t[kind]["Key"]);
+            pk_of(&t[kind]["Item"]);
+        }
+    }
+    for (_, request) in v["RequestItems"].as_object().into_iter().flatten() {
+        for k in request["Keys"].as_array().into_iter().flatten() {
+            pk_of(k);
+        }
+        for w in request.as_array().into_iter().flatten() {
+            pk_of(&w["PutRequest"]["Item"]);
+            pk_of(&w["DeleteRequest"]["Key"]);
+        }
+    }
+    if let Some(pk) =
+        v["ExpressionAttributeValues"][":pk"]["S"].as_str().filter(|_| v.get("KeyConditionExpression").is_some())
+    {
+        keys.push(pk.to_string());
+    }
+    keys.into_iter().map(|k| k.split_once('#').map_or(k.clone(), |(kind, _)| format!("{kind}#"))).collect()
 }
 
 /// The IAM actions one request needs.

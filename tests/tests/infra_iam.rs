@@ -41,6 +41,13 @@ fn granted(role: &str) -> BTreeSet<String> {
     infra::policy_actions(&infra_dir(), role).into_values().flatten().filter(|a| !service_side(a)).collect()
 }
 
+/// The item kinds the role's code reached equal those its `dynamodb:LeadingKeys`
+/// conditions allow: no role reaches items of a kind it has no use for.
+fn assert_role_keys(role: &str, recorded: &BTreeSet<String>) {
+    let granted = infra::policy_leading_keys(&infra_dir(), role);
+    assert_eq!(&granted, recorded, "the {role} role's dynamodb:LeadingKeys (left) against the keys its code reached");
+}
+
 fn assert_role(role: &str, recorded: &BTreeSet<String>) {
     let granted = granted(role);
     let denied: Vec<&String> = recorded.difference(&granted).collect();
@@ -282,6 +289,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
             assert_eq!(status, 200, "{path}: {body}");
         }
         assert_role("api", &rec.actions());
+        assert_role_keys("api", &rec.leading_keys());
 
         // The ws Lambda: connect, subscribe (replaying the cancelled job's events), ping,
         // unsubscribe, disconnect.
@@ -309,6 +317,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
             assert_eq!(resp.status_code, 200, "{file}: {:?}", resp.body);
         }
         assert_role("ws", &rec.actions());
+        assert_role_keys("ws", &rec.leading_keys());
 
         // The dispatcher Lambda on its schedule: a GPU backlog to launch for, a lost
         // executor, an unacknowledged cancel, an expired job, a dead letter; subscribers on
@@ -351,6 +360,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         );
         assert!(outcome.pools.iter().any(|p| p.name == "gpu" && p.launched >= 1), "{outcome:?}");
         assert_role("dispatcher", &rec.actions());
+        assert_role_keys("dispatcher", &rec.leading_keys());
 
         // The executor: drains the cpu queue (the jobs the dispatcher left there, a model
         // fetched from S3, a job that fails once and is queued again, another pool's message
@@ -412,6 +422,8 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         let stored = d.root.ports.jobs.get(&large.id).await.unwrap().unwrap();
         assert!(stored.output.is_none() && stored.output_object.is_some(), "a large output is stored: {stored:?}");
         assert_role("executor", &rec.actions());
+        assert_role_keys("executor", &rec.leading_keys());
+        assert!(!rec.leading_keys().contains("apikey#"), "the executor never reaches API keys");
         let _ = std::fs::remove_dir_all(&d.cache);
         let _ = std::fs::remove_file(&catalog_file);
         let _ = &d.cluster;
