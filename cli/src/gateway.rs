@@ -10,6 +10,10 @@
 //!   so `ferry_aws::ApiGatewayNotifier` works against it unchanged.
 //! - `POST /dev/jobs/{id}/progress` (only with `--dev-progress`): publishes an
 //!   [`EventBody`] through [`ProgressHub::publish_progress`] and answers the stored event.
+//!
+//! The Management API and the progress driver need the stack's token ([`require_token`]):
+//! without it, any local program (or a web page through the browser) could push events
+//! to every follower.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,6 +67,8 @@ pub struct Gateway {
     pub api: Arc<WsApi>,
     /// Serves `POST /dev/jobs/{id}/progress`.
     pub dev_progress: bool,
+    /// What the Management API and the progress driver require ([`Stack::dev_token`]).
+    pub token: String,
 }
 
 impl Gateway {
@@ -72,6 +78,7 @@ impl Gateway {
             hub: stack.root.hub(),
             api: stack.ws.clone(),
             dev_progress,
+            token: stack.dev_token.clone(),
         })
     }
 }
@@ -80,14 +87,39 @@ type Gw = State<Arc<Gateway>>;
 
 /// The gateway's routes.
 pub fn router(gateway: Arc<Gateway>) -> axum::Router {
-    let mut r = axum::Router::new()
-        .route("/", get(upgrade))
+    let mut guarded = axum::Router::new()
         .route("/@connections/{id}", post(post_connection).get(get_connection).delete(delete_connection))
         .route("/{stage}/@connections/{id}", post(post_staged).get(get_staged).delete(delete_staged));
     if gateway.dev_progress {
-        r = r.route("/dev/jobs/{id}/progress", post(dev_progress));
+        guarded = guarded.route("/dev/jobs/{id}/progress", post(dev_progress));
     }
-    r.with_state(gateway)
+    let guarded = guarded.layer(axum::middleware::from_fn_with_state(gateway.clone(), require_token));
+    axum::Router::new().route("/", get(upgrade)).merge(guarded).with_state(gateway)
+}
+
+/// The Management API and the progress driver answer only requests carrying the stack's
+/// token: `x-ferry-dev-token: TOKEN`, `Authorization: Bearer TOKEN`, or a SigV4 signature
+/// whose access key id is the token (how the AWS SDK's Management API client, signing with
+/// the credentials `ferry dev` hands its processes, presents it). Compared in constant time.
+async fn require_token(State(gw): Gw, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !presents_token(req.headers(), &gw.token) {
+        return api_error(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this needs the dev token ferry dev printed at start (x-ferry-dev-token)",
+            )
+            .with_field("x-ferry-dev-token"),
+        );
+    }
+    next.run(req).await
+}
+
+fn presents_token(headers: &HeaderMap, token: &str) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let presented = header("x-ferry-dev-token")
+        .or_else(|| header("authorization").and_then(ferry_core::auth::bearer_key))
+        .or_else(|| header("authorization")?.split("Credential=").nth(1)?.split('/').next());
+    presented.is_some_and(|t| ferry_core::auth::constant_time_eq(t.as_bytes(), token.as_bytes()))
 }
 
 /// Serves until `shutdown` completes, then closes every WebSocket (1001) and returns.

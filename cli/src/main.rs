@@ -529,6 +529,7 @@ fn print_stack(stack: &stack::Stack, addr: SocketAddr, ws_host: SocketAddr, back
     if dev_progress {
         println!("  dev progress driver: POST http://{ws_host}/dev/jobs/{{id}}/progress");
     }
+    println!("  dev token (Management API and progress driver, as x-ferry-dev-token): {}", stack.dev_token);
     for (key, tenant) in &stack.api_keys {
         println!("  API key for tenant {tenant}: {key}");
     }

@@ -51,13 +51,13 @@ impl DevProcess {
     }
 
     async fn drive(&self, job: &str, body: Value) {
-        drive(&self.ws.replace("ws://", "http://"), job, body).await;
+        drive(&self.ws.replace("ws://", "http://"), &self.dev_token, job, body).await;
     }
 }
 
-async fn drive(gw_http: &str, job: &str, body: Value) {
-    let resp =
-        reqwest::Client::new().post(format!("{gw_http}/dev/jobs/{job}/progress")).json(&body).send().await.unwrap();
+async fn drive(gw_http: &str, token: &str, job: &str, body: Value) {
+    let url = format!("{gw_http}/dev/jobs/{job}/progress");
+    let resp = reqwest::Client::new().post(url).header("x-ferry-dev-token", token).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200, "driving {body}");
 }
 
@@ -237,18 +237,23 @@ async fn a_dropped_connection_resumes_without_gaps_or_repeats() {
         }
     };
     for i in 0..3 {
-        drive(&gw_http, &job, token(i, "x")).await;
+        drive(&gw_http, &gw.token, &job, token(i, "x")).await;
     }
     wait_for(3).await;
     for round in 0..2 {
         // Close the follower's socket through the Management API, as API Gateway might.
         let ids = gw.registry.ids();
         assert_eq!(ids.len(), 1, "{ids:?}");
-        let del = client.delete(format!("{gw_http}/@connections/{}", ids[0])).send().await.unwrap();
+        let del = client
+            .delete(format!("{gw_http}/@connections/{}", ids[0]))
+            .header("x-ferry-dev-token", &gw.token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(del.status(), 204);
         // Events while it is away are stored and replayed on resubscribe.
         for i in 0..4 {
-            drive(&gw_http, &job, token(10 * round + i, "y")).await;
+            drive(&gw_http, &gw.token, &job, token(10 * round + i, "y")).await;
         }
         // Wait for the new connection, then one more live event.
         for _ in 0..500 {
@@ -258,11 +263,12 @@ async fn a_dropped_connection_resumes_without_gaps_or_repeats() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        drive(&gw_http, &job, token(99, "z")).await;
+        drive(&gw_http, &gw.token, &job, token(99, "z")).await;
         wait_for(3 + 5 * (round as usize + 1)).await;
     }
     drive(
         &gw_http,
+        &gw.token,
         &job,
         serde_json::to_value(EventBody::Status { status: JobStatus::Succeeded, attempt: 1 }).unwrap(),
     )

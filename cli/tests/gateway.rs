@@ -44,6 +44,7 @@ async fn ferry_dev_serves_the_gateway_and_stops_on_ctrl_c() {
     assert_eq!(recv(&mut ws).await, json!({"action": "pong"}));
     let resp = reqwest::Client::new()
         .post(format!("{}/dev/jobs/01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B/progress", ws_url.replace("ws://", "http://")))
+        .header("x-ferry-dev-token", &dev.dev_token)
         .body(r#"{"type":"log","level":"info","message":"x"}"#)
         .send()
         .await

@@ -59,6 +59,10 @@ pub struct Args {
     /// The WebSocket API's Management endpoint, to push progress to subscribers.
     #[arg(long, env = "FERRY_WS_MANAGEMENT_ENDPOINT")]
     pub ws_management_endpoint: Option<String>,
+    /// Sign Management API calls with this access key id instead of the task's credentials:
+    /// the token of `ferry dev`'s local Management API (set by `ferry dev`; never on AWS).
+    #[arg(long, env = "FERRY_WS_MANAGEMENT_KEY", hide_env_values = true)]
+    pub ws_management_key: Option<String>,
     /// Where models stored in S3 (`s3_uri` in the catalog) are copied before loading.
     #[arg(long, env = "FERRY_MODEL_CACHE", default_value = "/tmp/ferry-models")]
     pub model_cache: PathBuf,
@@ -159,7 +163,13 @@ async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<(P
         tracing::info!("no Management endpoint: progress is pushed by the dispatcher from the table's stream");
         aws = aws.with_stream_fanout();
     }
-    let ports = aws.ports(Queues::single(aws.queue(queue_url)), Arc::new(NoLauncher), aws.notifier(endpoint));
+    let notifier = match (&args.ws_management_key, endpoint) {
+        (Some(key), Some(endpoint)) => {
+            ferry_aws::root::notifier(&ferry_aws::sdk_config_for_endpoint_as(endpoint, key).await, Some(endpoint))
+        }
+        _ => aws.notifier(endpoint),
+    };
+    let ports = aws.ports(Queues::single(aws.queue(queue_url)), Arc::new(NoLauncher), notifier);
     let s3 = S3Models { client: ferry_aws::s3_client(sdk), cache: args.model_cache.clone() };
     Ok((ports, Some(s3)))
 }
@@ -168,7 +178,8 @@ async fn aws_ports(args: &Args, sdk: &ferry_aws::SdkConfig) -> anyhow::Result<(P
 async fn stack_ports(url: &str, token: &str, args: &Args) -> Ports {
     // Only the Management endpoint (ferry dev's gateway) is reached with the SDK: static
     // credentials keep it from looking for real ones.
-    let sdk = ferry_aws::sdk_config_for_endpoint(url).await;
+    let key = args.ws_management_key.as_deref().unwrap_or("test");
+    let sdk = ferry_aws::sdk_config_for_endpoint_as(management_endpoint(args).unwrap_or(url), key).await;
     let notifier = ferry_aws::root::notifier(&sdk, management_endpoint(args));
     if management_endpoint(args).is_none() {
         tracing::warn!("FERRY_WS_MANAGEMENT_ENDPOINT is not set: progress is stored for replay but not pushed");

@@ -67,13 +67,11 @@ async fn start(setup: Setup, dev_progress: bool) -> Option<Env> {
     let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http_listener.local_addr().unwrap();
     tokio::spawn(server::serve(http_listener, server::Mode::Api(stack.api.clone()), std::future::pending()));
-    Some(Env {
-        http: format!("http://{http_addr}"),
-        ws: format!("ws://{ws_addr}"),
-        gw,
-        stack,
-        client: reqwest::Client::new(),
-    })
+    // The Management API and the progress driver take the stack's token.
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-ferry-dev-token", stack.dev_token.parse().unwrap());
+    let client = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    Some(Env { http: format!("http://{http_addr}"), ws: format!("ws://{ws_addr}"), gw, stack, client })
 }
 
 /// Each named test on the embedded adapters and on the AWS adapters (moto).
@@ -386,6 +384,19 @@ async fn expect_close(ws: &mut Ws, code: CloseCode) {
 async fn management_api_and_gone_cleanup(setup: Setup) {
     let Some(env) = start(setup, true).await else { return };
     let base = env.http_gw();
+    // Without the dev token (or with another), neither answers.
+    let anyone = reqwest::Client::new();
+    for (path, token) in
+        [("/@connections/x", None), ("/dev/jobs/01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B/progress", Some("fdt_wrong"))]
+    {
+        let mut req = anyone.post(format!("{base}{path}")).body(r#"{"type":"log","level":"info","message":"x"}"#);
+        if let Some(t) = token {
+            req = req.header("x-ferry-dev-token", t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"]["field"], "x-ferry-dev-token");
+    }
     for path in ["/@connections/AAAAAAAAAAAAAA%3D%3D", "/dev/@connections/nope"] {
         let resp = env.client.post(format!("{base}{path}")).body("hi").send().await.unwrap();
         assert_eq!(resp.status(), 410);

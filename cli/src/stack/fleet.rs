@@ -58,6 +58,7 @@ pub(super) fn process_launcher(
     scale: &ScaleOptions,
     catalog: &Catalog,
     ports_token: Option<&str>,
+    dev_token: &str,
     queue_urls: &[(String, String)],
 ) -> anyhow::Result<ProcessLauncher> {
     std::fs::create_dir_all(&scale.log_dir).with_context(|| format!("creating {}", scale.log_dir.display()))?;
@@ -77,6 +78,7 @@ pub(super) fn process_launcher(
     ];
     if let Some(endpoint) = &scale.management_endpoint {
         env.push(("FERRY_WS_MANAGEMENT_ENDPOINT".into(), endpoint.clone()));
+        env.push(("FERRY_WS_MANAGEMENT_KEY".into(), dev_token.to_string()));
     }
     if let Some(url) = &opts.api_url {
         env.push(("FERRY_API_URL".into(), url.clone()));

@@ -47,6 +47,10 @@ pub struct Stack {
     /// The token of the loopback ports endpoint executor processes use (embedded backend
     /// with `scale`).
     pub ports_token: Option<String>,
+    /// The token `ferry dev`'s local Management API and its progress driver require
+    /// (`x-ferry-dev-token`, a bearer token, or as the access key id of a SigV4 signature),
+    /// printed at start; its notifier and executor processes sign with it.
+    pub dev_token: String,
     /// The embedded results store (large inputs and outputs), whose signed URLs the HTTP
     /// server answers at `/dev/objects/` (embedded backend).
     pub objects: Option<Arc<DirObjects>>,
@@ -121,9 +125,13 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         (BackendKind::Embedded, _, Some(endpoint)) => Some(ferry_aws::sdk_config_for_endpoint(endpoint).await),
         (BackendKind::Embedded, _, None) => None,
     };
-    let notifier: Arc<dyn Notifier> = match (&opts.management_endpoint, &sdk) {
-        (Some(endpoint), Some(sdk)) => ferry_aws::root::notifier(sdk, Some(endpoint)),
-        _ => Arc::new(LocalNotifier { registry: registry.clone() }),
+    let dev_token = format!("fdt_{}", ulid::Ulid::new().to_string().to_ascii_lowercase());
+    let notifier: Arc<dyn Notifier> = match &opts.management_endpoint {
+        Some(endpoint) => {
+            let signer = ferry_aws::sdk_config_for_endpoint_as(endpoint, &dev_token).await;
+            ferry_aws::root::notifier(&signer, Some(endpoint))
+        }
+        None => Arc::new(LocalNotifier { registry: registry.clone() }),
     };
     // Each pool gets its own queue and dead-letter queue, as the dispatcher counts a pool's
     // backlog from its queue. On AWS their URLs go to the executor processes.
@@ -139,7 +147,14 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         (opts.backend == BackendKind::Embedded && opts.scale.is_some()).then(|| ulid::Ulid::new().to_string());
     let (launcher, process_launcher): (Arc<dyn Launcher>, _) = match &opts.scale {
         Some(scale) => {
-            let l = Arc::new(fleet::process_launcher(opts, scale, &catalog, ports_token.as_deref(), &queue_urls)?);
+            let l = Arc::new(fleet::process_launcher(
+                opts,
+                scale,
+                &catalog,
+                ports_token.as_deref(),
+                &dev_token,
+                &queue_urls,
+            )?);
             (l.clone(), Some(l))
         }
         None if opts.executors => (Arc::new(fleet::InProcessTasks(in_process_ids(opts, &pools, &catalog))), None),
@@ -181,6 +196,7 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
         launcher: process_launcher,
         workers,
         ports_token,
+        dev_token,
         objects,
         scale: opts.scale.clone(),
     })

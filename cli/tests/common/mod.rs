@@ -15,6 +15,8 @@ pub struct DevProcess {
     pub http: String,
     /// `ws://127.0.0.1:PORT` of the WebSocket gateway.
     pub ws: String,
+    /// The token its Management API and progress driver take.
+    pub dev_token: String,
     /// What it printed up to "Ctrl-C stops it.".
     pub startup: Vec<String>,
     /// Everything it prints after that (read on a thread, so its stdout never blocks).
@@ -66,5 +68,6 @@ pub fn spawn_dev(args: &[&str]) -> DevProcess {
             .unwrap_or_else(|| panic!("ferry dev printed no {marker:?} line: {startup:?}"))
     };
     let (http, ws) = (url_after("HTTP API on "), url_after("WebSocket API on "));
-    DevProcess { child, http, ws, startup, lines }
+    let dev_token = url_after("as x-ferry-dev-token): ");
+    DevProcess { child, http, ws, dev_token, startup, lines }
 }

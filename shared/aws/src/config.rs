@@ -40,12 +40,23 @@ pub async fn sdk_config_for_endpoint(endpoint: &str) -> SdkConfig {
 
 /// [`sdk_config_for_endpoint`] with other timeouts.
 pub async fn sdk_config_for_endpoint_with(endpoint: &str, timeouts: &Timeouts) -> SdkConfig {
+    sdk_config(endpoint, timeouts, "test").await
+}
+
+/// [`sdk_config_for_endpoint`] signing with the access key id `key`: how `ferry dev`'s
+/// processes reach its local Management API, which accepts only requests signed with the
+/// stack's own key (a random token handed to them, never a real credential).
+pub async fn sdk_config_for_endpoint_as(endpoint: &str, key: &str) -> SdkConfig {
+    sdk_config(endpoint, &Timeouts::default(), key).await
+}
+
+async fn sdk_config(endpoint: &str, timeouts: &Timeouts, key: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         // An empty environment also hides HOME, so no profile file is read either.
         .empty_test_environment()
         .region(Region::new(TEST_REGION))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "ferry-static"))
+        .credentials_provider(Credentials::new(key, "test", None, None, "ferry-static"))
         .timeout_config(timeouts.config())
         .load()
         .await

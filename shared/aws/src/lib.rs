@@ -34,7 +34,8 @@ pub mod stream;
 
 pub use bootstrap::{QueueUrls, bootstrap, ensure_bucket, ensure_queues, ensure_table};
 pub use config::{
-    AwsSettings, DEFAULT_TABLE, Timeouts, sdk_config_for_endpoint, sdk_config_for_endpoint_with, sdk_config_from_env,
+    AwsSettings, DEFAULT_TABLE, Timeouts, sdk_config_for_endpoint, sdk_config_for_endpoint_as,
+    sdk_config_for_endpoint_with, sdk_config_from_env,
 };
 pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
