@@ -138,6 +138,24 @@ pub async fn aws() -> Option<Backend> {
     Some(Backend { ports, queue, dlq, name: "aws" })
 }
 
+/// [`aws`], with every AWS call going through a fault-injecting proxy in front of moto
+/// (a [`crate::recorder::Recorder`]: [`crate::recorder::Recorder::inject`]), with `timeouts`.
+pub async fn aws_through_proxy(timeouts: ferry_aws::Timeouts) -> Option<(Backend, crate::recorder::Recorder)> {
+    let server = moto::shared()?;
+    let direct = ferry_aws::sdk_config_for_endpoint(&server.endpoint).await;
+    let name = unique_name();
+    ferry_aws::ensure_table(&aws_sdk_dynamodb::Client::new(&direct), &name).await.unwrap();
+    ferry_aws::ensure_bucket(&ferry_aws::s3_client(&direct), &name).await.unwrap();
+    let urls = ferry_aws::ensure_queues(&aws_sdk_sqs::Client::new(&direct), &name, MAX_RECEIVE_COUNT).await.unwrap();
+    let proxy = crate::recorder::Recorder::start(&server.endpoint).await;
+    let sdk = ferry_aws::sdk_config_for_endpoint_with(&proxy.endpoint, &timeouts).await;
+    let aws = ferry_aws::AwsPorts::new(&sdk, &name).with_results_bucket(Some(&name));
+    let (queue, dlq) = (aws.queue(urls.queue_url), aws.queue(urls.dlq_url));
+    let queues = Queues::single(queue.clone()).with_pool("cpu", queue.clone()).with_dlq("cpu", dlq.clone());
+    let ports = aws.ports(queues, Arc::new(NoLauncher), Arc::new(NoNotifier));
+    Some((Backend { ports, queue, dlq, name: "aws" }, proxy))
+}
+
 /// A table and queue name no other test (in this process or another) uses: a ULID,
 /// lower-cased, is unique across processes and valid for both services.
 pub fn unique_name() -> String {

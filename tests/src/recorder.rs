@@ -21,6 +21,7 @@ pub struct Recorder {
     pub endpoint: String,
     actions: Arc<Mutex<BTreeSet<String>>>,
     keys: Arc<Mutex<BTreeSet<String>>>,
+    faults: Arc<Mutex<Vec<Fault>>>,
     posts: Arc<Mutex<Vec<(String, bytes::Bytes)>>>,
 }
 
@@ -30,6 +31,7 @@ struct Ctx {
     http: reqwest::Client,
     actions: Arc<Mutex<BTreeSet<String>>>,
     keys: Arc<Mutex<BTreeSet<String>>>,
+    faults: Arc<Mutex<Vec<Fault>>>,
     posts: Arc<Mutex<Vec<(String, bytes::Bytes)>>>,
 }
 
@@ -38,24 +40,37 @@ impl Recorder {
     pub async fn start(upstream: &str) -> Recorder {
         let actions = Arc::new(Mutex::new(BTreeSet::new()));
         let keys = Arc::new(Mutex::new(BTreeSet::new()));
+        let faults = Arc::new(Mutex::new(Vec::new()));
         let posts = Arc::new(Mutex::new(Vec::new()));
         let ctx = Ctx {
             upstream: upstream.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             actions: actions.clone(),
             keys: keys.clone(),
+            faults: faults.clone(),
             posts: posts.clone(),
         };
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().fallback(forward).with_state(ctx);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Recorder { endpoint: format!("http://{addr}"), actions, keys, posts }
+        Recorder { endpoint: format!("http://{addr}"), actions, keys, faults, posts }
     }
 
     /// What was posted to live connections through the Management API: (connection id, data).
     pub fn posts(&self) -> Vec<(String, bytes::Bytes)> {
         self.posts.lock().unwrap().clone()
+    }
+
+    /// Injects `fault` into the next `times` requests that match it (a fault-injecting
+    /// proxy: the recorder is one already).
+    pub fn inject(&self, fault: Fault) {
+        self.faults.lock().unwrap().push(fault);
+    }
+
+    /// How many injected faults are still to happen.
+    pub fn faults_left(&self) -> u32 {
+        self.faults.lock().unwrap().iter().map(|f| f.times).sum()
     }
 
     /// The kinds of DynamoDB items reached so far: the prefixes (`job#`, `apikey#`, ...) of
@@ -71,10 +86,79 @@ impl Recorder {
     }
 }
 
+/// A fault to inject: into requests whose `X-Amz-Target` ends with `.{operation}` and
+/// whose body contains `containing`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub operation: &'static str,
+    pub containing: String,
+    pub kind: FaultKind,
+    pub times: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// 400 `ThrottlingException` (DynamoDB's and SQS's throttling answer).
+    Throttle,
+    /// 500 `InternalServerError`.
+    ServerError,
+    /// The request is not forwarded, and the answer is a success as SQS gives it for
+    /// SendMessage: the message is lost (as in a crash right after the call).
+    Drop,
+    /// No answer for this long, then forwarded (a hung call).
+    Hang(std::time::Duration),
+}
+
+/// The fault `ctx` holds for this request, if any (counted down).
+fn take_fault(ctx: &Ctx, target: Option<&str>, body: &[u8]) -> Option<FaultKind> {
+    let target = target?;
+    let text = String::from_utf8_lossy(body);
+    let mut faults = ctx.faults.lock().unwrap();
+    let f = faults.iter_mut().find(|f| {
+        f.times > 0 && target.ends_with(&format!(".{}", f.operation)) && text.contains(f.containing.as_str())
+    })?;
+    f.times -= 1;
+    Some(f.kind)
+}
+
+fn fault_response(kind: FaultKind, target: &str) -> Option<Response> {
+    let json = |status: u16, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/x-amz-json-1.0")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    match kind {
+        FaultKind::Throttle => Some(json(
+            400,
+            r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"injected: rate exceeded"}"#
+                .into(),
+        )),
+        FaultKind::ServerError => Some(json(
+            500,
+            r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected: internal error"}"#
+                .into(),
+        )),
+        FaultKind::Drop if target.ends_with(".SendMessage") => {
+            Some(json(200, r#"{"MessageId":"00000000-0000-0000-0000-000000000000"}"#.into()))
+        }
+        FaultKind::Drop => Some(json(200, "{}".into())),
+        FaultKind::Hang(_) => None,
+    }
+}
+
 async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(kind) = take_fault(&ctx, target.as_deref(), &body) {
+        if let FaultKind::Hang(d) = kind {
+            tokio::time::sleep(d).await;
+        } else if let Some(resp) = fault_response(kind, target.as_deref().unwrap_or_default()) {
+            return resp;
+        }
+    }
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
     let actions = iam_actions(parts.method.as_str(), &path, &query, target.as_deref(), &body);

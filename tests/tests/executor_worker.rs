@@ -589,3 +589,91 @@ async fn another_pools_job_is_left_for_that_pool(s: Setup) {
     assert_eq!(s.job(&job).await.status, JobStatus::Succeeded);
     assert!(s.queue_empty().await);
 }
+
+/// The AWS adapters through a fault-injecting proxy in front of moto, with short SDK
+/// timeouts (a hung call is cut after 2 s and tried again).
+async fn behind_a_faulty_proxy() -> Option<(Setup, ferry_tests::recorder::Recorder)> {
+    let timeouts = ferry_aws::Timeouts {
+        connect: Duration::from_secs(2),
+        attempt: Duration::from_secs(2),
+        operation: Duration::from_secs(10),
+    };
+    let (b, proxy) = backends::aws_through_proxy(timeouts).await?;
+    Some((setup(b), proxy))
+}
+
+/// One job, its events: exactly one result and one final status, whatever was injected.
+async fn assert_one_end(s: &Setup, job: &Job, status: JobStatus) -> Job {
+    let done = s.wait_status(job, status, Duration::from_secs(60)).await;
+    let events = s.events(job).await;
+    let results = events.iter().filter(|e| matches!(e, EventBody::Result { .. })).count();
+    let finals = events.iter().filter(|e| e.is_final()).count();
+    assert_eq!((results, finals), (1, 1), "one result, one final status: {events:?}");
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttles_and_500s_on_the_finishing_write_lose_nothing_behind_a_faulty_proxy() {
+    use ferry_tests::recorder::{Fault, FaultKind};
+    let Some((s, proxy)) = behind_a_faulty_proxy().await else { return };
+    // More than the SDK's own three attempts: the executor's retry has to carry it.
+    for kind in [FaultKind::Throttle, FaultKind::ServerError] {
+        let fault = Fault { operation: "TransactWriteItems", containing: "succeeded".into(), kind, times: 4 };
+        proxy.inject(fault);
+    }
+    let job = s.submit(json!({"tokens": 3}), 60).await;
+    let w = s.worker(|c| c.idle_timeout = Duration::from_secs(3));
+    assert_eq!(w.run(Shutdown::default()).await, Exit::Idle);
+    assert_eq!(proxy.faults_left(), 0, "every fault was met");
+    let done = assert_one_end(&s, &job, JobStatus::Succeeded).await;
+    assert_eq!(done.output, Some(json!({"text": " t0 t1 t2", "tokens": 3})));
+    assert_eq!((done.attempt, s.model.runs.load(Ordering::SeqCst)), (1, 1), "run once");
+    assert!(s.queue_empty().await, "acknowledged once recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_send_after_a_requeue_and_a_hung_call_leave_nothing_stuck_behind_a_faulty_proxy() {
+    use ferry_tests::recorder::{Fault, FaultKind};
+    let Some((s, proxy)) = behind_a_faulty_proxy().await else { return };
+    // The first run fails retryably; the message of its second attempt is lost; a read of
+    // the job hangs once.
+    let job = s.submit(json!({"tokens": 2, "fail": "runtime", "fail_runs": 1}), 60).await;
+    proxy.inject(Fault {
+        operation: "SendMessage",
+        containing: r#"attempt\":2"#.into(),
+        kind: FaultKind::Drop,
+        times: 1,
+    });
+    proxy.inject(Fault {
+        operation: "GetItem",
+        containing: job.id.to_string(),
+        kind: FaultKind::Hang(Duration::from_secs(5)),
+        times: 1,
+    });
+    let w = s.worker(|c| c.idle_timeout = Duration::from_secs(60));
+    let stop = Shutdown::default();
+    let running = tokio::spawn({
+        let (w, stop) = (w.clone(), stop.clone());
+        async move { w.run(stop).await }
+    });
+    let requeued = s.wait_status(&job, JobStatus::Queued, Duration::from_secs(30)).await;
+    assert_eq!(requeued.attempt, 2);
+    // The watchdog finds the queued job with no message and sends it again.
+    let mut watchdog = s.root.watchdog(30_000);
+    watchdog.resend_after_ms = 1_000;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        let j = s.job(&job).await;
+        if j.status.is_terminal() || Instant::now() > deadline {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = watchdog.run().await;
+    };
+    assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
+    assert_eq!(proxy.faults_left(), 0, "every fault was met");
+    assert_eq!((done.attempt, s.model.runs.load(Ordering::SeqCst)), (2, 2));
+    assert_one_end(&s, &job, JobStatus::Succeeded).await;
+    stop.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
+}
