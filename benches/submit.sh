@@ -8,6 +8,8 @@
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10s]  WARMUP [2s]  THREADS [1]  CONNECTIONS [32]
 #   SKIP_BUILD=1 to use the existing target/release/ferry; FERRY_BIN to name another binary.
+#   API_ARGS: more flags for the API's `ferry dev` (`--no-executor`: the submit path alone,
+#   without executor processes running the submitted jobs on the same cores).
 #   RUST_LOG is passed to both servers (their default: info, one log line per request).
 # wrk and the servers share this machine's cores; with 2 cores keep THREADS at 1 or 2.
 # Exits 1 if the API answered anything but 202 or wrk saw socket errors.
@@ -56,7 +58,8 @@ while [[ "$PORT_CEIL" == "$PORT_API" ]]; do PORT_CEIL=$(free_port); done
 API=http://127.0.0.1:$PORT_API
 CEIL=http://127.0.0.1:$PORT_CEIL
 
-"$FERRY" dev --http "127.0.0.1:$PORT_API" --rate-limit 0 >"$work/api.out" 2>"$work/api.err" &
+# shellcheck disable=SC2086 # API_ARGS is a list of flags
+"$FERRY" dev --http "127.0.0.1:$PORT_API" --rate-limit 0 ${API_ARGS:-} >"$work/api.out" 2>"$work/api.err" &
 pids+=($!); PID_API=$!
 "$FERRY" dev --http "127.0.0.1:$PORT_CEIL" --constant-202 >"$work/ceil.out" 2>"$work/ceil.err" &
 pids+=($!); PID_CEIL=$!
