@@ -6,6 +6,7 @@ pub mod ecs;
 pub mod event_files;
 pub mod faults;
 pub mod fixtures;
+pub mod follow;
 pub mod infra;
 pub mod moto;
 pub mod recorder;

@@ -15,10 +15,9 @@ use ferry_cli::gateway::{self, Gateway};
 use ferry_cli::server;
 use ferry_cli::stack::{self, BackendKind, StackOptions};
 use ferry_core::progress::{EventBody, ProgressEvent};
-use ferry_core::publish::ServerMessage;
 use ferry_executor::models::bert::BertEmbedder;
 use ferry_executor::models::{NoProgress, Placement, RunOutcome};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,23 +104,7 @@ impl Dev {
         let job: Value = resp.json().await.unwrap();
         let id = job["id"].as_str().unwrap().to_string();
         ws.send(Message::Text(json!({"action": "subscribe", "job_id": id}).to_string().into())).await.unwrap();
-        let mut events = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-        'read: loop {
-            let msg = tokio::time::timeout_at(deadline, ws.next()).await.expect("the job finishes in time");
-            let Some(Ok(Message::Text(text))) = msg else { continue };
-            let v: Value = serde_json::from_str(&text).unwrap();
-            if v["action"] == "subscribed" || v["action"] == "pong" {
-                continue;
-            }
-            for e in serde_json::from_value::<ServerMessage>(v).expect("an event frame").into_events() {
-                let last = e.body.is_final();
-                events.push(e);
-                if last {
-                    break 'read;
-                }
-            }
-        }
+        let events = ferry_tests::follow::events_until_final(&mut ws, Duration::from_secs(240)).await;
         (id, events)
     }
 
