@@ -14,6 +14,7 @@ use ferry_core::catalog::{ModelSpec, default_architecture};
 use ferry_core::input::{JobInput, OutOfBounds};
 use serde_json::Value;
 
+pub mod batch;
 pub mod bert;
 pub mod llama;
 
