@@ -15,8 +15,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::models::ModelError;
 
-pub use ferry_aws::s3_client;
-
 /// `s3://bucket/prefix` split into (bucket, prefix without a trailing `/`).
 pub fn parse_s3_uri(uri: &str) -> Result<(String, String), ModelError> {
     let rest = uri

@@ -44,7 +44,7 @@ async fn models_are_fetched_from_s3_once_and_served() {
     let Some(b) = ferry_tests::backends::aws().await else { return };
     let moto = ferry_tests::moto::shared().unwrap();
     let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
-    let s3 = ferry_executor::fetch::s3_client(&sdk);
+    let s3 = ferry_aws::s3_client(&sdk);
     let bucket = ferry_tests::backends::unique_name();
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let local = ScratchDir::new("s3-model").unwrap();
@@ -146,7 +146,7 @@ async fn models_are_fetched_from_s3_once_and_served() {
 async fn concurrent_syncs_of_one_model_download_it_once() {
     let Some(moto) = ferry_tests::moto::shared() else { return };
     let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
-    let s3 = ferry_executor::fetch::s3_client(&sdk);
+    let s3 = ferry_aws::s3_client(&sdk);
     let bucket = ferry_tests::backends::unique_name();
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let local = ScratchDir::new("s3-model-concurrent").unwrap();

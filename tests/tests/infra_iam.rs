@@ -92,7 +92,7 @@ async fn deploy() -> Option<Deployment> {
         let urls = ferry_aws::ensure_queues(&sqs, &format!("{table}-{pool}"), 5).await.unwrap();
         queues.insert(pool, (urls.queue_url, urls.dlq_url));
     }
-    let s3 = ferry_executor::fetch::s3_client(&moto.sdk);
+    let s3 = ferry_aws::s3_client(&moto.sdk);
     let bucket = unique_name();
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let local = std::env::temp_dir().join(format!("ferry-iam-{}", ulid::Ulid::new()));

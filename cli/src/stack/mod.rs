@@ -220,7 +220,7 @@ fn in_process_workers(opts: &StackOptions, root: &Root, sdk: Option<&ferry_aws::
         .map(|(pool, executor_id)| {
             let config = WorkerConfig { pool, executor_id, api_url: opts.api_url.clone(), ..opts.worker.clone() };
             let s3 = sdk.map(|sdk| S3Models {
-                client: ferry_executor::fetch::s3_client(sdk),
+                client: ferry_aws::s3_client(sdk),
                 cache: options::state_dir().join("models").join("s3"),
             });
             Worker::with_s3(root, config, s3)

@@ -147,8 +147,24 @@ pub fn notifier(sdk: &SdkConfig, endpoint: Option<&str>) -> Arc<dyn Notifier> {
 /// and the service's settings. The only call it makes is GetQueueUrl, for a queue given by
 /// name.
 pub async fn root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, AwsError> {
+    lambda_root(AwsPorts::new(sdk, &table_from_lookup(env)), env).await
+}
+
+/// The api Lambda's root: [`root_from_lookup`]'s, with the results bucket
+/// (`FERRY_RESULTS_BUCKET`) it stores large inputs in and signs output URLs of. (The
+/// dispatcher handles no input or output, so it has none.)
+pub async fn api_root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, AwsError> {
+    let bucket = env("FERRY_RESULTS_BUCKET");
+    if bucket.as_deref().is_none_or(|v| v.trim().is_empty()) {
+        tracing::warn!("FERRY_RESULTS_BUCKET is not set: inputs over 64 KiB are refused with 413");
+    }
+    let aws = AwsPorts::new(sdk, &table_from_lookup(env)).with_results_bucket(bucket.as_deref());
+    lambda_root(aws, env).await
+}
+
+/// The api's and the dispatcher's root over `aws`, from the rest of their environment.
+async fn lambda_root(aws: AwsPorts, env: Lookup<'_>) -> Result<Root, AwsError> {
     let config_err = |e: &dyn std::fmt::Display| AwsError::Config(e.to_string());
-    let aws = AwsPorts::new(sdk, &table_from_lookup(env));
     let settings = AwsSettings::from_lookup(&aws.sqs, env).await?;
     let default_dlq = env("FERRY_DLQ_URL").filter(|v| !v.trim().is_empty());
     let notifier = aws.notifier(env("FERRY_WS_MANAGEMENT_ENDPOINT").as_deref());
@@ -161,19 +177,6 @@ pub async fn root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, 
     let queues = aws.queues(&pools, &settings.queue_url, default_dlq.as_deref());
     tracing::info!(table = %aws.table, queue_url = %settings.queue_url, "AWS ports configured");
     Ok(Root::new(aws.ports(queues, aws.ecs(), notifier), catalog, pools, config))
-}
-
-/// The api Lambda's root: [`root_from_lookup`]'s, with the results bucket
-/// (`FERRY_RESULTS_BUCKET`) it stores large inputs in and signs output URLs of. (The
-/// dispatcher handles no input or output, so it has none.)
-pub async fn api_root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, AwsError> {
-    let mut root = root_from_lookup(sdk, env).await?;
-    let aws = AwsPorts::new(sdk, &table_from_lookup(env)).with_results_bucket(env("FERRY_RESULTS_BUCKET").as_deref());
-    root.ports.objects = aws.objects();
-    if env("FERRY_RESULTS_BUCKET").is_none_or(|v| v.trim().is_empty()) {
-        tracing::warn!("FERRY_RESULTS_BUCKET is not set: inputs over 64 KiB are refused with 413");
-    }
-    Ok(root)
 }
 
 /// What the `ws` Lambda runs on: the table's ports and the Management API

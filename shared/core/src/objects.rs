@@ -134,19 +134,6 @@ pub fn encode(value: &Value) -> (Vec<u8>, bool) {
     (bytes, large)
 }
 
-/// `value` as a transition records it: inline when small, else written to `objects` at
-/// `key` first.
-pub async fn store_output(objects: &dyn ObjectStore, key: String, value: Value) -> Result<Output, ObjectError> {
-    match encode(&value) {
-        (_, false) => Ok(Output::Inline(value)),
-        (bytes, true) => {
-            let size = bytes.len() as u64;
-            objects.put(&key, bytes).await?;
-            Ok(Output::Stored(ObjectRef { key, bytes: size }))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,8 +48,8 @@ pub enum Transition {
     /// counter grows (a failed or lost attempt); without, the same attempt is resumed later
     /// (a graceful release on shutdown).
     Requeue { next_attempt: bool },
-    /// running|cancelling -> succeeded. A large output is stored as an object first
-    /// ([`crate::objects::store_output`]) and recorded by reference.
+    /// running|cancelling -> succeeded. A large output is stored as an object first (the
+    /// executor does, before this write) and recorded by reference.
     Succeed { output: Output },
     /// queued|running|cancelling -> failed.
     Fail { error: JobError },
