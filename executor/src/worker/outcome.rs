@@ -107,6 +107,17 @@ pub(super) fn stored_output(action: Action, object: ObjectRef) -> Action {
     }
 }
 
+/// [`without_output`] as a decision: with the `error` event a success that became a
+/// failure publishes (a timeout or a cancel without its output has none).
+pub(super) fn without_output_decision(action: &Action) -> Option<Decision> {
+    let action = without_output(action)?;
+    let events = match &action {
+        Action::Write(Transition::Fail { error }) => vec![EventBody::Error { error: error.clone() }],
+        _ => vec![],
+    };
+    Some(Decision { events, action })
+}
+
 /// `error.type` of a job whose output the store refused (over its item size, say).
 pub(super) const RESULT_NOT_STORED: &str = "result_not_stored";
 
@@ -231,6 +242,10 @@ mod tests {
         assert_eq!(without_output(&Action::Write(Transition::TimeOut { partial_output: None })), None);
         let fail = Action::Write(Transition::Fail { error: JobError { kind: "x".into(), message: "y".into() } });
         assert_eq!(without_output(&fail), None);
+        // As a decision, the failure that replaces a success says why in an error event.
+        let d = without_output_decision(&succeed).unwrap();
+        assert!(matches!(&d.events[..], [EventBody::Error { error }] if error.kind == RESULT_NOT_STORED));
+        assert_eq!(without_output_decision(&timed_out).unwrap().events, vec![]);
     }
 
     #[test]

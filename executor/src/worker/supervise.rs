@@ -18,7 +18,7 @@ use ferry_core::service::ServiceError;
 use ferry_core::state::Transition;
 use ferry_core::stream::ProgressStream;
 
-use super::outcome::{self, Action};
+use super::outcome::{self, Action, Decision};
 use super::{Shutdown, Worker};
 use crate::models::{ModelError, Progress, RunOutcome, StopReason, TokenOut};
 
@@ -136,43 +136,60 @@ impl Worker {
             .map_err(|e| ModelError::invalid("input", format!("the job's stored input is unreadable: {e}")))
     }
 
-    /// Stores the output `action` records as an object when it is too large for the job
-    /// record, and returns the action recording the reference instead. A transient failure
-    /// is retried with backoff (the lease and visibility renewed) for `outcome_retry_for`;
-    /// None when it never succeeded (the message is left to come back). A store that
-    /// cannot take it (none configured, access refused) gives the same end without the
-    /// output ([`outcome::without_output`]).
-    async fn store_large_output(&self, action: Action, job: &mut Job, delivery: &Delivery) -> Option<Action> {
-        let Some(bytes) = outcome::large_output(&action) else { return Some(action) };
+    /// Stores the output `decision` records as an object when it is too large for the job
+    /// record, and returns the decision recording the reference instead. A transient failure
+    /// is retried ([`OutcomeRetry`]); None when it never succeeded (the message is left to
+    /// come back). A store that cannot take it (none configured, access refused) gives the
+    /// same end without the output ([`outcome::without_output_decision`]).
+    async fn store_large_output(&self, decision: Decision, job: &mut Job, delivery: &Delivery) -> Option<Decision> {
+        let Some(bytes) = outcome::large_output(&decision.action) else { return Some(decision) };
         let key = ferry_core::objects::output_key(&job.id, job.attempt);
         let object = ObjectRef { key: key.clone(), bytes: bytes.len() as u64 };
-        let give_up_at = Instant::now() + self.config.outcome_retry_for;
-        let mut pause = OUTCOME_RETRY_FIRST;
-        let mut renew_at = Instant::now() + self.config.lease / 3;
+        let mut retry = self.outcome_retry();
         loop {
             match self.service.objects.put(&key, bytes.clone()).await {
-                Ok(()) => return Some(outcome::stored_output(action, object)),
-                Err(e) if e.is_transient() && Instant::now() + pause < give_up_at => {
-                    tracing::warn!(job_id = %job.id, error = %e, retry_in_ms = pause.as_millis() as u64,
-                        "could not store the output; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
-                    if Instant::now() >= renew_at {
-                        self.extend_visibility(job, delivery).await;
-                        *job = self.renew_lease(job.clone()).await;
-                        renew_at = Instant::now() + self.config.lease / 3;
-                    }
+                Ok(()) => {
+                    return Some(Decision { action: outcome::stored_output(decision.action, object), ..decision });
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::error!(job_id = %job.id, error = %e, "could not store the output; leaving the message to come back");
-                    return None;
+                    tracing::warn!(job_id = %job.id, error = %e, "could not store the output");
+                    if !self.wait_to_retry(&mut retry, job, delivery).await {
+                        tracing::error!(job_id = %job.id, "could not store the output; leaving the message to come back");
+                        return None;
+                    }
                 }
                 Err(e) => {
                     tracing::error!(job_id = %job.id, error = %e, "the output cannot be stored; recording the end without it");
-                    return outcome::without_output(&action);
+                    return outcome::without_output_decision(&decision.action);
                 }
             }
         }
+    }
+
+    fn outcome_retry(&self) -> OutcomeRetry {
+        let now = Instant::now();
+        OutcomeRetry {
+            give_up_at: now + self.config.outcome_retry_for,
+            pause: OUTCOME_RETRY_FIRST,
+            renew_at: now + self.config.lease / 3,
+        }
+    }
+
+    /// Waits before the next try of an outcome's write, keeping the job ours and its message
+    /// hidden meanwhile; false, without waiting, once `outcome_retry_for` would be past.
+    async fn wait_to_retry(&self, retry: &mut OutcomeRetry, job: &mut Job, delivery: &Delivery) -> bool {
+        if Instant::now() + retry.pause >= retry.give_up_at {
+            return false;
+        }
+        tracing::info!(job_id = %job.id, retry_in_ms = retry.pause.as_millis() as u64, "retrying the outcome's write");
+        tokio::time::sleep(retry.pause).await;
+        retry.pause = (retry.pause * 2).min(OUTCOME_RETRY_MAX);
+        if Instant::now() >= retry.renew_at {
+            self.extend_visibility(job, delivery).await;
+            *job = self.renew_lease(job.clone()).await;
+            retry.renew_at = Instant::now() + self.config.lease / 3;
+        }
+        true
     }
 
     /// Records the outcome with a compare-and-set (re-reading and deciding again when the
@@ -191,15 +208,14 @@ impl Worker {
     ) {
         let decision = outcome::decide(outcome, &job, self.config.api_url.as_deref());
         let mut current = job;
-        let Some(mut wanted) = self.store_large_output(decision.action.clone(), &mut current, delivery).await else {
+        let Some(decision) = self.store_large_output(decision, &mut current, delivery).await else {
             return;
         };
-        let output_dropped = wanted != decision.action && !matches!(wanted, Action::Write(Transition::Succeed { .. }));
+        let mut wanted = decision.action;
         // The events of a job's end go in the same atomic write as the end itself (the
         // result, or the error); those of a retry or a release are published first.
-        let mut final_events = match (&wanted, output_dropped) {
-            (Action::Write(Transition::Fail { error }), true) => vec![EventBody::Error { error: error.clone() }],
-            (Action::Write(_), _) => decision.events,
+        let mut final_events = match &wanted {
+            Action::Write(_) => decision.events,
             _ => {
                 for e in decision.events {
                     let _ = stream.push(e);
@@ -209,9 +225,7 @@ impl Worker {
         };
         let _ = stream.flush().await;
         let mut conflicts = 0;
-        let give_up_at = Instant::now() + self.config.outcome_retry_for;
-        let mut pause = OUTCOME_RETRY_FIRST;
-        let mut renew_at = Instant::now() + self.config.lease / 3;
+        let mut retry = self.outcome_retry();
         let written = loop {
             let action = outcome::against(&wanted, &current);
             let result = match &action {
@@ -238,24 +252,13 @@ impl Worker {
                 }
                 ServiceError::Store(StoreError::Refused(_)) if outcome::without_output(&action).is_some() => {
                     tracing::error!(job_id = %current.id, error = %e, "the store refused the outcome; recording it without its output");
-                    let replacement = outcome::without_output(&action).expect("checked above");
-                    final_events = match &replacement {
-                        Action::Write(Transition::Fail { error }) => vec![EventBody::Error { error: error.clone() }],
-                        _ => vec![],
-                    };
-                    wanted = replacement;
+                    let replacement = outcome::without_output_decision(&action).expect("checked above");
+                    (wanted, final_events) = (replacement.action, replacement.events);
                 }
-                ServiceError::Store(ref se) if se.is_transient() && Instant::now() + pause < give_up_at => {
-                    tracing::warn!(job_id = %current.id, error = %e, retry_in_ms = pause.as_millis() as u64,
-                        "could not record the outcome; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(OUTCOME_RETRY_MAX);
-                    if Instant::now() >= renew_at {
-                        // Waiting to record the outcome: keep the job ours and its message hidden.
-                        self.extend_visibility(&current, delivery).await;
-                        current = self.renew_lease(current).await;
-                        renew_at = Instant::now() + self.config.lease / 3;
-                    }
+                ServiceError::Store(ref se)
+                    if se.is_transient() && self.wait_to_retry(&mut retry, &mut current, delivery).await =>
+                {
+                    tracing::warn!(job_id = %current.id, error = %e, "could not record the outcome; retried");
                 }
                 _ => {
                     // Not acknowledged: the message comes back when its visibility lapses, and
@@ -310,6 +313,13 @@ impl Worker {
 /// How long a running job's work may take to answer a cancel or a timeout before the job
 /// is ended without it.
 const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// Backoff for an outcome waiting to be stored ([`Worker::wait_to_retry`]).
+struct OutcomeRetry {
+    give_up_at: Instant,
+    pause: Duration,
+    renew_at: Instant,
+}
 
 /// The first pause before an outcome write is tried again, doubling up to the second.
 const OUTCOME_RETRY_FIRST: Duration = Duration::from_millis(100);

@@ -16,7 +16,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use ferry_core::ports::{
     ApiKeyRecord, ApiKeyStore, Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery,
     StoreError, is_append_batch,
@@ -306,7 +308,7 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn update(&self, job: &ferry_core::Job, expected: Expected) -> Result<(), StoreError> {
-        let (expression, names, values) = lifecycle_update(job, expected);
+        let (expression, names, values) = lifecycle_update(job, expected, None);
         let result = self
             .client
             .update_item()
@@ -344,10 +346,9 @@ impl JobStore for DynamoJobStore {
             let current = self.get(&job.id).await?.map(Box::new);
             return Err(StoreError::ConditionFailed { current });
         }
-        let (mut expression, names, mut values) = lifecycle_update(job, expected);
-        // `last_seq` moves with the events, in the SET clause (before any REMOVE).
-        expression = expression.replacen("SET ", "SET last_seq = :last_seq, ", 1);
-        values.insert(":last_seq".into(), n(events[events.len() - 1].seq));
+        // `last_seq` moves with the events.
+        let last_seq = ("last_seq", n(events[events.len() - 1].seq));
+        let (expression, names, mut values) = lifecycle_update(job, expected, Some(last_seq));
         values.insert(":expected_seq".into(), n(expected_last_seq));
         let job_update = Update::builder()
             .table_name(&self.table)
@@ -360,19 +361,7 @@ impl JobStore for DynamoJobStore {
             .build()
             .map_err(build_err)?;
         let mut items = vec![TransactWriteItem::builder().update(job_update).build()];
-        for event in events {
-            let mut item = event_to_item(event, retain_until)?;
-            if self.stream_fanout {
-                item.insert(FANOUT.into(), s(FANOUT_STREAM));
-            }
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
+        items.extend(self.event_puts(events, retain_until)?);
         let err = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => return Ok(()),
             Err(err) => err,
@@ -398,18 +387,21 @@ impl JobStore for DynamoJobStore {
 /// The condition of every lifecycle update: the job exists with the expected status and attempt.
 const UPDATE_CONDITION: &str = "attribute_exists(pk) AND #status = :expected_status AND #attempt = :expected_attempt";
 
-/// The update expression writing `job`'s lifecycle fields, with its names and values (the
-/// expected status and attempt included, for [`UPDATE_CONDITION`]).
+/// The update expression writing `job`'s lifecycle fields (and `extra`, one more attribute
+/// to set), with its names and values (the expected status and attempt included, for
+/// [`UPDATE_CONDITION`]).
 fn lifecycle_update(
     job: &ferry_core::Job,
     expected: Expected,
-) -> (String, HashMap<String, String>, HashMap<String, aws_sdk_dynamodb::types::AttributeValue>) {
+    extra: Option<(&'static str, AttributeValue)>,
+) -> (String, HashMap<String, String>, HashMap<String, AttributeValue>) {
     let mut names = HashMap::new();
     let mut values = HashMap::new();
     let mut sets = Vec::new();
     let mut removes = Vec::new();
     // Every name gets a placeholder: several (status, ttl, output) are reserved words.
-    for (attr, value) in lifecycle_attrs(job) {
+    let attrs = lifecycle_attrs(job).into_iter().chain(extra.map(|(a, v)| (a, Some(v))));
+    for (attr, value) in attrs {
         let name = format!("#{attr}");
         names.insert(name.clone(), attr.to_string());
         match value {
@@ -428,6 +420,29 @@ fn lifecycle_update(
     values.insert(":expected_status".to_string(), s(expected.status.as_str()));
     values.insert(":expected_attempt".to_string(), n(expected.attempt));
     (expression, names, values)
+}
+
+impl DynamoJobStore {
+    /// The transaction items storing `events` (each put only where no such event exists),
+    /// marked for the stream's fan-out when this store does that.
+    fn event_puts(&self, events: &[ProgressEvent], retain_until: Millis) -> Result<Vec<TransactWriteItem>, StoreError> {
+        events
+            .iter()
+            .map(|event| {
+                let mut item = event_to_item(event, retain_until)?;
+                if self.stream_fanout {
+                    item.insert(FANOUT.into(), s(FANOUT_STREAM));
+                }
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_err)?;
+                Ok(TransactWriteItem::builder().put(put).build())
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -459,21 +474,7 @@ impl EventStore for DynamoJobStore {
             .build()
             .map_err(build_err)?;
         let mut items = vec![TransactWriteItem::builder().update(job_update).build()];
-        for event in events {
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some({
-                    let mut item = event_to_item(event, retain_until)?;
-                    if self.stream_fanout {
-                        item.insert(FANOUT.into(), s(FANOUT_STREAM));
-                    }
-                    item
-                }))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(build_err)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
+        items.extend(self.event_puts(events, retain_until)?);
 
         let mut tries = 0;
         loop {
