@@ -311,12 +311,8 @@ async fn run_to_end(command: &mut Command) -> (i32, String, String) {
 
 #[tokio::test]
 async fn a_stored_output_prints_in_full_from_follow_and_get() {
-    let dir = match std::env::var("FERRY_MINILM_DIR") {
-        Ok(dir) if !dir.is_empty() => dir,
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("FERRY_MINILM_DIR is not set in CI"),
-        _ => return eprintln!("note: FERRY_MINILM_DIR is not set; skipping"),
-    };
-    let model = format!("minilm={dir}");
+    let Some(dir) = ferry_executor::testing::minilm_dir() else { return };
+    let model = format!("minilm={}", dir.display());
     let key = format!("{KEY}=acme");
     let dev = spawn_dev(&["--in-process", "--model", &model, "--api-key", &key, "--rate-limit", "0"]);
     // 100 vectors of 384 numbers: far over the inline threshold and a WebSocket frame.

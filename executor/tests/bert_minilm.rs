@@ -12,27 +12,8 @@ use std::sync::Mutex;
 use candle_core::{DType, Device};
 use ferry_executor::models::bert::{BertEmbedder, PoolingMode};
 use ferry_executor::models::{NoProgress, Placement, Progress, RunOutcome, StopReason, TokenOut};
+use ferry_executor::testing::minilm_dir;
 use serde_json::Value;
-
-const ENV: &str = "FERRY_MINILM_DIR";
-
-/// The model directory, or `None` (with a note) when it is not configured outside CI.
-fn minilm_dir() -> Option<PathBuf> {
-    match std::env::var_os(ENV) {
-        Some(dir) if !dir.is_empty() => {
-            let dir = PathBuf::from(dir);
-            assert!(dir.join("config.json").is_file(), "{ENV}={} holds no config.json", dir.display());
-            Some(dir)
-        }
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{ENV} is not set: CI must provide the all-MiniLM-L6-v2 directory (see .ci/run)")
-        }
-        _ => {
-            eprintln!("note: {ENV} is not set; skipping the all-MiniLM-L6-v2 test");
-            None
-        }
-    }
-}
 
 struct Reference {
     texts: Vec<String>,

@@ -6,7 +6,6 @@
 //! answers it; a WebSocket follower gets a `result` reference; and every vector equals what
 //! the model computes for the same texts directly.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,28 +16,13 @@ use ferry_cli::stack::{self, BackendKind, StackOptions};
 use ferry_core::progress::{EventBody, ProgressEvent};
 use ferry_executor::models::bert::BertEmbedder;
 use ferry_executor::models::{NoProgress, Placement, RunOutcome};
+use ferry_executor::testing::minilm_dir;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "k-results";
-const ENV: &str = "FERRY_MINILM_DIR";
-
-/// The model directory, or `None` (with a note) when it is not configured outside CI.
-fn minilm_dir() -> Option<PathBuf> {
-    match std::env::var_os(ENV) {
-        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{ENV} is not set: CI must provide the all-MiniLM-L6-v2 directory (see .ci/run)")
-        }
-        _ => {
-            eprintln!("note: {ENV} is not set; skipping the large-result tests");
-            None
-        }
-    }
-}
-
 /// `n` distinct texts of about 100 bytes each.
 fn texts(n: usize) -> Vec<String> {
     (0..n)
