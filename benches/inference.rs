@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use ferry_core::input::TextGenerationParams;
 use ferry_executor::models::bert::BertEmbedder;
-use ferry_executor::models::llama::LlamaModel;
+use ferry_executor::models::llama;
 use ferry_executor::models::{NoProgress, Placement, RunOutcome};
 use ferry_executor::tiny::{TinyConfig, write_llama};
 
@@ -49,12 +49,14 @@ fn llama(models: &std::path::Path) {
         if !dir.join("model.safetensors").exists() {
             write_llama(&dir, 1, cfg).expect("writing the model");
         }
-        let model = LlamaModel::load(&dir, &placement).expect("loading");
+        let model = llama::load(&dir, &placement).expect("loading");
         let params = TextGenerationParams { max_new_tokens: Some(NEW_TOKENS), ..Default::default() };
         let mut decode = Vec::new();
         for run in 0..=RUNS {
             let started = Instant::now();
-            let RunOutcome::Done(out) = model.generate(PROMPT, &params, &NoProgress).expect("generating") else {
+            let RunOutcome::Done(out) =
+                model.generate(PROMPT, &params, std::sync::Arc::new(NoProgress)).expect("generating")
+            else {
                 panic!("stopped")
             };
             let total = started.elapsed().as_secs_f64();
@@ -105,6 +107,8 @@ fn sentences() -> Vec<String> {
 }
 
 fn main() {
+    // SAFETY: first thing in main, before any thread.
+    unsafe { ferry_executor::models::pin_cpu_threads() };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let models = args
         .iter()

@@ -3,11 +3,19 @@
 //! # The model
 //!
 //! Jobs arrive as a Poisson process at rate λ = N / 86400 per second (N jobs a day). Each runs
-//! S seconds on one executor slot; an executor has `jobs_per_task` slots. An executor costs
+//! S seconds when it has the executor to itself; an executor serves up to c = `jobs_per_task`
+//! jobs at once (the engine's batch capacity), and with c jobs running its aggregate
+//! throughput is F = `batch_speedup` times one job's alone (measured: benches/engine.sh; when
+//! not given, F = c is assumed, perfect batching, and the output says so). An executor costs
 //! `hourly_price` per hour while it runs (boot and idle time included).
 //!
 //! **Always on.** Enough executors to carry the load, never fewer than one or than `min_warm`:
-//! k = max(1, min_warm, ⌈N·S / (86400 · jobs_per_task)⌉), billed 24 h: cost = k · 24 · price.
+//! k = max(1, min_warm, ⌈N·S / (86400 · F)⌉), billed 24 h: cost = k · 24 · price.
+//!
+//! **Busy time.** With ρ = N·S / 86400 jobs in flight on average (were each alone), jobs share
+//! an executor's batch: the speedup at m = clamp(ρ, 1, c) concurrent jobs is taken as
+//! F_m = 1 + (F − 1)·(m − 1)/(c − 1) (linear between one job and a full batch), so the busy
+//! executor-seconds a day are B = N·S / F_m.
 //!
 //! **Scale to zero** (`min_warm` = 0), a single-executor approximation per job: after a job the
 //! executor waits idle up to T = `idle_timeout_s`; the next arrival comes after an exponential
@@ -18,20 +26,20 @@
 //! - a cold start bills C = `cold_start_s` (instance boot, image pull, model load) and adds C
 //!   of latency to the job that waits for it.
 //!
-//! Billed executor-seconds a day = N·S + N·(1 − e^{−λT})/λ + N·e^{−λT}·C. Each job is billed a
-//! whole executor for its S seconds, so with `jobs_per_task` > 1 this is an upper bound (jobs
-//! that overlap share an executor). Queueing is ignored: a job arriving while the executor is
+//! Billed executor-seconds a day = B + N·(1 − e^{−λT})/λ + N·e^{−λT}·C. The idle and cold-start
+//! terms are counted per job, an upper bound when jobs overlap. Queueing is ignored: a job arriving while the executor is
 //! busy is assumed to find a slot, so at heavy load the idle term tends to one executor-day
 //! (86400 s) on top of the busy time, and the cost tends to the always-on cost.
 //!
 //! **`min_warm` ≥ 1.** The warm executors are billed all day and there are no cold starts from
-//! zero: billed = min_warm · 86400 + max(0, N·S − min_warm · jobs_per_task · 86400). Executors
+//! zero: billed = min_warm · 86400 + max(0, B − min_warm · 86400) with B at the full batch's
+//! speedup once the warm executors are full (N·S > min_warm · F · 86400). Executors
 //! started above `min_warm` are billed their busy time only (their idle time and cold starts are
 //! not counted), so past the warm capacity this is a lower bound.
 //!
 //! Neither figure is capped by the other: with many cold starts scale to zero can cost more than
 //! always on, and the estimate says which is cheaper. The break-even N is where the two daily
-//! costs are equal for the same S, T and C, found by bisection over N in (0, 86400 · slots / S]
+//! costs are equal for the same S, T and C, found by bisection over N in (0, 86400 · F / S]
 //! (the range one always-on executor carries); none when scale to zero is cheaper throughout.
 //! Fixed costs of a deployment (NAT gateway, load balancers, storage) are not included: see
 //! docs/COST.md and docs/DEPLOY.md.
@@ -76,6 +84,15 @@ pub struct CostArgs {
     /// Executors kept running with an empty queue; overrides the pool's `min_warm`.
     #[arg(long, value_name = "N")]
     pub min_warm: Option<u32>,
+    /// Jobs one executor serves at once; overrides the pool's `jobs_per_task` (which defaults
+    /// to the engine's batch capacity: 32 on CPU, 64 on CUDA).
+    #[arg(long, value_name = "N")]
+    pub jobs_per_task: Option<u32>,
+    /// Aggregate throughput of an executor running `jobs_per_task` jobs at once, as a multiple
+    /// of one job alone (measure it: benches/engine.sh prints it). Default: `jobs_per_task`,
+    /// perfect batching, an optimistic assumption the output points out.
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    pub batch_speedup: Option<f64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +109,10 @@ pub struct CostInput {
     pub cold_start_s: f64,
     pub min_warm: u32,
     pub jobs_per_task: u32,
+    /// F: a full executor's aggregate throughput over one job's alone (1 ≤ F ≤ jobs_per_task).
+    pub batch_speedup: f64,
+    /// Whether F was given (measured) rather than assumed equal to `jobs_per_task`.
+    pub batch_speedup_measured: bool,
 }
 
 /// Which way of running the pool costs less.
@@ -113,6 +134,11 @@ pub struct CostEstimate {
     pub cold_start_s: f64,
     pub min_warm: u32,
     pub jobs_per_task: u32,
+    pub batch_speedup: f64,
+    /// `false` when `batch_speedup` is the assumed `jobs_per_task` rather than a measurement.
+    pub batch_speedup_measured: bool,
+    /// Executor hours a day the jobs keep busy, batched (B / 3600).
+    pub executor_busy_hours_per_day: f64,
     /// Hours a day jobs actually run (N·S / 3600).
     pub busy_hours_per_day: f64,
     pub billed_hours_scale_to_zero: f64,
@@ -136,19 +162,38 @@ pub struct CostEstimate {
 
 /// Always-on executors for `n` jobs a day.
 fn always_on_executors(input: &CostInput, n: f64) -> f64 {
-    let slots = input.jobs_per_task.max(1) as f64;
     // The small allowance keeps a load of exactly k executors (up to rounding) at k.
-    let needed = (n * input.job_seconds / (DAY * slots) - 1e-9).ceil();
+    let needed = (n * input.job_seconds / (DAY * input.batch_speedup) - 1e-9).ceil();
     needed.max(1.0).max(input.min_warm as f64)
+}
+
+/// The aggregate speedup with `in_flight` jobs (each alone) sharing executors: linear from
+/// 1 at one job to F at a full batch.
+fn speedup_at(input: &CostInput, in_flight: f64) -> f64 {
+    let slots = input.jobs_per_task.max(1) as f64;
+    if slots <= 1.0 {
+        return 1.0;
+    }
+    let m = in_flight.clamp(1.0, slots);
+    1.0 + (input.batch_speedup - 1.0) * (m - 1.0) / (slots - 1.0)
+}
+
+/// Executor-seconds a day that `n` jobs keep busy, batched.
+fn busy_seconds(input: &CostInput, n: f64) -> f64 {
+    let work = n * input.job_seconds;
+    work / speedup_at(input, work / DAY)
 }
 
 /// Billed executor-seconds a day and cold starts a day when the pool scales to zero.
 fn scale_to_zero(input: &CostInput, n: f64) -> (f64, f64) {
-    let busy = n * input.job_seconds;
+    let busy = busy_seconds(input, n);
     if input.min_warm >= 1 {
         let warm = input.min_warm as f64;
-        let warm_capacity = warm * input.jobs_per_task.max(1) as f64 * DAY;
-        return (warm * DAY + (busy - warm_capacity).max(0.0), 0.0);
+        // Past the warm executors' capacity they run full batches.
+        let work = n * input.job_seconds;
+        let warm_capacity = warm * input.batch_speedup * DAY;
+        let busy = if work > warm_capacity { work / input.batch_speedup } else { busy };
+        return (warm * DAY + (busy - warm * DAY).max(0.0), 0.0);
     }
     let lambda = n / DAY;
     let x = lambda * input.idle_timeout_s;
@@ -168,7 +213,7 @@ fn cost_gap(input: &CostInput, n: f64) -> f64 {
 /// The smallest N in (0, 86400·slots/S] where scale to zero starts costing more than always on,
 /// if any. Costs equal within rounding count as scale to zero not costing more.
 fn break_even(input: &CostInput) -> Option<f64> {
-    let n_max = DAY * input.jobs_per_task.max(1) as f64 / input.job_seconds;
+    let n_max = DAY * input.batch_speedup / input.job_seconds;
     let tolerance = 1e-9 * always_on_executors(input, n_max) * DAY * input.hourly_price / 3600.0;
     let dearer = |n: f64| cost_gap(input, n) > tolerance;
     // A coarse scan first (the cold-start term is not monotonic in N), then bisection.
@@ -217,6 +262,9 @@ pub fn estimate(input: &CostInput) -> CostEstimate {
         cold_start_s: input.cold_start_s,
         min_warm: input.min_warm,
         jobs_per_task: input.jobs_per_task,
+        batch_speedup: input.batch_speedup,
+        batch_speedup_measured: input.batch_speedup_measured,
+        executor_busy_hours_per_day: busy_seconds(input, n) / 3600.0,
         busy_hours_per_day: n * input.job_seconds / 3600.0,
         billed_hours_scale_to_zero: billed_s2z / 3600.0,
         billed_hours_always_on: billed_ao / 3600.0,
@@ -276,6 +324,12 @@ pub fn resolve(args: &CostArgs, env: impl Fn(&str) -> Option<String>) -> anyhow:
     if let Some(v) = args.idle_timeout_s {
         non_negative("--idle-timeout-s", v)?;
     }
+    if let Some(v) = args.batch_speedup {
+        positive("--batch-speedup", v)?;
+    }
+    if args.jobs_per_task == Some(0) {
+        bail!("--jobs-per-task must be 1 or more (got 0)");
+    }
     let pools = match &args.pools_file {
         Some(path) => Pools::from_file(path).with_context(|| format!("reading --pools-file {}", path.display()))?,
         None => Pools::from_lookup(env).context("reading the pools configuration (FERRY_POOLS)")?,
@@ -293,6 +347,14 @@ pub fn resolve(args: &CostArgs, env: impl Fn(&str) -> Option<String>) -> anyhow:
         "--cold-start-s (or the pool's cold_start_s)",
         args.cold_start_s.or(pool.cold_start_s).unwrap_or(DEFAULT_COLD_START_S),
     )?;
+    let jobs_per_task = args.jobs_per_task.unwrap_or_else(|| pool.jobs_per_task()).max(1);
+    let batch_speedup = args.batch_speedup.unwrap_or(jobs_per_task as f64);
+    if batch_speedup < 1.0 || batch_speedup > jobs_per_task as f64 {
+        bail!(
+            "--batch-speedup must be between 1 and the jobs per task ({jobs_per_task}): a full executor's \
+             aggregate throughput over one job's alone (got {batch_speedup})"
+        );
+    }
     Ok(CostInput {
         pool: pool.name.clone(),
         jobs_per_day,
@@ -301,7 +363,9 @@ pub fn resolve(args: &CostArgs, env: impl Fn(&str) -> Option<String>) -> anyhow:
         idle_timeout_s: args.idle_timeout_s.unwrap_or(pool.idle_timeout_s as f64),
         cold_start_s,
         min_warm: args.min_warm.unwrap_or(pool.min_warm),
-        jobs_per_task: pool.jobs_per_task.max(1),
+        jobs_per_task,
+        batch_speedup,
+        batch_speedup_measured: args.batch_speedup.is_some(),
     })
 }
 
@@ -341,7 +405,7 @@ pub fn render(e: &CostEstimate) -> String {
 
     let mut out = format!(
         "pool {}: {} jobs/day of {} s, {}/h per executor, idle timeout {} s, cold start {} s, \
-         min warm {}, {} job(s) per executor\n",
+         min warm {}, {} job(s) per executor at {}x one job's throughput{}\n",
         e.pool,
         num(e.jobs_per_day, 3),
         num(e.job_seconds, 3),
@@ -350,8 +414,17 @@ pub fn render(e: &CostEstimate) -> String {
         num(e.cold_start_s, 3),
         e.min_warm,
         e.jobs_per_task,
+        num(e.batch_speedup, 2),
+        if e.batch_speedup_measured {
+            ""
+        } else {
+            " (assumed perfect batching: pass --batch-speedup, measured with benches/engine.sh)"
+        },
     );
-    out.push_str(&format!("busy hours / day: {:.2}\n\n", e.busy_hours_per_day));
+    out.push_str(&format!(
+        "job hours / day: {:.2} (alone), executor busy hours / day: {:.2} (batched)\n\n",
+        e.busy_hours_per_day, e.executor_busy_hours_per_day
+    ));
     out.push_str(&format!("{:w0$}  {:>w1$}  {:>w2$}\n", "", "scale to zero", header_ao));
     for (label, s2z, ao) in &rows {
         out.push_str(&format!("{label:w0$}  {s2z:>w1$}  {ao:>w2$}\n"));
@@ -409,6 +482,8 @@ mod tests {
             cold_start_s: c,
             min_warm: 0,
             jobs_per_task: 1,
+            batch_speedup: 1.0,
+            batch_speedup_measured: true,
         }
     }
 
@@ -466,8 +541,11 @@ mod tests {
     fn always_on_executors_follow_the_load() {
         assert_eq!(estimate(&input(1440.0, 60.0, 300.0, 90.0, 1.0)).always_on_executors, 1); // exactly 1
         assert_eq!(estimate(&input(1441.0, 60.0, 300.0, 90.0, 1.0)).always_on_executors, 2);
-        let four_slots = CostInput { jobs_per_task: 4, ..input(5000.0, 60.0, 300.0, 90.0, 1.0) };
+        let four_slots = CostInput { jobs_per_task: 4, batch_speedup: 4.0, ..input(5000.0, 60.0, 300.0, 90.0, 1.0) };
         assert_eq!(estimate(&four_slots).always_on_executors, 1); // 5000 min over 4 slots < 1 day
+        // A full executor at 2x one job: the same load needs two.
+        let half = CostInput { batch_speedup: 2.0, ..four_slots };
+        assert_eq!(estimate(&half).always_on_executors, 2);
         let warm = CostInput { min_warm: 3, ..input(10.0, 60.0, 300.0, 90.0, 1.0) };
         assert_eq!(estimate(&warm).always_on_executors, 3);
     }
@@ -562,6 +640,8 @@ mod tests {
         assert!(v["break_even_jobs_per_day"].is_number());
         let none = run_with(
             &args(&[
+                "--jobs-per-task",
+                "1",
                 "--jobs-per-day",
                 "1",
                 "--job-seconds",
@@ -664,6 +744,38 @@ mod tests {
         // Required flags.
         assert!(Cli::try_parse_from(["ferry-cost", "--job-seconds", "60"]).is_err());
         assert!(Cli::try_parse_from(["ferry-cost", "--jobs-per-day", "60"]).is_err());
+    }
+
+    #[test]
+    fn a_batch_shares_one_executor() {
+        // 32 jobs per executor at 8x one job's throughput.
+        let batched = |n: f64| CostInput { jobs_per_task: 32, batch_speedup: 8.0, ..input(n, 600.0, 300.0, 90.0, 1.0) };
+        // Rarely overlapping jobs (ρ = 10·600/86400 < 1) are billed as if alone.
+        let e = estimate(&batched(10.0));
+        assert!(close(e.executor_busy_hours_per_day, e.busy_hours_per_day, 1e-12));
+        // ρ = 32 jobs in flight: full batches, busy time divided by F = 8; always on needs
+        // 32 / 8 = 4 executors (not 32, not 1).
+        let n = 32.0 * DAY / 600.0;
+        let e = estimate(&batched(n));
+        assert!(close(e.executor_busy_hours_per_day, e.busy_hours_per_day / 8.0, 1e-12));
+        assert_eq!(e.always_on_executors, 4);
+        // Halfway (ρ = 16.5): F_m = 1 + 7·15.5/31 = 4.5.
+        let e = estimate(&batched(16.5 * DAY / 600.0));
+        assert!(close(e.executor_busy_hours_per_day, e.busy_hours_per_day / 4.5, 1e-12));
+        // The flags: an unmeasured speedup is assumed perfect and said to be; out of range refused.
+        let out = run_with(
+            &args(&["--jobs-per-day", "10", "--job-seconds", "60", "--hourly-price", "1", "--jobs-per-task", "32"]),
+            no_env,
+        )
+        .unwrap();
+        assert!(out.contains("32 job(s) per executor at 32x") && out.contains("--batch-speedup"), "{out}");
+        let flags = ["--jobs-per-day", "10", "--job-seconds", "60", "--hourly-price", "1", "--jobs-per-task", "32"];
+        let measured = run_with(&args(&[&flags[..], &["--batch-speedup", "8.6"]].concat()), no_env).unwrap();
+        assert!(measured.contains("at 8.6x") && !measured.contains("assumed"), "{measured}");
+        for bad in ["0.5", "33", "0", "NaN"] {
+            let err = run_with(&args(&[&flags[..], &["--batch-speedup", bad]].concat()), no_env).unwrap_err();
+            assert!(err.to_string().contains("--batch-speedup"), "{bad}: {err}");
+        }
     }
 
     /// The worked table of docs/COST.md: `cargo test -p ferry-cli --lib cost::tests::doc_table -- --nocapture`.

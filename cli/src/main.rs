@@ -228,8 +228,19 @@ enum AwsCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // SAFETY: first thing in main, before the runtime starts any thread.
+    unsafe { ferry_executor::models::pin_cpu_threads() };
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(cli_main()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cli_main() -> ExitCode {
     ferry_core::telemetry::init(ferry_core::telemetry::in_aws());
     match run(Cli::parse()).await {
         Ok(code) => code,

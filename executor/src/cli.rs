@@ -39,9 +39,14 @@ pub struct Args {
     /// The model catalog (`{"models": [...]}`); else `FERRY_MODELS` inline JSON.
     #[arg(long, env = "FERRY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,
-    /// Jobs run at once.
-    #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 1)]
-    pub concurrency: usize,
+    /// Jobs run at once (default: as many as the engines of this pool's models batch).
+    #[arg(long, env = "FERRY_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Sequences a model's engine decodes together in one forward pass, for models whose
+    /// catalog entry gives no `max_batch_sequences` (default 32 on CPU, 64 on CUDA; 1 turns
+    /// batching off).
+    #[arg(long, env = "FERRY_MAX_BATCH_SEQUENCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_batch_sequences: Option<u32>,
     /// Exit after this many seconds without work (scale to zero).
     #[arg(long, env = "FERRY_IDLE_TIMEOUT_S", default_value_t = 60)]
     pub idle_timeout: u64,
@@ -135,7 +140,8 @@ pub async fn build(args: &Args, sdk: Option<&ferry_aws::SdkConfig>) -> anyhow::R
         executor_id,
         pool: args.pool.clone(),
         device: args.device.clone(),
-        concurrency: args.concurrency.max(1),
+        concurrency: args.concurrency.unwrap_or(0),
+        max_batch_sequences: args.max_batch_sequences.map(|n| n as usize),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         grace_period: Duration::from_secs(args.grace_period),
         lease: Duration::from_secs(args.lease.max(3)),

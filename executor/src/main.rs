@@ -12,8 +12,11 @@ struct Cli {
     args: ferry_executor::cli::Args,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    ferry_core::telemetry::init(true);
-    ferry_executor::cli::run(Cli::parse().args).await
+fn main() -> anyhow::Result<ExitCode> {
+    // SAFETY: first thing in main, before the runtime starts any thread.
+    unsafe { ferry_executor::models::pin_cpu_threads() };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+        ferry_core::telemetry::init(true);
+        ferry_executor::cli::run(Cli::parse().args).await
+    })
 }

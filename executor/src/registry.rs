@@ -12,6 +12,7 @@ use ferry_core::progress::EventBody;
 use ferry_core::stream::ProgressStream;
 use tokio::sync::OnceCell;
 
+use crate::models::generate::EngineOptions;
 use crate::models::{LoadedModel, ModelError, Placement};
 
 /// Where models stored in S3 are copied to before loading.
@@ -26,15 +27,39 @@ pub struct S3Models {
 pub struct ModelRegistry {
     specs: HashMap<String, ModelSpec>,
     device: String,
+    /// `--max-batch-sequences`, for models whose catalog entry names none.
+    max_batch_sequences: Option<usize>,
     s3: Option<S3Models>,
     loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<LoadedModel>>>>>,
 }
 
 impl ModelRegistry {
     /// The catalog's models of `pool`; `s3` fetches entries that name an `s3_uri`.
-    pub fn new(catalog: &Catalog, pool: &str, device: &str, s3: Option<S3Models>) -> ModelRegistry {
+    /// `max_batch_sequences`: the executor's `--max-batch-sequences` (None: the device's
+    /// default).
+    pub fn new(
+        catalog: &Catalog,
+        pool: &str,
+        device: &str,
+        max_batch_sequences: Option<usize>,
+        s3: Option<S3Models>,
+    ) -> ModelRegistry {
         let specs = catalog.models.iter().filter(|m| m.pool == pool).map(|m| (m.id.clone(), m.clone())).collect();
-        ModelRegistry { specs, device: device.to_string(), s3, loaded: Mutex::new(HashMap::new()) }
+        ModelRegistry { specs, device: device.to_string(), max_batch_sequences, s3, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// Sequences `spec`'s engine runs at once: the catalog's `max_batch_sequences`, else
+    /// `--max-batch-sequences`, else 32 on CPU and 64 on CUDA.
+    pub fn sequences_for(&self, spec: &ModelSpec) -> usize {
+        let device = spec.device.as_deref().unwrap_or(&self.device);
+        let default = if device.starts_with("cuda") { 64 } else { 32 };
+        spec.max_batch_sequences.map(|n| n as usize).or(self.max_batch_sequences).unwrap_or(default).max(1)
+    }
+
+    /// Jobs this executor can run at once: the largest engine capacity among its models
+    /// (each engine holds what it cannot run yet in its own queue).
+    pub fn capacity(&self) -> usize {
+        self.specs.values().map(|s| self.sequences_for(s)).max().unwrap_or(1)
     }
 
     /// Registers an already loaded model (tests, or models built in code).
@@ -83,7 +108,8 @@ impl ModelRegistry {
                 }
                 let device = self.device.clone();
                 let loading = spec.clone();
-                let model = tokio::task::spawn_blocking(move || load(&loading, &device))
+                let sequences = self.sequences_for(&spec);
+                let model = tokio::task::spawn_blocking(move || load(&loading, &device, sequences))
                     .await
                     .map_err(|e| ModelError::Runtime(format!("model loader panicked: {e}")))??;
                 let ms = started.elapsed().as_millis();
@@ -98,14 +124,15 @@ impl ModelRegistry {
 }
 
 /// Loads a catalog entry on its device.
-fn load(spec: &ModelSpec, default_device: &str) -> Result<LoadedModel, ModelError> {
+fn load(spec: &ModelSpec, default_device: &str, sequences: usize) -> Result<LoadedModel, ModelError> {
     let dir: PathBuf = match (&spec.path, &spec.s3_uri) {
         (Some(p), _) => p.clone(),
         (None, Some(uri)) => return Err(ModelError::Load(format!("{}: {uri} was not fetched", spec.id))),
         (None, None) => return Err(ModelError::Load(format!("{}: the catalog gives no path for this model", spec.id))),
     };
     let placement = Placement::parse(spec.device.as_deref().unwrap_or(default_device), spec.dtype.as_deref())?;
-    LoadedModel::load(spec, &dir, &placement)
+    let engine = EngineOptions { max_sequences: sequences, ..EngineOptions::for_device(&placement.device) };
+    LoadedModel::load(spec, &dir, &placement, engine)
 }
 
 pub(crate) fn log(level: &str, message: String) -> EventBody {

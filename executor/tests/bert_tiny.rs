@@ -499,8 +499,9 @@ fn runs_as_a_loaded_model() {
     let dir = Scratch::new();
     write_model(&dir.0, &legacy_pooling(false, false, true, false), true, None);
     let model = LoadedModel::Bert(load(&dir.0));
-    let RunOutcome::Done(out) =
-        model.run(&ferry_core::input::JobInput::texts(["hello world", "the dog"]), &NoProgress).unwrap()
+    let RunOutcome::Done(out) = model
+        .run(&ferry_core::input::JobInput::texts(["hello world", "the dog"]), std::sync::Arc::new(NoProgress))
+        .unwrap()
     else {
         panic!("not done")
     };

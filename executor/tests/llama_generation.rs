@@ -8,7 +8,10 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device};
 use ferry_core::input::{InputLimits, JobInput, TextGenerationParams};
-use ferry_executor::models::llama::LlamaModel;
+use std::sync::Arc;
+
+use ferry_executor::models::generate::{EngineOptions, Generator, PREFILL_CHUNK};
+use ferry_executor::models::llama;
 use ferry_executor::models::{
     LoadedModel, ModelError, NoProgress, Placement, Progress, RunOutcome, StopReason, TokenOut,
 };
@@ -23,10 +26,10 @@ fn cpu() -> Placement {
     Placement { device: Device::Cpu, dtype: DType::F32 }
 }
 
-fn tiny(seed: u64) -> (ScratchDir, LlamaModel) {
+fn tiny(seed: u64) -> (ScratchDir, Generator) {
     let dir = ScratchDir::new("ferry-llama-test").unwrap();
     write_tiny_llama(dir.path(), seed).unwrap();
-    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    let model = llama::load(dir.path(), &cpu()).unwrap();
     (dir, model)
 }
 
@@ -93,8 +96,8 @@ fn stored(input: Value, params: Value) -> JobInput {
     serde_json::from_value(json!({"task": "text-generation", "input": input, "params": params})).unwrap()
 }
 
-fn generate(model: &LlamaModel, prompt: &str, params: Value) -> Value {
-    done(model.generate(prompt, &gen_params(params), &NoProgress).unwrap())
+fn generate(model: &Generator, prompt: &str, params: Value) -> Value {
+    done(model.generate(prompt, &gen_params(params), Arc::new(NoProgress)).unwrap())
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -126,7 +129,7 @@ fn invalid_field(e: ModelError) -> (String, String) {
 }
 
 fn load_message(dir: &Path) -> String {
-    match LlamaModel::load(dir, &cpu()) {
+    match llama::load(dir, &cpu()) {
         Err(ModelError::Load(m)) => m,
         other => panic!("expected a Load error, got {other:?}"),
     }
@@ -249,7 +252,7 @@ fn repetition_penalty_discourages_seen_tokens() {
     assert_eq!(ids(&generate(&model, PROMPT, json!({"max_new_tokens": 40, "repetition_penalty": 1.0}))), plain);
 }
 
-fn check_events(model: &LlamaModel, out: &Value, events: &[TokenOut], greedy: bool) {
+fn check_events(model: &Generator, out: &Value, events: &[TokenOut], greedy: bool) {
     let prompt = model.encode_prompt(PROMPT).unwrap();
     let out_ids = ids(out);
     assert_eq!(events.len(), out_ids.len());
@@ -275,8 +278,8 @@ fn check_events(model: &LlamaModel, out: &Value, events: &[TokenOut], greedy: bo
 #[test]
 fn token_events_add_up_to_the_output() {
     let (_dir, model) = tiny(15);
-    let rec = Recorder::default();
-    let out = done(model.generate(PROMPT, &gen_params(json!({"max_new_tokens": 20})), &rec).unwrap());
+    let rec = Arc::new(Recorder::default());
+    let out = done(model.generate(PROMPT, &gen_params(json!({"max_new_tokens": 20})), rec.clone()).unwrap());
     assert!(!text(&out).is_empty());
     check_events(&model, &out, &rec.tokens(), true);
     let details = &out["details"];
@@ -284,9 +287,9 @@ fn token_events_add_up_to_the_output() {
     assert!(details["time_to_first_token_ms"].as_f64().unwrap() >= 0.0);
     assert!(details["tokens_per_s"].as_f64().unwrap() > 0.0);
 
-    let rec = Recorder::default();
+    let rec = Arc::new(Recorder::default());
     let params = gen_params(json!({"max_new_tokens": 20, "temperature": 1.5, "seed": 1}));
-    let out = done(model.generate(PROMPT, &params, &rec).unwrap());
+    let out = done(model.generate(PROMPT, &params, rec.clone()).unwrap());
     check_events(&model, &out, &rec.tokens(), false);
 }
 
@@ -305,9 +308,9 @@ fn stop_sequences_cut_the_text() {
     let stop = full_text[begin..end].to_string();
     let cut = full_text.find(&stop).unwrap();
 
-    let rec = Recorder::default();
+    let rec = Arc::new(Recorder::default());
     let params = gen_params(json!({"max_new_tokens": 40, "stop": ["never-in-this-output", stop.clone()]}));
-    let out = done(model.generate(PROMPT, &params, &rec).unwrap());
+    let out = done(model.generate(PROMPT, &params, rec.clone()).unwrap());
     assert_eq!(finish(&out), "stop_sequence");
     assert_eq!(text(&out), &full_text[..cut], "stop {stop:?}");
     let n = ids(&out).len();
@@ -347,8 +350,8 @@ fn max_new_tokens_and_the_default_length() {
 #[test]
 fn a_stop_request_returns_the_partial_output() {
     let (_dir, model) = tiny(18);
-    let rec = Recorder::stopping_after(3, StopReason::Cancelled);
-    let outcome = model.generate(PROMPT, &gen_params(json!({"max_new_tokens": 20})), &rec).unwrap();
+    let rec = Arc::new(Recorder::stopping_after(3, StopReason::Cancelled));
+    let outcome = model.generate(PROMPT, &gen_params(json!({"max_new_tokens": 20})), rec.clone()).unwrap();
     let RunOutcome::Stopped { reason, partial } = outcome else { panic!("expected Stopped, got {outcome:?}") };
     assert_eq!(reason, StopReason::Cancelled);
     assert_eq!(ids(&partial).len(), 3);
@@ -360,8 +363,8 @@ fn a_stop_request_returns_the_partial_output() {
     assert_eq!(text(&partial), model.tokenizer().decode(&ids(&partial), true).unwrap());
 
     // Asked before the first forward pass: nothing generated.
-    let rec = Recorder::stopping_after(0, StopReason::TimedOut);
-    match model.generate(PROMPT, &TextGenerationParams::default(), &rec).unwrap() {
+    let rec = Arc::new(Recorder::stopping_after(0, StopReason::TimedOut));
+    match model.generate(PROMPT, &TextGenerationParams::default(), rec.clone()).unwrap() {
         RunOutcome::Stopped { reason: StopReason::TimedOut, partial } => {
             assert_eq!(ids(&partial), Vec::<u32>::new());
             assert_eq!(partial["text"], "");
@@ -376,7 +379,7 @@ fn a_stop_request_returns_the_partial_output() {
 fn eos_tokens_stop_generation() {
     let dir = ScratchDir::new("ferry-llama-eos").unwrap();
     write_tiny_llama(dir.path(), 19).unwrap();
-    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    let model = llama::load(dir.path(), &cpu()).unwrap();
     assert_eq!(model.eos_token_ids(), [TINY_EOS_ID]);
     let reference = ids(&generate(&model, PROMPT, json!({"max_new_tokens": 12})));
     // The first token not seen before, past the first one.
@@ -385,14 +388,14 @@ fn eos_tokens_stop_generation() {
 
     // generation_config.json's eos_token_id (a list) adds to config.json's.
     std::fs::write(dir.path().join("generation_config.json"), json!({"eos_token_id": [eos]}).to_string()).unwrap();
-    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    let model = llama::load(dir.path(), &cpu()).unwrap();
     assert_eq!(model.eos_token_ids(), {
         let mut v = vec![TINY_EOS_ID, eos];
         v.sort();
         v
     });
-    let rec = Recorder::default();
-    let out = done(model.generate(PROMPT, &gen_params(json!({"max_new_tokens": 12})), &rec).unwrap());
+    let rec = Arc::new(Recorder::default());
+    let out = done(model.generate(PROMPT, &gen_params(json!({"max_new_tokens": 12})), rec.clone()).unwrap());
     assert_eq!(finish(&out), "eos_token");
     assert_eq!(ids(&out), reference[..=at], "the EOS token ends the output and is part of it");
     assert_eq!(rec.tokens().len(), at + 1);
@@ -404,7 +407,7 @@ fn eos_tokens_stop_generation() {
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     config["eos_token_id"] = json!([TINY_EOS_ID, eos]);
     std::fs::write(&config_path, config.to_string()).unwrap();
-    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    let model = llama::load(dir.path(), &cpu()).unwrap();
     let out = generate(&model, PROMPT, json!({"max_new_tokens": 12}));
     assert_eq!(finish(&out), "eos_token");
     assert_eq!(ids(&out).len(), at + 1);
@@ -414,7 +417,7 @@ fn eos_tokens_stop_generation() {
 fn bad_input_is_refused_with_the_field() {
     let (_dir, model) = tiny(20);
     let refuse = |prompt: &str, params: Value| {
-        invalid_field(model.generate(prompt, &gen_params(params), &NoProgress).unwrap_err())
+        invalid_field(model.generate(prompt, &gen_params(params), Arc::new(NoProgress)).unwrap_err())
     };
 
     assert_eq!(refuse("", json!({})).0, "input.prompt");
@@ -455,7 +458,7 @@ fn bad_input_is_refused_with_the_field() {
         (TextGenerationParams { repetition_penalty: Some(0.0), ..Default::default() }, "params.repetition_penalty"),
         (TextGenerationParams { repetition_penalty: Some(-2.0), ..Default::default() }, "params.repetition_penalty"),
     ] {
-        let (field, _) = invalid_field(model.generate(PROMPT, &params, &NoProgress).unwrap_err());
+        let (field, _) = invalid_field(model.generate(PROMPT, &params, Arc::new(NoProgress)).unwrap_err());
         assert_eq!(field, want, "{params:?}");
     }
     for (params, want) in [
@@ -473,12 +476,13 @@ fn bad_input_is_refused_with_the_field() {
 fn the_loaded_model_runs_jobs_as_stored() {
     let dir = ScratchDir::new("ferry-llama-loaded").unwrap();
     write_tiny_llama(dir.path(), 21).unwrap();
-    let model = LoadedModel::Llama(LlamaModel::load(dir.path(), &cpu()).unwrap());
-    let out =
-        match model.run(&stored(json!({"prompt": PROMPT}), json!({"max_new_tokens": 4, "stop": null})), &NoProgress) {
-            Ok(RunOutcome::Done(v)) => v,
-            other => panic!("{other:?}"),
-        };
+    let model = LoadedModel::Text(llama::load(dir.path(), &cpu()).unwrap());
+    let out = match model
+        .run(&stored(json!({"prompt": PROMPT}), json!({"max_new_tokens": 4, "stop": null})), Arc::new(NoProgress))
+    {
+        Ok(RunOutcome::Done(v)) => v,
+        other => panic!("{other:?}"),
+    };
     assert_eq!(ids(&out).len(), 4);
     let details = out["details"].as_object().unwrap();
     let mut keys: Vec<&str> = details.keys().map(String::as_str).collect();
@@ -487,9 +491,9 @@ fn the_loaded_model_runs_jobs_as_stored() {
         keys,
         ["finish_reason", "generated_tokens", "prompt_tokens", "seed", "time_to_first_token_ms", "tokens_per_s"]
     );
-    let e = model.run(&stored(json!({"prompt": PROMPT}), json!({"top_k": 0})), &NoProgress).unwrap_err();
+    let e = model.run(&stored(json!({"prompt": PROMPT}), json!({"top_k": 0})), Arc::new(NoProgress)).unwrap_err();
     assert_eq!(invalid_field(e).0, "params.top_k");
-    let e = model.run(&stored(json!({"prompt": ""}), json!({})), &NoProgress).unwrap_err();
+    let e = model.run(&stored(json!({"prompt": ""}), json!({})), Arc::new(NoProgress)).unwrap_err();
     assert_eq!(e.kind(), "invalid_input");
     assert!(!e.is_retryable());
 }
@@ -497,7 +501,7 @@ fn the_loaded_model_runs_jobs_as_stored() {
 #[test]
 fn one_model_serves_concurrent_jobs() {
     fn shareable<T: Send + Sync>() {}
-    shareable::<LlamaModel>();
+    shareable::<Generator>();
     let (_dir, model) = tiny(22);
     let greedy = json!({"max_new_tokens": 16});
     let sampled = json!({"max_new_tokens": 16, "temperature": 1.0, "seed": 4});
@@ -589,7 +593,7 @@ fn bos_comes_from_the_tokenizer_only() {
     let (_dir, with_bos) = tiny(24);
     let no_bos_dir = ScratchDir::new("ferry-llama-nobos").unwrap();
     write_tiny_llama_no_bos(no_bos_dir.path(), 24).unwrap();
-    let no_bos = LlamaModel::load(no_bos_dir.path(), &cpu()).unwrap();
+    let no_bos = llama::load(no_bos_dir.path(), &cpu()).unwrap();
 
     let plain = with_bos.tokenizer().encode(PROMPT, false).unwrap().get_ids().to_vec();
     assert!(!plain.contains(&TINY_BOS_ID));
@@ -634,14 +638,14 @@ fn sharded_weights_load_through_the_index() {
     candle_core::safetensors::save(&second, dir.path().join("model-00002-of-00002.safetensors")).unwrap();
 
     // Without an index, every *.safetensors file is read.
-    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    let model = llama::load(dir.path(), &cpu()).unwrap();
     assert_eq!(ids(&generate(&model, PROMPT, json!({"max_new_tokens": 8}))), reference);
 
     // With an index, only the files it names: a stray file beside them is not read.
     let index = json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     std::fs::write(dir.path().join("consolidated.safetensors"), b"not read").unwrap();
-    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    let model = llama::load(dir.path(), &cpu()).unwrap();
     assert_eq!(ids(&generate(&model, PROMPT, json!({"max_new_tokens": 8}))), reference);
 
     // An index naming a missing shard fails, naming it.
@@ -660,13 +664,18 @@ fn a_directory_of_another_family_is_refused_at_load() {
         architecture: arch.map(String::from),
         ..ferry_core::catalog::Catalog::demo().get("tiny-llama").unwrap().clone()
     };
-    assert!(LoadedModel::load(&spec(None), dir.path(), &cpu()).is_ok(), "no architecture: the task's default");
+    assert!(
+        LoadedModel::load(&spec(None), dir.path(), &cpu(), EngineOptions::for_device(&Device::Cpu)).is_ok(),
+        "no architecture: the task's default"
+    );
     let config_path = dir.path().join("config.json");
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     config["architectures"] = json!(["MistralForCausalLM"]);
     std::fs::write(&config_path, config.to_string()).unwrap();
     for arch in [None, Some("LlamaForCausalLM")] {
-        let Err(e) = LoadedModel::load(&spec(arch), dir.path(), &cpu()) else { panic!("{arch:?}: loaded") };
+        let Err(e) = LoadedModel::load(&spec(arch), dir.path(), &cpu(), EngineOptions::for_device(&Device::Cpu)) else {
+            panic!("{arch:?}: loaded")
+        };
         assert_eq!(e.kind(), "model_load_failed", "{e}");
         assert!(e.to_string().contains("MistralForCausalLM") && e.to_string().contains("LlamaForCausalLM"), "{e}");
         assert!(!e.is_retryable());
@@ -684,31 +693,32 @@ fn every_catalog_architecture_has_a_loader() {
         };
         // An empty directory: the family's own loader is reached and reports its missing files.
         let dir = ScratchDir::new("ferry-arch").unwrap();
-        let Err(e) = LoadedModel::load(&spec, dir.path(), &cpu()) else { panic!("{arch}: loaded nothing") };
+        let Err(e) = LoadedModel::load(&spec, dir.path(), &cpu(), EngineOptions::for_device(&Device::Cpu)) else {
+            panic!("{arch}: loaded nothing")
+        };
         assert!(!e.to_string().contains("is not implemented"), "{arch}: {e}");
     }
 }
 
 /// A tiny Llama with room for prompts longer than one prefill chunk.
-fn long_context(seed: u64) -> (ScratchDir, LlamaModel) {
+fn long_context(seed: u64) -> (ScratchDir, Generator) {
     let dir = ScratchDir::new("ferry-llama-long").unwrap();
     let cfg = ferry_executor::tiny::TinyConfig { max_position_embeddings: 1024, ..ferry_executor::tiny::TINY_CONFIG };
     ferry_executor::tiny::write_llama(dir.path(), seed, cfg).unwrap();
-    let model = LlamaModel::load(dir.path(), &cpu()).unwrap();
+    let model = llama::load(dir.path(), &cpu()).unwrap();
     (dir, model)
 }
 
 #[test]
 fn a_long_prompt_is_prefilled_in_chunks_with_the_same_logits_and_stops_between_them() {
-    use ferry_executor::models::llama::PREFILL_CHUNK;
     let (_dir, model) = long_context(5);
     let prompt = PROMPT.repeat(60);
     let ids_in = model.encode_prompt(&prompt).unwrap();
     assert!(ids_in.len() > 2 * PREFILL_CHUNK && ids_in.len() < 1000, "{} tokens", ids_in.len());
     // The chunked prefill gives the logits of one pass over the whole prompt.
     let full = model.next_token_logits(&ids_in).unwrap();
-    let progress = Recorder::default();
-    let out = done(model.generate(&prompt, &gen_params(json!({"max_new_tokens": 1})), &progress).unwrap());
+    let progress = Arc::new(Recorder::default());
+    let out = done(model.generate(&prompt, &gen_params(json!({"max_new_tokens": 1})), progress.clone()).unwrap());
     assert_eq!(ids(&out), vec![argmax(&full)]);
     let logprob = progress.tokens()[0].logprob.unwrap() as f64;
     let want = log_softmax(&full)[argmax(&full) as usize];
@@ -726,8 +736,8 @@ fn a_long_prompt_is_prefilled_in_chunks_with_the_same_logits_and_stops_between_t
             (n >= 1).then_some(StopReason::TimedOut)
         }
     }
-    let stopper = StopsAfterFirstCheck(Default::default());
-    match model.generate(&prompt, &gen_params(json!({"max_new_tokens": 4})), &stopper).unwrap() {
+    let stopper = Arc::new(StopsAfterFirstCheck(Default::default()));
+    match model.generate(&prompt, &gen_params(json!({"max_new_tokens": 4})), stopper.clone()).unwrap() {
         RunOutcome::Stopped { reason: StopReason::TimedOut, partial } => {
             assert_eq!(partial["details"]["finish_reason"], "timed_out");
             assert_eq!(partial["token_ids"], json!([]));

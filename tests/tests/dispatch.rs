@@ -82,7 +82,7 @@ async fn setup(b: Backend, pool: PoolConfig) -> Setup {
 }
 
 fn pool(min_warm: u32, max_tasks: u32, jobs_per_task: u32) -> PoolConfig {
-    PoolConfig { min_warm, max_tasks, jobs_per_task, ..PoolConfig::named("cpu") }
+    PoolConfig { min_warm, max_tasks, jobs_per_task: Some(jobs_per_task), ..PoolConfig::named("cpu") }
 }
 
 ferry_tests::on_both!(

@@ -27,6 +27,7 @@ fn spec(id: &str, uri: &str) -> ModelSpec {
         device: None,
         max_new_tokens: None,
         max_batch: None,
+        max_batch_sequences: None,
     }
 }
 

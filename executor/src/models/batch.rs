@@ -1,264 +1,554 @@
-//! A batched forward pass for the Llama family, the first piece of the continuous-batching
-//! engine (issue 13): one pass serves several sequences at once. The linear layers (QKV, O,
-//! the MLP and the LM head) run once over the stacked rows of every sequence's new tokens;
-//! attention runs per sequence over its own KV cache, with RoPE at the sequence's own
-//! positions. A sequence may bring one token (decode) or many (its prompt, or a chunk of
-//! it) to the same pass. The logits are those of the batch-1 path (candle's `Llama` with
-//! its cache), which `tests/batch_llama.rs` checks to 1e-4.
+//! The batched decode machinery every text-generation family shares: one forward pass
+//! serves many sequences at once (issue 13).
 //!
-//! Not wired into the executor yet: the engine thread that admits and evicts sequences
-//! between steps is the rest of issue 13.
+//! - [`KvCache`]: the keys and values of every running sequence, one *slot* each, in one
+//!   tensor per layer, `[slots, kv_heads, capacity, head_dim]`. The engine keeps its running
+//!   sequences in slots `0..n` (an evicted sequence's slot is filled by moving the last one
+//!   into it), so a decode step reads the first `n` slots as one strided view, without
+//!   copying. The cache grows by doubling (slots and positions, positions up to the context)
+//!   and only when a sequence is admitted that needs it, so its size is known at admission;
+//!   it never shrinks while the model is loaded.
+//! - [`StepSeq`]: what one sequence brings to a pass: one token (a decode step) or several
+//!   (its prompt, or a chunk of it), at its own position in its own slot.
+//! - [`StepPlan`] and [`Attention`]: the per-pass layout and the attention of every layer
+//!   over it. The linear layers run once over the stacked rows of every sequence (a family's
+//!   own code); attention for the one-token sequences runs batched over their slots (RoPE at
+//!   each one's position, its new key and value scattered into its slot, a mask for each
+//!   one's length, grouped-query heads without copying the cache); a multi-token sequence
+//!   attends over its own slot with a causal mask.
+//! - [`CausalLm`]: what a family implements (one file per family); the engine
+//!   ([`super::generate`]) is written against it only.
+//!
+//! Scores, softmax and the weighted sum are computed in f32 whatever the weights' dtype, as
+//! the batch-1 paths of candle and transformers do, so the logits are those of the batch-1
+//! path (`tests/batch_llama.rs` checks them to 1e-4 against candle's own Llama).
 
-use std::path::Path;
+use candle_core::{DType, Device, Tensor};
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
-use candle_transformers::models::llama::{Config, Llama3RopeType, LlamaConfig};
+use super::ModelError;
 
-use super::{ModelError, Placement};
-
-fn err(e: candle_core::Error) -> ModelError {
-    ModelError::Runtime(e.to_string())
+/// A text-generation family's forward pass over many sequences at once.
+pub trait CausalLm: Send + Sync + 'static {
+    /// Prompt and output together, in tokens.
+    fn context_length(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// An empty cache shaped for this model on its device.
+    fn new_cache(&self) -> KvCache;
+    /// One forward pass: appends each sequence's ids to its slot of `cache` and returns, per
+    /// sequence in order, the f32 logits after its last id when it asks for them.
+    fn step(&self, cache: &mut KvCache, seqs: &[StepSeq]) -> Result<Vec<Option<Vec<f32>>>, ModelError>;
 }
 
-struct Layer {
-    attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    mlp_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+/// One sequence's part of a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSeq<'a> {
+    /// Its slot in the [`KvCache`].
+    pub slot: usize,
+    /// Positions it holds already (its ids go at `pos..pos + ids.len()`).
+    pub pos: usize,
+    /// At least one id.
+    pub ids: &'a [u32],
+    /// Whether the logits after its last id are wanted (not for a prompt chunk other than
+    /// the last).
+    pub logits: bool,
 }
 
-/// One sequence's state across passes: its KV cache per layer and how many positions it holds.
-#[derive(Default)]
-pub struct SeqState {
-    kv: Vec<Option<(Tensor, Tensor)>>,
-    pos: usize,
-}
-
-impl SeqState {
-    /// Positions held (tokens fed so far).
-    pub fn len(&self) -> usize {
-        self.pos
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pos == 0
-    }
-}
-
-/// A Llama that runs many sequences per forward pass.
-pub struct BatchedLlama {
-    embed: Embedding,
-    layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    cos: Tensor,
-    sin: Tensor,
-    heads: usize,
+/// The keys and values of every running sequence (see the module docs).
+pub struct KvCache {
+    /// Per layer: keys and values, `[slots, kv_heads, capacity, head_dim]`.
+    layers: Vec<(Tensor, Tensor)>,
+    slots: usize,
+    capacity: usize,
     kv_heads: usize,
     head_dim: usize,
     context: usize,
-    device: Device,
     dtype: DType,
+    device: Device,
 }
 
-impl BatchedLlama {
-    /// Loads the weights of a Hugging Face Llama directory (`config.json`, safetensors).
-    pub fn load(dir: &Path, placement: &Placement) -> Result<BatchedLlama, ModelError> {
-        let load = |m: String| ModelError::Load(format!("{}: {m}", dir.display()));
-        let text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| load(e.to_string()))?;
-        let cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| load(format!("config.json: {e}")))?;
-        let cfg = cfg.into_config(false);
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| load(e.to_string()))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
-        files.sort();
-        // SAFETY: read-only mmaps, as in `LlamaModel::load`.
-        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| load(e.to_string()))?;
-        let vb = VarBuilder::from_backend(Box::new(st), placement.dtype, placement.device.clone());
-        Self::from_weights(vb, &cfg, placement).map_err(|e| load(e.to_string()))
-    }
-
-    fn from_weights(vb: VarBuilder, cfg: &Config, placement: &Placement) -> candle_core::Result<BatchedLlama> {
-        let (h, heads, kv_heads) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads);
-        let head_dim = h / heads;
-        let linear = |vb: VarBuilder, i: usize, o: usize| candle_nn::linear_no_bias(i, o, vb);
-        let m = vb.pp("model");
-        let embed = candle_nn::embedding(cfg.vocab_size, h, m.pp("embed_tokens"))?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                let l = m.pp(format!("layers.{i}"));
-                let a = l.pp("self_attn");
-                let p = l.pp("mlp");
-                Ok(Layer {
-                    attn_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("input_layernorm"))?,
-                    q: linear(a.pp("q_proj"), h, heads * head_dim)?,
-                    k: linear(a.pp("k_proj"), h, kv_heads * head_dim)?,
-                    v: linear(a.pp("v_proj"), h, kv_heads * head_dim)?,
-                    o: linear(a.pp("o_proj"), heads * head_dim, h)?,
-                    mlp_norm: candle_nn::rms_norm(h, cfg.rms_norm_eps, l.pp("post_attention_layernorm"))?,
-                    gate: linear(p.pp("gate_proj"), h, cfg.intermediate_size)?,
-                    up: linear(p.pp("up_proj"), h, cfg.intermediate_size)?,
-                    down: linear(p.pp("down_proj"), cfg.intermediate_size, h)?,
-                })
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let norm = candle_nn::rms_norm(h, cfg.rms_norm_eps, m.pp("norm"))?;
-        let lm_head = match cfg.tie_word_embeddings {
-            true => Linear::new(embed.embeddings().clone(), None),
-            false => linear(vb.pp("lm_head"), h, cfg.vocab_size)?,
-        };
-        let (cos, sin) = rope_tables(cfg, head_dim, placement)?;
-        Ok(BatchedLlama {
-            embed,
-            layers,
-            norm,
-            lm_head,
-            cos,
-            sin,
-            heads,
+impl KvCache {
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, context: usize, dtype: DType, device: &Device) -> Self {
+        let empty = Tensor::zeros((0, kv_heads, 0, head_dim), dtype, device).expect("an empty tensor");
+        KvCache {
+            layers: vec![(empty.clone(), empty); layers],
+            slots: 0,
+            capacity: 0,
             kv_heads,
             head_dim,
-            context: cfg.max_position_embeddings,
-            device: placement.device.clone(),
-            dtype: placement.dtype,
+            context,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// Bytes one position of one sequence takes (keys and values of every layer).
+    pub fn bytes_per_position(&self) -> usize {
+        self.layers.len() * 2 * self.kv_heads * self.head_dim * self.dtype.size_in_bytes()
+    }
+
+    /// Bytes the cache would take with room for `slots` sequences of `len` positions (as
+    /// [`KvCache::reserve`] would grow it).
+    pub fn bytes_for(&self, slots: usize, len: usize) -> usize {
+        let (s, c) = self.grown(slots, len);
+        s * c * self.bytes_per_position()
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.slots * self.capacity * self.bytes_per_position()
+    }
+
+    fn grown(&self, slots: usize, len: usize) -> (usize, usize) {
+        let s = if slots <= self.slots { self.slots } else { slots.next_power_of_two().max(self.slots * 2) };
+        let c = if len <= self.capacity {
+            self.capacity
+        } else {
+            len.next_power_of_two().max(self.capacity * 2).max(16).min(self.context)
+        };
+        (s, c.max(len))
+    }
+
+    /// Makes room for `slots` sequences of up to `len` positions each, keeping what is held.
+    pub fn reserve(&mut self, slots: usize, len: usize) -> Result<(), ModelError> {
+        if len > self.context {
+            return Err(ModelError::Runtime(format!("{len} positions are past the context of {}", self.context)));
+        }
+        let (s, c) = self.grown(slots, len);
+        if (s, c) == (self.slots, self.capacity) {
+            return Ok(());
+        }
+        let (old_s, old_c, kvh, d) = (self.slots, self.capacity, self.kv_heads, self.head_dim);
+        let grow = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let mut t = t.clone();
+            if c > old_c {
+                let pad = Tensor::zeros((old_s, kvh, c - old_c, d), self.dtype, &self.device)?;
+                t = Tensor::cat(&[&t, &pad], 2)?;
+            }
+            if s > old_s {
+                let pad = Tensor::zeros((s - old_s, kvh, c, d), self.dtype, &self.device)?;
+                t = Tensor::cat(&[&t, &pad], 0)?;
+            }
+            t.contiguous()
+        };
+        for (k, v) in self.layers.iter_mut() {
+            *k = grow(k)?;
+            *v = grow(v)?;
+        }
+        (self.slots, self.capacity) = (s, c);
+        Ok(())
+    }
+
+    /// Copies slot `from`'s keys and values (its first `len` positions) into slot `to`.
+    pub fn move_slot(&mut self, from: usize, to: usize, len: usize) -> Result<(), ModelError> {
+        if from == to || len == 0 {
+            return Ok(());
+        }
+        for (k, v) in &self.layers {
+            for t in [k, v] {
+                let src = t.narrow(0, from, 1)?.narrow(2, 0, len)?.force_contiguous()?;
+                t.narrow(0, to, 1)?.slice_set(&src, 2, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+}
+
+/// A linear layer without bias over a pass's stacked rows, its weight `[out, in]` (the
+/// checkpoint's layout). On the CPU, with more than one row, it computes `W · xᵀ` and
+/// transposes back: candle's gemm then walks the weight in its own order instead of packing
+/// it per call, 30% faster at 32 rows here (a row at a time it is the same).
+pub struct Dense {
+    pub weight: Tensor,
+}
+
+impl Dense {
+    /// Several layers that read the same input as one (QKV, gate and up): their weights
+    /// stacked, their outputs side by side in that order.
+    pub fn fused(weights: &[Tensor]) -> candle_core::Result<Dense> {
+        Ok(Dense { weight: Tensor::cat(weights, 0)?.contiguous()? })
+    }
+
+    /// `x` `[rows, in]` to `[rows, out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.dim(0)? > 1 && x.device().is_cpu() {
+            self.forward_t(x)?.t()?.contiguous()
+        } else {
+            x.matmul(&self.weight.t()?)
+        }
+    }
+
+    /// `x` `[rows, in]` to `[out, rows]` (the transposed output, contiguous).
+    pub fn forward_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.weight.matmul(&x.t()?)
+    }
+
+    /// `xt` `[in, rows]` (a transposed input) to `[out, rows]`.
+    pub fn forward_tt(&self, xt: &Tensor) -> candle_core::Result<Tensor> {
+        self.weight.matmul(xt)
+    }
+}
+
+/// The layout of one forward pass, computed once and used by every layer.
+pub struct StepPlan {
+    /// Rows (tokens) in the pass.
+    pub rows: usize,
+    decode: Option<DecodePlan>,
+    prefills: Vec<PrefillPlan>,
+    /// For each row, its row in `cat(decode output, prefill outputs)`.
+    gather: Option<Tensor>,
+    /// The rows whose logits are wanted, in sequence order, and which sequence each is.
+    pub logit_rows: Tensor,
+    pub logit_seqs: Vec<usize>,
+}
+
+struct DecodePlan {
+    /// Slots `0..slots` take part (some only as padding: those not decoding this pass).
+    slots: usize,
+    /// For each slot, the row of its token (row 0 for padding).
+    q_index: Tensor,
+    /// RoPE tables at each slot's position, `[slots, 1, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    /// Each slot's position, as scatter indices `[slots, kv_heads, 1, head_dim]` (u32::MAX:
+    /// padding, not written).
+    scatter: Tensor,
+    /// Positions attended to: the longest decoding sequence's length after this token.
+    len: usize,
+    /// `[slots, 1, 1, len]`: 0 where a slot may attend, -inf elsewhere.
+    mask: Tensor,
+    /// Each slot's length after this token (0: padding).
+    lens: Vec<usize>,
+}
+
+struct PrefillPlan {
+    slot: usize,
+    pos: usize,
+    n: usize,
+    row: usize,
+    /// `[groups * n, pos + n]` causal mask (none for one token).
+    mask: Option<Tensor>,
+}
+
+/// The attention of one family's layers: its head layout and RoPE tables.
+pub struct Attention {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// `[context, head_dim / 2]`, in the weights' dtype.
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Attention {
+    /// Checks `seqs` against the cache and lays the pass out.
+    pub fn plan(&self, cache: &KvCache, seqs: &[StepSeq]) -> Result<StepPlan, ModelError> {
+        let invalid = |m: String| ModelError::Runtime(m);
+        let mut rows = 0;
+        let (mut decode_slots, mut prefills) = (Vec::new(), Vec::new());
+        for s in seqs {
+            if s.ids.is_empty() {
+                return Err(invalid("a sequence brought no ids to the pass".into()));
+            }
+            if s.slot >= cache.slots || s.pos + s.ids.len() > cache.capacity {
+                return Err(invalid(format!(
+                    "slot {} at {} + {} is outside the cache ({} slots of {})",
+                    s.slot,
+                    s.pos,
+                    s.ids.len(),
+                    cache.slots,
+                    cache.capacity
+                )));
+            }
+            if s.ids.len() == 1 {
+                decode_slots.push((s.slot, s.pos, rows));
+            } else {
+                prefills.push((s.slot, s.pos, s.ids.len(), rows));
+            }
+            rows += s.ids.len();
+        }
+        let mut seen = vec![false; cache.slots];
+        for s in seqs {
+            if std::mem::replace(&mut seen[s.slot], true) {
+                return Err(invalid(format!("slot {} appears twice in one pass", s.slot)));
+            }
+        }
+        let slots = decode_slots.iter().map(|d| d.0 + 1).max().unwrap_or(0);
+        let decode =
+            if decode_slots.is_empty() { None } else { Some(self.decode_plan(cache, slots, &decode_slots)?) };
+        // Row r of the pass is row gather[r] of cat(decode output [slots rows], prefills).
+        let mut gather = vec![0u32; rows];
+        for &(slot, _, row) in &decode_slots {
+            gather[row] = slot as u32;
+        }
+        let mut next = slots;
+        let mut prefill_plans = Vec::with_capacity(prefills.len());
+        for (slot, pos, n, row) in prefills {
+            for i in 0..n {
+                gather[row + i] = (next + i) as u32;
+            }
+            next += n;
+            prefill_plans.push(PrefillPlan { slot, pos, n, row, mask: self.causal_mask(pos, n)? });
+        }
+        // Prefills alone are already in row order.
+        let gather = if decode_slots.is_empty() { None } else { Some(Tensor::new(gather, &self.device)?) };
+        let mut logit_rows = Vec::new();
+        let mut logit_seqs = Vec::new();
+        let mut row = 0;
+        for (i, s) in seqs.iter().enumerate() {
+            row += s.ids.len();
+            if s.logits {
+                logit_rows.push((row - 1) as u32);
+                logit_seqs.push(i);
+            }
+        }
+        Ok(StepPlan {
+            rows,
+            decode,
+            prefills: prefill_plans,
+            gather,
+            logit_rows: Tensor::new(logit_rows, &self.device)?,
+            logit_seqs,
         })
     }
 
-    /// A new, empty sequence.
-    pub fn new_sequence(&self) -> SeqState {
-        SeqState { kv: vec![None; self.layers.len()], pos: 0 }
-    }
-
-    /// One forward pass over every sequence in `batch`, each with its new tokens (at least
-    /// one): appends them to its cache and returns, per sequence in order, the f32 logits
-    /// for the token after its last one.
-    pub fn forward(&self, batch: &mut [(&mut SeqState, &[u32])]) -> Result<Vec<Vec<f32>>, ModelError> {
-        for (seq, ids) in batch.iter() {
-            if ids.is_empty() || seq.pos + ids.len() > self.context {
-                return Err(ModelError::invalid("ids", format!("1 to {} positions per sequence", self.context)));
-            }
+    fn decode_plan(
+        &self,
+        cache: &KvCache,
+        slots: usize,
+        decoding: &[(usize, usize, usize)],
+    ) -> Result<DecodePlan, ModelError> {
+        let (kvh, d) = (self.kv_heads, self.head_dim);
+        let mut q_index = vec![0u32; slots];
+        let mut positions = vec![0u32; slots];
+        let mut lens = vec![0usize; slots];
+        let mut scatter = vec![u32::MAX; slots];
+        for &(slot, pos, row) in decoding {
+            q_index[slot] = row as u32;
+            positions[slot] = pos as u32;
+            lens[slot] = pos + 1;
+            scatter[slot] = pos as u32;
         }
-        self.forward_rows(batch).map_err(err)
-    }
-
-    fn forward_rows(&self, batch: &mut [(&mut SeqState, &[u32])]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let ids: Vec<u32> = batch.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
-        let lens: Vec<usize> = batch.iter().map(|(_, ids)| ids.len()).collect();
-        let mut x = self.embed.forward(&Tensor::new(ids.as_slice(), &self.device)?)?; // [rows, hidden]
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
-            let (q, k, v) = (layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?);
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut row = 0;
-            for ((seq, _), &n) in batch.iter_mut().zip(&lens) {
-                let take = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
-                    // [n, heads*dim] -> [1, heads, n, dim]
-                    t.narrow(0, row, n)?.reshape((1, n, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-                };
-                let q = self.rope(&take(&q, self.heads)?, seq.pos)?;
-                let k = self.rope(&take(&k, self.kv_heads)?, seq.pos)?;
-                let v = take(&v, self.kv_heads)?;
-                let (k, v) = match seq.kv[li].take() {
-                    Some((ck, cv)) => {
-                        (Tensor::cat(&[&ck, &k], 2)?.contiguous()?, Tensor::cat(&[&cv, &v], 2)?.contiguous()?)
-                    }
-                    None => (k, v),
-                };
-                seq.kv[li] = Some((k.clone(), v.clone()));
-                outs.push(self.attend(&q, &k, &v, seq.pos, n)?);
-                row += n;
-            }
-            let attn = Tensor::cat(&outs, 0)?; // [rows, heads*dim]
-            x = (x + layer.o.forward(&attn)?)?;
-            let h = layer.mlp_norm.forward(&x)?;
-            let mlp =
-                layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
-            x = (x + mlp)?;
-        }
-        // The last row of each sequence, through the final norm and the LM head at once.
-        let mut last = Vec::with_capacity(batch.len());
-        let mut row = 0;
-        for &n in &lens {
-            row += n;
-            last.push(x.narrow(0, row - 1, 1)?);
-        }
-        let logits = self.lm_head.forward(&self.norm.forward(&Tensor::cat(&last, 0)?)?)?.to_dtype(DType::F32)?;
-        for ((seq, _), &n) in batch.iter_mut().zip(&lens) {
-            seq.pos += n;
-        }
-        logits.to_vec2::<f32>()
-    }
-
-    fn rope(&self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        let n = x.dim(2)?;
-        candle_nn::rotary_emb::rope(x, &self.cos.narrow(0, pos, n)?, &self.sin.narrow(0, pos, n)?)
-    }
-
-    /// Causal attention of `n` new queries at positions `pos..pos+n` over the sequence's
-    /// keys and values (`pos + n` of them), heads sharing KV groups; `[n, heads*dim]` out.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize, n: usize) -> candle_core::Result<Tensor> {
-        let groups = self.heads / self.kv_heads;
-        let repeat = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let (b, kvh, len, d) = t.dims4()?;
-            t.unsqueeze(2)?.expand((b, kvh, groups, len, d))?.reshape((b, kvh * groups, len, d))
+        let len = decoding.iter().map(|&(_, pos, _)| pos + 1).max().unwrap_or(1);
+        debug_assert!(len <= cache.capacity);
+        // A padding slot attends to its first position only (anything finite: its output is
+        // dropped).
+        let mask: Vec<f32> = lens
+            .iter()
+            .flat_map(|&l| (0..len).map(move |j| if j < l.max(1) { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let scatter: Vec<u32> = scatter.iter().flat_map(|&p| std::iter::repeat_n(p, kvh * d)).collect();
+        let positions = Tensor::new(positions, &self.device)?;
+        let table = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.index_select(&positions, 0)?.reshape((slots, 1, d / 2))?.contiguous()
         };
-        let (q, k, v) = (q.to_dtype(DType::F32)?, repeat(k)?.to_dtype(DType::F32)?, repeat(v)?.to_dtype(DType::F32)?);
-        let mut att = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?; // [1, heads, n, pos+n]
-        if n > 1 {
-            let total = pos + n;
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            let mask = Tensor::from_vec(mask, (n, total), &self.device)?;
-            att = att.broadcast_add(&mask)?;
+        Ok(DecodePlan {
+            slots,
+            q_index: Tensor::new(q_index, &self.device)?,
+            cos: table(&self.cos)?,
+            sin: table(&self.sin)?,
+            scatter: Tensor::from_vec(scatter, (slots, kvh, 1, d), &self.device)?,
+            len,
+            mask: Tensor::from_vec(mask, (slots, 1, 1, len), &self.device)?,
+            lens,
+        })
+    }
+
+    /// The causal mask of `n` queries at `pos..pos + n`, one row per (query group, query).
+    fn causal_mask(&self, pos: usize, n: usize) -> Result<Option<Tensor>, ModelError> {
+        if n == 1 {
+            return Ok(None);
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?.to_dtype(self.dtype)?; // [1, heads, n, dim]
-        y.transpose(1, 2)?.reshape((n, self.heads * self.head_dim))
+        let groups = self.heads / self.kv_heads;
+        let total = pos + n;
+        let mask: Vec<f32> = (0..groups)
+            .flat_map(|_| 0..n)
+            .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Ok(Some(Tensor::from_vec(mask, (groups * n, total), &self.device)?))
+    }
+
+    /// Attention of one layer: `q`, `k`, `v` are the pass's rows `[rows, heads * head_dim]`
+    /// (`kv_heads` for k and v) before RoPE; writes the new keys and values into `cache`'s
+    /// layer `layer` and returns `[rows, heads * head_dim]`.
+    pub fn forward(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        plan: &StepPlan,
+        cache: &KvCache,
+    ) -> Result<Tensor, ModelError> {
+        Ok(self.forward_inner(layer, q, k, v, plan, cache)?)
+    }
+
+    fn forward_inner(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        plan: &StepPlan,
+        cache: &KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let groups = h / kvh;
+        let scale = 1.0 / (d as f64).sqrt();
+        let (ck, cv) = &cache.layers[layer];
+        let mut outs = Vec::with_capacity(1 + plan.prefills.len());
+        if let Some(p) = &plan.decode {
+            let s = p.slots;
+            let rope = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
+                let t = t.index_select(&p.q_index, 0)?.reshape((s, heads, 1, d))?;
+                candle_nn::rotary_emb::rope(&t, &p.cos, &p.sin)
+            };
+            let (qd, kd) = (rope(q, h)?, rope(k, kvh)?);
+            let vd = v.index_select(&p.q_index, 0)?.reshape((s, kvh, 1, d))?;
+            ck.narrow(0, 0, s)?.scatter_set(&p.scatter, &kd, 2)?;
+            cv.narrow(0, 0, s)?.scatter_set(&p.scatter, &vd, 2)?;
+            if self.device.is_cpu() && self.dtype == DType::F32 {
+                let qg = qd.reshape((s, kvh, groups, d))?.contiguous()?;
+                outs.push(cpu_decode_attention(&qg, ck, cv, &p.lens, scale as f32)?);
+            } else {
+                let keys = ck.narrow(0, 0, s)?.narrow(2, 0, p.len)?.to_dtype(DType::F32)?;
+                let values = cv.narrow(0, 0, s)?.narrow(2, 0, p.len)?.to_dtype(DType::F32)?;
+                let qg = qd.reshape((s, kvh, groups, d))?.to_dtype(DType::F32)?;
+                let att = (qg.matmul(&keys.t()?)? * scale)?.broadcast_add(&p.mask)?;
+                let att = candle_nn::ops::softmax_last_dim(&att)?;
+                outs.push(att.matmul(&values)?.to_dtype(self.dtype)?.reshape((s, h * d))?);
+            }
+        }
+        for p in &plan.prefills {
+            let (n, total) = (p.n, p.pos + p.n);
+            let take = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
+                t.narrow(0, p.row, n)?.reshape((1, n, heads, d))?.transpose(1, 2)?.contiguous()
+            };
+            let (cos, sin) = (self.cos.narrow(0, p.pos, n)?, self.sin.narrow(0, p.pos, n)?);
+            let qs = candle_nn::rotary_emb::rope(&take(q, h)?, &cos, &sin)?;
+            let ks = candle_nn::rotary_emb::rope(&take(k, kvh)?, &cos, &sin)?;
+            let vs = take(v, kvh)?;
+            ck.narrow(0, p.slot, 1)?.slice_set(&ks, 2, p.pos)?;
+            cv.narrow(0, p.slot, 1)?.slice_set(&vs, 2, p.pos)?;
+            let keys = ck.narrow(0, p.slot, 1)?.narrow(2, 0, total)?.to_dtype(DType::F32)?;
+            let values = cv.narrow(0, p.slot, 1)?.narrow(2, 0, total)?.to_dtype(DType::F32)?;
+            let qg = qs.reshape((1, kvh, groups * n, d))?.to_dtype(DType::F32)?;
+            let mut att = (qg.matmul(&keys.t()?)? * scale)?;
+            if let Some(mask) = &p.mask {
+                att = att.broadcast_add(mask)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&values)?.to_dtype(self.dtype)?; // [1, kvh, groups * n, d]
+            outs.push(y.reshape((1, h, n, d))?.transpose(1, 2)?.reshape((n, h * d))?);
+        }
+        let all = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
+        match &plan.gather {
+            Some(g) => all.index_select(g, 0),
+            None => Ok(all),
+        }
     }
 }
 
-/// The RoPE cos/sin tables, [positions, head_dim / 2], with Llama 3's frequency scaling when
-/// `rope_scaling` asks for it (as Hugging Face and candle compute them).
-fn rope_tables(cfg: &Config, head_dim: usize, placement: &Placement) -> candle_core::Result<(Tensor, Tensor)> {
-    let base: Vec<f32> =
-        (0..head_dim).step_by(2).map(|i| 1f32 / cfg.rope_theta.powf(i as f32 / head_dim as f32)).collect();
-    let freqs = match &cfg.rope_scaling {
-        Some(s) if matches!(s.rope_type, Llama3RopeType::Llama3) => {
-            let original = s.original_max_position_embeddings as f32;
-            let (low, high) = (original / s.low_freq_factor, original / s.high_freq_factor);
-            base.into_iter()
-                .map(|f| {
-                    let wavelen = 2. * std::f32::consts::PI / f;
-                    if wavelen < high {
-                        f
-                    } else if wavelen > low {
-                        f / s.factor
-                    } else {
-                        let smooth =
-                            (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                        (1. - smooth) * f / s.factor + smooth * f
-                    }
-                })
-                .collect()
+/// Decode attention on the CPU in f32, straight over the cache's memory: for each slot and
+/// KV head, the query heads sharing it score the positions the slot holds, take the
+/// softmax, and sum the values. `q` is `[slots, kv_heads, groups, head_dim]`; the caches
+/// are whole (`[allocated slots, kv_heads, capacity, head_dim]`); `lens[s]` positions of
+/// slot `s` count (0: padding, left zero). Returns `[slots, heads * head_dim]`.
+///
+/// It replaces the four batched candle ops of the general path, whose many small per-head
+/// matmuls each paid a round trip through the thread pool: most of a decode step's time at
+/// 32 sequences on two cores.
+fn cpu_decode_attention(
+    q: &Tensor,
+    ck: &Tensor,
+    cv: &Tensor,
+    lens: &[usize],
+    scale: f32,
+) -> candle_core::Result<Tensor> {
+    use rayon::prelude::*;
+    let (slots, kvh, groups, d) = q.dims4()?;
+    let cap = ck.dim(2)?;
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = ck.storage_and_layout();
+    let (vs, vl) = cv.storage_and_layout();
+    let (qd, kd, vd) = (cpu_f32(&qs, ql)?, cpu_f32(&ks, kl)?, cpu_f32(&vs, vl)?);
+    let mut out = vec![0f32; slots * kvh * groups * d];
+    out.par_chunks_mut(groups * d).enumerate().for_each(|(i, o)| {
+        let (slot, head) = (i / kvh, i % kvh);
+        let len = lens[slot];
+        if len == 0 {
+            return;
         }
-        _ => base,
-    };
-    let n = freqs.len();
-    let freqs = Tensor::new(freqs, &placement.device)?.reshape((1, n))?;
-    let positions = Tensor::arange(0, cfg.max_position_embeddings as u32, &placement.device)?
-        .to_dtype(DType::F32)?
-        .reshape((cfg.max_position_embeddings, 1))?;
+        let base = (slot * kvh + head) * cap * d;
+        let (keys, values) = (&kd[base..base + len * d], &vd[base..base + len * d]);
+        let mut scores = vec![0f32; len];
+        for g in 0..groups {
+            let qv = &qd[(i * groups + g) * d..][..d];
+            let mut max = f32::NEG_INFINITY;
+            for (j, score) in scores.iter_mut().enumerate() {
+                *score = dot(qv, &keys[j * d..(j + 1) * d]) * scale;
+                max = max.max(*score);
+            }
+            let mut sum = 0f32;
+            for score in scores.iter_mut() {
+                *score = (*score - max).exp();
+                sum += *score;
+            }
+            let og = &mut o[g * d..(g + 1) * d];
+            for (j, &score) in scores.iter().enumerate() {
+                let w = score / sum;
+                for (acc, &v) in og.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+                    *acc += w * v;
+                }
+            }
+        }
+    });
+    drop((qs, ks, vs));
+    // [slots, kv_heads, groups, d] is [slots, heads * d] with head = kv_head * groups + g.
+    Tensor::from_vec(out, (slots, kvh * groups * d), q.device())
+}
+
+/// The f32 elements a contiguous CPU tensor's layout covers.
+fn cpu_f32<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op: "attention" })?;
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(&c.as_slice::<f32>()?[start..end]),
+        _ => candle_core::bail!("cpu_decode_attention needs CPU tensors"),
+    }
+}
+
+/// A dot product in eight lanes (so the compiler vectorizes it).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// RoPE cos/sin tables `[context, head_dim / 2]` from the inverse frequencies, in `dtype`.
+pub fn rope_tables(
+    inv_freq: &[f32],
+    context: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let n = inv_freq.len();
+    let freqs = Tensor::new(inv_freq, device)?.reshape((1, n))?;
+    let positions = Tensor::arange(0, context as u32, device)?.to_dtype(DType::F32)?.reshape((context, 1))?;
     let angles = positions.matmul(&freqs)?;
-    Ok((angles.cos()?.to_dtype(placement.dtype)?, angles.sin()?.to_dtype(placement.dtype)?))
+    Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
 }

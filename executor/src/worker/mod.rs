@@ -36,6 +36,9 @@ pub use self::shutdown::Shutdown;
 pub use crate::registry::{ModelRegistry, S3Models};
 use heartbeat::Activity;
 
+/// The most messages one receive asks for (SQS's limit).
+const MAX_RECEIVE: usize = 10;
+
 /// How long a message for another pool's model stays hidden from this executor.
 const FOREIGN_RELEASE: Duration = Duration::from_secs(2);
 
@@ -48,8 +51,12 @@ pub struct WorkerConfig {
     pub pool: String,
     /// `cpu`, `cuda` or `cuda:N`, for models whose catalog entry names no device.
     pub device: String,
-    /// Jobs run at once.
+    /// Jobs run at once; 0: as many as the engines of this executor's models batch
+    /// ([`ModelRegistry::capacity`]).
     pub concurrency: usize,
+    /// Sequences an engine batches into one forward pass (`--max-batch-sequences`), for
+    /// models whose catalog entry names none; None: 32 on CPU, 64 on CUDA.
+    pub max_batch_sequences: Option<usize>,
     /// Exit after this long with no work (scale to zero).
     pub idle_timeout: Duration,
     /// On shutdown, how long running jobs may go on before they are released.
@@ -81,6 +88,7 @@ impl Default for WorkerConfig {
             pool: "cpu".into(),
             device: "cpu".into(),
             concurrency: 1,
+            max_batch_sequences: None,
             idle_timeout: Duration::from_secs(60),
             grace_period: Duration::from_secs(25),
             lease: Duration::from_secs(60),
@@ -135,7 +143,8 @@ impl Worker {
 
     /// Like [`Worker::new`], fetching models stored in S3 with `s3`.
     pub fn with_s3(root: &Root, config: WorkerConfig, s3: Option<S3Models>) -> Arc<Worker> {
-        let models = Arc::new(ModelRegistry::new(&root.catalog, &config.pool, &config.device, s3));
+        let models =
+            Arc::new(ModelRegistry::new(&root.catalog, &config.pool, &config.device, config.max_batch_sequences, s3));
         Arc::new(Worker {
             service: root.service(),
             hub: root.hub(),
@@ -155,39 +164,32 @@ impl Worker {
         self.service.queues.for_pool(&self.config.pool)
     }
 
-    /// Runs `concurrency` job slots until idle for `idle_timeout` or `shutdown` is set and
-    /// every running job has ended or been released.
+    /// Runs jobs, up to `concurrency` at once, until idle for `idle_timeout` or `shutdown`
+    /// is set and every running job has ended or been released. One receiver asks the
+    /// queue for as many messages as there are free slots (at most 10 per receive, SQS's
+    /// limit), so a burst fills the engine's batch at once.
     pub async fn run(self: &Arc<Self>, shutdown: Shutdown) -> Exit {
-        let idle = Shutdown::default();
         let beat_stop = Shutdown::default();
         let beat = tokio::spawn(self.clone().heartbeat(self.pool_store.clone(), beat_stop.clone()));
-        let mut slots = tokio::task::JoinSet::new();
-        for _ in 0..self.config.concurrency.max(1) {
-            let (me, shutdown, idle) = (self.clone(), shutdown.clone(), idle.clone());
-            slots.spawn(async move { me.slot(&shutdown, &idle).await });
-        }
-        while slots.join_next().await.is_some() {}
-        beat_stop.trigger();
-        let _ = beat.await;
-        if shutdown.is_set() {
-            Exit::Shutdown
-        } else if self.gave_up.load(Ordering::SeqCst) {
-            Exit::Unreachable
-        } else {
-            Exit::Idle
-        }
-    }
-
-    async fn slot(&self, shutdown: &Shutdown, idle: &Shutdown) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency()));
+        let mut jobs = tokio::task::JoinSet::new();
         let c = &self.config;
         loop {
-            if shutdown.is_set() || idle.is_set() {
-                return;
+            while jobs.try_join_next().is_some() {}
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = shutdown.wait() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_RECEIVE {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
             }
             let received = tokio::select! {
-                r = self.queue().receive(1, c.poll_wait, c.visibility) => r,
-                _ = shutdown.wait() => return,
-                _ = idle.wait() => return,
+                r = self.queue().receive(permits.len() as u32, c.poll_wait, c.visibility) => r,
+                _ = shutdown.wait() => break,
             };
             let deliveries = match received {
                 Ok(d) => {
@@ -200,39 +202,63 @@ impl Worker {
                         tracing::error!(error = %e, down_s = c.unreachable_exit.as_secs(),
                             "the work queue has been unreachable too long; exiting with an error");
                         self.gave_up.store(true, Ordering::SeqCst);
-                        idle.trigger();
-                        return;
+                        break;
                     }
                     if self.quiet() {
                         // Time without work counts whatever the reason: an executor that
                         // cannot reach its queue has no work either.
                         tracing::info!(idle_s = c.idle_timeout.as_secs(), "no work (the queue is failing); exiting");
-                        idle.trigger();
-                        return;
+                        break;
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait() => break,
+                    }
                     continue;
                 }
             };
             if deliveries.is_empty() {
                 if self.quiet() {
                     tracing::info!(idle_s = c.idle_timeout.as_secs(), "no work; exiting");
-                    idle.trigger();
-                    return;
+                    break;
                 }
                 continue;
             }
-            for delivery in deliveries {
+            for (delivery, permit) in deliveries.into_iter().zip(permits) {
                 self.running.fetch_add(1, Ordering::SeqCst);
-                if self.handle(&delivery, shutdown).await {
-                    // Only work resets the idle clock: a message skipped or left to come back
-                    // (a duplicate, a store error) is not work.
-                    *self.last_busy.lock().unwrap() = Instant::now();
-                }
-                if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    self.activity.set(ExecutorActivity::Idle, self.service.clock.now(), None);
-                }
+                let (me, shutdown) = (self.clone(), shutdown.clone());
+                jobs.spawn(async move {
+                    let _slot = permit;
+                    if me.handle(&delivery, &shutdown).await {
+                        // Only work resets the idle clock: a message skipped or left to come
+                        // back (a duplicate, a store error) is not work.
+                        *me.last_busy.lock().unwrap() = Instant::now();
+                    }
+                    if me.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        me.activity.set(ExecutorActivity::Idle, me.service.clock.now(), None);
+                    }
+                });
             }
+        }
+        while jobs.join_next().await.is_some() {}
+        beat_stop.trigger();
+        let _ = beat.await;
+        if shutdown.is_set() {
+            Exit::Shutdown
+        } else if self.gave_up.load(Ordering::SeqCst) {
+            Exit::Unreachable
+        } else {
+            Exit::Idle
+        }
+    }
+
+    /// Jobs run at once: `concurrency`, or (0) the capacity of the engines of this
+    /// executor's models.
+    pub fn concurrency(&self) -> usize {
+        match self.config.concurrency {
+            0 => self.models.capacity(),
+            n => n,
         }
     }
 

@@ -36,12 +36,13 @@ impl Worker {
         // Load (once per executor) and run on a blocking thread, supervised from here.
         let models = self.models.clone();
         let model_id = job.model.clone();
-        let progress = StreamProgress { stream: stream.clone(), flag: flag.clone() };
+        let progress: Arc<dyn Progress> = Arc::new(StreamProgress { stream: stream.clone(), flag: flag.clone() });
         let (activity, clock) = (self.activity.clone(), self.service.clock.clone());
+        let load_stream = stream.clone();
         let mut work = tokio::spawn(async move {
-            let model = models.get(&model_id, &progress.stream).await?;
+            let model = models.get(&model_id, &load_stream).await?;
             activity.set(ExecutorActivity::Busy, clock.now(), Some(model_id.clone()));
-            tokio::task::spawn_blocking(move || model.run(&input, &progress))
+            tokio::task::spawn_blocking(move || model.run(&input, progress))
                 .await
                 .map_err(|e| ModelError::Runtime(format!("the model panicked: {e}")))?
         });

@@ -42,7 +42,14 @@ pub struct ModelSpec {
     /// Upper bound for the number of `input.texts` (embeddings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch: Option<u32>,
+    /// Sequences (text generation) or jobs (embeddings) the executor's engine batches into
+    /// one forward pass, overriding its `--max-batch-sequences`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_sequences: Option<u32>,
 }
+
+/// The most sequences an engine may batch (`max_batch_sequences`, `--max-batch-sequences`).
+pub const MAX_BATCH_SEQUENCES: u32 = 1024;
 
 fn default_pool() -> String {
     "cpu".to_string()
@@ -65,6 +72,8 @@ pub enum CatalogError {
     UnsupportedArchitecture { model: String, architecture: String },
     #[error("model {model:?}: architecture {architecture} serves the task {serves}, not {task}", serves = .serves.as_str(), task = .task.as_str())]
     WrongTask { model: String, architecture: String, serves: Task, task: Task },
+    #[error("model {0:?}: max_batch_sequences must be 1 to {MAX_BATCH_SEQUENCES}")]
+    BadBatch(String),
     #[error("--model expects ID=DIR, got {0:?}")]
     BadSpec(String),
 }
@@ -88,6 +97,9 @@ impl Catalog {
             }
             if !seen.insert(m.id.clone()) {
                 return Err(CatalogError::Duplicate(m.id.clone()));
+            }
+            if m.max_batch_sequences.is_some_and(|n| !(1..=MAX_BATCH_SEQUENCES).contains(&n)) {
+                return Err(CatalogError::BadBatch(m.id.clone()));
             }
             if let Some(arch) = &m.architecture {
                 let unsupported =
@@ -142,6 +154,7 @@ impl Catalog {
             device: None,
             max_new_tokens: None,
             max_batch: None,
+            max_batch_sequences: None,
         };
         Catalog {
             models: vec![
@@ -189,6 +202,7 @@ impl Catalog {
             device: None,
             max_new_tokens: None,
             max_batch: None,
+            max_batch_sequences: None,
         })
     }
 

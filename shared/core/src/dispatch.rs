@@ -308,7 +308,7 @@ impl Dispatcher {
             backlog: Backlog { visible: snap.depth.visible, in_flight: snap.depth.in_flight },
             min_warm: cfg.min_warm,
             max_tasks: cfg.max_tasks,
-            jobs_per_task: cfg.jobs_per_task,
+            jobs_per_task: cfg.jobs_per_task(),
             idle_timeout_s: cfg.idle_timeout_s,
             launched,
             launching_since: state.launching_since.map(crate::job::rfc3339),

@@ -64,9 +64,11 @@ pub struct PoolConfig {
     /// The most executors the pool may run. Default 4.
     #[serde(default = "default_max_tasks")]
     pub max_tasks: u32,
-    /// Queued-or-running jobs one executor is expected to take (its concurrency). Default 1.
-    #[serde(default = "one")]
-    pub jobs_per_task: u32,
+    /// Queued-or-running jobs one executor is expected to take (its concurrency). Default:
+    /// the engine's capacity for the pool's models (their catalog `max_batch_sequences`,
+    /// else 64 for models placed on CUDA and 32 otherwise; see [`Pools::with_catalog`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_per_task: Option<u32>,
     /// How long an executor with nothing to do waits before it exits. Default 300.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_s: u64,
@@ -87,6 +89,10 @@ pub struct PoolConfig {
     pub cold_start_s: Option<f64>,
 }
 
+/// Jobs per executor when neither the pool nor its models say: the CPU engine's default
+/// batch (`--max-batch-sequences`).
+pub const DEFAULT_JOBS_PER_TASK: u32 = 32;
+
 fn default_max_tasks() -> u32 {
     4
 }
@@ -101,7 +107,7 @@ impl PoolConfig {
             name: name.into(),
             min_warm: 0,
             max_tasks: default_max_tasks(),
-            jobs_per_task: 1,
+            jobs_per_task: None,
             idle_timeout_s: default_idle_timeout(),
             queue_url: None,
             dlq_url: None,
@@ -111,9 +117,14 @@ impl PoolConfig {
         }
     }
 
+    /// Jobs one executor takes: `jobs_per_task`, else [`DEFAULT_JOBS_PER_TASK`].
+    pub fn jobs_per_task(&self) -> u32 {
+        self.jobs_per_task.unwrap_or(DEFAULT_JOBS_PER_TASK).max(1)
+    }
+
     /// The executor count the backlog calls for (KEDA's rule, bounded by min warm and max).
     pub fn desired(&self, backlog: u64) -> u32 {
-        let per = self.jobs_per_task.max(1) as u64;
+        let per = self.jobs_per_task() as u64;
         let wanted = backlog.div_ceil(per).min(u32::MAX as u64) as u32;
         wanted.max(self.min_warm).min(self.max_tasks)
     }
@@ -160,7 +171,7 @@ impl Pools {
             if !name_ok {
                 return Err(invalid("names are 1 to 32 letters, digits, '-' or '_'"));
             }
-            if p.max_tasks == 0 || p.jobs_per_task == 0 {
+            if p.max_tasks == 0 || p.jobs_per_task == Some(0) {
                 return Err(invalid("max_tasks and jobs_per_task must be at least 1"));
             }
             if p.min_warm > p.max_tasks {
@@ -201,10 +212,27 @@ impl Pools {
         }
     }
 
-    /// Adds a default pool for every catalog pool not configured.
+    /// Adds a default pool for every catalog pool not configured, and gives every pool
+    /// whose `jobs_per_task` is unset the capacity of its executors' engines: the largest
+    /// among its models of their `max_batch_sequences`, else 64 for a model placed on CUDA
+    /// and 32 otherwise (the executor's defaults).
     pub fn with_catalog(mut self, catalog: &Catalog) -> Self {
         for m in &catalog.models {
             self.0.entry(m.pool.clone()).or_insert_with(|| PoolConfig::named(&m.pool));
+        }
+        for pool in self.0.values_mut() {
+            if pool.jobs_per_task.is_none() {
+                let capacity = catalog
+                    .models
+                    .iter()
+                    .filter(|m| m.pool == pool.name)
+                    .map(|m| {
+                        let cuda = m.device.as_deref().is_some_and(|d| d.starts_with("cuda"));
+                        m.max_batch_sequences.unwrap_or(if cuda { 64 } else { DEFAULT_JOBS_PER_TASK })
+                    })
+                    .max();
+                pool.jobs_per_task = capacity;
+            }
         }
         self
     }
@@ -238,7 +266,7 @@ mod tests {
 
     #[test]
     fn desired_follows_backlog_within_bounds() {
-        let p = PoolConfig { min_warm: 1, max_tasks: 5, jobs_per_task: 2, ..PoolConfig::named("gpu") };
+        let p = PoolConfig { min_warm: 1, max_tasks: 5, jobs_per_task: Some(2), ..PoolConfig::named("gpu") };
         assert_eq!(p.desired(0), 1);
         assert_eq!(p.desired(3), 2);
         assert_eq!(p.desired(4), 2);

@@ -1,0 +1,106 @@
+//! The engine alone (issue 13), Ferry's side: aggregate decode tokens/s of the continuous
+//! batching engine on the 24M-parameter Llama shape (`small-h512-l8` of the inference
+//! bench, random weights), with 1, 8 and 32 jobs submitted at once, each 128 greedy
+//! tokens from its own prompt; `--max-batch-sequences 1` beside it (batching off, the same
+//! build). Prints one JSON line per measurement; `benches/engine.sh` runs it beside HF
+//! transformers `generate` with the same prompts in one padded batch
+//! (`engine_reference.py`).
+//!
+//! Tokens are counted as generated: a job that meets the end-of-sequence token stops early
+//! (the reference forces 128 with `min_new_tokens`), which only lowers our figure.
+//!
+//! `cargo bench -p ferry-benches --bench engine -- [--models DIR]`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_core::input::TextGenerationParams;
+use ferry_executor::models::generate::{EngineOptions, Generator};
+use ferry_executor::models::{NoProgress, Placement, RunOutcome, llama};
+use ferry_executor::tiny::{TinyConfig, write_llama};
+
+const NEW_TOKENS: u32 = 128;
+const RUNS: usize = 3;
+
+/// The prompts: the first words of the inference bench's sentences (the reference reads
+/// the same file the same way).
+pub fn prompts(n: usize) -> Vec<String> {
+    include_str!("inference_sentences.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(n)
+        .map(|l| l.split_whitespace().take(6).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// `jobs` generations at once; (generated tokens, seconds from the first submit to the last end).
+fn burst(model: &Arc<Generator>, jobs: usize) -> (usize, f64) {
+    let params = TextGenerationParams { max_new_tokens: Some(NEW_TOKENS), ..Default::default() };
+    let started = Instant::now();
+    let handles: Vec<_> = prompts(jobs)
+        .into_iter()
+        .map(|p| {
+            let (model, params) = (model.clone(), params.clone());
+            std::thread::spawn(move || match model.generate(&p, &params, Arc::new(NoProgress)).expect("generating") {
+                RunOutcome::Done(out) => out["details"]["generated_tokens"].as_u64().unwrap() as usize,
+                RunOutcome::Stopped { .. } => panic!("stopped"),
+            })
+        })
+        .collect();
+    let tokens = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    (tokens, started.elapsed().as_secs_f64())
+}
+
+fn main() {
+    // SAFETY: first thing in main, before any thread.
+    unsafe { ferry_executor::models::pin_cpu_threads() };
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let models = args
+        .iter()
+        .position(|a| a == "--models")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-bench-models"));
+    let dir = models.join("small-h512-l8");
+    if !dir.join("model.safetensors").exists() {
+        let cfg = TinyConfig {
+            hidden_size: 512,
+            intermediate_size: 1376,
+            num_hidden_layers: 8,
+            num_attention_heads: 8,
+            num_key_value_heads: 4,
+            max_position_embeddings: 512,
+        };
+        write_llama(&dir, 1, cfg).expect("writing the model");
+    }
+    let placement = Placement::parse("cpu", Some("f32")).unwrap();
+    // `--only N`: just N jobs with batching on (for profiling).
+    let only: Option<usize> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)?.parse().ok());
+    let configs: Vec<(usize, Vec<usize>)> = match only {
+        Some(n) => vec![(32, vec![n])],
+        None => vec![(32, vec![1, 8, 32]), (1, vec![1, 8, 32])],
+    };
+    for (max_sequences, bursts) in configs {
+        let options = EngineOptions { max_sequences, ..EngineOptions::for_device(&placement.device) };
+        let model = Arc::new(llama::load_with(&dir, &placement, options).expect("loading"));
+        burst(&model, 2); // warm up
+        for jobs in bursts {
+            let rates: Vec<f64> = (0..RUNS)
+                .map(|_| {
+                    let (tokens, secs) = burst(&model, jobs);
+                    tokens as f64 / secs
+                })
+                .collect();
+            println!(
+                r#"{{"bench":"engine","impl":"ferry-engine","max_batch_sequences":{max_sequences},"jobs":{jobs},"tokens_per_s":{:.1}}}"#,
+                median(rates)
+            );
+        }
+    }
+}
