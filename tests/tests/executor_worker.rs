@@ -35,7 +35,7 @@ struct Scripted {
 }
 
 impl Runner for Scripted {
-    fn run(&self, input: &JobInput, progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+    fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
         let run = self.runs.fetch_add(1, Ordering::SeqCst);
         let JobInput::TextGeneration { input, .. } = input else { panic!("scripted jobs are text generation") };
         let input: Value = serde_json::from_str(&input.prompt).expect("the prompt is a JSON script");
@@ -87,6 +87,11 @@ fn setup(b: Backend) -> Setup {
 
 impl Setup {
     fn worker(&self, tweak: impl FnOnce(&mut WorkerConfig)) -> Arc<Worker> {
+        self.worker_with(LoadedModel::Custom(self.model.clone()), tweak)
+    }
+
+    /// A worker serving `tiny-llama` with `model`.
+    fn worker_with(&self, model: LoadedModel, tweak: impl FnOnce(&mut WorkerConfig)) -> Arc<Worker> {
         let mut config = WorkerConfig {
             idle_timeout: Duration::from_millis(1500),
             poll_wait: Duration::from_millis(200),
@@ -95,7 +100,7 @@ impl Setup {
         };
         tweak(&mut config);
         let w = Worker::new(&self.root, config);
-        w.models.preload("tiny-llama", LoadedModel::Custom(self.model.clone()));
+        w.models.preload("tiny-llama", model);
         w
     }
 
@@ -185,6 +190,7 @@ both_backends!(
     timeout_is_enforced,
     retryable_errors_retry_and_others_fail_at_once,
     sigterm_releases_the_job_to_another_executor,
+    sigterm_releases_every_job_of_a_batch,
     lease_and_visibility_are_renewed,
     another_pools_job_is_left_for_that_pool,
     a_large_output_is_stored_and_its_result_event_is_a_reference,
@@ -533,6 +539,119 @@ async fn sigterm_releases_the_job_to_another_executor(s: Setup) {
     assert_eq!((done.status, done.attempt), (JobStatus::Succeeded, 1));
     assert_eq!(done.output.unwrap()["tokens"], 60);
     assert_eq!(s.model.runs.load(Ordering::SeqCst), 2);
+    assert!(s.queue_empty().await);
+}
+
+/// The real engine (a tiny random Llama) behind a worker, each token held back `per_token`
+/// on the engine's thread as a bigger model's forward pass would take.
+struct SlowEngine {
+    engine: ferry_executor::models::generate::Generator,
+    per_token: Duration,
+}
+
+struct SlowProgress(Arc<dyn Progress>, Duration);
+
+impl Progress for SlowProgress {
+    fn token(&self, token: TokenOut) {
+        std::thread::sleep(self.1);
+        self.0.token(token)
+    }
+    fn percentage(&self, percent: f32, message: Option<String>) {
+        self.0.percentage(percent, message)
+    }
+    fn stop_requested(&self) -> Option<ferry_executor::models::StopReason> {
+        self.0.stop_requested()
+    }
+}
+
+impl Runner for SlowEngine {
+    fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
+        let JobInput::TextGeneration { input, params } = input else { panic!("text generation only") };
+        self.engine.generate(&input.prompt, params, Arc::new(SlowProgress(progress, self.per_token)))
+    }
+}
+
+fn tiny_engine(dir: &std::path::Path) -> ferry_executor::models::generate::Generator {
+    ferry_executor::testing::write_tiny_llama(dir, 3).unwrap();
+    let cpu = ferry_executor::models::Placement { device: candle_core::Device::Cpu, dtype: candle_core::DType::F32 };
+    ferry_executor::models::llama::load(dir, &cpu).unwrap()
+}
+
+/// Eight jobs decoding together in one engine: SIGTERM releases all of them (queued again,
+/// same attempt), and another executor finishes each with the tokens it gets alone.
+async fn sigterm_releases_every_job_of_a_batch(s: Setup) {
+    let dir = ferry_executor::testing::ScratchDir::new("ferry-batch-sigterm").unwrap();
+    // 8 jobs at 20 ms a token: 160 ms a pass, 24 tokens in about 4 s (short jobs: moto's
+    // TransactWriteItems copies its whole state, so many long event batches stall it).
+    let slow = SlowEngine { engine: tiny_engine(dir.path()), per_token: Duration::from_millis(20) };
+    let mut jobs = Vec::new();
+    for i in 0..8 {
+        let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
+        let words = ["the ferry", "a river of time", "people came to see", "water"][i % 4];
+        job.input = serde_json::from_value::<JobInput>(json!({
+            "task": "text-generation", "input": {"prompt": format!("{words} {i}")},
+            "params": {"max_new_tokens": 24}
+        }))
+        .unwrap()
+        .into();
+        job.timeout_s = 600;
+        s.b.jobs.create(&job, None).await.unwrap();
+        s.send(&job).await;
+        jobs.push(job);
+    }
+    let first = s.worker_with(LoadedModel::Custom(Arc::new(slow)), |c| {
+        c.grace_period = Duration::from_millis(100);
+        c.concurrency = 0; // the engine's capacity (32)
+    });
+    assert_eq!(first.concurrency(), 32);
+    let shutdown = Shutdown::default();
+    let run = tokio::spawn({
+        let (w, stop) = (first.clone(), shutdown.clone());
+        async move { w.run(stop).await }
+    });
+    // All eight run at once (one batch), and have made tokens.
+    for job in &jobs {
+        s.wait_status(job, JobStatus::Running, Duration::from_secs(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for job in &jobs {
+        while s.job(job).await.last_seq < 3 {
+            assert!(Instant::now() < deadline, "job {} made no tokens", job.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let stopped = Instant::now();
+    shutdown.trigger();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap(), Exit::Shutdown);
+    assert!(stopped.elapsed() < Duration::from_secs(5), "shutdown took {:?}", stopped.elapsed());
+    for job in &jobs {
+        let released = s.job(job).await;
+        assert_eq!((released.status, released.attempt), (JobStatus::Queued, 1), "job {} released", job.id);
+        assert!(released.executor_id.is_none());
+    }
+
+    // Another executor (no slowdown) finishes every one, each with its tokens alone.
+    let engine = tiny_engine(dir.path());
+    let alone: Vec<Value> = jobs
+        .iter()
+        .map(|j| {
+            let Some(JobInput::TextGeneration { input, params }) = j.input.inline() else { unreachable!() };
+            match engine.generate(&input.prompt, params, Arc::new(ferry_executor::models::NoProgress)).unwrap() {
+                RunOutcome::Done(v) => v["token_ids"].clone(),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    let second = s.worker_with(LoadedModel::Text(engine), |c| {
+        c.idle_timeout = Duration::from_millis(1500);
+        c.concurrency = 0;
+    });
+    second.run(Shutdown::default()).await;
+    for (job, want) in jobs.iter().zip(alone) {
+        let done = s.job(job).await;
+        assert_eq!((done.status, done.attempt), (JobStatus::Succeeded, 1), "{:?}", done.error);
+        assert_eq!(done.output.unwrap()["token_ids"], want);
+    }
     assert!(s.queue_empty().await);
 }
 

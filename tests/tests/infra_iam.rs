@@ -436,7 +436,11 @@ async fn each_role_allows_exactly_what_its_component_calls() {
 struct FailsOnce(std::sync::atomic::AtomicBool);
 
 impl Runner for FailsOnce {
-    fn run(&self, _input: &ferry_core::input::JobInput, _progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+    fn run(
+        &self,
+        _input: &ferry_core::input::JobInput,
+        _progress: Arc<dyn Progress>,
+    ) -> Result<RunOutcome, ModelError> {
         if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Err(ModelError::Runtime("device lost".into()));
         }

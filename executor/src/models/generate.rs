@@ -72,6 +72,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -200,6 +201,28 @@ pub struct Generator {
     text: Arc<TextSpec>,
     options: EngineOptions,
     requests: mpsc::Sender<Request>,
+    counters: Arc<Counters>,
+}
+
+/// What an engine has done since it started (see [`Generator::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Forward passes run.
+    pub passes: u64,
+    /// Sequences in those passes, summed (over `passes`: the mean batch).
+    pub sequence_rows: u64,
+    /// The most sequences one pass has carried.
+    pub peak_batch: u64,
+    /// Tokens generated.
+    pub tokens: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    passes: AtomicU64,
+    sequence_rows: AtomicU64,
+    peak_batch: AtomicU64,
+    tokens: AtomicU64,
 }
 
 impl std::fmt::Debug for Generator {
@@ -218,12 +241,24 @@ impl Generator {
     pub fn start(lm: Arc<dyn CausalLm>, text: TextSpec, options: EngineOptions) -> Result<Generator, ModelError> {
         let text = Arc::new(text);
         let (requests, inbox) = mpsc::channel();
-        let engine = Engine::new(lm.clone(), text.clone(), options.clone(), inbox);
+        let counters = Arc::new(Counters::default());
+        let engine = Engine::new(lm.clone(), text.clone(), options.clone(), inbox, counters.clone());
         std::thread::Builder::new()
             .name("ferry-engine".into())
             .spawn(move || engine.run())
             .map_err(|e| ModelError::Load(format!("cannot start the engine thread: {e}")))?;
-        Ok(Generator { lm, text, options, requests })
+        Ok(Generator { lm, text, options, requests, counters })
+    }
+
+    /// The engine's counters so far.
+    pub fn stats(&self) -> EngineStats {
+        let c = &self.counters;
+        EngineStats {
+            passes: c.passes.load(Ordering::Relaxed),
+            sequence_rows: c.sequence_rows.load(Ordering::Relaxed),
+            peak_batch: c.peak_batch.load(Ordering::Relaxed),
+            tokens: c.tokens.load(Ordering::Relaxed),
+        }
     }
 
     /// The context length in tokens: prompt plus output.
@@ -459,6 +494,7 @@ struct Engine {
     cache: KvCache,
     waiting: VecDeque<Request>,
     running: Vec<Seq>,
+    counters: Arc<Counters>,
 }
 
 /// How a sequence ended.
@@ -469,9 +505,15 @@ enum End {
 }
 
 impl Engine {
-    fn new(lm: Arc<dyn CausalLm>, text: Arc<TextSpec>, options: EngineOptions, inbox: mpsc::Receiver<Request>) -> Self {
+    fn new(
+        lm: Arc<dyn CausalLm>,
+        text: Arc<TextSpec>,
+        options: EngineOptions,
+        inbox: mpsc::Receiver<Request>,
+        counters: Arc<Counters>,
+    ) -> Self {
         let cache = lm.new_cache();
-        Engine { lm, text, options, inbox, cache, waiting: VecDeque::new(), running: Vec::new() }
+        Engine { lm, text, options, inbox, cache, waiting: VecDeque::new(), running: Vec::new(), counters }
     }
 
     fn run(mut self) {
@@ -576,6 +618,10 @@ impl Engine {
                 logits: *logits,
             })
             .collect();
+        let rows = seqs.len() as u64;
+        self.counters.passes.fetch_add(1, Ordering::Relaxed);
+        self.counters.sequence_rows.fetch_add(rows, Ordering::Relaxed);
+        self.counters.peak_batch.fetch_max(rows, Ordering::Relaxed);
         let result = catch_unwind(AssertUnwindSafe(|| self.lm.step(&mut self.cache, &seqs)))
             .unwrap_or_else(|_| Err(ModelError::Runtime("the model panicked in a forward pass".into())));
         drop(seqs);
@@ -618,6 +664,7 @@ impl Engine {
         };
         let logprob = log_softmax_at(logits, id);
         s.first_token.get_or_insert_with(|| s.request.start.elapsed());
+        self.counters.tokens.fetch_add(1, Ordering::Relaxed);
         s.generated.push(id);
         s.context.push(id);
         let is_eos = is_eos_id(id);
@@ -802,10 +849,18 @@ impl IncrementalDecoder {
         let before = decode(&ids[self.prefix..self.read])?;
         let now = decode(&ids[self.prefix..])?;
         let complete = last || !now.ends_with('\u{FFFD}');
-        if now.len() > before.len() && complete && now.is_char_boundary(before.len()) {
+        if now.len() > before.len() && complete && now.is_char_boundary(before.len()) && now.starts_with(&before) {
             self.prefix = self.read;
             self.read = ids.len();
             return Ok(now[before.len()..].to_string());
+        }
+        if last && self.read < ids.len() {
+            // The window re-renders what came before (a byte-fallback run that is invalid as
+            // a whole): the unread ids alone, as they decode.
+            let rest = decode(&ids[self.read..])?;
+            self.prefix = ids.len();
+            self.read = ids.len();
+            return Ok(rest);
         }
         Ok(String::new())
     }

@@ -188,7 +188,7 @@ impl Placement {
 /// Something that runs jobs: what [`LoadedModel::Custom`] holds (scripted models in tests,
 /// other model families later).
 pub trait Runner: Send + Sync {
-    fn run(&self, input: &JobInput, progress: &dyn Progress) -> Result<RunOutcome, ModelError>;
+    fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError>;
 }
 
 /// A model ready to serve jobs.
@@ -222,7 +222,7 @@ impl LoadedModel {
     /// engine's thread to serve it beside the others).
     pub fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
         match (self, input) {
-            (LoadedModel::Custom(r), input) => r.run(input, &*progress),
+            (LoadedModel::Custom(r), input) => r.run(input, progress),
             (LoadedModel::Text(m), JobInput::TextGeneration { input, params }) => {
                 m.generate(&input.prompt, params, progress)
             }
