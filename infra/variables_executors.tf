@@ -9,7 +9,7 @@ variable "pools" {
     cpu = optional(object({
       min_warm       = optional(number, 0)
       max_tasks      = optional(number, 4)
-      jobs_per_task  = optional(number, 2)
+      jobs_per_task  = optional(number, 32) # the engine batches 32 sequences on CPU
       idle_timeout_s = optional(number, 120)
       hourly_price   = optional(number, 0.0988) # Fargate x86, 2 vCPU + 4 GB, us-east-1 on-demand
       cold_start_s   = optional(number, 60)
@@ -17,7 +17,7 @@ variable "pools" {
     gpu = optional(object({
       min_warm       = optional(number, 0)
       max_tasks      = optional(number, 2)
-      jobs_per_task  = optional(number, 1)
+      jobs_per_task  = optional(number, 64) # and 64 on CUDA
       idle_timeout_s = optional(number, 300)
       hourly_price   = optional(number, 1.006) # g5.xlarge, us-east-1 on-demand
       cold_start_s   = optional(number, 300)

@@ -158,15 +158,21 @@ struct DevArgs {
     #[arg(long, env = "FERRY_DEV_IDLE_TIMEOUT_S", default_value_t = 60)]
     idle_timeout: u64,
     /// The pools' configuration (JSON: {"pools": [...]}); else FERRY_POOLS; else defaults
-    /// (min_warm 0, max_tasks 4, jobs_per_task 1).
+    /// (min_warm 0, max_tasks 4, jobs_per_task the engine's capacity).
     #[arg(long, env = "FERRY_POOLS_FILE")]
     pools_file: Option<PathBuf>,
     /// Device for the executors' models: cpu, cuda or cuda:N (a `cuda` build is needed for CUDA).
     #[arg(long, env = "FERRY_DEVICE", default_value = "cpu")]
     device: String,
-    /// Jobs each in-process executor runs at once.
-    #[arg(long, default_value_t = 1)]
-    concurrency: usize,
+    /// Jobs each executor runs at once (default: its engine's capacity, see
+    /// --max-batch-sequences).
+    #[arg(long, env = "FERRY_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: Option<u32>,
+    /// Sequences one engine decodes together, for models whose catalog entry names no
+    /// `max_batch_sequences` (default 32 on CPU, 64 on CUDA; 1 turns batching off). The pools'
+    /// default jobs_per_task follows it.
+    #[arg(long, env = "FERRY_MAX_BATCH_SEQUENCES", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_batch_sequences: Option<u32>,
     /// Answer every request with a constant 202 (the benchmark ceiling).
     #[arg(long, hide = true)]
     constant_202: bool,
@@ -469,7 +475,8 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         executors: a.in_process,
         worker: ferry_executor::worker::WorkerConfig {
             device: a.device.clone(),
-            concurrency: a.concurrency.max(1),
+            concurrency: a.concurrency.map_or(0, |n| n as usize),
+            max_batch_sequences: a.max_batch_sequences.map(|n| n as usize),
             ..stack::dev_worker_config()
         },
         config,

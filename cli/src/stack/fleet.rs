@@ -70,12 +70,16 @@ pub(super) fn process_launcher(
     let mut env = vec![
         ("FERRY_MODELS_FILE".to_string(), catalog_file.display().to_string()),
         ("FERRY_DEVICE".into(), w.device.clone()),
-        ("FERRY_CONCURRENCY".into(), w.concurrency.to_string()),
         ("FERRY_LEASE_S".into(), scale.lease_s.to_string()),
         ("FERRY_VISIBILITY_TIMEOUT_S".into(), scale.visibility_s.to_string()),
         ("FERRY_GRACE_PERIOD_S".into(), w.grace_period.as_secs().to_string()),
         ("FERRY_LOG".into(), std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into())),
     ];
+    // Jobs at once: as asked, else (0) the engine's capacity, which the pool's
+    // jobs_per_task defaults to.
+    if w.concurrency > 0 {
+        env.push(("FERRY_CONCURRENCY".into(), w.concurrency.to_string()));
+    }
     if let Some(endpoint) = &scale.management_endpoint {
         env.push(("FERRY_WS_MANAGEMENT_ENDPOINT".into(), endpoint.clone()));
         env.push(("FERRY_WS_MANAGEMENT_KEY".into(), dev_token.to_string()));

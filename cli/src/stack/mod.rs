@@ -108,6 +108,14 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
     if opts.executors || opts.scale.is_some() {
         resolve_dev_models(&mut catalog)?;
     }
+    // `--max-batch-sequences` is every model's engine capacity unless its entry names one:
+    // the executors (in process, or launched with this catalog) and the pools' default
+    // jobs_per_task then agree.
+    if let Some(n) = opts.worker.max_batch_sequences {
+        for m in &mut catalog.models {
+            m.max_batch_sequences.get_or_insert(n as u32);
+        }
+    }
     let mut pools = opts.pools.clone().with_catalog(&catalog);
     if let Some(t) = opts.scale.as_ref().and_then(|s| s.idle_timeout_s) {
         pools = pools.map(|p| p.idle_timeout_s = t);
