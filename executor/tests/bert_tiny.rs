@@ -12,6 +12,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use ferry_executor::models::bert::{BATCH_SIZE, BertEmbedder, PoolingMode};
+use ferry_executor::models::embed::{EmbedOptions, Embedder};
 use ferry_executor::models::{
     LoadedModel, ModelError, NoProgress, Placement, Progress, RunOutcome, StopReason, TokenOut,
 };
@@ -467,21 +468,16 @@ fn batches_report_progress_keep_order_and_stop_with_partial_output() {
         assert_close(&vectors[i], &single[0], 1e-5, &format!("text {i} in order"));
     }
 
-    // Stopped before the second batch: 32 texts are done (the shortest, batches run
-    // shortest first); the partial output is the longest prefix of the input among them.
+    // Stopped before the second batch: the first 32 texts (batches run in input order) are
+    // done, and the partial output is their vectors.
     let progress = Recorder { stop_at: Some(1), ..Default::default() };
     match model.embed(&many, &progress).unwrap() {
         RunOutcome::Stopped { reason, partial } => {
             assert_eq!(reason, StopReason::Cancelled);
             assert_eq!(partial["dimensions"], json!(HIDDEN));
             let got = embeddings_of(&partial);
-            assert!(got.len() <= BATCH_SIZE);
-            assert_eq!(got, vectors[..got.len()].to_vec(), "a prefix of the full output");
-            let mut lengths: Vec<(usize, usize)> = many.iter().map(|t| t.len()).zip(0..).collect();
-            lengths.sort();
-            let first_batch: Vec<usize> = lengths[..BATCH_SIZE].iter().map(|&(_, i)| i).collect();
-            let expected_prefix = (0..many.len()).take_while(|i| first_batch.contains(i)).count();
-            assert!(got.len() <= expected_prefix, "{} > {expected_prefix}", got.len());
+            assert_eq!(got.len(), BATCH_SIZE);
+            assert_eq!(got, vectors[..BATCH_SIZE].to_vec(), "a prefix of the full output");
         }
         other => panic!("expected Stopped, got {other:?}"),
     }
@@ -498,7 +494,7 @@ fn batches_report_progress_keep_order_and_stop_with_partial_output() {
 fn runs_as_a_loaded_model() {
     let dir = Scratch::new();
     write_model(&dir.0, &legacy_pooling(false, false, true, false), true, None);
-    let model = LoadedModel::Bert(load(&dir.0));
+    let model = LoadedModel::Bert(Embedder::start(load(&dir.0), EmbedOptions::default()).unwrap());
     let RunOutcome::Done(out) = model
         .run(&ferry_core::input::JobInput::texts(["hello world", "the dog"]), std::sync::Arc::new(NoProgress))
         .unwrap()
@@ -668,4 +664,84 @@ fn missing_or_corrupt_files_are_load_errors_naming_the_file() {
     let message = load_error(&d.join("no-such-model"));
     assert!(message.contains("no-such-model"), "{message}");
     assert_eq!(ModelError::Load(message).kind(), "model_load_failed");
+}
+
+/// Jobs embedded at once through the engine share passes, and each gets the vectors it gets
+/// alone, in its own order.
+#[test]
+fn concurrent_jobs_share_passes_and_get_their_own_vectors() {
+    let dir = Scratch::new();
+    write_model(&dir.0, &legacy_pooling(false, false, true, false), true, None);
+    let alone = load(&dir.0);
+    let engine = Embedder::start(load(&dir.0), EmbedOptions::default()).unwrap();
+    let jobs: Vec<Vec<String>> = (0..16)
+        .map(|j| {
+            (0..1 + j % 3).map(|i| format!("{} {}", SAMPLES[(j + i) % SAMPLES.len()], WORDS[j % WORDS.len()])).collect()
+        })
+        .collect();
+    let start = std::sync::Barrier::new(jobs.len());
+    let outs: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|texts| {
+                let (engine, start) = (&engine, &start);
+                s.spawn(move || {
+                    start.wait();
+                    match engine.embed(texts, std::sync::Arc::new(NoProgress)).unwrap() {
+                        RunOutcome::Done(v) => v,
+                        other => panic!("{other:?}"),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (j, (texts, out)) in jobs.iter().zip(&outs).enumerate() {
+        let items: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let want = embed(&alone, &items);
+        let got = embeddings_of(out);
+        assert_eq!(got.len(), want.len(), "job {j}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close(g, w, 1e-5, &format!("job {j} text {i}"));
+        }
+    }
+    let stats = engine.stats();
+    let texts: usize = jobs.iter().map(Vec::len).sum();
+    assert_eq!(stats.texts, texts as u64);
+    assert!(stats.passes < jobs.len() as u64 && stats.peak_jobs >= 4, "{stats:?}");
+}
+
+/// A job of many texts shares each pass with a job of one (which does not wait for it), and
+/// a stop ends only the job that asked, with the vectors it has.
+#[test]
+fn a_big_job_does_not_hold_back_a_small_one_and_stops_alone() {
+    let dir = Scratch::new();
+    write_model(&dir.0, &legacy_pooling(false, false, true, false), true, None);
+    let alone = load(&dir.0);
+    let engine = Embedder::start(load(&dir.0), EmbedOptions { max_texts: 8, ..Default::default() }).unwrap();
+    let many: Vec<String> =
+        (0..64).map(|i| format!("{} {}", SAMPLES[i % SAMPLES.len()], WORDS[i % WORDS.len()])).collect();
+    let stopping = std::sync::Arc::new(Recorder { stop_at: Some(3), ..Default::default() });
+    std::thread::scope(|s| {
+        let big = s.spawn(|| engine.embed(&many, stopping.clone()).unwrap());
+        // Wait until the big job has had a pass, then send the small one.
+        while stopping.percentages.lock().unwrap().is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let small = engine.embed(&["the dog".to_string()], std::sync::Arc::new(NoProgress)).unwrap();
+        let RunOutcome::Done(small) = small else { panic!("{small:?}") };
+        assert_close(&embeddings_of(&small)[0], &embed(&alone, &["the dog"])[0], 1e-5, "small job");
+        match big.join().unwrap() {
+            RunOutcome::Stopped { reason, partial } => {
+                assert_eq!(reason, StopReason::Cancelled);
+                let got = embeddings_of(&partial);
+                assert!(!got.is_empty() && got.len() < many.len(), "{}", got.len());
+                let items: Vec<&str> = many[..got.len()].iter().map(String::as_str).collect();
+                for (i, (g, w)) in got.iter().zip(embed(&alone, &items)).enumerate() {
+                    assert_close(g, &w, 1e-5, &format!("big job text {i}"));
+                }
+            }
+            other => panic!("expected Stopped, got {other:?}"),
+        }
+    });
 }

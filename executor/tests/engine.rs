@@ -141,7 +141,7 @@ fn thirty_two_concurrent_jobs_get_the_greedy_ids_they_get_alone() {
             done(m.alone.generate(&p, &params(v), Arc::new(Job::default())).unwrap())
         })
         .collect();
-    let jobs = (0..32).map(|i| mixed(i)).map(|(p, v)| (p, params(v), Arc::new(Job::default()))).collect();
+    let jobs = (0..32).map(mixed).map(|(p, v)| (p, params(v), Arc::new(Job::default()))).collect();
     let together = all_at_once(&m.batched, jobs);
     for (i, (a, t)) in alone.iter().zip(together).enumerate() {
         let t = done(t);

@@ -34,36 +34,37 @@
 //!
 //! Running: texts are checked first (non-empty, no control characters other than tab and
 //! newlines; [`ModelError::InvalidInput`] naming `input.texts[i]` otherwise) and all tokenized,
-//! then run shortest first (as sentence-transformers does: batches of similar length waste
-//! little on padding; measured 3x faster at batch 32 than input order on mixed lengths), in
-//! batches of [`BATCH_SIZE`], each padded to its longest text (`token_type_ids` all zero),
-//! and the vectors are put back in input order. Before each batch the job's [`Progress`] is
-//! asked whether to stop (a stop returns the longest prefix of the input already embedded);
-//! after each, the percentage of texts done is reported.
+//! then run in input order in batches of [`BATCH_SIZE`], each batch *packed*: the texts' tokens
+//! end to end, no padding, each text attending to its own tokens only ([`super::encoder`]), so
+//! sorting by length (what sentence-transformers does to limit padding) gains nothing. Before
+//! each batch the job's [`Progress`] is asked whether to stop (a stop returns the vectors of
+//! the texts done, a prefix of the input); after each, the percentage of texts done is
+//! reported. Jobs reach the model through [`super::embed::Embedder`], which packs the texts
+//! of concurrent jobs into shared batches the same way.
 //!
 //! The transformer runs in the placement's dtype on its device; pooling and normalization run
 //! in f32 and the output is f32: `{"embeddings": [[f32, ...], ...], "dimensions": n}`. Each
 //! number is written as the shortest decimal that reads back as the same f32.
 //!
-//! Why not `BertModel::forward`: candle-transformers 0.11.1's `BertModel` builds its attention
-//! mask as `(1 - mask) * f32::MIN` in the model's dtype; in bf16 and f16 `f32::MIN` rounds to
-//! `-inf` and `0 * -inf` is NaN, so every output is NaN (bf16 is the CUDA default). So the
-//! embedding layer (word + token type + position embeddings, then LayerNorm: the same
-//! computation as `BertModel`'s) is built here from the same weights, the mask uses the
-//! dtype's lowest finite value, and the layers themselves are candle's public
-//! [`BertEncoder`]. In f32 the result is that of `BertModel::forward`.
+//! Why not `BertModel::forward`: candle-transformers 0.11.1's `BertModel` pads, masks (its
+//! mask `(1 - mask) * f32::MIN` is NaN in bf16 and f16) and runs its linear layers as
+//! per-item batched matmuls, which is slow on CPU (see [`super::encoder`]). The embedding
+//! layer (word + token type + position embeddings, then LayerNorm, the same computation as
+//! `BertModel`'s) and the layers are built here from the same weights; in f32 the result is
+//! that of `BertModel::forward` on each text alone.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
-use candle_transformers::models::bert::{BertEncoder, Config};
+use candle_transformers::models::bert::Config;
 use ferry_core::input::check_text;
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationParams};
 
+use super::encoder::PackedEncoder;
 use super::{ModelError, Placement, Progress, RunOutcome};
 
 /// Texts per forward pass.
@@ -85,16 +86,14 @@ pub enum PoolingMode {
 /// A BERT-family encoder with its tokenizer, pooling and normalization, ready to embed.
 pub struct BertEmbedder {
     embeddings: BertEmbeddings,
-    encoder: BertEncoder,
+    encoder: PackedEncoder,
     tokenizer: Tokenizer,
     device: Device,
-    dtype: DType,
     pooling: Vec<PoolingMode>,
     normalize: bool,
     lowercase: bool,
     max_seq_length: usize,
     hidden_size: usize,
-    pad_id: u32,
 }
 
 impl BertEmbedder {
@@ -141,23 +140,18 @@ impl BertEmbedder {
             ));
         };
         let embeddings = BertEmbeddings::load(vb.pp("embeddings"), &config).map_err(|e| load_err(&weights_path, e))?;
-        let encoder = BertEncoder::load(vb.pp("encoder"), &config).map_err(|e| load_err(&weights_path, e))?;
+        let encoder = PackedEncoder::load(vb.pp("encoder"), &config).map_err(|e| load_err(&weights_path, e))?;
 
         Ok(BertEmbedder {
             embeddings,
             encoder,
             tokenizer,
             device: placement.device.clone(),
-            dtype: placement.dtype,
             pooling,
             normalize: layout.normalize,
             lowercase,
             max_seq_length,
             hidden_size: config.hidden_size,
-            pad_id: u32::try_from(config.pad_token_id)
-                .ok()
-                .filter(|&id| (id as usize) < config.vocab_size)
-                .unwrap_or(0),
         })
     }
 
@@ -184,13 +178,38 @@ impl BertEmbedder {
     /// Embeds `texts`, one vector per text, in order: `{"embeddings": [[...], ...],
     /// "dimensions": n}`. Stopped early, the partial output holds the texts done so far.
     pub fn embed(&self, texts: &[String], progress: &dyn Progress) -> Result<RunOutcome, ModelError> {
+        let encodings = self.tokenize(texts)?;
+        let total = texts.len();
+        let mut vectors = Vec::with_capacity(total);
+        for batch in encodings.chunks(BATCH_SIZE) {
+            if let Some(reason) = progress.stop_requested() {
+                return Ok(RunOutcome::Stopped { reason, partial: self.output(vectors) });
+            }
+            let batch: Vec<&Encoding> = batch.iter().collect();
+            for vector in self.embed_batch(&batch)? {
+                vectors.push(vector_to_json(&vector)?);
+            }
+            let done = vectors.len();
+            progress.percentage(done as f32 / total as f32 * 100.0, Some(format!("{done}/{total} texts")));
+        }
+        Ok(RunOutcome::Done(self.output(vectors)))
+    }
+
+    /// The output for `vectors` (the first texts' JSON vectors, in order).
+    pub fn output(&self, vectors: Vec<Value>) -> Value {
+        json!({ "embeddings": vectors, "dimensions": self.dimensions() })
+    }
+
+    /// Tokenizes `texts` as [`BertEmbedder::embed`] does (checked first: `input.texts[i]`
+    /// names a bad one).
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Encoding>, ModelError> {
         if texts.is_empty() {
             return Err(ModelError::invalid("input.texts", "must hold at least one text"));
         }
         for (i, text) in texts.iter().enumerate() {
             check_text(text, &format!("input.texts[{i}]"))?;
         }
-        let encodings = texts
+        texts
             .iter()
             .enumerate()
             .map(|(i, text)| {
@@ -202,107 +221,57 @@ impl BertEmbedder {
                 encoding
                     .map_err(|e| ModelError::invalid(&format!("input.texts[{i}]"), format!("cannot be tokenized: {e}")))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        // Batches of similar length waste little on padding: process the texts shortest
-        // first (as sentence-transformers does) and put the vectors back in input order.
-        let total = texts.len();
-        let mut order: Vec<usize> = (0..total).collect();
-        order.sort_by_key(|&i| encodings[i].get_ids().len());
-        let mut vectors: Vec<Option<Value>> = vec![None; total];
-        let mut done = 0;
-        for batch in order.chunks(BATCH_SIZE) {
-            if let Some(reason) = progress.stop_requested() {
-                // The partial output is the longest prefix of the input already embedded.
-                let prefix = vectors.iter().map_while(|v| v.clone()).collect();
-                return Ok(RunOutcome::Stopped { reason, partial: self.output(prefix) });
-            }
-            let encoded: Vec<Encoding> = batch.iter().map(|&i| encodings[i].clone()).collect();
-            for (&i, vector) in batch.iter().zip(self.embed_batch(&encoded)?) {
-                vectors[i] = Some(vector_to_json(&vector)?);
-            }
-            done += batch.len();
-            progress.percentage(done as f32 / total as f32 * 100.0, Some(format!("{done}/{total} texts")));
-        }
-        Ok(RunOutcome::Done(self.output(vectors.into_iter().flatten().collect())))
+            .collect()
     }
 
-    fn output(&self, vectors: Vec<Value>) -> Value {
-        json!({ "embeddings": vectors, "dimensions": self.dimensions() })
-    }
-
-    /// One forward pass over up to [`BATCH_SIZE`] tokenized texts; one f32 vector each.
-    fn embed_batch(&self, batch: &[Encoding]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let n = batch.len();
-        let seq_len = batch.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        if seq_len == 0 || seq_len > self.max_seq_length {
-            // Cannot happen: the post-processor adds [CLS]/[SEP] and truncation caps the length.
-            return Err(ModelError::Runtime(format!(
-                "tokenized batch of length {seq_len}, expected 1 to {}",
-                self.max_seq_length
-            )));
-        }
-        let mut ids = vec![self.pad_id; n * seq_len];
-        let mut mask = vec![0u8; n * seq_len];
-        for (row, encoding) in batch.iter().enumerate() {
-            let start = row * seq_len;
+    /// One forward pass over tokenized texts, packed (no padding: see [`super::encoder`]);
+    /// one f32 vector each, in order.
+    pub fn embed_batch(&self, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(batch.len());
+        for encoding in batch {
             let len = encoding.get_ids().len();
-            ids[start..start + len].copy_from_slice(encoding.get_ids());
-            mask[start..start + len].fill(1);
+            if len == 0 || len > self.max_seq_length {
+                // Cannot happen: the post-processor adds [CLS]/[SEP] and truncation caps the length.
+                return Err(ModelError::Runtime(format!(
+                    "tokenized text of length {len}, expected 1 to {}",
+                    self.max_seq_length
+                )));
+            }
+            spans.push((ids.len(), len));
+            ids.extend_from_slice(encoding.get_ids());
+            positions.extend(0..len as u32);
         }
-        let ids = Tensor::from_vec(ids, (n, seq_len), &self.device)?;
-        let token_type_ids = ids.zeros_like()?;
-        let mask = Tensor::from_vec(mask, (n, seq_len), &self.device)?;
-
-        let hidden = self.embeddings.forward(&ids, &token_type_ids)?;
-        let hidden = self.encoder.forward(&hidden, &self.attention_bias(&mask)?)?;
-
-        let hidden = hidden.to_dtype(DType::F32)?;
-        let pooled = pool(&hidden, &mask, &self.pooling)?;
+        let rows = ids.len();
+        let ids = Tensor::from_vec(ids, rows, &self.device)?;
+        let positions = Tensor::from_vec(positions, rows, &self.device)?;
+        let hidden = self.embeddings.forward(&ids, &positions)?;
+        let hidden = self.encoder.forward(&hidden, &spans)?.to_dtype(DType::F32)?;
+        let pooled = pool(&hidden, &spans, &self.pooling)?;
         let pooled = if self.normalize { l2_normalize(&pooled)? } else { pooled };
         Ok(pooled.to_vec2::<f32>()?)
     }
-
-    /// The additive attention mask `(n, 1, 1, seq)` in the model's dtype: 0 where the token is
-    /// real, the dtype's lowest finite value where it is padding (as Hugging Face). Built in f32
-    /// and then converted, so a real token's 0 stays 0 (never `0 * -inf`).
-    fn attention_bias(&self, mask: &Tensor) -> Result<Tensor, ModelError> {
-        let lowest = match self.dtype {
-            DType::BF16 => half_min_bf16(),
-            DType::F16 => -65504.0,
-            _ => f32::MIN,
-        };
-        let (n, seq_len) = mask.dims2()?;
-        let ones = Tensor::ones((n, seq_len), DType::F32, &self.device)?;
-        let bias = ((ones - mask.to_dtype(DType::F32)?)? * lowest as f64)?;
-        Ok(bias.reshape((n, 1, 1, seq_len))?.to_dtype(self.dtype)?)
-    }
 }
 
-/// The lowest finite bf16, as an f32 (exactly representable in both).
-fn half_min_bf16() -> f32 {
-    f32::from_bits(0xFF7F_0000)
-}
-
-/// Pools `hidden` `(n, seq, h)` f32 under `mask` `(n, seq)` u8 into `(n, h * modes)`.
-fn pool(hidden: &Tensor, mask: &Tensor, modes: &[PoolingMode]) -> candle_core::Result<Tensor> {
-    let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, seq, 1)
-    let counts = mask_f.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (n, 1)
-    let mut parts = Vec::with_capacity(modes.len());
-    for mode in modes {
-        let part = match mode {
-            PoolingMode::Cls => hidden.i((.., 0))?,
-            PoolingMode::Max => {
-                let keep = mask.unsqueeze(2)?.broadcast_as(hidden.shape())?;
-                let floor = Tensor::full(f32::NEG_INFINITY, hidden.shape(), hidden.device())?;
-                keep.where_cond(hidden, &floor)?.max(1)?
-            }
-            PoolingMode::Mean => hidden.broadcast_mul(&mask_f)?.sum(1)?.broadcast_div(&counts)?,
-            PoolingMode::MeanSqrtLen => hidden.broadcast_mul(&mask_f)?.sum(1)?.broadcast_div(&counts.sqrt()?)?,
-        };
-        parts.push(part);
+/// Pools the packed `hidden` `(tokens, h)` f32, text by text (`spans`), into
+/// `(texts, h * modes)`.
+fn pool(hidden: &Tensor, spans: &[(usize, usize)], modes: &[PoolingMode]) -> candle_core::Result<Tensor> {
+    let mut rows = Vec::with_capacity(spans.len());
+    for &(start, n) in spans {
+        let text = hidden.narrow(0, start, n)?;
+        let mut parts = Vec::with_capacity(modes.len());
+        for mode in modes {
+            parts.push(match mode {
+                PoolingMode::Cls => text.get(0)?,
+                PoolingMode::Max => text.max(0)?,
+                PoolingMode::Mean => (text.sum(0)? / n as f64)?,
+                PoolingMode::MeanSqrtLen => (text.sum(0)? / (n as f64).sqrt())?,
+            });
+        }
+        rows.push(Tensor::cat(&parts, 0)?);
     }
-    Tensor::cat(&parts, 1)
+    Tensor::stack(&rows, 0)
 }
 
 /// `x / max(‖x‖₂, 1e-12)` row by row, as `torch.nn.functional.normalize`.
@@ -311,7 +280,8 @@ fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_div(&norms)
 }
 
-fn vector_to_json(vector: &[f32]) -> Result<Value, ModelError> {
+/// A vector as JSON numbers (each the shortest decimal that reads back as the same f32).
+pub fn vector_to_json(vector: &[f32]) -> Result<Value, ModelError> {
     vector
         .iter()
         .map(|&x| f32_to_json(x).ok_or_else(|| ModelError::Runtime("the model produced a non-finite value".into())))
@@ -360,12 +330,11 @@ impl BertEmbeddings {
         })
     }
 
-    fn forward(&self, ids: &Tensor, token_type_ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, seq_len) = ids.dims2()?;
-        let xs = (self.word.forward(ids)? + self.token_type.forward(token_type_ids)?)?;
-        let positions = Tensor::arange(0u32, seq_len as u32, ids.device())?;
-        let xs = xs.broadcast_add(&self.position.forward(&positions)?)?;
-        self.layer_norm.forward(&xs)
+    /// Packed `ids` and their `positions` (each within its own text), token type 0 for all.
+    fn forward(&self, ids: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+        let token_type = self.token_type.embeddings().get(0)?;
+        let xs = (self.word.forward(ids)? + self.position.forward(positions)?)?;
+        self.layer_norm.forward(&xs.broadcast_add(&token_type)?)
     }
 }
 
@@ -560,14 +529,5 @@ mod tests {
         }
         assert!(f32_to_json(f32::NAN).is_none());
         assert!(f32_to_json(f32::INFINITY).is_none());
-    }
-
-    #[test]
-    fn lowest_bf16_is_finite() {
-        let lowest = half_min_bf16();
-        assert!(lowest.is_finite() && lowest < -3.3e38);
-        let t = Tensor::new(&[lowest], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
-        let back: Vec<f32> = t.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
-        assert_eq!(back[0], lowest);
     }
 }

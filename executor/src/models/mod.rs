@@ -17,6 +17,8 @@ use serde_json::Value;
 
 pub mod batch;
 pub mod bert;
+pub mod embed;
+pub mod encoder;
 pub mod generate;
 pub mod llama;
 
@@ -195,7 +197,8 @@ pub trait Runner: Send + Sync {
 pub enum LoadedModel {
     /// A text-generation model behind its batching engine.
     Text(generate::Generator),
-    Bert(bert::BertEmbedder),
+    /// An embeddings model behind its engine, which packs concurrent jobs' texts together.
+    Bert(embed::Embedder),
     Custom(std::sync::Arc<dyn Runner>),
 }
 
@@ -213,7 +216,10 @@ impl LoadedModel {
         check_architecture(dir, arch)?;
         match arch {
             "LlamaForCausalLM" => Ok(LoadedModel::Text(llama::load_with(dir, placement, engine)?)),
-            "BertModel" | "BertForMaskedLM" => Ok(LoadedModel::Bert(bert::BertEmbedder::load(dir, placement)?)),
+            "BertModel" | "BertForMaskedLM" => {
+                let options = embed::EmbedOptions { max_texts: bert::BATCH_SIZE, ..Default::default() };
+                Ok(LoadedModel::Bert(embed::Embedder::start(bert::BertEmbedder::load(dir, placement)?, options)?))
+            }
             other => Err(ModelError::Load(format!("{}: architecture {other} is not implemented", spec.id))),
         }
     }
@@ -226,7 +232,7 @@ impl LoadedModel {
             (LoadedModel::Text(m), JobInput::TextGeneration { input, params }) => {
                 m.generate(&input.prompt, params, progress)
             }
-            (LoadedModel::Bert(m), JobInput::Embeddings { input }) => m.embed(&input.texts, &*progress),
+            (LoadedModel::Bert(m), JobInput::Embeddings { input }) => m.embed(&input.texts, progress),
             (model, input) => Err(ModelError::invalid(
                 "model",
                 format!("a {} job cannot run on {}", input.task().as_str(), model.family()),
