@@ -10,6 +10,12 @@
 //! (the reference forces 128 with `min_new_tokens`), which only lowers our figure.
 //!
 //! `cargo bench -p ferry-benches --bench engine -- [--models DIR]`
+//!
+//! On a GPU (a `--features cuda` build, see benches/gpu.sh): `--device cuda --shape
+//! llama-1b --jobs 1,8,32,128` decodes the Llama-3.2-1B layer shape (16 layers, hidden
+//! 2048, 32 heads over 8 key/value heads, intermediate 8192; the tiny vocabulary, so about
+//! 0.97B parameters) in bf16, batching up to the largest burst, and prints its weight bytes
+//! (what one decode step reads) for the roofline.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,24 +73,48 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("ferry-bench-models"));
-    let dir = models.join("small-h512-l8");
-    if !dir.join("model.safetensors").exists() {
-        let cfg = TinyConfig {
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let device = flag("--device").unwrap_or_else(|| "cpu".into());
+    let shape = flag("--shape").unwrap_or_else(|| "small-h512-l8".into());
+    let cfg = match shape.as_str() {
+        "small-h512-l8" => TinyConfig {
             hidden_size: 512,
             intermediate_size: 1376,
             num_hidden_layers: 8,
             num_attention_heads: 8,
             num_key_value_heads: 4,
             max_position_embeddings: 512,
-        };
+        },
+        "llama-1b" => TinyConfig {
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_hidden_layers: 16,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            max_position_embeddings: 1024,
+        },
+        other => panic!("unknown --shape {other}: small-h512-l8 or llama-1b"),
+    };
+    let dir = models.join(&shape);
+    if !dir.join("model.safetensors").exists() {
         write_llama(&dir, 1, cfg).expect("writing the model");
     }
-    let placement = Placement::parse("cpu", Some("f32")).unwrap();
-    // `--only N`: just N jobs with batching on (for profiling).
-    let only: Option<usize> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)?.parse().ok());
-    let configs: Vec<(usize, Vec<usize>)> = match only {
-        Some(n) => vec![(32, vec![n])],
-        None => vec![(32, vec![1, 8, 32]), (1, vec![1, 8, 32])],
+    let dtype = if device == "cpu" { "f32" } else { "bf16" };
+    let placement = Placement::parse(&device, Some(dtype)).expect("the device");
+    if device != "cpu" {
+        let (h, i, l) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers);
+        let kv = h / cfg.num_attention_heads * cfg.num_key_value_heads;
+        let params = l * (h * (h + 2 * kv) + h * h + 3 * h * i);
+        println!(r#"{{"bench":"engine","shape":"{shape}","layer_params":{params},"bytes_per_step":{}}}"#, params * 2);
+    }
+    // `--only N`: just N jobs with batching on (for profiling); `--jobs a,b,..`: these bursts
+    // with batching up to the largest, and no batching-off run.
+    let only: Option<usize> = flag("--only").and_then(|n| n.parse().ok());
+    let jobs: Option<Vec<usize>> = flag("--jobs").map(|j| j.split(',').map(|n| n.parse().expect("--jobs")).collect());
+    let configs: Vec<(usize, Vec<usize>)> = match (only, jobs) {
+        (Some(n), _) => vec![(32, vec![n])],
+        (None, Some(j)) => vec![(*j.iter().max().unwrap(), j)],
+        (None, None) => vec![(32, vec![1, 8, 32]), (1, vec![1, 8, 32])],
     };
     for (max_sequences, bursts) in configs {
         let options = EngineOptions { max_sequences, ..EngineOptions::for_device(&placement.device) };
@@ -98,7 +128,7 @@ fn main() {
                 })
                 .collect();
             println!(
-                r#"{{"bench":"engine","impl":"ferry-engine","max_batch_sequences":{max_sequences},"jobs":{jobs},"tokens_per_s":{:.1}}}"#,
+                r#"{{"bench":"engine","impl":"ferry-engine","device":"{device}","shape":"{shape}","max_batch_sequences":{max_sequences},"jobs":{jobs},"tokens_per_s":{:.1}}}"#,
                 median(rates)
             );
         }

@@ -12,10 +12,10 @@
 //! **Always on.** Enough executors to carry the load, never fewer than one or than `min_warm`:
 //! k = max(1, min_warm, ⌈N·S / (86400 · F)⌉), billed 24 h: cost = k · 24 · price.
 //!
-//! **Busy time.** With ρ = N·S / 86400 jobs in flight on average (were each alone), jobs share
-//! an executor's batch: the speedup at m = clamp(ρ, 1, c) concurrent jobs is taken as
-//! F_m = 1 + (F − 1)·(m − 1)/(c − 1) (linear between one job and a full batch), so the busy
-//! executor-seconds a day are B = N·S / F_m.
+//! **Busy time.** B = min(N·S, k·86400) with k = max(1, ⌈N·S / (86400 · F)⌉): jobs take their
+//! time alone until that is more than the k executors the load needs have all day; past it the
+//! executors are full and their batches absorb the excess (an upper bound: overlapping jobs
+//! batch before that too).
 //!
 //! **Scale to zero** (`min_warm` = 0), a single-executor approximation per job: after a job the
 //! executor waits idle up to T = `idle_timeout_s`; the next arrival comes after an exponential
@@ -26,14 +26,14 @@
 //! - a cold start bills C = `cold_start_s` (instance boot, image pull, model load) and adds C
 //!   of latency to the job that waits for it.
 //!
-//! Billed executor-seconds a day = B + N·(1 − e^{−λT})/λ + N·e^{−λT}·C. The idle and cold-start
-//! terms are counted per job, an upper bound when jobs overlap. Queueing is ignored: a job arriving while the executor is
-//! busy is assumed to find a slot, so at heavy load the idle term tends to one executor-day
-//! (86400 s) on top of the busy time, and the cost tends to the always-on cost.
+//! Billed executor-seconds a day = B + min(N·(1 − e^{−λT})/λ, k·86400 − B) + N·e^{−λT}·C: the
+//! idle term is counted per job but never more than the spare time of the k executors the load
+//! needs (jobs that overlap share their idle tails). Queueing is ignored: a job arriving while
+//! the executor is busy is assumed to find a slot, so at heavy load the idle term tends to the
+//! always-on fleet's spare time (at most one executor-day) and the cost to the always-on cost.
 //!
 //! **`min_warm` ≥ 1.** The warm executors are billed all day and there are no cold starts from
-//! zero: billed = min_warm · 86400 + max(0, B − min_warm · 86400) with B at the full batch's
-//! speedup once the warm executors are full (N·S > min_warm · F · 86400). Executors
+//! zero: billed = min_warm · 86400 + max(0, B − min_warm · 86400). Executors
 //! started above `min_warm` are billed their busy time only (their idle time and cold starts are
 //! not counted), so past the warm capacity this is a lower bound.
 //!
@@ -163,25 +163,19 @@ pub struct CostEstimate {
 /// Always-on executors for `n` jobs a day.
 fn always_on_executors(input: &CostInput, n: f64) -> f64 {
     // The small allowance keeps a load of exactly k executors (up to rounding) at k.
-    let needed = (n * input.job_seconds / (DAY * input.batch_speedup) - 1e-9).ceil();
-    needed.max(1.0).max(input.min_warm as f64)
+    needed_executors(input, n).max(input.min_warm as f64)
 }
 
-/// The aggregate speedup with `in_flight` jobs (each alone) sharing executors: linear from
-/// 1 at one job to F at a full batch.
-fn speedup_at(input: &CostInput, in_flight: f64) -> f64 {
-    let slots = input.jobs_per_task.max(1) as f64;
-    if slots <= 1.0 {
-        return 1.0;
-    }
-    let m = in_flight.clamp(1.0, slots);
-    1.0 + (input.batch_speedup - 1.0) * (m - 1.0) / (slots - 1.0)
+/// Executors the load keeps busy: k = max(1, ⌈N·S / (86400 · F)⌉).
+fn needed_executors(input: &CostInput, n: f64) -> f64 {
+    (n * input.job_seconds / (DAY * input.batch_speedup) - 1e-9).ceil().max(1.0)
 }
 
-/// Executor-seconds a day that `n` jobs keep busy, batched.
+/// Executor-seconds a day that `n` jobs keep busy: their time alone, N·S, until that exceeds
+/// what the k executors they need have (k·86400); past it the executors are full and batch
+/// the excess (so k·86400 ≥ N·S / F).
 fn busy_seconds(input: &CostInput, n: f64) -> f64 {
-    let work = n * input.job_seconds;
-    work / speedup_at(input, work / DAY)
+    (n * input.job_seconds).min(needed_executors(input, n) * DAY)
 }
 
 /// Billed executor-seconds a day and cold starts a day when the pool scales to zero.
@@ -189,10 +183,6 @@ fn scale_to_zero(input: &CostInput, n: f64) -> (f64, f64) {
     let busy = busy_seconds(input, n);
     if input.min_warm >= 1 {
         let warm = input.min_warm as f64;
-        // Past the warm executors' capacity they run full batches.
-        let work = n * input.job_seconds;
-        let warm_capacity = warm * input.batch_speedup * DAY;
-        let busy = if work > warm_capacity { work / input.batch_speedup } else { busy };
         return (warm * DAY + (busy - warm * DAY).max(0.0), 0.0);
     }
     let lambda = n / DAY;
@@ -200,8 +190,12 @@ fn scale_to_zero(input: &CostInput, n: f64) -> (f64, f64) {
     let p_cold = (-x).exp();
     // (1 − e^{−λT}) / λ, written with exp_m1 so that small λT keeps its precision.
     let idle_per_job = -(-x).exp_m1() / lambda;
+    // Idle time is what the executors the load needs are on and not busy: never more than
+    // the spare time of the always-on fleet (jobs that overlap in a batch share their tails).
+    let spare = (always_on_executors(input, n) * DAY - busy).max(0.0);
+    let idle = (n * idle_per_job).min(spare);
     let cold_starts = n * p_cold;
-    (busy + n * idle_per_job + cold_starts * input.cold_start_s, cold_starts)
+    (busy + idle + cold_starts * input.cold_start_s, cold_starts)
 }
 
 /// Scale-to-zero cost minus always-on cost, per day, at `n` jobs a day.
@@ -415,7 +409,7 @@ pub fn render(e: &CostEstimate) -> String {
         e.min_warm,
         e.jobs_per_task,
         num(e.batch_speedup, 2),
-        if e.batch_speedup_measured {
+        if e.batch_speedup_measured || e.jobs_per_task == 1 {
             ""
         } else {
             " (assumed perfect batching: pass --batch-speedup, measured with benches/engine.sh)"
@@ -553,12 +547,13 @@ mod tests {
     #[test]
     fn very_high_load_approaches_always_on() {
         let e = estimate(&input(1.0e6, 60.0, 300.0, 90.0, 1.0));
-        // 6e7 busy seconds: 695 executors always on; scale to zero adds about one executor-day.
+        // 6e7 busy seconds: 695 executors always on; scale to zero adds their spare time at most.
         assert_eq!(e.always_on_executors, 695);
         assert!(e.p_cold_start < 1e-100);
         let ratio = e.cost_per_day_scale_to_zero / e.cost_per_day_always_on;
         assert!((ratio - 1.0).abs() < 0.01, "ratio {ratio}");
-        assert!(close(e.billed_hours_scale_to_zero, (6.0e7 + 86400.0) / 3600.0, 1e-9));
+        let spare: f64 = 695.0 * 86400.0 - 6.0e7;
+        assert!(close(e.billed_hours_scale_to_zero, (6.0e7 + spare.min(86400.0)) / 3600.0, 1e-9));
     }
 
     #[test]
@@ -750,18 +745,21 @@ mod tests {
     fn a_batch_shares_one_executor() {
         // 32 jobs per executor at 8x one job's throughput.
         let batched = |n: f64| CostInput { jobs_per_task: 32, batch_speedup: 8.0, ..input(n, 600.0, 300.0, 90.0, 1.0) };
-        // Rarely overlapping jobs (ρ = 10·600/86400 < 1) are billed as if alone.
+        // Less than a day of work (10·600 s): billed as if alone.
         let e = estimate(&batched(10.0));
         assert!(close(e.executor_busy_hours_per_day, e.busy_hours_per_day, 1e-12));
-        // ρ = 32 jobs in flight: full batches, busy time divided by F = 8; always on needs
-        // 32 / 8 = 4 executors (not 32, not 1).
+        // 32 executor-days of work alone: full batches, busy time divided by F = 8; always on
+        // needs 32 / 8 = 4 executors (not 32, not 1).
         let n = 32.0 * DAY / 600.0;
         let e = estimate(&batched(n));
         assert!(close(e.executor_busy_hours_per_day, e.busy_hours_per_day / 8.0, 1e-12));
         assert_eq!(e.always_on_executors, 4);
-        // Halfway (ρ = 16.5): F_m = 1 + 7·15.5/31 = 4.5.
+        // 16.5 days of work: 3 executors, busy all day.
         let e = estimate(&batched(16.5 * DAY / 600.0));
-        assert!(close(e.executor_busy_hours_per_day, e.busy_hours_per_day / 4.5, 1e-12));
+        assert_eq!(e.always_on_executors, 3);
+        assert!(close(e.executor_busy_hours_per_day, 72.0, 1e-12));
+        // Scale to zero then costs about what always on does (no idle time left to bill).
+        assert!(close(e.billed_hours_scale_to_zero, 72.0 + e.cold_starts_per_day * 90.0 / 3600.0, 1e-9));
         // The flags: an unmeasured speedup is assumed perfect and said to be; out of range refused.
         let out = run_with(
             &args(&["--jobs-per-day", "10", "--job-seconds", "60", "--hourly-price", "1", "--jobs-per-task", "32"]),
