@@ -206,38 +206,78 @@ fn cpu_linear(x: &[f32], rows: usize, lin: &Linear, residual: Option<&[f32]>) ->
     let (storage, layout) = lin.weight_t.storage_and_layout();
     let w = super::batch::cpu_f32(&storage, layout)?;
     let threads = rayon::current_num_threads();
-    let parallelism = if rows * out * inp >= 1 << 20 && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    if threads > 1 && rows < 128 && out >= 64 * threads {
+        // Few rows: one single-threaded gemm per block of output columns, the blocks in
+        // parallel (one hand-off per layer instead of gemm's own synchronisation inside).
+        let block = out.div_ceil(threads).next_multiple_of(16);
+        let dst_ptr = SendPtr(dst.as_mut_ptr());
+        let dst_ptr = &dst_ptr;
+        rayon::scope(|scope| {
+            for start in (0..out).step_by(block) {
+                let n = block.min(out - start);
+                scope.spawn(move |_| {
+                    // SAFETY: as below, for columns start..start + n of dst and Wᵀ; the blocks
+                    // are disjoint, so no two calls write the same element.
+                    unsafe { gemm_into(rows, n, inp, dst_ptr.0.add(start), out, x, w.as_ptr().add(start), out, None) }
+                });
+            }
+        });
+        return Ok(dst);
+    }
+    let parallelism = if rows * out * inp >= 1 << 20 && threads > 1 { Some(threads) } else { None };
     // SAFETY: dst is rows x out (dst_rs = out), x is rows x inp (lhs_rs = inp), and the right
     // operand Wᵀ is inp x out row-major (rhs_rs = out); every slice has exactly those lengths
-    // (checked above, and Wᵀ's by its dims). dst = 1·dst + 1·x·Wᵀ.
+    // (checked above, and Wᵀ's by its dims).
+    unsafe { gemm_into(rows, out, inp, dst.as_mut_ptr(), out, x, w.as_ptr(), out, parallelism) };
+    Ok(dst)
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint column blocks of one buffer to scoped threads.
+unsafe impl Sync for SendPtr {}
+
+/// dst[rows x n] (row stride `dst_rs`) += x[rows x inp] · wt[inp x n] (row stride `wt_rs`).
+///
+/// # Safety
+/// `dst` and `wt` must be valid for those shapes and strides, `x` must hold rows·inp values,
+/// and nothing else may access dst's elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    rows: usize,
+    n: usize,
+    inp: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    x: &[f32],
+    wt: *const f32,
+    wt_rs: usize,
+    threads: Option<usize>,
+) {
+    let parallelism = threads.map_or(gemm::Parallelism::None, gemm::Parallelism::Rayon);
+    // SAFETY: the caller's contract; dst = 1·dst + 1·x·wt.
     unsafe {
         gemm::gemm(
             rows,
-            out,
+            n,
             inp,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            out as isize,
+            dst_rs as isize,
             true,
             x.as_ptr(),
             1,
             inp as isize,
-            w.as_ptr(),
+            wt,
             1,
-            out as isize,
+            wt_rs as isize,
             1.0f32,
             1.0f32,
             false,
             false,
             false,
             parallelism,
-        );
+        )
     }
-    Ok(dst)
 }
 
 /// LayerNorm of every row of `x` (rows of `width`) in place, as `torch.nn.LayerNorm`
