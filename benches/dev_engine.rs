@@ -157,16 +157,8 @@ async fn main() {
     let rounds: usize = std::env::var("DEV_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let dir = std::env::temp_dir().join(format!("ferry-dev-engine-bench-{}", std::process::id()));
     let model_dir = dir.join("model");
-    let cfg = ferry_executor::tiny::TinyConfig {
-        hidden_size: 512,
-        intermediate_size: 1376,
-        num_hidden_layers: 8,
-        num_attention_heads: 8,
-        num_key_value_heads: 4,
-        max_position_embeddings: 512,
-    };
-    // The shape of benches/engine.rs (`small-h512-l8`).
-    ferry_executor::tiny::write_llama(&model_dir, 1, cfg).unwrap();
+    // The shape of benches/engine.rs.
+    ferry_executor::tiny::write_llama(&model_dir, 1, ferry_benches::SMALL_H512_L8).unwrap();
     for _ in 0..rounds {
         mode(&program, &model_dir, &dir, None).await;
         mode(&program, &model_dir, &dir, Some(1)).await;

@@ -77,14 +77,7 @@ fn main() {
     let device = flag("--device").unwrap_or_else(|| "cpu".into());
     let shape = flag("--shape").unwrap_or_else(|| "small-h512-l8".into());
     let cfg = match shape.as_str() {
-        "small-h512-l8" => TinyConfig {
-            hidden_size: 512,
-            intermediate_size: 1376,
-            num_hidden_layers: 8,
-            num_attention_heads: 8,
-            num_key_value_heads: 4,
-            max_position_embeddings: 512,
-        },
+        "small-h512-l8" => ferry_benches::SMALL_H512_L8,
         "llama-1b" => TinyConfig {
             hidden_size: 2048,
             intermediate_size: 8192,

@@ -496,19 +496,12 @@ fn cpu_decode_attention(
         let mut scores = vec![0f32; len];
         for g in 0..groups {
             let qv = &qd[(i * groups + g) * d..][..d];
-            let mut max = f32::NEG_INFINITY;
             for (j, score) in scores.iter_mut().enumerate() {
                 *score = dot(qv, &keys[j * d..(j + 1) * d]) * scale;
-                max = max.max(*score);
             }
-            let mut sum = 0f32;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
-            }
+            softmax_in_place(&mut scores);
             let og = &mut o[g * d..(g + 1) * d];
-            for (j, &score) in scores.iter().enumerate() {
-                let w = score / sum;
+            for (j, &w) in scores.iter().enumerate() {
                 for (acc, &v) in og.iter_mut().zip(&values[j * d..(j + 1) * d]) {
                     *acc += w * v;
                 }
@@ -526,6 +519,19 @@ pub(crate) fn cpu_f32<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) 
     match s {
         candle_core::Storage::Cpu(c) => Ok(&c.as_slice::<f32>()?[start..end]),
         _ => candle_core::bail!("cpu_decode_attention needs CPU tensors"),
+    }
+}
+
+/// `scores` replaced by their softmax.
+pub(crate) fn softmax_in_place(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for s in scores.iter_mut() {
+        *s /= sum;
     }
 }
 

@@ -323,21 +323,14 @@ fn cpu_packed_attention(
         let mut scores = vec![0f32; n];
         for h in 0..heads {
             let q = &qkv[row * width + h * d..][..d];
-            let mut max = f32::NEG_INFINITY;
             for (j, s) in scores.iter_mut().enumerate() {
                 let k = &qkv[(start + j) * width + hidden + h * d..][..d];
                 *s = super::batch::dot(q, k) * scale;
-                max = max.max(*s);
             }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
+            super::batch::softmax_in_place(&mut scores);
             let o = &mut o[h * d..(h + 1) * d];
             for (j, &p) in scores.iter().enumerate() {
                 let v = &qkv[(start + j) * width + 2 * hidden + h * d..][..d];
-                let p = p / sum;
                 for (x, &y) in o.iter_mut().zip(v) {
                     *x += p * y;
                 }
