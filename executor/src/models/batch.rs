@@ -391,18 +391,6 @@ impl Attention {
         v: &Tensor,
         plan: &StepPlan,
         cache: &KvCache,
-    ) -> Result<Tensor, ModelError> {
-        Ok(self.forward_inner(layer, q, k, v, plan, cache)?)
-    }
-
-    fn forward_inner(
-        &self,
-        layer: usize,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        plan: &StepPlan,
-        cache: &KvCache,
     ) -> candle_core::Result<Tensor> {
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let groups = h / kvh;
