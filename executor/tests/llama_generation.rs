@@ -746,3 +746,32 @@ fn a_long_prompt_is_prefilled_in_chunks_with_the_same_logits_and_stops_between_t
     }
     assert_eq!(stopper.0.load(std::sync::atomic::Ordering::SeqCst), 2, "checked once before, once after chunk 1");
 }
+
+#[test]
+fn logprobs_are_in_the_output_when_asked() {
+    let (_dir, model) = tiny(21);
+    let rec = Arc::new(Recorder::default());
+    let out = done(
+        model.generate(PROMPT, &gen_params(json!({"max_new_tokens": 12, "logprobs": true})), rec.clone()).unwrap(),
+    );
+    let logprobs: Vec<f32> = out["logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(logprobs.len(), ids(&out).len());
+    let events: Vec<f32> = rec.tokens().iter().map(|t| t.logprob.unwrap()).collect();
+    assert_eq!(logprobs, events, "the output's logprobs are the token events'");
+    assert!(logprobs.iter().all(|&l| l <= 0.0 && l.is_finite()));
+    // Greedy: each is the log-softmax maximum of the logits after its prefix.
+    let prompt_ids = model.encode_prompt(PROMPT).unwrap();
+    let mut context = prompt_ids.clone();
+    for (i, &id) in ids(&out).iter().enumerate().take(3) {
+        let want = log_softmax(&model.next_token_logits(&context).unwrap())[id as usize];
+        assert!((f64::from(logprobs[i]) - want).abs() < 1e-4, "token {i}: {} vs {want}", logprobs[i]);
+        context.push(id);
+    }
+    // Not asked (or false): no logprobs in the output; a non-boolean is a 400 naming the field.
+    let plain = generate(&model, PROMPT, json!({"max_new_tokens": 3}));
+    assert!(plain.get("logprobs").is_none());
+    assert!(generate(&model, PROMPT, json!({"max_new_tokens": 3, "logprobs": false})).get("logprobs").is_none());
+    let err = parse_params(&json!({"logprobs": "yes"})).unwrap_err();
+    assert_eq!(err.status.as_u16(), 400);
+    assert_eq!(err.field.as_deref(), Some("params.logprobs"));
+}

@@ -57,6 +57,7 @@
 //!
 //! ```json
 //! {"text": "...", "token_ids": [..generated ids only..],
+//!  "logprobs": [..one per token id, only with params.logprobs true..],
 //!  "details": {"finish_reason": "length" | "eos_token" | "stop_sequence",
 //!              "generated_tokens": 12, "prompt_tokens": 5,
 //!              "time_to_first_token_ms": 3.2, "tokens_per_s": 410.0, "seed": 42 | null}}
@@ -457,6 +458,8 @@ struct Seq {
     /// The output text so far (what the decoder produced).
     text: String,
     generated: Vec<u32>,
+    /// Each generated token's log-probability.
+    logprobs: Vec<f32>,
     /// Prompt and output, for the repetition penalty.
     context: Vec<u32>,
     first_token: Option<Duration>,
@@ -466,7 +469,7 @@ impl Seq {
     fn output(&self, text: &str, finish_reason: &str) -> Value {
         let elapsed = self.request.start.elapsed().as_secs_f64();
         let tokens_per_s = if elapsed > 0.0 { self.generated.len() as f64 / elapsed } else { 0.0 };
-        json!({
+        let mut out = json!({
             "text": text,
             "token_ids": self.generated,
             "details": {
@@ -477,7 +480,11 @@ impl Seq {
                 "tokens_per_s": tokens_per_s,
                 "seed": self.request.seed,
             }
-        })
+        });
+        if self.request.params.logprobs == Some(true) {
+            out["logprobs"] = json!(self.logprobs);
+        }
+        out
     }
 
     fn in_prompt(&self) -> bool {
@@ -540,12 +547,15 @@ impl Engine {
     fn honour_stops(&mut self) {
         self.waiting.retain(|r| match r.progress.stop_requested() {
             Some(reason) => {
-                let partial = json!({
+                let mut partial = json!({
                     "text": "", "token_ids": [],
                     "details": {"finish_reason": stop_reason_name(reason), "generated_tokens": 0,
                                 "prompt_tokens": r.prompt_ids.len(), "time_to_first_token_ms": null,
                                 "tokens_per_s": 0.0, "seed": r.seed}
                 });
+                if r.params.logprobs == Some(true) {
+                    partial["logprobs"] = json!([]);
+                }
                 let _ = r.reply.send(Ok(RunOutcome::Stopped { reason, partial }));
                 false
             }
@@ -587,6 +597,7 @@ impl Engine {
                 stream,
                 text: String::new(),
                 generated: Vec::with_capacity(request.max_new),
+                logprobs: Vec::with_capacity(request.max_new),
                 context,
                 first_token: None,
                 request,
@@ -666,6 +677,7 @@ impl Engine {
         s.first_token.get_or_insert_with(|| s.request.start.elapsed());
         self.counters.tokens.fetch_add(1, Ordering::Relaxed);
         s.generated.push(id);
+        s.logprobs.push(logprob);
         s.context.push(id);
         let is_eos = is_eos_id(id);
         let at_length = s.generated.len() >= s.request.max_new;

@@ -92,6 +92,11 @@ pub struct TextGenerationParams {
     /// stored as a list).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<Vec<String>>,
+    /// When true, the output carries `logprobs`: each generated token's natural-log
+    /// probability under the model (before temperature and truncation), aligned with
+    /// `token_ids`. Token events carry it either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
 }
 
 /// Bounds of the input that come from the deployment or the model, not from the type.
@@ -146,6 +151,7 @@ impl TextGenerationParams {
             seed: p.opt("seed", |v, f| integer(v, f, 0, u64::MAX))?,
             repetition_penalty: p.opt("repetition_penalty", number)?,
             stop: p.opt("stop", stop_sequences)?,
+            logprobs: p.opt("logprobs", boolean)?,
         };
         parsed.check()?;
         Ok(parsed)
@@ -541,6 +547,11 @@ pub(crate) fn integer(v: &Value, field: &str, min: u64, max: u64) -> Result<u64,
     }
 }
 
+/// `true` or `false` (400 when it is another type).
+fn boolean(v: &Value, field: &str) -> Result<bool, ApiError> {
+    v.as_bool().ok_or_else(|| wrong_type(field, "a boolean"))
+}
+
 /// A number (400 when it is another type); its bounds are the type's `check`.
 fn number(v: &Value, field: &str) -> Result<f64, ApiError> {
     match v {
@@ -632,7 +643,7 @@ mod tests {
         assert_eq!(field_names::<TextGenerationInput>(), ["prompt"]);
         assert_eq!(field_names::<EmbeddingsInput>(), ["texts"]);
         let names = field_names::<TextGenerationParams>();
-        assert_eq!(names.len(), 7, "{names:?}");
+        assert_eq!(names.len(), 8, "{names:?}");
     }
 
     /// Every field serde knows is also read by `parse` (a field added to the struct but not
@@ -640,7 +651,7 @@ mod tests {
     #[test]
     fn parse_reads_every_param() {
         let sample = json!({"max_new_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 40, "seed": 7,
-            "repetition_penalty": 1.1, "stop": ["x"]});
+            "repetition_penalty": 1.1, "stop": ["x"], "logprobs": true});
         for name in field_names::<TextGenerationParams>() {
             let one: Map<String, Value> = [(name.to_string(), sample[name].clone())].into_iter().collect();
             let parsed = TextGenerationParams::parse(&one, &LIMITS).unwrap();
