@@ -84,8 +84,15 @@ fn demo_llama(dir: &std::path::Path) -> String {
 /// seconds (long enough to kill its executor in the middle).
 fn slow_llama(dir: &std::path::Path) -> String {
     let d = dir.join("slow-llama");
-    let cfg =
-        ferry_executor::testing::TinyConfig { max_position_embeddings: 4096, ..ferry_executor::testing::TINY_CONFIG };
+    // Wider and deeper than the tiny model, so that 3000 tokens take seconds even on the
+    // batching engine (the tiny shape decodes them within the 1 s grace period).
+    let cfg = ferry_executor::testing::TinyConfig {
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 4,
+        max_position_embeddings: 4096,
+        ..ferry_executor::testing::TINY_CONFIG
+    };
     ferry_executor::testing::write_llama(&d, 7, cfg).unwrap();
     format!("slow-llama={}", d.display())
 }
