@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ferry_cli::client::Client;
 use ferry_cli::server::{self, Mode};
-use ferry_cli::stack::{self, ScaleOptions, StackOptions};
+use ferry_cli::stack::{self, ScaleOptions};
 use ferry_core::job::{JobId, JobStatus};
 use ferry_core::pool::{PoolConfig, Pools};
 use ferry_core::progress::EventBody;
@@ -33,11 +33,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn prompts(n: usize) -> Vec<String> {
-    let lines: Vec<&str> = include_str!("inference_sentences.txt").lines().filter(|l| !l.trim().is_empty()).collect();
-    (0..n).map(|i| lines[i % lines.len()].split_whitespace().take(6).collect::<Vec<_>>().join(" ")).collect()
-}
-
 /// One burst's figures.
 struct Burst {
     tokens: u64,
@@ -49,7 +44,7 @@ struct Burst {
 async fn burst(st: &stack::Stack, client: &Client, jobs: usize) -> Burst {
     let started = Instant::now();
     let mut ids = Vec::new();
-    for prompt in prompts(jobs) {
+    for prompt in ferry_benches::prompts(jobs) {
         let body = serde_json::json!({"model": "bench", "input": {"prompt": prompt},
             "params": {"max_new_tokens": NEW_TOKENS}});
         ids.push(client.submit(&body, None, None).await.expect("submit").body.id);
@@ -82,13 +77,8 @@ async fn burst(st: &stack::Stack, client: &Client, jobs: usize) -> Burst {
 }
 
 async fn mode(program: &Path, model_dir: &Path, dir: &Path, max_batch: Option<u32>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let ports_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ports_addr = ports_listener.local_addr().unwrap();
-    let mut opts = StackOptions::embedded();
-    opts.config.rate_limit_per_s = 0.0;
-    opts.models = vec![format!("bench={}", model_dir.display())];
+    let ((listener, addr), (ports_listener, ports_addr)) = ferry_benches::dev_listeners().await;
+    let mut opts = ferry_benches::dev_options(&model_dir);
     // jobs_per_task unset: the engine's capacity (32, or 1 with batching off).
     opts.pools =
         Pools::from_list(vec![PoolConfig { max_tasks: 4, idle_timeout_s: 600, ..PoolConfig::named("cpu") }]).unwrap();

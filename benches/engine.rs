@@ -17,7 +17,6 @@
 //! 0.97B parameters) in bf16, batching up to the largest burst, and prints its weight bytes
 //! (what one decode step reads) for the roofline.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,17 +28,6 @@ use ferry_executor::tiny::{TinyConfig, write_llama};
 const NEW_TOKENS: u32 = 128;
 const RUNS: usize = 3;
 
-/// The prompts: the first words of the inference bench's sentences (the reference reads
-/// the same file the same way).
-pub fn prompts(n: usize) -> Vec<String> {
-    include_str!("inference_sentences.txt")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(n)
-        .map(|l| l.split_whitespace().take(6).collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -49,7 +37,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn burst(model: &Arc<Generator>, jobs: usize) -> (usize, f64) {
     let params = TextGenerationParams { max_new_tokens: Some(NEW_TOKENS), ..Default::default() };
     let started = Instant::now();
-    let handles: Vec<_> = prompts(jobs)
+    let handles: Vec<_> = ferry_benches::prompts(jobs)
         .into_iter()
         .map(|p| {
             let (model, params) = (model.clone(), params.clone());
@@ -66,14 +54,9 @@ fn burst(model: &Arc<Generator>, jobs: usize) -> (usize, f64) {
 fn main() {
     // SAFETY: first thing in main, before any thread.
     unsafe { ferry_executor::models::pin_cpu_threads() };
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let models = args
-        .iter()
-        .position(|a| a == "--models")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ferry-bench-models"));
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let args = ferry_benches::args();
+    let models = ferry_benches::models_dir(&args);
+    let flag = |name: &str| ferry_benches::flag(&args, name);
     let device = flag("--device").unwrap_or_else(|| "cpu".into());
     let shape = flag("--shape").unwrap_or_else(|| "small-h512-l8".into());
     let cfg = match shape.as_str() {

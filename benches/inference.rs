@@ -7,7 +7,6 @@
 //!
 //! `cargo bench -p ferry-benches --bench inference -- [llama|minilm] [--models DIR]`
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use ferry_core::input::TextGenerationParams;
@@ -81,7 +80,7 @@ fn minilm() {
     };
     let placement = Placement::parse("cpu", Some("f32")).unwrap();
     let model = BertEmbedder::load(std::path::Path::new(&dir), &placement).expect("loading MiniLM");
-    let sentences = sentences();
+    let sentences = ferry_benches::sentences();
     let only: Option<usize> = std::env::var("FERRY_BENCH_BATCH").ok().and_then(|b| b.parse().ok());
     for batch in [1usize, 32].into_iter().filter(|b| only.is_none_or(|o| o == *b)) {
         let mut rates = Vec::new();
@@ -108,22 +107,11 @@ fn minilm() {
     }
 }
 
-/// 128 sentences of mixed length, the same ones `inference_reference.py` reads.
-fn sentences() -> Vec<String> {
-    let text = include_str!("inference_sentences.txt");
-    text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
-}
-
 fn main() {
     // SAFETY: first thing in main, before any thread.
     unsafe { ferry_executor::models::pin_cpu_threads() };
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let models = args
-        .iter()
-        .position(|a| a == "--models")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ferry-bench-models"));
+    let args = ferry_benches::args();
+    let models = ferry_benches::models_dir(&args);
     let which: Vec<&str> = args.iter().map(String::as_str).filter(|a| ["llama", "minilm"].contains(a)).collect();
     if which.is_empty() || which.contains(&"llama") {
         llama(&models);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferry_cli::client::Client;
 use ferry_cli::server::{self, Mode};
-use ferry_cli::stack::{self, ScaleOptions, StackOptions};
+use ferry_cli::stack::{self, ScaleOptions};
 use ferry_core::job::{Job, JobId};
 use ferry_core::pool::{PoolConfig, Pools};
 use ferry_core::progress::EventBody;
@@ -64,13 +64,8 @@ async fn main() {
     };
     ferry_executor::tiny::write_llama(&model_dir, 3, cfg).unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let ports_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ports_addr = ports_listener.local_addr().unwrap();
-    let mut opts = StackOptions::embedded();
-    opts.config.rate_limit_per_s = 0.0;
-    opts.models = vec![format!("bench={}", model_dir.display())];
+    let ((listener, addr), (ports_listener, ports_addr)) = ferry_benches::dev_listeners().await;
+    let mut opts = ferry_benches::dev_options(&model_dir);
     opts.pools =
         Pools::from_list(vec![PoolConfig { max_tasks: 1, idle_timeout_s: 2, ..PoolConfig::named("cpu") }]).unwrap();
     opts.scale = Some(ScaleOptions {

@@ -217,8 +217,8 @@ impl LoadedModel {
         match arch {
             "LlamaForCausalLM" => Ok(LoadedModel::Text(llama::load_with(dir, placement, engine)?)),
             "BertModel" | "BertForMaskedLM" => {
-                let options = embed::EmbedOptions { max_texts: bert::BATCH_SIZE, ..Default::default() };
-                Ok(LoadedModel::Bert(embed::Embedder::start(bert::BertEmbedder::load(dir, placement)?, options)?))
+                let model = bert::BertEmbedder::load(dir, placement)?;
+                Ok(LoadedModel::Bert(embed::Embedder::start(model, embed::EmbedOptions::default())?))
             }
             other => Err(ModelError::Load(format!("{}: architecture {other} is not implemented", spec.id))),
         }
