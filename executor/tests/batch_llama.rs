@@ -7,7 +7,8 @@
 use candle_core::{DType, Device};
 use ferry_executor::models::Placement;
 use ferry_executor::models::batch::{CausalLm, KvCache, StepSeq};
-use ferry_executor::models::llama::{CandleReference, Llama};
+use ferry_executor::models::decoder::Decoder as Llama;
+use ferry_executor::models::llama::{self, CandleReference};
 use ferry_executor::testing::ScratchDir;
 use ferry_executor::tiny::{TinyConfig, write_llama};
 
@@ -105,7 +106,7 @@ fn a_batch_gives_each_sequence_its_batch_one_logits_and_tokens() {
     let dir = ScratchDir::new("ferry-batch").unwrap();
     ferry_executor::tiny::write_tiny_llama(dir.path(), 17).unwrap();
     let reference = CandleReference::load(dir.path(), &cpu()).unwrap();
-    let (lm, _) = Llama::load(dir.path(), &cpu()).unwrap();
+    let (lm, _) = llama::decoder(dir.path(), &cpu()).unwrap();
     let prompts = prompts();
     let steps = 6;
     for joins_at in [[0, 0, 0], [0, 1, 2], [2, 0, 1]] {
@@ -138,7 +139,7 @@ fn other_head_layouts_match_too() {
         };
         write_llama(dir.path(), 5, cfg).unwrap();
         let reference = CandleReference::load(dir.path(), &cpu()).unwrap();
-        let (lm, _) = Llama::load(dir.path(), &cpu()).unwrap();
+        let (lm, _) = llama::decoder(dir.path(), &cpu()).unwrap();
         let runs = greedy(&lm, &prompts(), &[0, 1, 0], 20, Some(3));
         check(&reference, &runs, &format!("{heads} heads / {kv_heads} kv heads"));
     }
@@ -148,7 +149,7 @@ fn other_head_layouts_match_too() {
 fn bad_passes_are_refused() {
     let dir = ScratchDir::new("ferry-batch-bad").unwrap();
     ferry_executor::tiny::write_tiny_llama(dir.path(), 3).unwrap();
-    let (lm, _) = Llama::load(dir.path(), &cpu()).unwrap();
+    let (lm, _) = llama::decoder(dir.path(), &cpu()).unwrap();
     let mut cache = lm.new_cache();
     cache.reserve(2, 16).unwrap();
     let seq = |slot, pos, ids| StepSeq { slot, pos, ids, logits: true };

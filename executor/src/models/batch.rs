@@ -161,19 +161,28 @@ impl KvCache {
     }
 }
 
-/// A linear layer without bias over a pass's stacked rows, its weight `[out, in]` (the
-/// checkpoint's layout). On the CPU, with more than one row, it computes `W · xᵀ` and
-/// transposes back: candle's gemm then walks the weight in its own order instead of packing
-/// it per call, 30% faster at 32 rows here (a row at a time it is the same).
+/// A linear layer over a pass's stacked rows, its weight `[out, in]` (the checkpoint's
+/// layout), with an optional bias `[out]`. On the CPU, with more than one row, it computes
+/// `W · xᵀ` and transposes back: candle's gemm then walks the weight in its own order
+/// instead of packing it per call, 30% faster at 32 rows here (a row at a time it is the same).
 pub struct Dense {
     pub weight: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 impl Dense {
+    pub fn new(weight: Tensor) -> Dense {
+        Dense { weight, bias: None }
+    }
+
     /// Several layers that read the same input as one (QKV, gate and up): their weights
-    /// stacked, their outputs side by side in that order.
-    pub fn fused(weights: &[Tensor]) -> candle_core::Result<Dense> {
-        Ok(Dense { weight: Tensor::cat(weights, 0)?.contiguous()? })
+    /// (and biases, when they have them) stacked, their outputs side by side in that order.
+    pub fn fused(weights: &[Tensor], biases: Option<&[Tensor]>) -> candle_core::Result<Dense> {
+        let bias = match biases {
+            Some(b) => Some(Tensor::cat(b, 0)?.contiguous()?),
+            None => None,
+        };
+        Ok(Dense { weight: Tensor::cat(weights, 0)?.contiguous()?, bias })
     }
 
     /// `x` `[rows, in]` to `[rows, out]`.
@@ -181,21 +190,29 @@ impl Dense {
         // On the CPU, a few rows (a decode step) go faster as W·xᵀ (the weight streamed once
         // as the left operand), many rows (a prefill, an embedding batch) as x·Wᵀ directly.
         let rows = x.dim(0)?;
-        if rows > 1 && rows <= 64 && x.device().is_cpu() {
-            self.forward_t(x)?.t()?.contiguous()
+        let y = if rows > 1 && rows <= 64 && x.device().is_cpu() {
+            self.weight.matmul(&x.t()?)?.t()?.contiguous()?
         } else {
-            x.matmul(&self.weight.t()?)
+            x.matmul(&self.weight.t()?)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         }
     }
 
     /// `x` `[rows, in]` to `[out, rows]` (the transposed output, contiguous).
     pub fn forward_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.weight.matmul(&x.t()?)
+        self.forward_tt(&x.t()?)
     }
 
     /// `xt` `[in, rows]` (a transposed input) to `[out, rows]`.
     pub fn forward_tt(&self, xt: &Tensor) -> candle_core::Result<Tensor> {
-        self.weight.matmul(xt)
+        let y = self.weight.matmul(xt)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.unsqueeze(1)?),
+            None => Ok(y),
+        }
     }
 }
 
@@ -217,16 +234,17 @@ struct DecodePlan {
     slots: usize,
     /// For each slot, the row of its token (row 0 for padding).
     q_index: Tensor,
-    /// RoPE tables at each slot's position, `[slots, 1, head_dim / 2]`.
-    cos: Tensor,
-    sin: Tensor,
+    /// Per RoPE kind ([`Attention::ropes`]): cos and sin at each slot's position,
+    /// `[slots, 1, rotary_dim / 2]`.
+    ropes: Vec<(Tensor, Tensor)>,
     /// Each slot's position, as scatter indices `[slots, kv_heads, 1, head_dim]` (u32::MAX:
     /// padding, not written).
     scatter: Tensor,
     /// Positions attended to: the longest decoding sequence's length after this token.
     len: usize,
-    /// `[slots, 1, 1, len]`: 0 where a slot may attend, -inf elsewhere.
-    mask: Tensor,
+    /// Per window of the model's layers: `[slots, 1, 1, len]`, 0 where a slot may attend,
+    /// -inf elsewhere (the general path; the CPU kernel reads `lens`).
+    masks: Vec<(Option<usize>, Tensor)>,
     /// Each slot's length after this token (0: padding).
     lens: Vec<usize>,
 }
@@ -236,23 +254,90 @@ struct PrefillPlan {
     pos: usize,
     n: usize,
     row: usize,
-    /// `[groups * n, pos + n]` causal mask (none for one token).
-    mask: Option<Tensor>,
+    /// Per RoPE kind: cos and sin at `pos..pos + n`.
+    ropes: Vec<(Tensor, Tensor)>,
+    /// Per window of the model's layers: the `[groups * n, pos + n]` causal mask.
+    masks: Vec<(Option<usize>, Tensor)>,
 }
 
-/// The attention of one family's layers: its head layout and RoPE tables.
+/// What one layer's attention looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerAttention {
+    /// Sliding window: a query attends to itself and the `window - 1` positions before it
+    /// (transformers' `kv_idx > q_idx - sliding_window`); `None`: every earlier position.
+    pub window: Option<usize>,
+    /// Which of [`Attention::ropes`] it rotates with.
+    pub rope: usize,
+}
+
+/// RoPE's inverse frequencies for one kind of layer, as a family's config gives them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeFreqs {
+    /// `rotary_dim / 2` inverse frequencies.
+    pub inv_freq: Vec<f32>,
+    /// LongRoPE (Phi-3): the long factors' frequencies, used by a pass of a sequence that
+    /// reaches past `original` positions (as transformers switches on the sequence length).
+    pub long: Option<(Vec<f32>, usize)>,
+    /// Scales cos and sin (LongRoPE's attention factor; 1 otherwise).
+    pub attention_factor: f32,
+}
+
+/// cos/sin tables of one [`RopeFreqs`]: `[context, rotary_dim / 2]`, followed by the long
+/// factors' `context` rows when there are some.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    context: usize,
+    long_after: Option<usize>,
+}
+
+impl Rope {
+    pub fn new(freqs: &RopeFreqs, context: usize, dtype: DType, device: &Device) -> candle_core::Result<Rope> {
+        let (mut cos, mut sin) = rope_tables(&freqs.inv_freq, context, freqs.attention_factor, dtype, device)?;
+        if let Some((long, _)) = &freqs.long {
+            let (lc, ls) = rope_tables(long, context, freqs.attention_factor, dtype, device)?;
+            (cos, sin) = (Tensor::cat(&[&cos, &lc], 0)?, Tensor::cat(&[&sin, &ls], 0)?);
+        }
+        Ok(Rope { cos, sin, context, long_after: freqs.long.as_ref().map(|(_, o)| *o) })
+    }
+
+    /// The first table row for a pass whose sequence ends at `end` positions.
+    fn offset(&self, end: usize) -> usize {
+        match self.long_after {
+            Some(original) if end > original => self.context,
+            _ => 0,
+        }
+    }
+}
+
+/// The attention of one family's layers: head layout, RoPE, scaling, windows.
 pub struct Attention {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
-    /// `[context, head_dim / 2]`, in the weights' dtype.
-    pub cos: Tensor,
-    pub sin: Tensor,
+    /// The leading dimensions of each head RoPE rotates (partial rotary: fewer than
+    /// `head_dim`; the rest pass through).
+    pub rotary_dim: usize,
+    pub ropes: Vec<Rope>,
+    /// Per layer.
+    pub layers: Vec<LayerAttention>,
+    /// Multiplies the scores (`1 / sqrt(head_dim)` in most families).
+    pub scale: f32,
+    /// Gemma 2: scores become `cap * tanh(scores / cap)` before the mask.
+    pub softcap: Option<f32>,
     pub dtype: DType,
     pub device: Device,
 }
 
 impl Attention {
+    /// The distinct windows of the layers.
+    fn windows(&self) -> Vec<Option<usize>> {
+        let mut w: Vec<Option<usize>> = self.layers.iter().map(|l| l.window).collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+
     /// Checks `seqs` against the cache and lays the pass out.
     pub fn plan(&self, cache: &KvCache, seqs: &[StepSeq]) -> Result<StepPlan, ModelError> {
         let invalid = |m: String| ModelError::Runtime(m);
@@ -300,7 +385,20 @@ impl Attention {
                 gather[row + i] = (next + i) as u32;
             }
             next += n;
-            prefill_plans.push(PrefillPlan { slot, pos, n, row, mask: self.causal_mask(pos, n)? });
+            let ropes = self
+                .ropes
+                .iter()
+                .map(|r| {
+                    let at = r.offset(pos + n) + pos;
+                    Ok((r.cos.narrow(0, at, n)?, r.sin.narrow(0, at, n)?))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let masks = self
+                .windows()
+                .into_iter()
+                .map(|w| Ok((w, self.causal_mask(pos, n, w)?)))
+                .collect::<candle_core::Result<_>>()?;
+            prefill_plans.push(PrefillPlan { slot, pos, n, row, ropes, masks });
         }
         // Prefills alone are already in row order.
         let gather = if decode_slots.is_empty() { None } else { Some(Tensor::new(gather, &self.device)?) };
@@ -332,12 +430,10 @@ impl Attention {
     ) -> Result<DecodePlan, ModelError> {
         let (kvh, d) = (self.kv_heads, self.head_dim);
         let mut q_index = vec![0u32; slots];
-        let mut positions = vec![0u32; slots];
         let mut lens = vec![0usize; slots];
         let mut scatter = vec![u32::MAX; slots];
         for &(slot, pos, row) in decoding {
             q_index[slot] = row as u32;
-            positions[slot] = pos as u32;
             lens[slot] = pos + 1;
             scatter[slot] = pos as u32;
         }
@@ -345,44 +441,82 @@ impl Attention {
         debug_assert!(len <= cache.capacity);
         // A padding slot attends to its first position only (anything finite: its output is
         // dropped).
-        let mask: Vec<f32> = lens
-            .iter()
-            .flat_map(|&l| (0..len).map(move |j| if j < l.max(1) { 0.0 } else { f32::NEG_INFINITY }))
-            .collect();
-        let scatter: Vec<u32> = scatter.iter().flat_map(|&p| std::iter::repeat_n(p, kvh * d)).collect();
-        let positions = Tensor::new(positions, &self.device)?;
-        let table = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.index_select(&positions, 0)?.reshape((slots, 1, d / 2))?.contiguous()
+        let mask = |window: Option<usize>| -> candle_core::Result<Tensor> {
+            let m: Vec<f32> = lens
+                .iter()
+                .flat_map(|&l| {
+                    let l = l.max(1);
+                    let start = window.map_or(0, |w| l.saturating_sub(w));
+                    (0..len).map(move |j| if j >= start && j < l { 0.0 } else { f32::NEG_INFINITY })
+                })
+                .collect();
+            Tensor::from_vec(m, (slots, 1, 1, len), &self.device)
         };
+        let masks = self.windows().into_iter().map(|w| Ok((w, mask(w)?))).collect::<candle_core::Result<_>>()?;
+        let scatter: Vec<u32> = scatter.iter().flat_map(|&p| std::iter::repeat_n(p, kvh * d)).collect();
+        let half = self.rotary_dim / 2;
+        let ropes = self
+            .ropes
+            .iter()
+            .map(|r| {
+                let rows: Vec<u32> = lens.iter().map(|&l| (r.offset(l) + l.saturating_sub(1)) as u32).collect();
+                let rows = Tensor::new(rows, &self.device)?;
+                let table = |t: &Tensor| t.index_select(&rows, 0)?.reshape((slots, 1, half))?.contiguous();
+                Ok((table(&r.cos)?, table(&r.sin)?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(DecodePlan {
             slots,
             q_index: Tensor::new(q_index, &self.device)?,
-            cos: table(&self.cos)?,
-            sin: table(&self.sin)?,
+            ropes,
             scatter: Tensor::from_vec(scatter, (slots, kvh, 1, d), &self.device)?,
             len,
-            mask: Tensor::from_vec(mask, (slots, 1, 1, len), &self.device)?,
+            masks,
             lens,
         })
     }
 
-    /// The causal mask of `n` queries at `pos..pos + n`, one row per (query group, query).
-    fn causal_mask(&self, pos: usize, n: usize) -> Result<Option<Tensor>, ModelError> {
-        if n == 1 {
-            return Ok(None);
-        }
+    /// The causal mask of `n` queries at `pos..pos + n`, one row per (query group, query),
+    /// within `window` when there is one.
+    fn causal_mask(&self, pos: usize, n: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
         let groups = self.heads / self.kv_heads;
         let total = pos + n;
         let mask: Vec<f32> = (0..groups)
             .flat_map(|_| 0..n)
-            .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                let q = pos + i;
+                (0..total).map(move |j| {
+                    let inside = j <= q && window.is_none_or(|w| j + w > q);
+                    if inside { 0.0 } else { f32::NEG_INFINITY }
+                })
+            })
             .collect();
-        Ok(Some(Tensor::from_vec(mask, (groups * n, total), &self.device)?))
+        Tensor::from_vec(mask, (groups * n, total), &self.device)
     }
 
-    /// Attention of one layer: `q`, `k`, `v` are the pass's rows `[rows, heads * head_dim]`
-    /// (`kv_heads` for k and v) before RoPE; writes the new keys and values into `cache`'s
-    /// layer `layer` and returns `[rows, heads * head_dim]`.
+    /// RoPE on `t` `[b, heads, n, head_dim]` with tables `[n or b, .., rotary_dim / 2]`: the
+    /// first `rotary_dim` dimensions of each head rotated, the rest as they are.
+    fn rotate(&self, t: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        if self.rotary_dim == self.head_dim {
+            return candle_nn::rotary_emb::rope(&t.contiguous()?, cos, sin);
+        }
+        let r = self.rotary_dim;
+        let rotated = candle_nn::rotary_emb::rope(&t.narrow(3, 0, r)?.contiguous()?, cos, sin)?;
+        Tensor::cat(&[&rotated, &t.narrow(3, r, self.head_dim - r)?], 3)?.contiguous()
+    }
+
+    /// Scores `[.., queries, keys]` scaled, soft-capped when the family caps them.
+    fn scores(&self, q: &Tensor, keys: &Tensor) -> candle_core::Result<Tensor> {
+        let att = (q.matmul(&keys.t()?)? * self.scale as f64)?;
+        match self.softcap {
+            Some(cap) => (att / cap as f64)?.tanh()? * cap as f64,
+            None => Ok(att),
+        }
+    }
+
+    /// Attention of layer `layer`: `q`, `k`, `v` are the pass's rows `[rows, heads *
+    /// head_dim]` (`kv_heads` for k and v) before RoPE; writes the new keys and values into
+    /// `cache`'s layer and returns `[rows, heads * head_dim]`.
     pub fn forward(
         &self,
         layer: usize,
@@ -394,14 +528,17 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let groups = h / kvh;
-        let scale = 1.0 / (d as f64).sqrt();
+        let this = self.layers[layer];
+        let pick = |masks: &[(Option<usize>, Tensor)]| -> Tensor {
+            masks.iter().find(|(w, _)| *w == this.window).map(|(_, m)| m.clone()).expect("a mask for every window")
+        };
         let (ck, cv) = &cache.layers[layer];
         let mut outs = Vec::with_capacity(1 + plan.prefills.len());
         if let Some(p) = &plan.decode {
             let s = p.slots;
+            let (cos, sin) = &p.ropes[this.rope];
             let rope = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
-                let t = t.index_select(&p.q_index, 0)?.reshape((s, heads, 1, d))?;
-                candle_nn::rotary_emb::rope(&t, &p.cos, &p.sin)
+                self.rotate(&t.index_select(&p.q_index, 0)?.reshape((s, heads, 1, d))?, cos, sin)
             };
             let (qd, kd) = (rope(q, h)?, rope(k, kvh)?);
             let vd = v.index_select(&p.q_index, 0)?.reshape((s, kvh, 1, d))?;
@@ -409,12 +546,13 @@ impl Attention {
             cv.narrow(0, 0, s)?.scatter_set(&p.scatter, &vd, 2)?;
             if self.device.is_cpu() && self.dtype == DType::F32 {
                 let qg = qd.reshape((s, kvh, groups, d))?.contiguous()?;
-                outs.push(cpu_decode_attention(&qg, ck, cv, &p.lens, scale as f32)?);
+                let shape = DecodeShape { scale: self.scale, softcap: self.softcap, window: this.window };
+                outs.push(cpu_decode_attention(&qg, ck, cv, &p.lens, shape)?);
             } else {
                 let keys = ck.narrow(0, 0, s)?.narrow(2, 0, p.len)?.to_dtype(DType::F32)?;
                 let values = cv.narrow(0, 0, s)?.narrow(2, 0, p.len)?.to_dtype(DType::F32)?;
                 let qg = qd.reshape((s, kvh, groups, d))?.to_dtype(DType::F32)?;
-                let att = (qg.matmul(&keys.t()?)? * scale)?.broadcast_add(&p.mask)?;
+                let att = self.scores(&qg, &keys)?.broadcast_add(&pick(&p.masks))?;
                 let att = candle_nn::ops::softmax_last_dim(&att)?;
                 outs.push(att.matmul(&values)?.to_dtype(self.dtype)?.reshape((s, h * d))?);
             }
@@ -424,19 +562,16 @@ impl Attention {
             let take = |t: &Tensor, heads: usize| -> candle_core::Result<Tensor> {
                 t.narrow(0, p.row, n)?.reshape((1, n, heads, d))?.transpose(1, 2)?.contiguous()
             };
-            let (cos, sin) = (self.cos.narrow(0, p.pos, n)?, self.sin.narrow(0, p.pos, n)?);
-            let qs = candle_nn::rotary_emb::rope(&take(q, h)?, &cos, &sin)?;
-            let ks = candle_nn::rotary_emb::rope(&take(k, kvh)?, &cos, &sin)?;
+            let (cos, sin) = &p.ropes[this.rope];
+            let qs = self.rotate(&take(q, h)?, cos, sin)?;
+            let ks = self.rotate(&take(k, kvh)?, cos, sin)?;
             let vs = take(v, kvh)?;
             ck.narrow(0, p.slot, 1)?.slice_set(&ks, 2, p.pos)?;
             cv.narrow(0, p.slot, 1)?.slice_set(&vs, 2, p.pos)?;
             let keys = ck.narrow(0, p.slot, 1)?.narrow(2, 0, total)?.to_dtype(DType::F32)?;
             let values = cv.narrow(0, p.slot, 1)?.narrow(2, 0, total)?.to_dtype(DType::F32)?;
             let qg = qs.reshape((1, kvh, groups * n, d))?.to_dtype(DType::F32)?;
-            let mut att = (qg.matmul(&keys.t()?)? * scale)?;
-            if let Some(mask) = &p.mask {
-                att = att.broadcast_add(mask)?;
-            }
+            let att = self.scores(&qg, &keys)?.broadcast_add(&pick(&p.masks))?;
             let att = candle_nn::ops::softmax_last_dim(&att)?;
             let y = att.matmul(&values)?.to_dtype(self.dtype)?; // [1, kvh, groups * n, d]
             outs.push(y.reshape((1, h, n, d))?.transpose(1, 2)?.reshape((n, h * d))?);
@@ -447,6 +582,14 @@ impl Attention {
             None => Ok(all),
         }
     }
+}
+
+/// How the CPU decode kernel scores: the scale, Gemma 2's soft cap, the layer's window.
+#[derive(Debug, Clone, Copy)]
+struct DecodeShape {
+    scale: f32,
+    softcap: Option<f32>,
+    window: Option<usize>,
 }
 
 /// Decode attention on the CPU in f32, straight over the cache's memory: for each slot and
@@ -463,7 +606,7 @@ fn cpu_decode_attention(
     ck: &Tensor,
     cv: &Tensor,
     lens: &[usize],
-    scale: f32,
+    shape: DecodeShape,
 ) -> candle_core::Result<Tensor> {
     use rayon::prelude::*;
     let (slots, kvh, groups, d) = q.dims4()?;
@@ -479,13 +622,19 @@ fn cpu_decode_attention(
         if len == 0 {
             return;
         }
+        // The positions the slot attends to: `start..len`.
+        let start = shape.window.map_or(0, |w| len.saturating_sub(w));
         let base = (slot * kvh + head) * cap * d;
-        let (keys, values) = (&kd[base..base + len * d], &vd[base..base + len * d]);
-        let mut scores = vec![0f32; len];
+        let (keys, values) = (&kd[base + start * d..base + len * d], &vd[base + start * d..base + len * d]);
+        let mut scores = vec![0f32; len - start];
         for g in 0..groups {
             let qv = &qd[(i * groups + g) * d..][..d];
             for (j, score) in scores.iter_mut().enumerate() {
-                *score = dot(qv, &keys[j * d..(j + 1) * d]) * scale;
+                let s = dot(qv, &keys[j * d..(j + 1) * d]) * shape.scale;
+                *score = match shape.softcap {
+                    Some(cap) => cap * (s / cap).tanh(),
+                    None => s,
+                };
             }
             softmax_in_place(&mut scores);
             let og = &mut o[g * d..(g + 1) * d];
@@ -536,10 +685,12 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// RoPE cos/sin tables `[context, head_dim / 2]` from the inverse frequencies, in `dtype`.
+/// RoPE cos/sin tables `[context, inv_freq.len()]` from the inverse frequencies, times
+/// `factor`, in `dtype`.
 pub fn rope_tables(
     inv_freq: &[f32],
     context: usize,
+    factor: f32,
     dtype: DType,
     device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
@@ -547,5 +698,6 @@ pub fn rope_tables(
     let freqs = Tensor::new(inv_freq, device)?.reshape((1, n))?;
     let positions = Tensor::arange(0, context as u32, device)?.to_dtype(DType::F32)?.reshape((context, 1))?;
     let angles = positions.matmul(&freqs)?;
-    Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+    let scaled = |t: Tensor| if factor == 1.0 { Ok(t) } else { t * factor as f64 };
+    Ok((scaled(angles.cos()?)?.to_dtype(dtype)?, scaled(angles.sin()?)?.to_dtype(dtype)?))
 }

@@ -300,13 +300,19 @@ impl Generator {
             .encode(prompt, true)
             .map_err(|e| ModelError::invalid(FIELD, format!("cannot tokenize: {e}")))?;
         let ids = encoding.get_ids().to_vec();
+        self.check_prompt_ids(&ids, FIELD)?;
+        Ok(ids)
+    }
+
+    /// A prompt's ids: at least one, room left for an output, each in the vocabulary.
+    fn check_prompt_ids(&self, ids: &[u32], field: &str) -> Result<(), ModelError> {
         if ids.is_empty() {
-            return Err(ModelError::invalid(FIELD, "encodes to no tokens"));
+            return Err(ModelError::invalid(field, "encodes to no tokens"));
         }
         let ctx = self.context_length();
         if ids.len() >= ctx {
             return Err(ModelError::invalid(
-                FIELD,
+                field,
                 format!(
                     "the prompt is {} tokens; the model's context is {ctx} tokens, prompt and output together, \
                      so the prompt must be at most {} tokens",
@@ -315,8 +321,7 @@ impl Generator {
                 ),
             ));
         }
-        self.check_ids(&ids, FIELD)?;
-        Ok(ids)
+        self.check_ids(ids, field)
     }
 
     fn check_ids(&self, ids: &[u32], field: &str) -> Result<(), ModelError> {
@@ -338,9 +343,22 @@ impl Generator {
         params: &TextGenerationParams,
         progress: Arc<dyn Progress>,
     ) -> Result<RunOutcome, ModelError> {
-        let start = Instant::now();
         params.check().map_err(ModelError::from)?;
         let prompt_ids = self.encode_prompt(prompt)?;
+        self.generate_ids(prompt_ids, params, progress)
+    }
+
+    /// [`Generator::generate`] from prompt ids already encoded (a rendered chat, a test's
+    /// reference ids). Errors name `input.prompt` for the prompt's length and ids.
+    pub fn generate_ids(
+        &self,
+        prompt_ids: Vec<u32>,
+        params: &TextGenerationParams,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RunOutcome, ModelError> {
+        let start = Instant::now();
+        params.check().map_err(ModelError::from)?;
+        self.check_prompt_ids(&prompt_ids, "input.prompt")?;
         let ctx = self.context_length();
         let room = ctx - prompt_ids.len();
         let max_new = match params.max_new_tokens {

@@ -17,10 +17,22 @@ use serde_json::Value;
 
 pub mod batch;
 pub mod bert;
+pub mod decoder;
 pub mod embed;
 pub mod encoder;
+pub mod gemma2;
+pub mod gemma3;
 pub mod generate;
 pub mod llama;
+pub mod mistral;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
+
+/// The text-generation families, by architecture (the catalog's list of text-generation
+/// architectures is this one: a test keeps them equal).
+pub const TEXT_FAMILIES: &[decoder::Family] =
+    &[llama::FAMILY, mistral::FAMILY, qwen2::FAMILY, qwen3::FAMILY, phi3::FAMILY, gemma2::FAMILY, gemma3::FAMILY];
 
 /// Sets `RAYON_NUM_THREADS` to the CPUs this process may use, when it is unset. candle
 /// 0.11's CPU matmul asks for its thread count on every call and, without the variable,
@@ -214,8 +226,10 @@ impl LoadedModel {
     ) -> Result<LoadedModel, ModelError> {
         let arch = spec.architecture.as_deref().unwrap_or(default_architecture(spec.task));
         check_architecture(dir, arch)?;
+        if let Some(family) = TEXT_FAMILIES.iter().find(|f| f.architecture == arch) {
+            return Ok(LoadedModel::Text(decoder::load(dir, placement, engine, family)?));
+        }
         match arch {
-            "LlamaForCausalLM" => Ok(LoadedModel::Text(llama::load_with(dir, placement, engine)?)),
             "BertModel" | "BertForMaskedLM" => {
                 let model = bert::BertEmbedder::load(dir, placement)?;
                 Ok(LoadedModel::Bert(embed::Embedder::start(model, embed::EmbedOptions::default())?))

@@ -218,6 +218,12 @@ impl Catalog {
 /// keeps them equal); a family the executor does not implement is refused by the catalog.
 pub const ARCHITECTURES: &[(&str, Task)] = &[
     ("LlamaForCausalLM", Task::TextGeneration),
+    ("MistralForCausalLM", Task::TextGeneration),
+    ("Qwen2ForCausalLM", Task::TextGeneration),
+    ("Qwen3ForCausalLM", Task::TextGeneration),
+    ("Phi3ForCausalLM", Task::TextGeneration),
+    ("Gemma2ForCausalLM", Task::TextGeneration),
+    ("Gemma3ForCausalLM", Task::TextGeneration),
     ("BertModel", Task::Embeddings),
     ("BertForMaskedLM", Task::Embeddings),
 ];
@@ -244,6 +250,12 @@ fn supported_list() -> String {
 fn architecture_for_model_type(model_type: &str) -> Option<&'static str> {
     match model_type {
         "llama" => Some("LlamaForCausalLM"),
+        "mistral" => Some("MistralForCausalLM"),
+        "qwen2" => Some("Qwen2ForCausalLM"),
+        "qwen3" => Some("Qwen3ForCausalLM"),
+        "phi3" => Some("Phi3ForCausalLM"),
+        "gemma2" => Some("Gemma2ForCausalLM"),
+        "gemma3_text" => Some("Gemma3ForCausalLM"),
         "bert" => Some("BertModel"),
         _ => None,
     }

@@ -57,21 +57,32 @@ fn task_comes_from_config_architectures() {
 }
 
 /// Families the executor does not implement are refused when the catalog loads, never
-/// served by another family's code (Mistral, Qwen and Gemma directories used to run
-/// through the Llama code and give wrong tokens).
+/// served by another family's code (Mistral, Qwen and Gemma directories once ran through
+/// the Llama code and gave wrong tokens; Gemma 1, Mixtral, a multimodal Gemma 3 would now).
 #[test]
 fn unsupported_architectures_are_refused_with_the_list() {
-    for arch in ["MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Phi3ForCausalLM"] {
+    let unsupported = [
+        "GemmaForCausalLM",
+        "MixtralForCausalLM",
+        "Gemma3ForConditionalGeneration",
+        "Qwen2MoeForCausalLM",
+        "FalconForCausalLM",
+    ];
+    for arch in unsupported {
         let dir = model_dir(&format!(r#"{{"architectures": ["{arch}"], "model_type": "x"}}"#));
         let err = Catalog::spec_from_dir("m", dir.path()).unwrap_err();
         assert!(matches!(err, CatalogError::UnknownArchitecture(..)), "{arch}: {err}");
-        assert!(err.to_string().contains("LlamaForCausalLM (text-generation)"), "names what is supported: {err}");
+        for supported in
+            ["LlamaForCausalLM (text-generation)", "Qwen3ForCausalLM (text-generation)", "Gemma3ForCausalLM"]
+        {
+            assert!(err.to_string().contains(supported), "names what is supported: {err}");
+        }
         let json = format!(r#"{{"models": [{{"id": "m", "task": "text-generation", "architecture": "{arch}"}}]}}"#);
         let err = Catalog::from_json(&json).unwrap_err();
         assert!(matches!(err, CatalogError::UnsupportedArchitecture { .. }), "{arch}: {err}");
         assert!(err.to_string().contains(arch) && err.to_string().contains("BertModel (embeddings)"), "{err}");
     }
-    for model_type in ["mistral", "qwen2", "gemma", "phi3", "roberta"] {
+    for model_type in ["gemma", "mixtral", "gemma3", "falcon", "roberta"] {
         let dir = model_dir(&format!(r#"{{"model_type": "{model_type}"}}"#));
         assert!(Catalog::spec_from_dir("m", dir.path()).is_err(), "{model_type} is not served by another family");
     }
@@ -81,6 +92,26 @@ fn unsupported_architectures_are_refused_with_the_list() {
     assert!(Catalog::from_json(ok).is_ok(), "supported (or unnamed) architectures load");
     for (arch, task) in ferry_core::catalog::ARCHITECTURES {
         assert_eq!(ferry_core::catalog::task_for_architecture(arch), Some(*task));
+    }
+}
+
+/// A directory whose config names no architecture, only its `model_type`, is served by
+/// that type's family.
+#[test]
+fn model_types_name_their_families() {
+    for (model_type, arch) in [
+        ("llama", "LlamaForCausalLM"),
+        ("mistral", "MistralForCausalLM"),
+        ("qwen2", "Qwen2ForCausalLM"),
+        ("qwen3", "Qwen3ForCausalLM"),
+        ("phi3", "Phi3ForCausalLM"),
+        ("gemma2", "Gemma2ForCausalLM"),
+        ("gemma3_text", "Gemma3ForCausalLM"),
+    ] {
+        let dir = model_dir(&format!(r#"{{"model_type": "{model_type}"}}"#));
+        let spec = Catalog::spec_from_dir("m", dir.path()).unwrap();
+        assert_eq!(spec.architecture.as_deref(), Some(arch));
+        assert_eq!(spec.task, Task::TextGeneration);
     }
 }
 
