@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod chat;
 pub mod config;
 pub mod dispatch;
 pub mod error;
