@@ -122,7 +122,20 @@ fn write_shaped(dir: &Path, seed: u64, with_bos: bool, cfg: TinyConfig) -> io::R
     });
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("tokenizer.json"), &tiny_tokenizer_json(with_bos))?;
+    write_json(&dir.join("tokenizer_config.json"), &tiny_tokenizer_config())?;
     write_weights(&dir.join("model.safetensors"), vocab.len(), seed, cfg)
+}
+
+/// `tokenizer_config.json`: the special tokens and a plain chat template (`role: content`
+/// lines, then `assistant:`), so chats and the OpenAI chat route work on the demo model.
+pub fn tiny_tokenizer_config() -> Value {
+    json!({
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] | trim }}\n{% endfor %}\
+                          {% if add_generation_prompt %}assistant:{% endif %}",
+    })
 }
 
 fn write_json(path: &Path, value: &Value) -> io::Result<()> {

@@ -153,3 +153,66 @@ fn the_llama_code_would_get_the_other_families_wrong() {
         assert_ne!(got, case.greedy_ids, "{:?} through the Llama code", spec.architecture);
     }
 }
+
+/// Chat messages through the job door: rendered with the model's own template (Llama's
+/// from `tokenizer_config.json`, Qwen2's from `chat_template.jinja`) to transformers' prompt
+/// ids (`fixtures/chat/chat_reference.json`), then generated from exactly those ids; a
+/// conversation the template refuses is an `input.messages` error; a model without a
+/// template refuses messages.
+#[test]
+fn chat_messages_are_rendered_with_the_models_own_template() {
+    let chat: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("../chat/chat_reference.json")).unwrap())
+            .unwrap();
+    let caps = InputLimits { max_new_tokens: u32::MAX, max_texts: u32::MAX };
+    let params = json!({"max_new_tokens": 6});
+    for (family, template) in [("llama", "llama3"), ("qwen2", "qwen2")] {
+        let (model, arch) = load(family, 4);
+        let LoadedModel::Text(generator) = &model else { panic!("{arch}") };
+        for conv in ["one_user", "system_user", "no_system_multi_turn"] {
+            let messages = &chat["conversations"][conv];
+            let input = JobInput::parse(
+                Task::TextGeneration,
+                &json!({"messages": messages}),
+                params.as_object().unwrap(),
+                &caps,
+            )
+            .unwrap();
+            let prompt_ids = ids(&chat["templates"][template]["cases"][conv]["ids"]);
+            let messages_typed: Vec<ferry_core::chat::ChatMessage> = serde_json::from_value(messages.clone()).unwrap();
+            assert_eq!(
+                generator.encode_chat(&messages_typed).unwrap(),
+                prompt_ids,
+                "{arch}/{conv}: transformers' prompt ids"
+            );
+            let (mut want, _) = generator.greedy_with_logits(&prompt_ids, 6).unwrap();
+            if let Some(end) = want.iter().position(|id| generator.eos_token_ids().contains(id)) {
+                want.truncate(end + 1); // the job ends at eos
+            }
+            let RunOutcome::Done(out) = model.run(&input, Arc::new(NoProgress)).unwrap() else { panic!() };
+            assert_eq!(ids(&out["token_ids"]), want, "{arch}/{conv}");
+        }
+    }
+    // Gemma 2's template refuses a system message.
+    let (gemma, _) = load("gemma2", 1);
+    let LoadedModel::Text(g) = &gemma else { panic!() };
+    let messages: Vec<ferry_core::chat::ChatMessage> =
+        serde_json::from_value(chat["conversations"]["system_user"].clone()).unwrap();
+    assert!(g.encode_chat(&messages).unwrap_err().to_string().contains("input.messages"), "no template at all");
+    let dir = ferry_executor::testing::ScratchDir::new("ferry-gemma-chat").unwrap();
+    for entry in std::fs::read_dir(fixtures().join("gemma2")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::copy(fixtures().join("../chat/gemma2.jinja"), dir.path().join("chat_template.jinja")).unwrap();
+    let spec = Catalog::spec_from_dir("gemma", dir.path()).unwrap();
+    assert!(spec.chat_template.is_some(), "the catalog reads the template too");
+    let LoadedModel::Text(g) =
+        LoadedModel::load(&spec, dir.path(), &cpu(), EngineOptions::for_device(&Device::Cpu)).unwrap()
+    else {
+        panic!()
+    };
+    let e = g.encode_chat(&messages).unwrap_err();
+    assert_eq!(e.kind(), "invalid_input");
+    assert!(e.to_string().contains("input.messages") && e.to_string().contains("System role not supported"), "{e}");
+}

@@ -43,5 +43,5 @@ pub fn job_with_id(id: &str, tenant: &str, status: JobStatus) -> Job {
 /// A text-generation input of `prompt`, at most `max_new_tokens` tokens (inline).
 pub fn generate(prompt: &str, max_new_tokens: u32) -> ferry_core::input::Input {
     let params = ferry_core::input::TextGenerationParams { max_new_tokens: Some(max_new_tokens), ..Default::default() };
-    JobInput::TextGeneration { input: ferry_core::input::TextGenerationInput { prompt: prompt.into() }, params }.into()
+    JobInput::TextGeneration { input: ferry_core::input::TextGenerationInput::prompt(prompt), params }.into()
 }

@@ -28,6 +28,7 @@ fn spec(id: &str, uri: &str) -> ModelSpec {
         max_new_tokens: None,
         max_batch: None,
         max_batch_sequences: None,
+        chat_template: None,
     }
 }
 

@@ -38,7 +38,8 @@ impl Runner for Scripted {
     fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
         let run = self.runs.fetch_add(1, Ordering::SeqCst);
         let JobInput::TextGeneration { input, .. } = input else { panic!("scripted jobs are text generation") };
-        let input: Value = serde_json::from_str(&input.prompt).expect("the prompt is a JSON script");
+        let input: Value =
+            serde_json::from_str(input.as_prompt().expect("a prompt")).expect("the prompt is a JSON script");
         let n = input["tokens"].as_u64().unwrap_or(3) as u32;
         let emit = input["emit"].as_u64().unwrap_or(u64::MAX);
         let step = Duration::from_millis(input["step_ms"].as_u64().unwrap_or(5));
@@ -567,7 +568,11 @@ impl Progress for SlowProgress {
 impl Runner for SlowEngine {
     fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
         let JobInput::TextGeneration { input, params } = input else { panic!("text generation only") };
-        self.engine.generate(&input.prompt, params, Arc::new(SlowProgress(progress, self.per_token)))
+        self.engine.generate(
+            input.as_prompt().expect("a prompt"),
+            params,
+            Arc::new(SlowProgress(progress, self.per_token)),
+        )
     }
 }
 
@@ -643,7 +648,10 @@ async fn sigterm_releases_every_job_of_a_batch(s: Setup) {
         .iter()
         .map(|j| {
             let Some(JobInput::TextGeneration { input, params }) = j.input.inline() else { unreachable!() };
-            match engine.generate(&input.prompt, params, Arc::new(ferry_executor::models::NoProgress)).unwrap() {
+            match engine
+                .generate(input.as_prompt().expect("a prompt"), params, Arc::new(ferry_executor::models::NoProgress))
+                .unwrap()
+            {
                 RunOutcome::Done(v) => v["token_ids"].clone(),
                 other => panic!("{other:?}"),
             }

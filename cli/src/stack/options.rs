@@ -171,8 +171,17 @@ pub fn resolve_dev_models(catalog: &mut Catalog) -> anyhow::Result<()> {
                     }
                 }
             }
+            // A demo model cached by an older Ferry lacks its chat template: add it.
+            let config = dir.join("tokenizer_config.json");
+            if !config.exists() {
+                let tmp = dir.join(format!("tokenizer_config.{}.json", ulid::Ulid::new()));
+                std::fs::write(&tmp, ferry_executor::tiny::tiny_tokenizer_config().to_string())?;
+                std::fs::rename(&tmp, &config)?;
+            }
             spec.path = Some(dir);
         }
+        // The API renders chats at submit with the template the model's directory holds.
+        spec.read_chat_template()?;
     }
     Ok(())
 }

@@ -79,6 +79,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
+use ferry_core::chat::{ChatMessage, ChatTemplate};
 use ferry_core::input::{TextGenerationParams, check_text};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -151,6 +152,8 @@ fn eos_ids_from_json(v: &Value) -> Option<Vec<u32>> {
 /// ends on.
 pub struct TextSpec {
     pub tokenizer: Tokenizer,
+    /// The model's chat template, if it has one ([`ferry_core::chat`]).
+    pub chat: Option<ChatTemplate>,
     /// Sorted, distinct.
     pub eos_ids: Vec<u32>,
 }
@@ -191,7 +194,8 @@ impl TextSpec {
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        Ok(TextSpec { tokenizer, eos_ids })
+        let chat = ChatTemplate::from_dir(dir).map_err(|e| ModelError::Load(e.to_string()))?;
+        Ok(TextSpec { tokenizer, chat, eos_ids })
     }
 }
 
@@ -346,6 +350,39 @@ impl Generator {
         params.check().map_err(ModelError::from)?;
         let prompt_ids = self.encode_prompt(prompt)?;
         self.generate_ids(prompt_ids, params, progress)
+    }
+
+    /// [`Generator::generate`] for chat messages: rendered with the model's chat template
+    /// and tokenized without adding special tokens (the template writes them), as
+    /// transformers' `apply_chat_template` does. Errors name `input.messages`.
+    pub fn generate_chat(
+        &self,
+        messages: &[ChatMessage],
+        params: &TextGenerationParams,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RunOutcome, ModelError> {
+        params.check().map_err(ModelError::from)?;
+        let prompt_ids = self.encode_chat(messages)?;
+        self.generate_ids(prompt_ids, params, progress)
+    }
+
+    /// The prompt ids of a chat (see [`Generator::generate_chat`]).
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ModelError> {
+        const FIELD: &str = "input.messages";
+        let chat = self
+            .text
+            .chat
+            .as_ref()
+            .ok_or_else(|| ModelError::invalid(FIELD, "the model has no chat template; send a prompt instead"))?;
+        let text = chat.render(messages).map_err(|e| ModelError::invalid(FIELD, e.to_string()))?;
+        let encoding = self
+            .text
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| ModelError::invalid(FIELD, format!("cannot tokenize the rendered chat: {e}")))?;
+        let ids = encoding.get_ids().to_vec();
+        self.check_prompt_ids(&ids, FIELD)?;
+        Ok(ids)
     }
 
     /// [`Generator::generate`] from prompt ids already encoded (a rendered chat, a test's

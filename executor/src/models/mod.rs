@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use ferry_core::catalog::{ModelSpec, default_architecture};
-use ferry_core::input::{JobInput, OutOfBounds};
+use ferry_core::input::{JobInput, OutOfBounds, TextGenerationInput};
 use serde_json::Value;
 
 pub mod batch;
@@ -243,9 +243,10 @@ impl LoadedModel {
     pub fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
         match (self, input) {
             (LoadedModel::Custom(r), input) => r.run(input, progress),
-            (LoadedModel::Text(m), JobInput::TextGeneration { input, params }) => {
-                m.generate(&input.prompt, params, progress)
-            }
+            (LoadedModel::Text(m), JobInput::TextGeneration { input, params }) => match input {
+                TextGenerationInput::Prompt { prompt } => m.generate(prompt, params, progress),
+                TextGenerationInput::Chat { messages } => m.generate_chat(messages, params, progress),
+            },
             (LoadedModel::Bert(m), JobInput::Embeddings { input }) => m.embed(&input.texts, progress),
             (model, input) => Err(ModelError::invalid(
                 "model",

@@ -46,6 +46,30 @@ pub struct ModelSpec {
     /// one forward pass, overriding its `--max-batch-sequences`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_sequences: Option<u32>,
+    /// The model's chat template, which `messages` inputs are rendered with at submit (to
+    /// refuse what the template refuses before anything is queued). Read from the model's
+    /// directory when the catalog has one ([`ModelSpec::read_chat_template`]); a catalog of
+    /// S3 models may give it. Without it the executor renders from the model's own files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub chat_template: Option<crate::chat::ChatTemplate>,
+}
+
+impl ModelSpec {
+    /// Reads the chat template of a text-generation model with a local directory (none
+    /// when the model has none).
+    pub fn read_chat_template(&mut self) -> Result<(), CatalogError> {
+        if let (Task::TextGeneration, Some(dir), None) = (self.task, &self.path, &self.chat_template) {
+            self.chat_template =
+                crate::chat::ChatTemplate::from_dir(dir).map_err(|e| CatalogError::ChatTemplate(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `messages` are known to be refused: a local model without a template.
+    pub fn lacks_chat_template(&self) -> bool {
+        self.chat_template.is_none() && self.path.is_some()
+    }
 }
 
 /// The most sequences an engine may batch (`max_batch_sequences`, `--max-batch-sequences`).
@@ -76,6 +100,8 @@ pub enum CatalogError {
     BadBatch(String),
     #[error("--model expects ID=DIR, got {0:?}")]
     BadSpec(String),
+    #[error("{0}")]
+    ChatTemplate(String),
 }
 
 /// The file format: `{"models": [ModelSpec, ...]}`.
@@ -155,6 +181,7 @@ impl Catalog {
             max_new_tokens: None,
             max_batch: None,
             max_batch_sequences: None,
+            chat_template: None,
         };
         Catalog {
             models: vec![
@@ -203,6 +230,11 @@ impl Catalog {
             max_new_tokens: None,
             max_batch: None,
             max_batch_sequences: None,
+            chat_template: None,
+        })
+        .and_then(|mut spec: ModelSpec| {
+            spec.read_chat_template()?;
+            Ok(spec)
         })
     }
 

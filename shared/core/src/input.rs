@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::chat::{ChatMessage, Role};
 use crate::error::ApiError;
 
 /// What a model does, which decides the shape of a job's input and params.
@@ -53,11 +54,33 @@ pub enum JobInput {
     Embeddings { input: EmbeddingsInput },
 }
 
-/// Input of a `text-generation` job.
+/// Input of a `text-generation` job: a raw prompt (tokenized as the model's tokenizer
+/// encodes text, its own special tokens added), or chat messages, rendered with the model's
+/// chat template ([`crate::chat`]) and tokenized without adding special tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TextGenerationInput {
-    pub prompt: String,
+#[serde(untagged, deny_unknown_fields)]
+pub enum TextGenerationInput {
+    /// `{"prompt": "..."}`
+    Prompt { prompt: String },
+    /// `{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}`
+    Chat { messages: Vec<ChatMessage> },
+}
+
+impl TextGenerationInput {
+    /// The most messages one chat may hold.
+    pub const MAX_MESSAGES: usize = 1024;
+
+    pub fn prompt(prompt: impl Into<String>) -> Self {
+        TextGenerationInput::Prompt { prompt: prompt.into() }
+    }
+
+    /// The raw prompt, when the input is one.
+    pub fn as_prompt(&self) -> Option<&str> {
+        match self {
+            TextGenerationInput::Prompt { prompt } => Some(prompt),
+            TextGenerationInput::Chat { .. } => None,
+        }
+    }
 }
 
 /// Input of an `embeddings` job: one vector comes back per text, in order.
@@ -222,11 +245,70 @@ impl TextGenerationParams {
 
 impl TextGenerationInput {
     fn parse(input: &Value) -> Result<Self, ApiError> {
-        let f = Fields::of(input, "input", "an object like {\"prompt\": \"...\"}", &field_names::<Self>())?;
-        let prompt = f.required("prompt", string)?;
-        check_text(&prompt, "input.prompt")?;
-        Ok(TextGenerationInput { prompt })
+        let expected =
+            "an object like {\"prompt\": \"...\"} or {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]}";
+        let f = Fields::of(input, "input", expected, &["prompt", "messages"])?;
+        let prompt = f.opt("prompt", string)?;
+        let messages = f.opt("messages", |v, field| match v {
+            Value::Array(items) => Ok(items),
+            _ => Err(wrong_type(field, "an array of {\"role\", \"content\"} objects")),
+        })?;
+        match (prompt, messages) {
+            (Some(prompt), None) => {
+                check_text(&prompt, "input.prompt")?;
+                Ok(TextGenerationInput::Prompt { prompt })
+            }
+            (None, Some(items)) => Ok(TextGenerationInput::Chat { messages: parse_messages(items)? }),
+            (Some(_), Some(_)) => Err(ApiError::invalid("input", "give either prompt or messages, not both")),
+            (None, None) => Err(ApiError::bad_request("input", format!("expected {expected}"))),
+        }
     }
+}
+
+/// Chat messages: 1 to [`TextGenerationInput::MAX_MESSAGES`], each `{"role", "content"}`
+/// with a known role and content without control characters (empty content is allowed: an
+/// assistant turn may be empty).
+fn parse_messages(items: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
+    let max = TextGenerationInput::MAX_MESSAGES;
+    if items.is_empty() || items.len() > max {
+        return Err(ApiError::invalid("input.messages", format!("must hold 1 to {max} messages, got {}", items.len())));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = format!("input.messages[{i}]");
+            let obj = m
+                .as_object()
+                .ok_or_else(|| wrong_type(&at, "an object like {\"role\": \"user\", \"content\": \"...\"}"))?;
+            if let Some(k) = obj.keys().find(|k| !["role", "content"].contains(&k.as_str())) {
+                return Err(ApiError::bad_request(&format!("{at}.{k}"), "unknown field; known fields: role, content"));
+            }
+            let role_field = format!("{at}.role");
+            let role = match obj.get("role") {
+                Some(Value::String(r)) => match r.as_str() {
+                    "system" => Role::System,
+                    "user" => Role::User,
+                    "assistant" => Role::Assistant,
+                    other => {
+                        return Err(ApiError::invalid(
+                            &role_field,
+                            format!("unknown role {}; use system, user or assistant", quote(other)),
+                        ));
+                    }
+                },
+                Some(_) => return Err(wrong_type(&role_field, "a string")),
+                None => return Err(ApiError::bad_request(&role_field, "required")),
+            };
+            let content_field = format!("{at}.content");
+            let content = match obj.get("content") {
+                Some(v) => string(v, &content_field)?,
+                None => return Err(ApiError::bad_request(&content_field, "required")),
+            };
+            check_controls(&content, &content_field)?;
+            Ok(ChatMessage { role, content })
+        })
+        .collect()
 }
 
 impl EmbeddingsInput {
@@ -302,10 +384,7 @@ impl JobInput {
 
     /// A text-generation input with default params (tests, demos).
     pub fn prompt(prompt: impl Into<String>) -> Self {
-        JobInput::TextGeneration {
-            input: TextGenerationInput { prompt: prompt.into() },
-            params: TextGenerationParams::default(),
-        }
+        JobInput::TextGeneration { input: TextGenerationInput::prompt(prompt), params: TextGenerationParams::default() }
     }
 
     /// An embeddings input (tests, demos).
@@ -463,6 +542,11 @@ pub fn check_text(s: &str, field: &str) -> Result<(), OutOfBounds> {
     if s.trim().is_empty() {
         return Err(OutOfBounds::new(field, "must not be empty"));
     }
+    check_controls(s, field)
+}
+
+/// No control characters but tab, newline and carriage return.
+pub fn check_controls(s: &str, field: &str) -> Result<(), OutOfBounds> {
     if let Some((at, c)) = s.char_indices().find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
         return Err(OutOfBounds::new(field, format!("contains the control character U+{:04X} at byte {at}", c as u32)));
     }
@@ -640,7 +724,6 @@ mod tests {
 
     #[test]
     fn known_fields_come_from_the_types() {
-        assert_eq!(field_names::<TextGenerationInput>(), ["prompt"]);
         assert_eq!(field_names::<EmbeddingsInput>(), ["texts"]);
         let names = field_names::<TextGenerationParams>();
         assert_eq!(names.len(), 8, "{names:?}");
@@ -750,10 +833,7 @@ mod tests {
     fn stored_form_round_trips() {
         let p = TextGenerationParams { seed: Some(u64::MAX), stop: Some(vec!["\"}".into()]), ..Default::default() };
         for input in [
-            JobInput::TextGeneration {
-                input: TextGenerationInput { prompt: "naïve \"quote\" 日本".into() },
-                params: p,
-            },
+            JobInput::TextGeneration { input: TextGenerationInput::prompt("naïve \"quote\" 日本"), params: p },
             JobInput::texts(["a", "b\nc"]),
         ] {
             let stored = serde_json::to_value(&input).unwrap();

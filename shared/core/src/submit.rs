@@ -12,7 +12,9 @@ use crate::auth::sha256_hex;
 use crate::catalog::{Catalog, ModelSpec};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::input::{Fields, JobInput, TextGenerationParams, field_names, integer, quote, string, wrong_type};
+use crate::input::{
+    Fields, JobInput, TextGenerationInput, TextGenerationParams, field_names, integer, quote, string, wrong_type,
+};
 
 /// `POST /v1/jobs` body (the OpenAPI document's view of it; [`parse_submit`] reads it).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -42,6 +44,25 @@ pub struct ValidSubmit {
     pub request_hash: String,
 }
 
+/// A chat is rendered with the model's template when the catalog holds it, so what the
+/// template refuses (`raise_exception`) is a 422 before anything is queued; a local model
+/// without a template refuses chats. (A catalog entry without the template, an S3 model's,
+/// leaves it to the executor, which renders from the model's files.)
+pub fn check_chat(input: &JobInput, model: &ModelSpec) -> Result<(), ApiError> {
+    let JobInput::TextGeneration { input: TextGenerationInput::Chat { messages }, .. } = input else { return Ok(()) };
+    match &model.chat_template {
+        Some(template) => {
+            template.render(messages).map_err(|e| ApiError::invalid("input.messages", e.to_string()))?;
+            Ok(())
+        }
+        None if model.lacks_chat_template() => Err(ApiError::invalid(
+            "input.messages",
+            format!("model {} has no chat template; send a prompt instead", model.id),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Validates a submit body (already size- and media-type-checked).
 pub fn parse_submit(body: &[u8], catalog: &Catalog, config: &Config) -> Result<ValidSubmit, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -66,6 +87,7 @@ pub fn parse_submit(body: &[u8], catalog: &Catalog, config: &Config) -> Result<V
     let empty = Map::new();
     let params = f.opt("params", |v, field| v.as_object().ok_or_else(|| wrong_type(field, "an object")))?;
     let input = JobInput::parse(model.task, input, params.unwrap_or(&empty), &config.input_limits(&model))?;
+    check_chat(&input, &model)?;
 
     let canonical = serde_json::json!({
         "model": model.id, "input": input.input_json(), "params": input.params_json(), "timeout_s": timeout_s,

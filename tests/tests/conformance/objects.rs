@@ -49,7 +49,7 @@ pub async fn case_stored_input_and_output_round_trip(b: Backend) {
     let t = tenant("stored");
     let mut job = queued_job(&t, T0);
     let params = TextGenerationParams { max_new_tokens: Some(7), stop: Some(vec!["\n".into()]), ..Default::default() };
-    let typed = JobInput::TextGeneration { input: TextGenerationInput { prompt: "x".repeat(70_000) }, params };
+    let typed = JobInput::TextGeneration { input: TextGenerationInput::prompt("x".repeat(70_000)), params };
     let (input, body) = Input::for_record(typed.clone(), || input_key(&job.id));
     let object = input.object().expect("a large input is stored").clone();
     assert_eq!(object.key, input_key(&job.id));

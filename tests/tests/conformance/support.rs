@@ -74,7 +74,7 @@ pub fn full_job(tenant: &TenantId, created_at: Millis) -> Job {
         tenant: tenant.clone(),
         model: "org/llama-3-8b-instruct".into(),
         input: JobInput::TextGeneration {
-            input: TextGenerationInput { prompt: TRICKY_TEXT.into() },
+            input: TextGenerationInput::prompt(TRICKY_TEXT),
             params: TextGenerationParams {
                 max_new_tokens: Some(512),
                 temperature: Some(0.7),
