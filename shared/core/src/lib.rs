@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod input;
 pub mod job;
 pub mod objects;
+pub mod openai;
 pub mod pool;
 pub mod ports;
 pub mod progress;

@@ -194,7 +194,7 @@ async fn cancel_job(
     Ok(json(status, &api.service.view(&job).await))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
     let bad = || ApiError::bad_request("Idempotency-Key", "Idempotency-Key must be 1 to 255 visible ASCII characters");
     let s = v.to_str().map_err(|_| bad())?;

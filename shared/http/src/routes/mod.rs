@@ -5,6 +5,7 @@
 mod events;
 mod jobs;
 mod meta;
+mod openai;
 mod pools;
 
 use axum::response::Response;
@@ -18,7 +19,12 @@ pub use events::EventList;
 
 /// Every route, with its part of the OpenAPI document.
 pub(crate) fn all() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(meta::routes()).merge(pools::routes()).merge(jobs::routes()).merge(events::routes())
+    OpenApiRouter::new()
+        .merge(meta::routes())
+        .merge(pools::routes())
+        .merge(jobs::routes())
+        .merge(events::routes())
+        .merge(openai::routes())
 }
 
 /// A JSON response; serialization of our own types cannot fail.
