@@ -47,6 +47,10 @@ async fn the_document_and_the_router_agree() {
         ("POST", "/v1/jobs/{id}/cancel"),
         ("GET", "/v1/jobs/{id}/events"),
         ("GET", "/v1/jobs/{id}/output"),
+        ("GET", "/openai/v1/models"),
+        ("POST", "/openai/v1/chat/completions"),
+        ("POST", "/openai/v1/completions"),
+        ("POST", "/openai/v1/embeddings"),
     ];
     let mut got: Vec<(String, String)> = routes.iter().map(|(m, p)| (m.to_string(), p.clone())).collect();
     let mut want: Vec<(String, String)> = expected.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
@@ -70,7 +74,7 @@ async fn the_document_and_the_router_agree() {
             assert_eq!((s, allow), (StatusCode::METHOD_NOT_ALLOWED, Some(want.join(", "))), "{other} {path}");
         }
     }
-    for nowhere in ["/", "/v1", "/v1/nothing", "/v1/jobs//cancel", "/v1/jobs/x/y/z", "/v2/jobs"] {
+    for nowhere in ["/", "/v1", "/v1/nothing", "/v1/jobs//cancel", "/v1/jobs/x/y/z", "/v2/jobs", "/openai", "/openai/v1", "/openai/v1/nothing"] {
         assert_eq!(status(&api, &Method::GET, nowhere).await.0, StatusCode::NOT_FOUND, "{nowhere}");
     }
 }
