@@ -4,7 +4,9 @@
 # notifier.rs, s3.rs; executor/src/fetch.rs):
 #
 #   api         table, both work queues (send, depth), ECS list/describe, Management API,
-#               results bucket (put inputs/, get outputs/ for presigned URLs)
+#               results bucket (put inputs/, get outputs/ for presigned URLs); the same for
+#               api_stream, the same binary behind the Function URL (one document per
+#               function, differing only in the log group)
 #   ws          table, Management API
 #   dispatcher  table + its stream, queues (send, depth; DLQs receive/delete), ECS
 #               RunTask/List/Describe/Stop/Tag, PassRole to the executor roles, Management API
@@ -36,6 +38,8 @@ locals {
 }
 
 data "aws_iam_policy_document" "api" {
+  for_each = toset(["api", "api_stream"])
+
   statement {
     sid       = "JobsTable"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem"]
@@ -99,7 +103,7 @@ data "aws_iam_policy_document" "api" {
   statement {
     sid       = "OwnLogGroup"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.lambda["api"].arn}:*"]
+    resources = ["${aws_cloudwatch_log_group.lambda[each.key].arn}:*"]
   }
   dynamic "statement" {
     for_each = var.enable_xray ? [1] : []

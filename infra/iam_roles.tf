@@ -3,7 +3,8 @@
 
 locals {
   lambda_policies = {
-    api        = data.aws_iam_policy_document.api.json
+    api        = data.aws_iam_policy_document.api["api"].json
+    api_stream = data.aws_iam_policy_document.api["api_stream"].json
     ws         = data.aws_iam_policy_document.ws.json
     dispatcher = data.aws_iam_policy_document.dispatcher.json
   }

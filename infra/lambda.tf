@@ -4,6 +4,10 @@
 #
 # - api: every HTTP API route (apigw_http.tf). 29 s: API Gateway cuts HTTP integrations at
 #   30 s, and `Prefer: wait` is capped at 25 s (FERRY_MAX_WAIT_S).
+# - api_stream: the same binary and routes behind a Lambda Function URL in response-streaming
+#   mode (FERRY_API_INVOKE_MODE=RESPONSE_STREAM): the OpenAI-compatible routes' server-sent
+#   events as they are written, for up to Lambda's 15 minutes (docs/OPENAI.md). API
+#   Gateway's HTTP API can do neither: it buffers responses and stops at 30 s.
 # - ws: every WebSocket route (apigw_ws.tf); replies are posted to the connection.
 # - dispatcher: the jobs table's stream (new queued jobs: launch within seconds) and a
 #   one-minute schedule (every pool, plus the watchdog). Level-triggered, so safe to run
@@ -14,9 +18,10 @@
 
 locals {
   lambdas = {
-    api        = { memory = var.api_memory_mb, timeout = 29, env = local.api_env }
-    ws         = { memory = var.ws_memory_mb, timeout = 10, env = local.ws_env }
-    dispatcher = { memory = var.dispatcher_memory_mb, timeout = 60, env = local.dispatcher_env }
+    api        = { bin = "api", memory = var.api_memory_mb, timeout = 29, env = local.api_env }
+    api_stream = { bin = "api", memory = var.api_memory_mb, timeout = 900, env = local.api_stream_env }
+    ws         = { bin = "ws", memory = var.ws_memory_mb, timeout = 10, env = local.ws_env }
+    dispatcher = { bin = "dispatcher", memory = var.dispatcher_memory_mb, timeout = 60, env = local.dispatcher_env }
   }
 }
 
@@ -41,8 +46,8 @@ resource "aws_lambda_function" "this" {
   runtime          = "provided.al2023"
   handler          = "bootstrap"
   architectures    = ["arm64"]
-  filename         = "${local.lambda_zip_dir}/${each.key}/bootstrap.zip"
-  source_code_hash = filebase64sha256("${local.lambda_zip_dir}/${each.key}/bootstrap.zip")
+  filename         = "${local.lambda_zip_dir}/${each.value.bin}/bootstrap.zip"
+  source_code_hash = filebase64sha256("${local.lambda_zip_dir}/${each.value.bin}/bootstrap.zip")
   memory_size      = each.value.memory
   timeout          = each.value.timeout
 
@@ -71,6 +76,41 @@ resource "aws_lambda_function" "this" {
   }
 
   depends_on = [aws_iam_role_policy.lambda]
+}
+
+# ---------------------------------------------------------------------------- Function URL
+
+# The streaming door to the API. Its auth type is NONE for the same reason the HTTP API has
+# no authorizer: every route but /healthz and /openapi.json checks the Ferry API key in code
+# (ferry_core::auth), and OpenAI clients send it as `Authorization: Bearer`, which IAM auth
+# (SigV4) would replace. Throttling is the code's per-tenant rate limit, as behind the HTTP
+# API; reserved concurrency is not set, like the api function's.
+resource "aws_lambda_function_url" "api_stream" {
+  #checkov:skip=CKV_AWS_258:Authentication is the Ferry API key, checked in code on every route (as behind the HTTP API, which has no authorizer either); OpenAI clients cannot sign SigV4.
+  function_name      = aws_lambda_function.this["api_stream"].function_name
+  authorization_type = "NONE"
+  invoke_mode        = "RESPONSE_STREAM"
+}
+
+# Since October 2025 a Function URL needs both permissions: lambda:InvokeFunctionUrl for
+# the URL's auth type, and lambda:InvokeFunction limited to calls through a Function URL
+# (`invoked_via_function_url`, in recent 6.x releases of the provider: `terraform init -upgrade`).
+resource "aws_lambda_permission" "api_stream_url" {
+  #checkov:skip=CKV_AWS_301:A public Function URL is the point (OpenAI clients on the internet, as the HTTP API); limited to the URL's NONE auth type, and every route checks the Ferry API key in code.
+  statement_id           = "AllowFunctionUrl"
+  action                 = "lambda:InvokeFunctionUrl"
+  function_name          = aws_lambda_function.this["api_stream"].function_name
+  principal              = "*"
+  function_url_auth_type = "NONE"
+}
+
+resource "aws_lambda_permission" "api_stream_invoke" {
+  #checkov:skip=CKV_AWS_301:Only through the Function URL (invoked_via_function_url), which AWS requires beside InvokeFunctionUrl; the API key is checked in code.
+  statement_id             = "AllowInvokeThroughFunctionUrl"
+  action                   = "lambda:InvokeFunction"
+  function_name            = aws_lambda_function.this["api_stream"].function_name
+  principal                = "*"
+  invoked_via_function_url = true
 }
 
 # ---------------------------------------------------------------------------- dispatcher triggers

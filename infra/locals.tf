@@ -88,6 +88,12 @@ locals {
     RUST_LOG                     = var.rust_log
   }
 
+  # The api Lambda's second function, behind its Function URL (lambda.tf): the same
+  # environment, answering in response-streaming mode.
+  api_stream_env = merge(local.api_env, {
+    FERRY_API_INVOKE_MODE = "RESPONSE_STREAM"
+  })
+
   ws_env = {
     FERRY_TABLE                  = aws_dynamodb_table.jobs.name
     FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint

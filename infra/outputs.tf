@@ -5,6 +5,16 @@ output "http_api_url" {
   value       = aws_apigatewayv2_api.http.api_endpoint
 }
 
+output "openai_stream_base_url" {
+  description = "OpenAI clients' base_url for streaming and long calls: the api Lambda's Function URL in response-streaming mode (docs/OPENAI.md)."
+  value       = "${trimsuffix(aws_lambda_function_url.api_stream.function_url, "/")}/openai/v1"
+}
+
+output "function_url" {
+  description = "The api Lambda's Function URL (the whole API, streaming, up to 15 minutes a call)."
+  value       = aws_lambda_function_url.api_stream.function_url
+}
+
 output "websocket_url" {
   description = "WebSocket API URL (ferry watch --ws-url, FERRY_WS_URL)."
   value       = aws_apigatewayv2_stage.ws.invoke_url

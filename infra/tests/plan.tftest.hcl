@@ -93,9 +93,15 @@ run "defaults" {
   }
   assert {
     condition = jsonencode(sort(keys(aws_lambda_function.this["api"].environment[0].variables))) == jsonencode(sort([
-      "FERRY_TABLE", "FERRY_QUEUE_URL", "FERRY_DLQ_URL", "FERRY_MODELS", "FERRY_POOLS", "FERRY_WS_MANAGEMENT_ENDPOINT", "RUST_LOG",
+      "FERRY_TABLE", "FERRY_QUEUE_URL", "FERRY_DLQ_URL", "FERRY_MODELS", "FERRY_POOLS", "FERRY_WS_MANAGEMENT_ENDPOINT", "FERRY_RESULTS_BUCKET", "RUST_LOG",
     ]))
     error_message = "api Lambda environment"
+  }
+  assert {
+    condition = (aws_lambda_function.this["api_stream"].environment[0].variables["FERRY_API_INVOKE_MODE"] == "RESPONSE_STREAM"
+      && aws_lambda_function_url.api_stream.invoke_mode == "RESPONSE_STREAM"
+    && aws_lambda_function.this["api_stream"].timeout == 900)
+    error_message = "The Function URL's function streams its responses for up to 15 minutes."
   }
   assert {
     condition     = jsonencode(sort(keys(aws_lambda_function.this["ws"].environment[0].variables))) == jsonencode(sort(["FERRY_TABLE", "FERRY_WS_MANAGEMENT_ENDPOINT", "RUST_LOG"]))

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use hcl::expr::{Expression, ObjectKey};
+use hcl::expr::{Expression, ObjectKey, TraversalOperator};
 use hcl::structure::{Body, Structure};
 
 /// Every `.tf` and `.tftest.hcl` file under `dir`, sorted.
@@ -66,18 +66,32 @@ fn key_name(k: &ObjectKey) -> String {
     }
 }
 
-/// The keys of an object literal local (`name = { A = ..., B = ... }`), or of the object in
-/// the true branch of a conditional (`cond ? { A = ... } : {}`).
+/// The keys of an object literal local (`name = { A = ..., B = ... }`), of the object in
+/// the true branch of a conditional (`cond ? { A = ... } : {}`), or of a `merge(...)` of
+/// such objects and other locals (`merge(local.api_env, { B = ... })`).
 pub fn local_map_keys(locals: &BTreeMap<String, Expression>, name: &str) -> BTreeSet<String> {
     let expr = locals.get(name).unwrap_or_else(|| panic!("infra/ has no local {name}"));
-    object_keys(expr).unwrap_or_else(|| panic!("local {name} is not an object literal: {expr}"))
+    object_keys(expr, locals).unwrap_or_else(|| panic!("local {name} is not an object literal: {expr}"))
 }
 
-fn object_keys(expr: &Expression) -> Option<BTreeSet<String>> {
+fn object_keys(expr: &Expression, locals: &BTreeMap<String, Expression>) -> Option<BTreeSet<String>> {
     match expr {
         Expression::Object(o) => Some(o.keys().map(key_name).collect()),
-        Expression::Conditional(c) => object_keys(&c.true_expr),
-        Expression::Parenthesis(e) => object_keys(e),
+        Expression::Conditional(c) => object_keys(&c.true_expr, locals),
+        Expression::Parenthesis(e) => object_keys(e, locals),
+        Expression::FuncCall(f) if f.name.name.as_str() == "merge" => {
+            let mut keys = BTreeSet::new();
+            for arg in &f.args {
+                keys.extend(object_keys(arg, locals)?);
+            }
+            Some(keys)
+        }
+        Expression::Traversal(t) => match (&t.expr, t.operators.as_slice()) {
+            (Expression::Variable(v), [TraversalOperator::GetAttr(local)]) if v.as_str() == "local" => {
+                object_keys(locals.get(local.as_str())?, locals)
+            }
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -87,8 +101,38 @@ fn object_keys(expr: &Expression) -> Option<BTreeSet<String>> {
 pub fn local_object(locals: &BTreeMap<String, Expression>, name: &str) -> BTreeMap<String, BTreeSet<String>> {
     let Some(Expression::Object(o)) = locals.get(name) else { panic!("local {name} is not an object literal") };
     o.iter()
-        .map(|(k, v)| (key_name(k), object_keys(v).unwrap_or_else(|| panic!("{name}.{}: not an object", key_name(k)))))
+        .map(|(k, v)| {
+            (key_name(k), object_keys(v, locals).unwrap_or_else(|| panic!("{name}.{}: not an object", key_name(k))))
+        })
         .collect()
+}
+
+/// The policy document a Lambda role's policy is (`locals.lambda_policies` in
+/// infra/iam_roles.tf: `role = data.aws_iam_policy_document.<name>[...].json`); for any other
+/// role, the document of the role's own name. A document with `for_each` must list the
+/// role among its keys.
+pub fn role_policy_document(dir: &Path, role: &str) -> String {
+    let locals = locals(dir);
+    let Some(Expression::Object(policies)) = locals.get("lambda_policies") else { return role.to_string() };
+    let Some((_, expr)) = policies.iter().find(|(k, _)| key_name(k) == role) else { return role.to_string() };
+    let Expression::Traversal(t) = expr else { panic!("lambda_policies.{role} is not a document's json: {expr}") };
+    let attrs: Vec<String> = t
+        .operators
+        .iter()
+        .map(|op| match op {
+            TraversalOperator::GetAttr(a) => a.to_string(),
+            TraversalOperator::Index(Expression::String(key)) => format!("[{key}]"),
+            other => panic!("lambda_policies.{role}: unexpected {other:?}"),
+        })
+        .collect();
+    match attrs.as_slice() {
+        [kind, name, json] if kind == "aws_iam_policy_document" && json == "json" => name.clone(),
+        [kind, name, key, json] if kind == "aws_iam_policy_document" && json == "json" => {
+            assert_eq!(key, &format!("[{role}]"), "lambda_policies.{role} is the {name} document's own instance");
+            name.clone()
+        }
+        _ => panic!("lambda_policies.{role} is not a policy document's json: {expr}"),
+    }
 }
 
 /// The actions of `data "aws_iam_policy_document" "<name>"`, by statement `sid` (statements

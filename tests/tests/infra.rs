@@ -46,6 +46,10 @@ async fn lambda_reads(which: &str) -> BTreeSet<String> {
         ("FERRY_CANCEL_GRACE_S", "30"),
     ]
     .into();
+    let mut values = values;
+    if which == "api_stream" {
+        values.insert("FERRY_API_INVOKE_MODE", "RESPONSE_STREAM");
+    }
     let env = |k: &str| {
         read.lock().unwrap().insert(k.to_string());
         values.get(k).map(|v| v.to_string())
@@ -53,7 +57,10 @@ async fn lambda_reads(which: &str) -> BTreeSet<String> {
     // No call is made while building: the endpoint is never reached.
     let sdk = ferry_aws::sdk_config_for_endpoint("http://127.0.0.1:1").await;
     match which {
-        "api" => drop(ferry_api_lambda::build(&sdk, &env).await.expect("api builds")),
+        "api" | "api_stream" => {
+            ferry_api_lambda::InvokeMode::from_lookup(&env).expect("the invoke mode");
+            drop(ferry_api_lambda::build(&sdk, &env).await.expect("api builds"))
+        }
         "ws" => drop(ferry_ws_lambda::build(&sdk, &env).expect("ws builds")),
         "dispatcher" => drop(ferry_dispatcher_lambda::build(&sdk, &env).await.expect("dispatcher builds")),
         other => panic!("{other}"),
@@ -76,8 +83,14 @@ fn check(component: &str, reads: &BTreeSet<String>, set: &BTreeSet<String>, opti
 #[tokio::test]
 async fn lambda_environments_match_what_each_lambda_reads() {
     let locals = infra::locals(&infra_dir());
-    let optional: BTreeSet<String> = ferry_core::config::VARS.iter().map(|s| s.to_string()).collect();
-    for (component, local) in [("api", "api_env"), ("ws", "ws_env"), ("dispatcher", "dispatcher_env")] {
+    let mut optional: BTreeSet<String> = ferry_core::config::VARS.iter().map(|s| s.to_string()).collect();
+    // Unset behind the HTTP API (BUFFERED); the Function URL's function must set it.
+    optional.insert("FERRY_API_INVOKE_MODE".into());
+    let stream = local_map_keys(&locals, "api_stream_env");
+    assert!(stream.contains("FERRY_API_INVOKE_MODE"), "the Function URL's function streams its responses");
+    for (component, local) in
+        [("api", "api_env"), ("api_stream", "api_stream_env"), ("ws", "ws_env"), ("dispatcher", "dispatcher_env")]
+    {
         let reads = lambda_reads(component).await;
         let set = local_map_keys(&locals, local);
         assert!(set.contains("FERRY_TABLE"), "{local} exists and names the table");

@@ -38,13 +38,14 @@ fn granted(role: &str) -> BTreeSet<String> {
             || ["dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:DescribeStream", "dynamodb:ListStreams"]
                 .contains(&a)
     };
-    infra::policy_actions(&infra_dir(), role).into_values().flatten().filter(|a| !service_side(a)).collect()
+    let document = infra::role_policy_document(&infra_dir(), role);
+    infra::policy_actions(&infra_dir(), &document).into_values().flatten().filter(|a| !service_side(a)).collect()
 }
 
 /// The item kinds the role's code reached equal those its `dynamodb:LeadingKeys`
 /// conditions allow: no role reaches items of a kind it has no use for.
 fn assert_role_keys(role: &str, recorded: &BTreeSet<String>) {
-    let granted = infra::policy_leading_keys(&infra_dir(), role);
+    let granted = infra::policy_leading_keys(&infra_dir(), &infra::role_policy_document(&infra_dir(), role));
     assert_eq!(&granted, recorded, "the {role} role's dynamodb:LeadingKeys (left) against the keys its code reached");
 }
 
@@ -218,6 +219,74 @@ impl Deployment {
     }
 }
 
+/// Every path of the api Lambda that calls AWS: models, pools, a submit and its cancel, a
+/// large input, a stored output's URL and redirect, reads; an OpenAI stream whose client
+/// goes away. `tag` keeps each run's idempotency keys its own. The cancelled job's id.
+async fn drive_api(d: &Deployment, api: &ferry_http::Api, tag: &str) -> String {
+    assert_eq!(request(api, "GET", "/v1/models", None).await.0, 200);
+    let (status, pools) = request(api, "GET", "/v1/pools", None).await;
+    assert_eq!(status, 200, "{pools}");
+    let (status, job) = request_with_key(
+        api,
+        "POST",
+        "/v1/jobs",
+        Some(json!({"model": "s3-llama", "input": {"prompt": "hi"}})),
+        &format!("{tag}-1"),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let job_record = d.root.ports.jobs.get(&id.parse().unwrap()).await.unwrap().unwrap();
+    d.subscribe(&job_record).await;
+    assert_eq!(request(api, "POST", &format!("/v1/jobs/{id}/cancel"), None).await.0, 200);
+    // An input over the inline threshold is stored in the results bucket.
+    let large = json!({"model": "s3-llama", "input": {"prompt": "long ".repeat(20_000)}});
+    let (status, job) = request_with_key(api, "POST", "/v1/jobs", Some(large), &format!("{tag}-large")).await;
+    assert_eq!(status, 202, "{job}");
+    assert!(job["input"].is_null() && job["input_bytes"].as_u64() > Some(65_536), "{job}");
+    // A finished job whose output is stored: its view carries a presigned URL (the
+    // fetch through it is authorized as the api role's GetObject), its output route
+    // redirects there.
+    let stored = d.job_with_stored_output().await;
+    let (status, view) = request(api, "GET", &format!("/v1/jobs/{}", stored.id), None).await;
+    assert_eq!(status, 200, "{view}");
+    let url = view["output_url"].as_str().expect("a presigned output URL").to_string();
+    let fetched = reqwest::get(&url).await.unwrap();
+    assert_eq!(fetched.status(), 200, "{url}");
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), STORED_OUTPUT.as_bytes());
+    let redirect = raw_request(api, "GET", &format!("/v1/jobs/{}/output", stored.id)).await;
+    assert_eq!(redirect.status(), 307);
+    assert!(redirect.headers()["location"].to_str().unwrap().contains("X-Amz-Signature"));
+    // After the cancel the job has a stored event to read back.
+    for path in [format!("/v1/jobs/{id}"), "/v1/jobs".to_string(), format!("/v1/jobs/{id}/events")] {
+        let (status, body) = request(api, "GET", &path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // An OpenAI chat stream: submitted, its first event read, then the client goes away
+    // (the job is cancelled).
+    let body = json!({"model": "s3-llama", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/openai/v1/chat/completions")
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", format!("{tag}-openai"));
+    let resp = api.stream(req.body(bytes::Bytes::from(body.to_string())).unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    let job: ferry_core::JobId = resp.headers()["ferry-job-id"].to_str().unwrap().parse().unwrap();
+    let mut frames = resp.into_body().into_data_stream();
+    let first = futures_util::StreamExt::next(&mut frames).await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    drop(frames);
+    for _ in 0..100 {
+        if d.root.ports.jobs.get(&job).await.unwrap().unwrap().cancel_requested_at.is_some() {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the stream's job was not cancelled");
+}
+
 async fn request(api: &ferry_http::Api, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     request_with_key(api, method, path, body, "iam-1").await
 }
@@ -252,44 +321,19 @@ async fn each_role_allows_exactly_what_its_component_calls() {
     };
     ecs::within(async {
         let running_cpu_task = d.task("cpu").await;
-        // The api Lambda.
-        let (rec, env, sdk) = d.component().await;
-        let api = ferry_api_lambda::build(&sdk, &|k| env.get(k).cloned()).await.unwrap();
-        assert_eq!(request(&api, "GET", "/v1/models", None).await.0, 200);
-        let (status, pools) = request(&api, "GET", "/v1/pools", None).await;
-        assert_eq!(status, 200, "{pools}");
-        let (status, job) =
-            request(&api, "POST", "/v1/jobs", Some(json!({"model": "s3-llama", "input": {"prompt": "hi"}}))).await;
-        assert_eq!(status, 202, "{job}");
-        let id = job["id"].as_str().unwrap().to_string();
-        let job_record = d.root.ports.jobs.get(&id.parse().unwrap()).await.unwrap().unwrap();
-        d.subscribe(&job_record).await;
-        assert_eq!(request(&api, "POST", &format!("/v1/jobs/{id}/cancel"), None).await.0, 200);
-        // An input over the inline threshold is stored in the results bucket.
-        let large = json!({"model": "s3-llama", "input": {"prompt": "long ".repeat(20_000)}});
-        let (status, job) = request_with_key(&api, "POST", "/v1/jobs", Some(large), "iam-large").await;
-        assert_eq!(status, 202, "{job}");
-        assert!(job["input"].is_null() && job["input_bytes"].as_u64() > Some(65_536), "{job}");
-        // A finished job whose output is stored: its view carries a presigned URL (the
-        // fetch through it is authorized as the api role's GetObject), its output route
-        // redirects there.
-        let stored = d.job_with_stored_output().await;
-        let (status, view) = request(&api, "GET", &format!("/v1/jobs/{}", stored.id), None).await;
-        assert_eq!(status, 200, "{view}");
-        let url = view["output_url"].as_str().expect("a presigned output URL").to_string();
-        let fetched = reqwest::get(&url).await.unwrap();
-        assert_eq!(fetched.status(), 200, "{url}");
-        assert_eq!(fetched.bytes().await.unwrap().as_ref(), STORED_OUTPUT.as_bytes());
-        let redirect = raw_request(&api, "GET", &format!("/v1/jobs/{}/output", stored.id)).await;
-        assert_eq!(redirect.status(), 307);
-        assert!(redirect.headers()["location"].to_str().unwrap().contains("X-Amz-Signature"));
-        // After the cancel the job has a stored event to read back.
-        for path in [format!("/v1/jobs/{id}"), "/v1/jobs".to_string(), format!("/v1/jobs/{id}/events")] {
-            let (status, body) = request(&api, "GET", &path, None).await;
-            assert_eq!(status, 200, "{path}: {body}");
+        // The api Lambda, behind the HTTP API and behind the Function URL: the same binary
+        // and routes, each function with its own role.
+        let mut id = String::new();
+        for (role, mode) in [("api", "BUFFERED"), ("api_stream", "RESPONSE_STREAM")] {
+            let (rec, mut env, sdk) = d.component().await;
+            env.insert("FERRY_API_INVOKE_MODE".into(), mode.into());
+            let lookup = |k: &str| env.get(k).cloned();
+            ferry_api_lambda::InvokeMode::from_lookup(&lookup).unwrap();
+            let api = ferry_api_lambda::build(&sdk, &lookup).await.unwrap();
+            id = drive_api(&d, &api, role).await;
+            assert_role(role, &rec.actions());
+            assert_role_keys(role, &rec.leading_keys());
         }
-        assert_role("api", &rec.actions());
-        assert_role_keys("api", &rec.leading_keys());
 
         // The ws Lambda: connect, subscribe (replaying the cancelled job's events), ping,
         // unsubscribe, disconnect.

@@ -1,9 +1,10 @@
 //! Glue between `lambda_http` and the HTTP API's router ([`ferry_http::Api`]): the only
-//! code the Lambda adds. Kept in a library so the event-replay test drives exactly what the
+//! code the Lambda adds. One binary, two functions: behind the HTTP API (buffered) and
+//! behind a Function URL in response-streaming mode ([`InvokeMode`]). Kept in a library so the event-replay test drives exactly what the
 //! binary runs.
 
 use bytes::Bytes;
-use ferry_http::Api;
+use ferry_http::{Api, StreamBody};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
@@ -21,8 +22,69 @@ pub async fn build(
     Ok(Api::new(&ferry_aws::api_root_from_lookup(sdk, env).await?))
 }
 
+/// How the function answers: `BUFFERED` behind the HTTP API (API Gateway wants the whole
+/// response), `RESPONSE_STREAM` behind a Lambda Function URL in response-streaming mode (the
+/// body goes out as it is written: the OpenAI routes' server-sent events, for up to the
+/// function's 15 minutes). Lambda's own names for the two, from `FERRY_API_INVOKE_MODE`;
+/// the HTTP API's function leaves it unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeMode {
+    Buffered,
+    ResponseStream,
+}
+
+impl InvokeMode {
+    /// The mode `env` names (unset: `BUFFERED`).
+    pub fn from_lookup(env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<InvokeMode, BuildError> {
+        match env("FERRY_API_INVOKE_MODE").as_deref() {
+            None | Some("BUFFERED") => Ok(InvokeMode::Buffered),
+            Some("RESPONSE_STREAM") => Ok(InvokeMode::ResponseStream),
+            Some(other) => Err(format!("FERRY_API_INVOKE_MODE is {other:?}; it is BUFFERED or RESPONSE_STREAM").into()),
+        }
+    }
+}
+
+/// Serves Lambda's Runtime API until the process ends, answering in `mode`: what `main` runs.
+pub async fn run(api: Api, mode: InvokeMode) -> Result<(), lambda_http::Error> {
+    match mode {
+        InvokeMode::Buffered => {
+            lambda_http::run(lambda_http::service_fn(move |req: Request| {
+                let api = api.clone();
+                async move { Ok::<_, lambda_http::Error>(handle(&api, req).await) }
+            }))
+            .await
+        }
+        InvokeMode::ResponseStream => {
+            lambda_http::run_with_streaming_response(lambda_http::service_fn(move |req: Request| {
+                let api = api.clone();
+                async move { Ok::<_, lambda_http::Error>(handle_streaming(&api, req).await) }
+            }))
+            .await
+        }
+    }
+}
+
 /// Answers one API Gateway HTTP API (payload v2) request with the shared handler.
 pub async fn handle(api: &Api, req: Request) -> Response<Body> {
+    let resp = api.handle(into_api_request(req)).await;
+    let (parts, body) = resp.into_parts();
+    // Our bodies are JSON: send them as text so API Gateway does not base64 them.
+    let body = match String::from_utf8(body.to_vec()) {
+        Ok(s) => Body::Text(s),
+        Err(e) => Body::Binary(e.into_bytes()),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Answers one Lambda Function URL request (the same payload v2) with the shared handler,
+/// its body streamed as the route writes it. When Lambda stops taking the stream, the body
+/// is dropped, which is a client going away to the route (an OpenAI stream cancels its job).
+pub async fn handle_streaming(api: &Api, req: Request) -> Response<StreamBody> {
+    api.stream(into_api_request(req)).await
+}
+
+/// The request as the router takes it: the stage prefix removed, the body as bytes.
+fn into_api_request(req: Request) -> http::Request<Bytes> {
     let stage = match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
         _ => None,
@@ -37,14 +99,7 @@ pub async fn handle(api: &Api, req: Request) -> Response<Body> {
         Body::Binary(b) => Bytes::from(b),
         _ => Bytes::new(),
     };
-    let resp = api.handle(http::Request::from_parts(parts, body)).await;
-    let (parts, body) = resp.into_parts();
-    // Our bodies are JSON: send them as text so API Gateway does not base64 them.
-    let body = match String::from_utf8(body.to_vec()) {
-        Ok(s) => Body::Text(s),
-        Err(e) => Body::Binary(e.into_bytes()),
-    };
-    Response::from_parts(parts, body)
+    http::Request::from_parts(parts, body)
 }
 
 /// `lambda_http` puts a named stage in front of the path (`/prod/v1/jobs`); the routes are

@@ -33,6 +33,8 @@ pub use crate::error::{HttpError, request_id};
 pub use crate::extract::read_limited;
 pub use crate::routes::EventList;
 pub use crate::state::{ApiState, AppState};
+/// The body of [`Api::stream`]'s responses.
+pub use axum::body::Body as StreamBody;
 
 /// The parts of the document no route declares: its title, the input shapes the submit
 /// body's `input` and `params` take, and the bearer scheme.
@@ -124,16 +126,22 @@ impl Api {
         App(self.router.clone())
     }
 
-    /// Answers one request with its whole body: what the api Lambda, the benchmarks and
-    /// in-process tests call.
+    /// Answers one request with its whole body: what the api Lambda behind the HTTP API, the
+    /// benchmarks and in-process tests call.
     pub async fn handle(&self, req: http::Request<Bytes>) -> http::Response<Bytes> {
-        let resp = match self.app().oneshot(req.map(Body::from)).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
-        let (parts, body) = resp.into_parts();
+        let (parts, body) = self.stream(req).await.into_parts();
         let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
         http::Response::from_parts(parts, bytes)
+    }
+
+    /// Answers one request with a body that streams as the route writes it (the OpenAI
+    /// routes' server-sent events): what the api Lambda behind its Function URL, in
+    /// response-streaming mode, sends on. Dropping the body is the client going away.
+    pub async fn stream(&self, req: http::Request<Bytes>) -> Response {
+        match self.app().oneshot(req.map(Body::from)).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
     }
 }
 

@@ -74,7 +74,17 @@ async fn the_document_and_the_router_agree() {
             assert_eq!((s, allow), (StatusCode::METHOD_NOT_ALLOWED, Some(want.join(", "))), "{other} {path}");
         }
     }
-    for nowhere in ["/", "/v1", "/v1/nothing", "/v1/jobs//cancel", "/v1/jobs/x/y/z", "/v2/jobs", "/openai", "/openai/v1", "/openai/v1/nothing"] {
+    for nowhere in [
+        "/",
+        "/v1",
+        "/v1/nothing",
+        "/v1/jobs//cancel",
+        "/v1/jobs/x/y/z",
+        "/v2/jobs",
+        "/openai",
+        "/openai/v1",
+        "/openai/v1/nothing",
+    ] {
         assert_eq!(status(&api, &Method::GET, nowhere).await.0, StatusCode::NOT_FOUND, "{nowhere}");
     }
 }
