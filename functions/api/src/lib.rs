@@ -1,7 +1,7 @@
 //! Glue between `lambda_http` and the HTTP API's router ([`ferry_http::Api`]): the only
 //! code the Lambda adds. One binary, two functions: behind the HTTP API (buffered) and
-//! behind a Function URL in response-streaming mode ([`InvokeMode`]). Kept in a library so the event-replay test drives exactly what the
-//! binary runs.
+//! behind a Function URL in response-streaming mode ([`InvokeMode`]). Kept in a library so
+//! the event-replay and Function URL tests drive exactly what the binary runs.
 
 use bytes::Bytes;
 use ferry_http::{Api, StreamBody};
