@@ -20,6 +20,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Ports are picked free and then released, so another process may grab one first.
 const START_TRIES: u32 = 3;
 
+/// The interpreter that runs [`LAUNCHER`] (the one `moto_server` was installed for: CI
+/// checks that `python3` imports moto).
+const PYTHON: &str = "python3";
+/// moto's server with DynamoDB's item operations isolated from each other: moto's own
+/// TransactWriteItems can undo concurrent writes (see the script).
+const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/moto_server.py");
+
 /// Runs moto under a small shell guard: the guard kills moto as soon as its stdin (a pipe
 /// whose only writer is this process) closes. That covers every way the test process can
 /// end, including a panic or SIGKILL, which a `Drop` on a static never would: statics
@@ -27,7 +34,7 @@ const START_TRIES: u32 = 3;
 /// moto (port taken) shows up as an exited child.
 const GUARD: &str = r#"
 exec 3<&0
-"$0" -H 127.0.0.1 -p "$1" </dev/null &
+"$0" "$2" -H 127.0.0.1 -p "$1" </dev/null &
 moto=$!
 ( read -r _ <&3; kill "$moto" 2>/dev/null ) &
 wait "$moto"
@@ -75,8 +82,9 @@ impl MotoServer {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(GUARD)
-            .arg(MOTO_BIN)
+            .arg(PYTHON)
             .arg(port.to_string())
+            .arg(LAUNCHER)
             .stdin(Stdio::piped())
             .stdout(log_file)
             .stderr(log_err)

@@ -315,6 +315,8 @@ async fn request_with_key(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_role_allows_exactly_what_its_component_calls() {
+    // The components' logs, shown when the test fails.
+    let _ = tracing_subscriber::fmt().with_env_filter("info,aws=warn,hyper=warn").with_test_writer().try_init();
     let Some(d) = deploy().await else {
         eprintln!("skipping: moto_server not installed");
         return;
@@ -460,7 +462,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         assert_eq!(exit, ferry_executor::worker::Exit::Idle);
         for j in [&fetched, &flaky, &large] {
             let end = d.root.ports.jobs.get(&j.id).await.unwrap().unwrap();
-            assert_eq!(end.status, JobStatus::Succeeded, "{}: {:?}", j.model, end.error);
+            assert_eq!(end.status, JobStatus::Succeeded, "{}: {end:?}", j.model);
         }
         assert_eq!(d.root.ports.jobs.get(&flaky.id).await.unwrap().unwrap().attempt, 2);
         let stored = d.root.ports.jobs.get(&large.id).await.unwrap().unwrap();
@@ -475,17 +477,16 @@ async fn each_role_allows_exactly_what_its_component_calls() {
     .await;
 }
 
-/// Fails its first run with a retryable error, then answers.
+/// Fails its first run of a short input with a retryable error, then answers (the job with
+/// a large, stored input, which may run at the same time, never fails: the test knows which
+/// job took two attempts whatever order the executor runs them in).
 #[derive(Default)]
 struct FailsOnce(std::sync::atomic::AtomicBool);
 
 impl Runner for FailsOnce {
-    fn run(
-        &self,
-        _input: &ferry_core::input::JobInput,
-        _progress: Arc<dyn Progress>,
-    ) -> Result<RunOutcome, ModelError> {
-        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    fn run(&self, input: &ferry_core::input::JobInput, _progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
+        let short = serde_json::to_string(input).unwrap().len() < 10_000;
+        if short && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Err(ModelError::Runtime("device lost".into()));
         }
         Ok(RunOutcome::Done(json!({"text": "ok ".repeat(30_000)})))
