@@ -2,7 +2,7 @@
 //!
 //! One server per test process ([`shared`]) serves every test in it: tests isolate
 //! themselves with unique table and queue names instead of resetting the emulator, so
-//! they can run in parallel. Without `moto_server` on PATH the AWS half of a suite is
+//! they can run in parallel. Without moto for `python3` the AWS half of a suite is
 //! skipped locally, but fails in CI (`CI=true`): a missing emulator must never pass
 //! silently there.
 
@@ -13,15 +13,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The executable looked up on PATH.
-const MOTO_BIN: &str = "moto_server";
+/// What the messages call the emulator.
+const MOTO: &str = "moto's server";
 /// How long a fresh server may take to answer (a cold Python start imports a lot).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Ports are picked free and then released, so another process may grab one first.
 const START_TRIES: u32 = 3;
 
-/// The interpreter that runs [`LAUNCHER`] (the one `moto_server` was installed for: CI
-/// checks that `python3` imports moto).
+/// The interpreter that runs [`LAUNCHER`]: the one moto is installed for (`.ci/run` checks
+/// that `python3` imports the pinned moto).
 const PYTHON: &str = "python3";
 /// moto's server with DynamoDB's item operations isolated from each other: moto's own
 /// TransactWriteItems can undo concurrent writes (see the script).
@@ -64,7 +64,7 @@ impl MotoServer {
                 Err(e) => last_error = e,
             }
         }
-        panic!("could not start {MOTO_BIN} after {START_TRIES} tries: {last_error}");
+        panic!("could not start {MOTO} after {START_TRIES} tries: {last_error}");
     }
 
     fn try_start() -> Result<MotoServer, String> {
@@ -89,7 +89,7 @@ impl MotoServer {
             .stdout(log_file)
             .stderr(log_err)
             .spawn()
-            .map_err(|e| format!("spawning {MOTO_BIN}: {e}"))?;
+            .map_err(|e| format!("spawning {MOTO}: {e}"))?;
         let stdin = child.stdin.take();
         let mut server = MotoServer { endpoint: format!("http://127.0.0.1:{port}"), log, child, stdin };
 
@@ -107,11 +107,11 @@ impl MotoServer {
                 return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!("{MOTO_BIN} exited with {status}; log: {}", server.log.display()));
+                return Err(format!("{MOTO} exited with {status}; log: {}", server.log.display()));
             }
             if start.elapsed() > READY_TIMEOUT {
                 // Dropping `server` stops it.
-                return Err(format!("{MOTO_BIN} not answering after {READY_TIMEOUT:?}; log: {}", server.log.display()));
+                return Err(format!("{MOTO} not answering after {READY_TIMEOUT:?}; log: {}", server.log.display()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -134,12 +134,16 @@ impl Drop for MotoServer {
     }
 }
 
-/// Whether `moto_server` is on PATH.
+/// Whether `python3` has moto's server (what [`LAUNCHER`] runs), looked up without
+/// importing it.
 pub fn installed() -> bool {
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path).any(|dir| dir.join(MOTO_BIN).is_file())
+    let probe = "import importlib.util as u, sys; sys.exit(not (u.find_spec('moto') and u.find_spec('flask')))";
+    Command::new(PYTHON)
+        .args(["-c", probe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The server shared by every test in this process, started on first use. `None` when
@@ -153,7 +157,7 @@ pub fn shared() -> Option<&'static MotoServer> {
             }
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!(
-                    "{MOTO_BIN} is not on PATH, and CI=true: AWS conformance tests must run in CI. \
+                    "{MOTO} is not installed for {PYTHON}, and CI=true: AWS conformance tests must run in CI. \
                      Install it with: pip install 'moto[server]==5.2.5'"
                 );
             }
