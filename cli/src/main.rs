@@ -123,7 +123,8 @@ struct DevArgs {
     /// KEY or KEY=TENANT (repeatable); default: one dev key, printed at start.
     #[arg(long = "api-key")]
     api_keys: Vec<String>,
-    /// ID=DIR: serve a Hugging Face model directory (repeatable).
+    /// ID=DIR or ID=FILE.gguf: serve a Hugging Face model directory, or a GGUF file with its
+    /// tokenizer.json beside it (repeatable).
     #[arg(long = "model")]
     models: Vec<String>,
     /// A model catalog file (JSON: {"models": [...]}).

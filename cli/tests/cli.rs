@@ -150,6 +150,39 @@ fn submit_follow_runs_to_the_result() {
     assert!(out.contains("\"token_ids\""), "the result is printed: {out}");
 }
 
+/// `ferry dev --model ID=FILE.gguf` serves a GGUF file (its tokenizer.json beside it) as it
+/// serves a directory: listed with its family, and a chat job runs to the end on it.
+#[test]
+fn dev_serves_a_gguf_file() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../executor/tests/fixtures/gguf/qwen2/qwen2-Q4_K_M.gguf")
+        .canonicalize()
+        .unwrap();
+    let dev = start_dev(&["--model", &format!("qwen-q4={}", file.display())]);
+    let (code, out) = ferry(&dev, &["models", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let models: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let entry = models["models"].as_array().unwrap().iter().find(|m| m["id"] == "qwen-q4").expect("listed");
+    assert_eq!(entry["architecture"], "Qwen2ForCausalLM", "{entry}");
+    let (code, out) = ferry(
+        &dev,
+        &[
+            "submit",
+            "--model",
+            "qwen-q4",
+            "--prompt",
+            "the river",
+            "--params",
+            r#"{"max_new_tokens": 4}"#,
+            "--follow",
+            "--ws-url",
+            &dev.ws,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded") && out.contains("\"token_ids\""), "{out}");
+}
+
 #[test]
 fn bad_flags_are_refused() {
     let out =

@@ -113,8 +113,11 @@ impl ModelRegistry {
                     .await
                     .map_err(|e| ModelError::Runtime(format!("model loader panicked: {e}")))??;
                 let ms = started.elapsed().as_millis();
-                tracing::info!(model = %spec.id, load_ms = ms as u64, "model loaded");
-                let _ = stream.push(log("info", format!("model loaded in {ms} ms")));
+                let resident = crate::models::resident_bytes();
+                tracing::info!(model = %spec.id, load_ms = ms as u64, resident_bytes = resident, "model loaded");
+                let memory =
+                    resident.map(|b| format!(", executor resident memory {} MiB", b >> 20)).unwrap_or_default();
+                let _ = stream.push(log("info", format!("model loaded in {ms} ms{memory}")));
                 Ok::<_, ModelError>(Arc::new(model))
             })
             .await

@@ -32,7 +32,7 @@ pub struct StackOptions {
     pub backend: BackendKind,
     /// `KEY` or `KEY=TENANT`; empty means [`DEV_API_KEY`] for tenant [`DEV_TENANT`].
     pub api_keys: Vec<String>,
-    /// `ID=DIR` Hugging Face model directories.
+    /// `ID=DIR` Hugging Face model directories or `ID=FILE.gguf` GGUF files.
     pub models: Vec<String>,
     pub models_file: Option<PathBuf>,
     /// DynamoDB table and SQS queue names (AWS backend).

@@ -23,7 +23,10 @@
 //! the batch-1 paths of candle and transformers do, so the logits are those of the batch-1
 //! path (`tests/batch_llama.rs` checks them to 1e-4 against candle's own Llama).
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::ModelError;
 
@@ -162,17 +165,34 @@ impl KvCache {
 }
 
 /// A linear layer over a pass's stacked rows, its weight `[out, in]` (the checkpoint's
-/// layout), with an optional bias `[out]`. On the CPU, with more than one row, it computes
-/// `W · xᵀ` and transposes back: candle's gemm then walks the weight in its own order
-/// instead of packing it per call, 30% faster at 32 rows here (a row at a time it is the same).
+/// layout), with an optional bias `[out]`: full precision, or quantized (a GGUF model's,
+/// through candle's quantized matmuls). On the CPU, with more than one row, a full weight
+/// computes `W · xᵀ` and transposes back: candle's gemm then walks the weight in its own
+/// order instead of packing it per call, 30% faster at 32 rows here (a row at a time it is
+/// the same).
 pub struct Dense {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
+    weight: Weight,
+    bias: Option<Tensor>,
+}
+
+enum Weight {
+    Full(Tensor),
+    /// Parts stacked on the output (one matrix, unless its layers are of different types).
+    Quantized(Vec<QMatMul>),
 }
 
 impl Dense {
     pub fn new(weight: Tensor) -> Dense {
-        Dense { weight, bias: None }
+        Dense { weight: Weight::Full(weight), bias: None }
+    }
+
+    pub fn with_bias(weight: Tensor, bias: Option<Tensor>) -> Dense {
+        Dense { weight: Weight::Full(weight), bias }
+    }
+
+    /// Quantized parts, their outputs side by side in that order.
+    pub fn quantized(parts: Vec<QMatMul>, bias: Option<Tensor>) -> Dense {
+        Dense { weight: Weight::Quantized(parts), bias }
     }
 
     /// Several layers that read the same input as one (QKV, gate and up): their weights
@@ -182,18 +202,34 @@ impl Dense {
             Some(b) => Some(Tensor::cat(b, 0)?.contiguous()?),
             None => None,
         };
-        Ok(Dense { weight: Tensor::cat(weights, 0)?.contiguous()?, bias })
+        Dense::fused_full(weights, bias)
+    }
+
+    /// [`Dense::fused`] with the bias already stacked.
+    pub fn fused_full(weights: &[Tensor], bias: Option<Tensor>) -> candle_core::Result<Dense> {
+        let weight =
+            if weights.len() == 1 { weights[0].contiguous()? } else { Tensor::cat(weights, 0)?.contiguous()? };
+        Ok(Dense { weight: Weight::Full(weight), bias })
     }
 
     /// `x` `[rows, in]` to `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // On the CPU, a few rows (a decode step) go faster as W·xᵀ (the weight streamed once
-        // as the left operand), many rows (a prefill, an embedding batch) as x·Wᵀ directly.
-        let rows = x.dim(0)?;
-        let y = if rows > 1 && rows <= 64 && x.device().is_cpu() {
-            self.weight.matmul(&x.t()?)?.t()?.contiguous()?
-        } else {
-            x.matmul(&self.weight.t()?)?
+        let y = match &self.weight {
+            // On the CPU, a few rows (a decode step) go faster as W·xᵀ (the weight streamed
+            // once as the left operand), many rows (a prefill, an embedding batch) as x·Wᵀ.
+            Weight::Full(w) => {
+                let rows = x.dim(0)?;
+                if rows > 1 && rows <= 64 && x.device().is_cpu() {
+                    w.matmul(&x.t()?)?.t()?.contiguous()?
+                } else {
+                    x.matmul(&w.t()?)?
+                }
+            }
+            Weight::Quantized(parts) => {
+                let x = x.contiguous()?;
+                let outs = parts.iter().map(|p| p.forward(&x)).collect::<candle_core::Result<Vec<_>>>()?;
+                if outs.len() == 1 { outs.into_iter().next().expect("one") } else { Tensor::cat(&outs, 1)? }
+            }
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -203,16 +239,48 @@ impl Dense {
 
     /// `x` `[rows, in]` to `[out, rows]` (the transposed output, contiguous).
     pub fn forward_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_tt(&x.t()?)
+        match &self.weight {
+            Weight::Full(_) => self.forward_tt(&x.t()?),
+            Weight::Quantized(_) => self.forward(x)?.t()?.contiguous(),
+        }
     }
 
     /// `xt` `[in, rows]` (a transposed input) to `[out, rows]`.
     pub fn forward_tt(&self, xt: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.matmul(xt)?;
+        let w = match &self.weight {
+            Weight::Full(w) => w,
+            Weight::Quantized(_) => return self.forward(&xt.t()?)?.t()?.contiguous(),
+        };
+        let y = w.matmul(xt)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.unsqueeze(1)?),
             None => Ok(y),
         }
+    }
+}
+
+/// The token embedding table `[vocab, hidden]`: full precision, or quantized (rows
+/// dequantized as they are looked up).
+pub enum Embed {
+    Full(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Embed {
+    /// The rows of `ids`, `[ids, hidden]`.
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Embed::Full(w) => w.index_select(ids, 0),
+            Embed::Quantized(q) => q.embedding(ids),
+        }
+    }
+
+    /// The table as the LM head of a model with tied embeddings.
+    pub fn as_lm_head(&self) -> candle_core::Result<Dense> {
+        Ok(match self {
+            Embed::Full(w) => Dense::new(w.clone()),
+            Embed::Quantized(q) => Dense::quantized(vec![QMatMul::from_arc(q.clone())?], None),
+        })
     }
 }
 

@@ -21,11 +21,11 @@ use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Embedding, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::batch::{Attention, CausalLm, Dense, KvCache, LayerAttention, Rope, RopeFreqs, StepSeq};
+use super::batch::{Attention, CausalLm, Dense, Embed, KvCache, LayerAttention, Rope, RopeFreqs, StepSeq};
 use super::generate::{EngineOptions, Generator, TextSpec, read_json};
 use super::{ModelError, Placement};
 
@@ -528,6 +528,66 @@ pub fn load(
     Generator::start(Arc::new(lm), text, options)
 }
 
+/// Loads a GGUF file of `family` (its tokenizer files beside it) onto `placement`'s device
+/// and starts its engine.
+pub fn load_gguf(
+    file: &Path,
+    placement: &Placement,
+    options: EngineOptions,
+    family: &Family,
+) -> Result<Generator, ModelError> {
+    let (lm, json) = Decoder::load_gguf(file, placement, family)?;
+    let chat = ferry_core::chat::ChatTemplate::from_gguf(file).map_err(|e| ModelError::Load(e.to_string()))?;
+    let text = TextSpec::load_with_chat(&ferry_core::gguf::files_dir(file), &json, chat)?;
+    Generator::start(Arc::new(lm), text, options)
+}
+
+/// Where a decoder's weights come from, by their Hugging Face names: safetensors files
+/// ([`SafeWeights`]) or a GGUF file ([`super::gguf::GgufWeights`]).
+pub trait Weights {
+    /// A tensor in full precision (norm weights, biases).
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError>;
+    /// The linear layers `parts` (each a name without `.weight`, and its rows) over inputs
+    /// of `cols`, as one layer whose outputs are theirs side by side; with their `.bias`
+    /// tensors when `bias`.
+    fn dense(&self, parts: &[(&str, usize)], cols: usize, bias: bool) -> Result<Dense, ModelError>;
+    /// The token embedding table.
+    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embed, ModelError>;
+}
+
+/// Checked safetensors files, in the placement's dtype.
+pub struct SafeWeights<'a> {
+    vb: VarBuilder<'a>,
+}
+
+impl Weights for SafeWeights<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        Ok(self.vb.get(shape, name)?)
+    }
+
+    fn dense(&self, parts: &[(&str, usize)], cols: usize, bias: bool) -> Result<Dense, ModelError> {
+        let weights = parts
+            .iter()
+            .map(|(name, rows)| self.tensor(&format!("{name}.weight"), &[*rows, cols]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let biases = match bias {
+            true => {
+                Some(parts.iter().map(|(name, rows)| self.tensor(&format!("{name}.bias"), &[*rows])).collect::<Result<
+                    Vec<_>,
+                    _,
+                >>(
+                )?)
+            }
+            false => None,
+        };
+        Ok(Dense::fused(&weights, biases.as_deref())?)
+    }
+
+    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embed, ModelError> {
+        Ok(Embed::Full(self.tensor(name, &[rows, cols])?))
+    }
+}
+
 struct Layer {
     attn_norm: RmsNorm,
     /// Q, K and V in one.
@@ -548,11 +608,19 @@ struct Layer {
 /// A decoder's weights and its forward pass over many sequences at once.
 pub struct Decoder {
     cfg: DecoderConfig,
-    embed: Embedding,
+    embed: Embed,
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Dense,
     attention: Attention,
+}
+
+/// A model that could not be built is a load failure, whatever failed.
+fn building(path: &Path, e: ModelError) -> ModelError {
+    match e {
+        ModelError::Runtime(m) => ModelError::Load(format!("{}: cannot build the model: {m}", path.display())),
+        other => other,
+    }
 }
 
 impl Decoder {
@@ -563,9 +631,53 @@ impl Decoder {
         let vb = VarBuilder::from_backend(Box::new(st), placement.dtype, placement.device.clone());
         // candle's builders can panic on shapes the checks above should already refuse; a
         // panic that slips through is still a load failure, not a crashed executor.
-        let lm = catch_unwind(AssertUnwindSafe(|| Decoder::from_weights(vb, cfg, placement)))
+        let lm = catch_unwind(AssertUnwindSafe(|| Decoder::from_weights(&SafeWeights { vb }, cfg, placement)))
             .map_err(|_| ModelError::Load(format!("{}: the weights do not fit config.json", dir.display())))?
-            .map_err(|e| ModelError::Load(format!("{}: cannot build the model: {e}", dir.display())))?;
+            .map_err(|e| building(dir, e))?;
+        Ok((lm, json))
+    }
+
+    /// Loads a GGUF file as `family` (its metadata read as that family's `config.json`, see
+    /// [`super::gguf`]); also returns that config. Computes in f32 on `placement`'s device
+    /// whatever its dtype (the linear layers keep their quantization).
+    pub fn load_gguf(file: &Path, placement: &Placement, family: &Family) -> Result<(Decoder, Value), ModelError> {
+        let mut w = super::gguf::GgufWeights::open(file, &placement.device)?;
+        let arch = w.architecture()?.to_string();
+        let serves = ferry_core::gguf::families(&arch).unwrap_or_default();
+        if !serves.contains(&family.architecture) {
+            return Err(load_err(
+                file,
+                format!(
+                    "the file's general.architecture is {arch:?}, but the catalog serves it as {}; a model is only \
+                     served by its own family's code",
+                    family.architecture
+                ),
+            ));
+        }
+        let json = w.hf_config(family.architecture)?;
+        let mut hf: HfConfig = serde_json::from_value(json.clone())
+            .map_err(|e| load_err(file, format!("not a {} model: {e}", family.architecture)))?;
+        hf.json = json.clone();
+        let mut cfg = (family.config)(&hf, file)?;
+        if let Some(factors) = w.rope_factors()? {
+            for rope in &mut cfg.ropes {
+                if factors.len() != rope.inv_freq.len() {
+                    return Err(load_err(file, format!("rope_freqs.weight has {} factors", factors.len())));
+                }
+                rope.inv_freq.iter_mut().zip(&factors).for_each(|(f, d)| *f /= d);
+            }
+        }
+        cfg.check(file)?;
+        let placement = Placement { device: placement.device.clone(), dtype: DType::F32 };
+        let lm = catch_unwind(AssertUnwindSafe(|| Decoder::from_weights(&w, cfg, &placement)))
+            .map_err(|_| ModelError::Load(format!("{}: the tensors do not fit the metadata", file.display())))?
+            .map_err(|e| building(file, e))?;
+        tracing::info!(
+            file = %file.display(),
+            tensor_bytes = ?super::gguf::type_bytes(&w),
+            resident_bytes = super::resident_bytes(),
+            "GGUF model loaded"
+        );
         Ok((lm, json))
     }
 
@@ -573,72 +685,57 @@ impl Decoder {
         &self.cfg
     }
 
-    fn from_weights(vb: VarBuilder, cfg: DecoderConfig, placement: &Placement) -> candle_core::Result<Decoder> {
+    fn from_weights(w: &dyn Weights, cfg: DecoderConfig, placement: &Placement) -> Result<Decoder, ModelError> {
         let (h, d, i) = (cfg.hidden, cfg.head_dim, cfg.intermediate);
         let (qw, kvw) = (cfg.heads * d, cfg.kv_heads * d);
-        let norm = |vb: VarBuilder, n: usize| -> candle_core::Result<RmsNorm> {
-            let w = vb.get(n, "weight")?;
+        let norm = |name: &str, n: usize| -> Result<RmsNorm, ModelError> {
+            let w = w.tensor(&format!("{name}.weight"), &[n])?;
             let w = if cfg.norm_plus_one { (w + 1.0)? } else { w };
             Ok(RmsNorm::new(w, cfg.norm_eps))
         };
-        let weight = |vb: &VarBuilder, rows: usize, cols: usize| vb.get((rows, cols), "weight");
-        let bias = |vb: &VarBuilder, rows: usize, has: bool| has.then(|| vb.get(rows, "bias")).transpose();
-        let m = vb.pp("model");
-        let embed = candle_nn::embedding(cfg.vocab, h, m.pp("embed_tokens"))?;
+        let embed = w.embedding("model.embed_tokens.weight", cfg.vocab, h)?;
+        let gemma = cfg.layout == Layout::Gemma;
         let layers = (0..cfg.layers)
             .map(|li| {
-                let l = m.pp(format!("layers.{li}"));
-                let (a, p) = (l.pp("self_attn"), l.pp("mlp"));
+                let l = format!("model.layers.{li}");
+                let (a, p) = (format!("{l}.self_attn"), format!("{l}.mlp"));
                 let (qkv, gate_up) = if cfg.layout == Layout::Phi3 {
                     (
-                        Dense::new(weight(&a.pp("qkv_proj"), qw + 2 * kvw, h)?),
-                        Dense::new(weight(&p.pp("gate_up_proj"), 2 * i, h)?),
+                        w.dense(&[(&format!("{a}.qkv_proj"), qw + 2 * kvw)], h, false)?,
+                        w.dense(&[(&format!("{p}.gate_up_proj"), 2 * i)], h, false)?,
                     )
                 } else {
-                    let (q, k, v) = (a.pp("q_proj"), a.pp("k_proj"), a.pp("v_proj"));
-                    let biases = match cfg.qkv_bias {
-                        true => Some([q.get(qw, "bias")?, k.get(kvw, "bias")?, v.get(kvw, "bias")?]),
-                        false => None,
-                    };
-                    let (g, u) = (p.pp("gate_proj"), p.pp("up_proj"));
-                    let mlp_biases = match cfg.mlp_bias {
-                        true => Some([g.get(i, "bias")?, u.get(i, "bias")?]),
-                        false => None,
-                    };
+                    let (q, k, v) = (format!("{a}.q_proj"), format!("{a}.k_proj"), format!("{a}.v_proj"));
+                    let (g, u) = (format!("{p}.gate_proj"), format!("{p}.up_proj"));
                     (
-                        Dense::fused(
-                            &[weight(&q, qw, h)?, weight(&k, kvw, h)?, weight(&v, kvw, h)?],
-                            biases.as_ref().map(|b| b.as_slice()),
-                        )?,
-                        Dense::fused(
-                            &[weight(&g, i, h)?, weight(&u, i, h)?],
-                            mlp_biases.as_ref().map(|b| b.as_slice()),
-                        )?,
+                        w.dense(&[(&q, qw), (&k, kvw), (&v, kvw)], h, cfg.qkv_bias)?,
+                        w.dense(&[(&g, i), (&u, i)], h, cfg.mlp_bias)?,
                     )
                 };
-                let (o, down) = (a.pp("o_proj"), p.pp("down_proj"));
-                let gemma = cfg.layout == Layout::Gemma;
                 Ok(Layer {
-                    attn_norm: norm(l.pp("input_layernorm"), h)?,
+                    attn_norm: norm(&format!("{l}.input_layernorm"), h)?,
                     qkv,
-                    q_norm: cfg.qk_norm.then(|| norm(a.pp("q_norm"), d)).transpose()?,
-                    k_norm: cfg.qk_norm.then(|| norm(a.pp("k_norm"), d)).transpose()?,
-                    o: Dense { weight: weight(&o, h, qw)?, bias: bias(&o, h, cfg.o_bias)? },
-                    post_attn_norm: gemma.then(|| norm(l.pp("post_attention_layernorm"), h)).transpose()?,
+                    q_norm: cfg.qk_norm.then(|| norm(&format!("{a}.q_norm"), d)).transpose()?,
+                    k_norm: cfg.qk_norm.then(|| norm(&format!("{a}.k_norm"), d)).transpose()?,
+                    o: w.dense(&[(&format!("{a}.o_proj"), h)], qw, cfg.o_bias)?,
+                    post_attn_norm: gemma.then(|| norm(&format!("{l}.post_attention_layernorm"), h)).transpose()?,
                     mlp_norm: norm(
-                        l.pp(if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }),
+                        &format!(
+                            "{l}.{}",
+                            if gemma { "pre_feedforward_layernorm" } else { "post_attention_layernorm" }
+                        ),
                         h,
                     )?,
                     gate_up,
-                    down: Dense { weight: weight(&down, h, i)?, bias: bias(&down, h, cfg.mlp_bias)? },
-                    post_mlp_norm: gemma.then(|| norm(l.pp("post_feedforward_layernorm"), h)).transpose()?,
+                    down: w.dense(&[(&format!("{p}.down_proj"), h)], i, cfg.mlp_bias)?,
+                    post_mlp_norm: gemma.then(|| norm(&format!("{l}.post_feedforward_layernorm"), h)).transpose()?,
                 })
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let final_norm = norm(m.pp("norm"), h)?;
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let final_norm = norm("model.norm", h)?;
         let lm_head = match cfg.tied {
-            true => Dense::new(embed.embeddings().clone()),
-            false => Dense::new(weight(&vb.pp("lm_head"), cfg.vocab, h)?),
+            true => embed.as_lm_head()?,
+            false => w.dense(&[("lm_head", cfg.vocab)], h, false)?,
         };
         let ropes = cfg
             .ropes

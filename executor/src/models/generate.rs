@@ -163,6 +163,12 @@ impl TextSpec {
     /// ids: `config.json`'s `eos_token_id` and `generation_config.json`'s (a number or a
     /// list); if neither names one, `</s>` or `<|end_of_text|>` when the tokenizer has it.
     pub fn load(dir: &Path, config: &Value) -> Result<TextSpec, ModelError> {
+        let chat = ChatTemplate::from_dir(dir).map_err(|e| ModelError::Load(e.to_string()))?;
+        TextSpec::load_with_chat(dir, config, chat)
+    }
+
+    /// [`TextSpec::load`] with the chat template given (a GGUF model's may be in the file).
+    pub fn load_with_chat(dir: &Path, config: &Value, chat: Option<ChatTemplate>) -> Result<TextSpec, ModelError> {
         let tokenizer_path = dir.join("tokenizer.json");
         if !tokenizer_path.is_file() {
             return Err(load_err(&tokenizer_path, "missing"));
@@ -194,7 +200,6 @@ impl TextSpec {
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        let chat = ChatTemplate::from_dir(dir).map_err(|e| ModelError::Load(e.to_string()))?;
         Ok(TextSpec { tokenizer, chat, eos_ids })
     }
 }

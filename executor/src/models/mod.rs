@@ -23,6 +23,7 @@ pub mod encoder;
 pub mod gemma2;
 pub mod gemma3;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -49,6 +50,15 @@ pub unsafe fn pin_cpu_threads() {
         // SAFETY: the caller guarantees no other thread runs yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+}
+
+/// The process's resident memory in bytes (Linux's `VmRSS`; `None` elsewhere): what a model
+/// load reports.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Why a model could not run a job.
@@ -224,6 +234,9 @@ impl LoadedModel {
         placement: &Placement,
         engine: generate::EngineOptions,
     ) -> Result<LoadedModel, ModelError> {
+        if let Some(file) = ferry_core::gguf::gguf_file(dir) {
+            return load_gguf(spec, &file, placement, engine);
+        }
         let arch = spec.architecture.as_deref().unwrap_or(default_architecture(spec.task));
         check_architecture(dir, arch)?;
         if let Some(family) = TEXT_FAMILIES.iter().find(|f| f.architecture == arch) {
@@ -262,6 +275,27 @@ impl LoadedModel {
             LoadedModel::Custom(_) => "a custom runner",
         }
     }
+}
+
+/// A GGUF model: as the catalog's architecture when it names one, else as the file's own.
+fn load_gguf(
+    spec: &ModelSpec,
+    file: &Path,
+    placement: &Placement,
+    engine: generate::EngineOptions,
+) -> Result<LoadedModel, ModelError> {
+    let arch = match &spec.architecture {
+        Some(a) => a.as_str(),
+        None => {
+            let meta = ferry_core::gguf::GgufMeta::read(file).map_err(|e| ModelError::Load(e.to_string()))?;
+            ferry_core::gguf::hf_architecture(file, &meta).map_err(|e| ModelError::Load(e.to_string()))?
+        }
+    };
+    let family = TEXT_FAMILIES
+        .iter()
+        .find(|f| f.architecture == arch && ferry_core::gguf::serves(arch))
+        .ok_or_else(|| ModelError::Load(format!("{}: architecture {arch} is not served from GGUF files", spec.id)))?;
+    Ok(LoadedModel::Text(decoder::load_gguf(file, placement, engine, family)?))
 }
 
 /// The architectures `config.json` names, when it names any: `arch` must be among them. A

@@ -23,7 +23,8 @@ pub struct ModelSpec {
     /// The model family, e.g. `LlamaForCausalLM` or `BertModel`, from its `config.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<String>,
-    /// A local Hugging Face directory (config.json, *.safetensors, tokenizer.json).
+    /// A local Hugging Face directory (config.json, *.safetensors, tokenizer.json), or a
+    /// `*.gguf` file with its `tokenizer.json` beside it ([`crate::gguf`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
@@ -59,9 +60,12 @@ impl ModelSpec {
     /// Reads the chat template of a text-generation model with a local directory (none
     /// when the model has none).
     pub fn read_chat_template(&mut self) -> Result<(), CatalogError> {
-        if let (Task::TextGeneration, Some(dir), None) = (self.task, &self.path, &self.chat_template) {
-            self.chat_template =
-                crate::chat::ChatTemplate::from_dir(dir).map_err(|e| CatalogError::ChatTemplate(e.to_string()))?;
+        if let (Task::TextGeneration, Some(path), None) = (self.task, &self.path, &self.chat_template) {
+            let read = match crate::gguf::gguf_file(path) {
+                Some(file) => crate::chat::ChatTemplate::from_gguf(&file),
+                None => crate::chat::ChatTemplate::from_dir(path),
+            };
+            self.chat_template = read.map_err(|e| CatalogError::ChatTemplate(e.to_string()))?;
         }
         Ok(())
     }
@@ -98,7 +102,11 @@ pub enum CatalogError {
     WrongTask { model: String, architecture: String, serves: Task, task: Task },
     #[error("model {0:?}: max_batch_sequences must be 1 to {MAX_BATCH_SEQUENCES}")]
     BadBatch(String),
-    #[error("--model expects ID=DIR, got {0:?}")]
+    #[error("model {model:?}: architecture {architecture} is not served from GGUF files; GGUF serves {list}", list = gguf_list())]
+    GgufArchitecture { model: String, architecture: String },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error("--model expects ID=DIR or ID=FILE.gguf, got {0:?}")]
     BadSpec(String),
     #[error("{0}")]
     ChatTemplate(String),
@@ -134,6 +142,10 @@ impl Catalog {
                 if serves != m.task {
                     let (model, architecture) = (m.id.clone(), arch.clone());
                     return Err(CatalogError::WrongTask { model, architecture, serves, task: m.task });
+                }
+                if m.path.as_deref().is_some_and(is_gguf_path) && !crate::gguf::serves(arch) {
+                    let (model, architecture) = (m.id.clone(), arch.clone());
+                    return Err(CatalogError::GgufArchitecture { model, architecture });
                 }
             }
         }
@@ -195,30 +207,20 @@ impl Catalog {
         self.models.iter().find(|m| m.id == id)
     }
 
-    /// A spec for a Hugging Face directory, the task read from its `config.json`.
+    /// A spec for a Hugging Face directory, the task read from its `config.json`, or for a
+    /// GGUF model (text generation, its family from the file's `general.architecture`).
     pub fn spec_from_dir(id: &str, dir: &Path) -> Result<ModelSpec, CatalogError> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io { path: path.clone(), source })?;
-        let config: serde_json::Value = serde_json::from_str(&text)?;
-        let archs: Vec<String> = config["architectures"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let model_type = config["model_type"].as_str().unwrap_or("");
-        let named = if archs.is_empty() { architecture_for_model_type(model_type).map(String::from) } else { None };
-        let (task, arch) =
-            archs.iter().cloned().chain(named).find_map(|a| task_for_architecture(&a).map(|t| (t, a))).ok_or_else(
-                || {
-                    CatalogError::UnknownArchitecture(
-                        dir.to_owned(),
-                        format!("architectures {archs:?}, model_type {model_type:?}"),
-                    )
-                },
-            )?;
         if !valid_model_id(id) {
             return Err(CatalogError::BadId(id.into()));
         }
-        Ok(ModelSpec {
+        let (task, arch) = match crate::gguf::gguf_file(dir) {
+            Some(file) => {
+                let meta = crate::gguf::GgufMeta::read(&file)?;
+                (Task::TextGeneration, crate::gguf::hf_architecture(&file, &meta)?.to_string())
+            }
+            None => Self::dir_architecture(dir)?,
+        };
+        let mut spec = ModelSpec {
             id: id.into(),
             task,
             pool: default_pool(),
@@ -231,14 +233,31 @@ impl Catalog {
             max_batch: None,
             max_batch_sequences: None,
             chat_template: None,
-        })
-        .and_then(|mut spec: ModelSpec| {
-            spec.read_chat_template()?;
-            Ok(spec)
+        };
+        spec.read_chat_template()?;
+        Ok(spec)
+    }
+
+    /// The task and architecture a Hugging Face directory's `config.json` names.
+    fn dir_architecture(dir: &Path) -> Result<(Task, String), CatalogError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io { path: path.clone(), source })?;
+        let config: serde_json::Value = serde_json::from_str(&text)?;
+        let archs: Vec<String> = config["architectures"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let model_type = config["model_type"].as_str().unwrap_or("");
+        let named = if archs.is_empty() { architecture_for_model_type(model_type).map(String::from) } else { None };
+        archs.iter().cloned().chain(named).find_map(|a| task_for_architecture(&a).map(|t| (t, a))).ok_or_else(|| {
+            CatalogError::UnknownArchitecture(
+                dir.to_owned(),
+                format!("architectures {archs:?}, model_type {model_type:?}"),
+            )
         })
     }
 
-    /// Parses `ID=DIR` as given to `ferry dev --model`.
+    /// Parses `ID=DIR` or `ID=FILE.gguf` as given to `ferry dev --model`.
     pub fn spec_from_arg(arg: &str) -> Result<ModelSpec, CatalogError> {
         let (id, dir) = arg.split_once('=').ok_or_else(|| CatalogError::BadSpec(arg.into()))?;
         Catalog::spec_from_dir(id, Path::new(dir))
@@ -272,6 +291,15 @@ pub fn default_architecture(task: Task) -> &'static str {
 /// The task an architecture serves, if the executor implements it.
 pub fn task_for_architecture(arch: &str) -> Option<Task> {
     ARCHITECTURES.iter().find(|(a, _)| *a == arch).map(|(_, t)| *t)
+}
+
+/// Whether a catalog path names a GGUF file (by its name: the catalog reads no files).
+fn is_gguf_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+fn gguf_list() -> String {
+    crate::gguf::ARCHITECTURES.iter().flat_map(|(_, f)| f.iter().copied()).collect::<Vec<_>>().join(", ")
 }
 
 fn supported_list() -> String {

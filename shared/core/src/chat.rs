@@ -102,12 +102,35 @@ impl ChatTemplate {
                 special_tokens.insert(key.to_string(), t);
             }
         }
-        let chat = ChatTemplate { template, special_tokens };
-        // A template that does not even parse is the model's fault: say so at load.
-        chat.environment(Arc::default())
-            .template_from_str(&chat.template)
-            .map_err(|e| ChatError::Files { path: dir.to_owned(), message: format!("the chat template: {e}") })?;
-        Ok(Some(chat))
+        ChatTemplate { template, special_tokens }.checked(dir).map(Some)
+    }
+
+    /// The template of a GGUF model: its directory's files when they hold one (as
+    /// [`ChatTemplate::from_dir`]), else the file's own `tokenizer.chat_template`, with the
+    /// special tokens its `tokenizer.ggml.*_token_id` keys name.
+    pub fn from_gguf(file: &Path) -> Result<Option<ChatTemplate>, ChatError> {
+        let dir = crate::gguf::files_dir(file);
+        if let Some(chat) = ChatTemplate::from_dir(&dir)? {
+            return Ok(Some(chat));
+        }
+        let meta = crate::gguf::GgufMeta::read(file)
+            .map_err(|e| ChatError::Files { path: file.to_owned(), message: e.to_string() })?;
+        let Some(template) = meta.get("tokenizer.chat_template").and_then(|v| v.as_str()) else { return Ok(None) };
+        let mut special_tokens = BTreeMap::new();
+        for name in ["bos", "eos", "unk", "pad", "sep", "cls", "mask"] {
+            if let Some(token) = meta.token(&format!("tokenizer.ggml.{name}_token_id")) {
+                special_tokens.insert(format!("{name}_token"), token.to_string());
+            }
+        }
+        ChatTemplate { template: template.to_string(), special_tokens }.checked(file).map(Some)
+    }
+
+    /// Itself, once its template parses: one that does not is the model's fault, said at load.
+    fn checked(self, path: &Path) -> Result<ChatTemplate, ChatError> {
+        self.environment(Arc::default())
+            .template_from_str(&self.template)
+            .map_err(|e| ChatError::Files { path: path.to_owned(), message: format!("the chat template: {e}") })?;
+        Ok(self)
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn begun

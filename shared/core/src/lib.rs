@@ -3,7 +3,7 @@
 //! - [`job`]: the job, its ids and statuses.
 //! - [`state`]: the lifecycle state machine (every change is a compare-and-set).
 //! - [`ports`]: the traits adapters implement (job store, work queue, API keys, clock).
-//! - [`catalog`]: the models the executors serve.
+//! - [`catalog`]: the models the executors serve ([`gguf`]: the header of a GGUF model file).
 //! - [`service`]: submit, get, list, cancel and transitions over the ports.
 //! - [`publish`], [`stream`], [`ws`]: progress events, stored and pushed to WebSocket
 //!   subscribers (the `ws` Lambda's handler).
@@ -17,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod fleet;
+pub mod gguf;
 pub mod input;
 pub mod job;
 pub mod objects;
