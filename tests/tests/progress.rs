@@ -16,15 +16,18 @@ use ferry_core::stream::{ProgressStream, StreamError};
 use ferry_tests::backends::{self, Backend};
 
 /// Records posts; answers 410 for ids starting with "gone", 429 once for ids starting with "busy".
+/// A post waits while the test holds `gate` for writing (a subscriber slower than the pushes).
 #[derive(Default)]
 struct Recorder {
     posts: Mutex<Vec<(String, Vec<u8>)>>,
     throttled: Mutex<HashSet<String>>,
+    gate: tokio::sync::RwLock<()>,
 }
 
 #[async_trait]
 impl Notifier for Recorder {
     async fn post(&self, id: &str, data: &[u8]) -> Result<(), NotifyError> {
+        drop(self.gate.read().await);
         if id.starts_with("gone") {
             return Err(NotifyError::Gone);
         }
@@ -99,7 +102,10 @@ async fn stream_coalesces_bursts(b: Backend) {
     let recorder = Arc::new(Recorder::default());
     let stream = ProgressStream::new(hub(&b, recorder.clone()), j.id);
 
-    // A burst: 300 small tokens pushed without waiting, then 40 big ones (2 KiB of text each).
+    // A burst: 300 small tokens pushed without waiting, then 40 big ones (2 KiB of text each),
+    // while the subscriber is slow (its first post waits for the burst): the publisher falls
+    // behind, as it does under load, whatever this machine's speed.
+    let slow = recorder.gate.write().await;
     const SMALL: u32 = 300;
     let mut pushed = Vec::new();
     for i in 0..SMALL {
@@ -111,6 +117,7 @@ async fn stream_coalesces_bursts(b: Backend) {
     for body in &pushed {
         stream.push(body.clone()).unwrap();
     }
+    drop(slow);
     let n = pushed.len() as u64;
     assert_eq!(stream.flush().await, Ok(n), "flush reports the last seq stored");
     let huge = EventBody::Log { level: "info".into(), message: "x".repeat(40 * 1024) };
