@@ -36,6 +36,7 @@ pub mod submit;
 pub mod telemetry;
 pub mod view;
 pub mod watchdog;
+pub mod webhook;
 pub mod ws;
 
 pub use job::{Job, JobError, JobId, JobStatus, Millis, Task, TenantId};
