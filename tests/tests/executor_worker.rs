@@ -586,9 +586,11 @@ fn tiny_engine(dir: &std::path::Path) -> ferry_executor::models::generate::Gener
 /// same attempt), and another executor finishes each with the tokens it gets alone.
 async fn sigterm_releases_every_job_of_a_batch(s: Setup) {
     let dir = ferry_executor::testing::ScratchDir::new("ferry-batch-sigterm").unwrap();
-    // 8 jobs at 20 ms a token: 160 ms a pass, 24 tokens in about 4 s (short jobs: moto's
-    // TransactWriteItems copies its whole state, so many long event batches stall it).
-    let slow = SlowEngine { engine: tiny_engine(dir.path()), per_token: Duration::from_millis(20) };
+    // 8 jobs at 50 ms a token: 400 ms a pass, 24 tokens in about 10 s, so none ends while
+    // moto is still reporting the eight running (a 4 s job once did, on a loaded runner); few
+    // tokens, since moto's TransactWriteItems copies its whole state and many long event
+    // batches stall it.
+    let slow = SlowEngine { engine: tiny_engine(dir.path()), per_token: Duration::from_millis(50) };
     let mut jobs = Vec::new();
     for i in 0..8 {
         let mut job = ferry_tests::fixtures::job("acme", JobStatus::Queued);
