@@ -27,11 +27,10 @@ use serde_json::{Map, Value};
 
 use super::batch::{Attention, CausalLm, Dense, Embed, KvCache, LayerAttention, Rope, RopeFreqs, StepSeq};
 use super::generate::{EngineOptions, Generator, TextSpec, read_json};
+use super::weights::{SafeWeights, Weights};
 use super::{ModelError, Placement};
 
-pub(crate) fn load_err(file: &Path, message: impl std::fmt::Display) -> ModelError {
-    ModelError::Load(format!("{}: {message}", file.display()))
-}
+pub(crate) use super::load_err;
 
 /// A text-generation family.
 pub struct Family {
@@ -542,52 +541,6 @@ pub fn load_gguf(
     Generator::start(Arc::new(lm), text, options)
 }
 
-/// Where a decoder's weights come from, by their Hugging Face names: safetensors files
-/// ([`SafeWeights`]) or a GGUF file ([`super::gguf::GgufWeights`]).
-pub trait Weights {
-    /// A tensor in full precision (norm weights, biases).
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError>;
-    /// The linear layers `parts` (each a name without `.weight`, and its rows) over inputs
-    /// of `cols`, as one layer whose outputs are theirs side by side; with their `.bias`
-    /// tensors when `bias`.
-    fn dense(&self, parts: &[(&str, usize)], cols: usize, bias: bool) -> Result<Dense, ModelError>;
-    /// The token embedding table.
-    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embed, ModelError>;
-}
-
-/// Checked safetensors files, in the placement's dtype.
-pub struct SafeWeights<'a> {
-    vb: VarBuilder<'a>,
-}
-
-impl Weights for SafeWeights<'_> {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        Ok(self.vb.get(shape, name)?)
-    }
-
-    fn dense(&self, parts: &[(&str, usize)], cols: usize, bias: bool) -> Result<Dense, ModelError> {
-        let weights = parts
-            .iter()
-            .map(|(name, rows)| self.tensor(&format!("{name}.weight"), &[*rows, cols]))
-            .collect::<Result<Vec<_>, _>>()?;
-        let biases = match bias {
-            true => {
-                Some(parts.iter().map(|(name, rows)| self.tensor(&format!("{name}.bias"), &[*rows])).collect::<Result<
-                    Vec<_>,
-                    _,
-                >>(
-                )?)
-            }
-            false => None,
-        };
-        Ok(Dense::fused(&weights, biases.as_deref())?)
-    }
-
-    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embed, ModelError> {
-        Ok(Embed::Full(self.tensor(name, &[rows, cols])?))
-    }
-}
-
 struct Layer {
     attn_norm: RmsNorm,
     /// Q, K and V in one.
@@ -631,7 +584,7 @@ impl Decoder {
         let vb = VarBuilder::from_backend(Box::new(st), placement.dtype, placement.device.clone());
         // candle's builders can panic on shapes the checks above should already refuse; a
         // panic that slips through is still a load failure, not a crashed executor.
-        let lm = catch_unwind(AssertUnwindSafe(|| Decoder::from_weights(&SafeWeights { vb }, cfg, placement)))
+        let lm = catch_unwind(AssertUnwindSafe(|| Decoder::from_weights(&SafeWeights::new(vb), cfg, placement)))
             .map_err(|_| ModelError::Load(format!("{}: the weights do not fit config.json", dir.display())))?
             .map_err(|e| building(dir, e))?;
         Ok((lm, json))

@@ -85,7 +85,7 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use super::batch::{CausalLm, KvCache, StepSeq};
-use super::{ModelError, Progress, RunOutcome, StopReason, TokenOut};
+use super::{ModelError, Progress, RunOutcome, StopReason, TokenOut, load_err};
 
 /// `max_new_tokens` when a job names none (cut to what fits the context).
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 256;
@@ -126,10 +126,6 @@ fn available_memory() -> Option<usize> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-fn load_err(file: &Path, message: impl std::fmt::Display) -> ModelError {
-    ModelError::Load(format!("{}: {message}", file.display()))
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, ModelError> {

@@ -24,9 +24,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_fro
 use candle_core::{Device, Tensor};
 use serde_json::{Value, json};
 
-use super::ModelError;
 use super::batch::{Dense, Embed};
-use super::decoder::{Weights, load_err};
+use super::weights::Weights;
+use super::{ModelError, load_err};
 
 /// An open GGUF file: its header, and the file to read tensors from.
 pub struct GgufWeights {

@@ -29,6 +29,7 @@ pub mod mistral;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod weights;
 
 /// The text-generation families, by architecture (the catalog's list of text-generation
 /// architectures is this one: a test keeps them equal).
@@ -50,6 +51,11 @@ pub unsafe fn pin_cpu_threads() {
         // SAFETY: the caller guarantees no other thread runs yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+}
+
+/// A load failure naming the file.
+pub(crate) fn load_err(file: &Path, message: impl std::fmt::Display) -> ModelError {
+    ModelError::Load(format!("{}: {message}", file.display()))
 }
 
 /// The process's resident memory in bytes (Linux's `VmRSS`; `None` elsewhere): what a model
