@@ -1,6 +1,6 @@
-//! DynamoDB adapters: [`DynamoJobStore`] (the `JobStore` and `EventStore` ports) and
-//! [`DynamoApiKeyStore`] (the `ApiKeyStore` port), over one table whose layout is described in
-//! `dynamo_codec`.
+//! DynamoDB adapters: [`DynamoJobStore`] (the `JobStore` and `EventStore` ports),
+//! [`DynamoApiKeyStore`] (the `ApiKeyStore` port) and [`DynamoWebhookSecrets`] (the
+//! `WebhookSecretStore` port), over one table whose layout is described in `dynamo_codec`.
 //!
 //! Every state change is a conditional write, so two writers (an API call and an executor,
 //! or two executors after a redelivery) can never both win; a failed condition hands the
@@ -21,15 +21,15 @@ use aws_sdk_dynamodb::types::{
 };
 use ferry_core::ports::{
     ApiKeyRecord, ApiKeyStore, Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery,
-    StoreError, is_append_batch,
+    StoreError, WebhookSecretStore, WebhookSecrets, is_append_batch,
 };
 use ferry_core::progress::ProgressEvent;
-use ferry_core::{JobId, Millis};
+use ferry_core::{JobId, Millis, TenantId};
 
 use crate::dynamo_codec::{
     FANOUT, FANOUT_STREAM, GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, event_pk, event_to_item, idem_pk,
     idem_to_item, item_to_apikey, item_to_event, item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s,
-    tenant_gsi1pk,
+    tenant_gsi1pk, webhook_secrets_pk,
 };
 use crate::dynamo_error::{REFUSAL_CODES, THROTTLE_CODES, store_err};
 use crate::dynamo_index::Table;
@@ -628,5 +628,76 @@ impl ApiKeyStore for DynamoApiKeyStore {
             .await
             .map_err(|e| store_err("PutItem", e))?;
         Ok(())
+    }
+}
+
+/// Tenants' webhook secrets in the jobs table (`whsec#<tenant>`: `secrets`, the JSON list;
+/// `version`, the compare-and-set counter). The table's customer managed key encrypts them at
+/// rest.
+#[derive(Debug, Clone)]
+pub struct DynamoWebhookSecrets {
+    client: Client,
+    table: String,
+}
+
+impl DynamoWebhookSecrets {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoWebhookSecrets { client, table: table.into() }
+    }
+}
+
+#[async_trait]
+impl WebhookSecretStore for DynamoWebhookSecrets {
+    async fn get(&self, tenant: &TenantId) -> Result<Option<WebhookSecrets>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(webhook_secrets_pk(tenant)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_err("GetItem", e))?;
+        let Some(item) = out.item else { return Ok(None) };
+        let corrupt = |what: &str| StoreError::Corrupt(format!("webhook secrets of {}: {what}", tenant.as_str()));
+        let version = item
+            .get("version")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt("no version"))?;
+        let secrets = item
+            .get("secrets")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| corrupt("no secrets"))
+            .and_then(|j| serde_json::from_str(j).map_err(|e| corrupt(&e.to_string())))?;
+        Ok(Some(WebhookSecrets { tenant: tenant.clone(), secrets, version }))
+    }
+
+    async fn put(&self, record: &WebhookSecrets) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        let secrets = serde_json::to_string(&record.secrets)
+            .map_err(|e| StoreError::Corrupt(format!("webhook secrets cannot be encoded: {e}")))?;
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(webhook_secrets_pk(&record.tenant)))
+            .item("secrets", s(secrets))
+            .item("version", n(record.version));
+        put = match record.version {
+            0 => return Ok(false),
+            1 => put.condition_expression("attribute_not_exists(pk)"),
+            v => put
+                .condition_expression("#version = :expected")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":expected", n(v - 1)),
+        };
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(err) if matches!(err.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {
+                Ok(false)
+            }
+            Err(err) => Err(store_err("PutItem", err)),
+        }
     }
 }

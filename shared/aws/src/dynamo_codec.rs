@@ -6,6 +6,8 @@
 //! - `idem#<tenant>#<sha256 hex of the key>`: an idempotency binding. The key is hashed so
 //!   client-chosen bytes never shape the partition key (length, odd characters).
 //! - `apikey#<key hash>`: an API key's tenant.
+//! - `whsec#<tenant>`: the tenant's webhook signing secrets (`secrets`, JSON; `version`,
+//!   the compare-and-set counter).
 //! - `evt#<job id>#<seq, 20 digits>`: one progress event (`body` is the event's JSON);
 //!   its `ttl` is the job's retention. Written together with the job's `last_seq`.
 //! - `pool#<pool>`: the dispatcher's record of a pool (`state`, JSON; `version`, the
@@ -84,6 +86,10 @@ pub(crate) fn idem_pk(tenant: &TenantId, key: &str) -> String {
 
 pub(crate) fn apikey_pk(key_hash: &str) -> String {
     format!("apikey#{key_hash}")
+}
+
+pub(crate) fn webhook_secrets_pk(tenant: &ferry_core::TenantId) -> String {
+    format!("whsec#{}", tenant.as_str())
 }
 
 pub(crate) fn event_pk(job_id: &JobId, seq: u64) -> String {

@@ -38,7 +38,7 @@ pub use config::{
     sdk_config_for_endpoint_with, sdk_config_from_env,
 };
 pub use connections::DynamoConnectionStore;
-pub use dynamo::{DynamoApiKeyStore, DynamoJobStore};
+pub use dynamo::{DynamoApiKeyStore, DynamoJobStore, DynamoWebhookSecrets};
 pub use ecs::EcsLauncher;
 pub use notifier::ApiGatewayNotifier;
 pub use root::{AwsPorts, api_root_from_lookup, root_from_lookup, ws_ports_from_lookup};

@@ -13,8 +13,8 @@ use ferry_core::root::{Ports, Root};
 
 use crate::config::{AwsSettings, table_from_lookup};
 use crate::{
-    ApiGatewayNotifier, AwsError, DynamoApiKeyStore, DynamoConnectionStore, DynamoJobStore, EcsLauncher, S3Objects,
-    SdkConfig, SqsWorkQueue,
+    ApiGatewayNotifier, AwsError, DynamoApiKeyStore, DynamoConnectionStore, DynamoJobStore, DynamoWebhookSecrets,
+    EcsLauncher, S3Objects, SdkConfig, SqsWorkQueue,
 };
 use ferry_core::objects::{NoObjects, ObjectStore};
 
@@ -121,6 +121,7 @@ impl AwsPorts {
             events,
             connections: Arc::new(DynamoConnectionStore::new(self.dynamo.clone(), &self.table)),
             keys: Arc::new(DynamoApiKeyStore::new(self.dynamo.clone(), &self.table)),
+            webhook_secrets: Arc::new(DynamoWebhookSecrets::new(self.dynamo.clone(), &self.table)),
             objects: self.objects(),
             queues,
             pools: jobs,

@@ -283,6 +283,51 @@ pub trait ApiKeyStore: Send + Sync {
     async fn put(&self, record: &ApiKeyRecord) -> Result<(), StoreError>;
 }
 
+/// One of a tenant's webhook signing secrets ([`crate::webhook`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredWebhookSecret {
+    /// `whsec_...`.
+    pub secret: String,
+    pub created_at: Millis,
+    /// When a rotated-out secret stops signing; `None` for the current one.
+    pub retires_at: Option<Millis>,
+}
+
+/// A tenant's webhook signing secrets, the current one first, and the version conditional
+/// writes compare.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookSecrets {
+    pub tenant: TenantId,
+    pub secrets: Vec<StoredWebhookSecret>,
+    /// 1 for the first record; each write stores the next.
+    pub version: u64,
+}
+
+/// Tenants' webhook signing secrets (at rest, the table's customer managed key encrypts them
+/// on AWS). Writes are compare-and-set on the version, so two first uses or two rotations at
+/// once leave one winner and the loser reads it.
+#[async_trait]
+pub trait WebhookSecretStore: Send + Sync {
+    /// The tenant's record, read consistently; `None` before its first secret.
+    async fn get(&self, tenant: &TenantId) -> Result<Option<WebhookSecrets>, StoreError>;
+    /// Stores `record` when the stored version is `record.version - 1` (no record at all when
+    /// `record.version` is 1). `Ok(false)`: another writer got there first.
+    async fn put(&self, record: &WebhookSecrets) -> Result<bool, StoreError>;
+}
+
+/// The webhook secret store of a process that signs nothing (executors).
+pub struct NoWebhookSecrets;
+
+#[async_trait]
+impl WebhookSecretStore for NoWebhookSecrets {
+    async fn get(&self, _: &TenantId) -> Result<Option<WebhookSecrets>, StoreError> {
+        Err(StoreError::Unavailable("this process has no webhook secret store".into()))
+    }
+    async fn put(&self, _: &WebhookSecrets) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("this process has no webhook secret store".into()))
+    }
+}
+
 /// A unit of work on the queue: ids, never the input (SQS messages are capped at 1 MiB and
 /// the store is the source of truth).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

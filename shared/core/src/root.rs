@@ -17,7 +17,7 @@ use crate::dispatch::Dispatcher;
 use crate::fleet::{Launcher, PoolStore};
 use crate::objects::ObjectStore;
 use crate::pool::Pools;
-use crate::ports::{ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, Notifier, Queues};
+use crate::ports::{ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, Notifier, Queues, WebhookSecretStore};
 use crate::publish::ProgressHub;
 use crate::queue_state::Fleet;
 use crate::service::JobService;
@@ -38,6 +38,8 @@ pub struct Ports {
     pub connections: Arc<dyn ConnectionStore>,
     /// Hashed API keys.
     pub keys: Arc<dyn ApiKeyStore>,
+    /// Tenants' webhook signing secrets ([`crate::ports::NoWebhookSecrets`] in executors).
+    pub webhook_secrets: Arc<dyn WebhookSecretStore>,
     /// Large inputs and outputs (the results bucket; [`crate::objects::NoObjects`] where
     /// none is configured).
     pub objects: Arc<dyn ObjectStore>,

@@ -1,11 +1,13 @@
 //! The embedded API key store: a map from key hash to record, like the DynamoDB table
-//! keyed by the hash (the key itself is never held).
+//! keyed by the hash (the key itself is never held); and the webhook secret store, a map
+//! from tenant to its record, written compare-and-set on the version as DynamoDB does.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use ferry_core::ports::{ApiKeyRecord, ApiKeyStore, StoreError};
+use ferry_core::TenantId;
+use ferry_core::ports::{ApiKeyRecord, ApiKeyStore, StoreError, WebhookSecretStore, WebhookSecrets};
 
 use crate::lock;
 
@@ -33,10 +35,38 @@ impl ApiKeyStore for MemoryApiKeyStore {
     }
 }
 
+/// Webhook secrets in memory.
+#[derive(Debug, Default)]
+pub struct MemoryWebhookSecrets {
+    records: Mutex<HashMap<TenantId, WebhookSecrets>>,
+}
+
+impl MemoryWebhookSecrets {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl WebhookSecretStore for MemoryWebhookSecrets {
+    async fn get(&self, tenant: &TenantId) -> Result<Option<WebhookSecrets>, StoreError> {
+        Ok(lock(&self.records).get(tenant).cloned())
+    }
+
+    async fn put(&self, record: &WebhookSecrets) -> Result<bool, StoreError> {
+        let mut records = lock(&self.records);
+        let stored = records.get(&record.tenant).map(|r| r.version).unwrap_or(0);
+        if record.version == 0 || stored != record.version - 1 {
+            return Ok(false);
+        }
+        records.insert(record.tenant.clone(), record.clone());
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::TenantId;
 
     #[tokio::test]
     async fn put_replaces_and_lookup_finds() {

@@ -30,7 +30,7 @@ mod root;
 pub use connections::MemoryConnectionStore;
 pub use fleet::{MemoryLauncher, MemoryPoolStore};
 pub use jobs::MemoryJobStore;
-pub use keys::MemoryApiKeyStore;
+pub use keys::{MemoryApiKeyStore, MemoryWebhookSecrets};
 pub use objects::{DirObjects, URL_PATH as OBJECT_URL_PATH};
 pub use queue::MemoryQueue;
 pub use root::ports;

@@ -345,6 +345,7 @@ impl RemoteStack {
             events: stack.clone(),
             connections: stack.clone(),
             keys: stack.clone(),
+            webhook_secrets: Arc::new(ferry_core::ports::NoWebhookSecrets),
             objects: stack.clone(),
             queues: Queues::single(Arc::new(self.queue(pool))),
             pools: stack,

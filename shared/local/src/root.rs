@@ -7,7 +7,9 @@ use ferry_core::objects::ObjectStore;
 use ferry_core::ports::{Notifier, Queues, SystemClock, WorkQueue};
 use ferry_core::root::Ports;
 
-use crate::{MemoryApiKeyStore, MemoryConnectionStore, MemoryJobStore, MemoryPoolStore, MemoryQueue};
+use crate::{
+    MemoryApiKeyStore, MemoryConnectionStore, MemoryJobStore, MemoryPoolStore, MemoryQueue, MemoryWebhookSecrets,
+};
 
 /// In-memory ports: one job store (also the event store), connections, keys and pool
 /// records; a queue and a dead-letter queue for each of `pools` (a message received
@@ -42,6 +44,7 @@ pub fn ports(
         events: jobs,
         connections: Arc::new(MemoryConnectionStore::new()),
         keys: Arc::new(MemoryApiKeyStore::new()),
+        webhook_secrets: Arc::new(MemoryWebhookSecrets::new()),
         objects,
         queues,
         pools: Arc::new(MemoryPoolStore::new()),

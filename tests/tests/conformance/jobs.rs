@@ -1,4 +1,5 @@
-//! Job store cases: create, idempotency bindings, get and list; and the API key store.
+//! Job store cases: create, idempotency bindings, get and list; the API key store and the
+//! webhook secret store.
 //!
 //! On moto, the tenant index (a GSI) is read-after-write consistent; on real DynamoDB it is
 //! eventually consistent, so the list cases would need retries there.
@@ -6,7 +7,7 @@
 use std::collections::HashSet;
 
 use ferry_core::input::JobInput;
-use ferry_core::ports::{ApiKeyRecord, Created, Expected, StoreError};
+use ferry_core::ports::{ApiKeyRecord, Created, Expected, StoreError, StoredWebhookSecret, WebhookSecrets};
 use ferry_core::{JobId, JobStatus, Task};
 use ferry_tests::backends::Backend;
 use serde_json::{Value, json};
@@ -244,4 +245,40 @@ pub async fn case_api_keys(b: Backend) {
     b.keys.put(&replaced).await.unwrap();
     assert_eq!(b.keys.lookup(hash).await.unwrap(), Some(replaced), "[{}]", b.name);
     assert_eq!(b.keys.lookup(&hash.replace('9', "8")).await.unwrap(), None, "[{}]", b.name);
+}
+
+pub async fn case_webhook_secrets(b: Backend) {
+    let (t, other) = (tenant("hooks"), tenant("hooks-2"));
+    let store = b.webhook_secrets.as_ref();
+    assert_eq!(store.get(&t).await.unwrap(), None, "[{}]", b.name);
+    let secret = |s: &str, retires_at| StoredWebhookSecret { secret: s.into(), created_at: T0, retires_at };
+    let first = WebhookSecrets { tenant: t.clone(), secrets: vec![secret("whsec_a", None)], version: 1 };
+    assert!(store.put(&first).await.unwrap(), "[{}] the first record", b.name);
+    assert!(!store.put(&first).await.unwrap(), "[{}] a second first record loses", b.name);
+    let skipped = WebhookSecrets { version: 3, ..first.clone() };
+    assert!(!store.put(&skipped).await.unwrap(), "[{}] a version out of turn loses", b.name);
+    let second = WebhookSecrets {
+        tenant: t.clone(),
+        secrets: vec![secret("whsec_b", None), secret("whsec_a", Some(T0 + 5))],
+        version: 2,
+    };
+    assert!(store.put(&second).await.unwrap(), "[{}]", b.name);
+    assert!(!store.put(&WebhookSecrets { secrets: vec![], ..second.clone() }).await.unwrap(), "[{}]", b.name);
+    assert_eq!(store.get(&t).await.unwrap(), Some(second), "[{}]", b.name);
+    assert_eq!(store.get(&other).await.unwrap(), None, "[{}] tenants are apart", b.name);
+
+    // Over the store: concurrent first uses agree on one secret; a rotation keeps the old one
+    // signing for a day.
+    use ferry_core::webhook::{ROTATION_OVERLAP, rotate, signing_secrets};
+    let fresh = tenant("hooks-3");
+    let firsts = futures_util::future::join_all((0..4).map(|_| signing_secrets(store, &fresh, T0))).await;
+    let firsts: Vec<_> = firsts.into_iter().map(|r| r.unwrap()).collect();
+    assert!(firsts.iter().all(|s| s.len() == 1 && s == &firsts[0]), "[{}] one first secret", b.name);
+    let rotated = rotate(store, &fresh, T0 + 10).await.unwrap();
+    assert_eq!(rotated.len(), 2, "[{}]", b.name);
+    assert_eq!(rotated[1], firsts[0][0], "[{}] the old secret second", b.name);
+    let day = ROTATION_OVERLAP.as_millis() as u64;
+    assert_eq!(signing_secrets(store, &fresh, T0 + 10 + day - 1).await.unwrap(), rotated, "[{}]", b.name);
+    let after = signing_secrets(store, &fresh, T0 + 10 + day).await.unwrap();
+    assert_eq!(after, vec![rotated[0].clone()], "[{}] only the new one after the overlap", b.name);
 }
