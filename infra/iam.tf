@@ -15,7 +15,7 @@
 #   execution   ECR pull, executor log streams (ECS uses it to start the task)
 #
 # Each role's table statement is limited by dynamodb:LeadingKeys to the item kinds (the
-# partition key's prefix: job#, evt#, idem#, apikey#, conn#, subs#, pool#, exec#; an index's
+# partition key's prefix: job#, evt#, idem#, apikey#, whsec#, conn#, subs#, pool#, exec#; an index's
 # for a query: tenant#, active#, executors#) its code reaches, so, for one, the executor
 # cannot read or write API keys (apikey#) or idempotency bindings. tests/tests/infra_iam.rs
 # records the keys each component's calls name and checks them against these lists.
@@ -47,7 +47,7 @@ data "aws_iam_policy_document" "api" {
     condition {
       test     = "ForAllValues:StringLike"
       variable = "dynamodb:LeadingKeys"
-      values   = ["job#*", "idem#*", "evt#*", "apikey#*", "tenant#*", "pool#*", "executors#*", "conn#*", "subs#*"]
+      values   = ["job#*", "idem#*", "evt#*", "apikey#*", "whsec#*", "tenant#*", "pool#*", "executors#*", "conn#*", "subs#*"]
     }
   }
   statement {

@@ -121,6 +121,16 @@ impl Client {
         self.send(self.http.get(format!("{}/v1/pools", self.base))).await
     }
 
+    /// `GET /v1/webhooks/secret`.
+    pub async fn webhook_secrets(&self) -> Result<Answer<ferry_core::webhook::WebhookSecretList>, ClientError> {
+        self.send(self.http.get(format!("{}/v1/webhooks/secret", self.base))).await
+    }
+
+    /// `POST /v1/webhooks/secret/rotate`.
+    pub async fn rotate_webhook_secret(&self) -> Result<Answer<ferry_core::webhook::WebhookSecretList>, ClientError> {
+        self.send(self.http.post(format!("{}/v1/webhooks/secret/rotate", self.base))).await
+    }
+
     pub async fn models(&self) -> Result<Answer<ModelList>, ClientError> {
         self.send(self.http.get(format!("{}/v1/models", self.base))).await
     }

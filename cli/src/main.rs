@@ -64,6 +64,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Your webhook signing secrets: `secret` shows them (the current one first), `rotate`
+    /// makes a new one (the old one keeps signing for 24 hours).
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksAction,
+    },
     /// Show the executor pools: desired, running, idle and busy executors, backlog, launch errors.
     Pools {
         #[command(flatten)]
@@ -215,6 +221,20 @@ struct SubmitArgs {
 }
 
 #[derive(Subcommand)]
+enum WebhooksAction {
+    /// Print the secrets that sign your webhook deliveries, the current one first.
+    Secret {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a new current secret; the previous one keeps signing beside it for 24 hours.
+    Rotate {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum AwsCommand {
     /// Create the DynamoDB table and SQS queues if missing (uses AWS_ENDPOINT_URL etc.).
     Bootstrap {
@@ -311,6 +331,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 for m in &models.models {
                     println!("{:<24} {:<16} pool={}", m.id, m.task.as_str(), m.pool);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhooks { action } => {
+            let (ca, answer) = match action {
+                WebhooksAction::Secret { client: ca } => {
+                    let a = client(&ca).webhook_secrets().await?.body;
+                    (ca, a)
+                }
+                WebhooksAction::Rotate { client: ca } => {
+                    let a = client(&ca).rotate_webhook_secret().await?.body;
+                    (ca, a)
+                }
+            };
+            if ca.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                for s in &answer.secrets {
+                    println!("{s}");
                 }
             }
             Ok(ExitCode::SUCCESS)

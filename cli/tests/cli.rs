@@ -183,6 +183,25 @@ fn dev_serves_a_gguf_file() {
     assert!(out.contains("succeeded") && out.contains("\"token_ids\""), "{out}");
 }
 
+/// `ferry webhooks secret` prints the tenant's secret (the same one twice); `ferry webhooks
+/// rotate` prints the new one first and the old one after it.
+#[test]
+fn webhook_secrets_from_the_cli() {
+    let dev = start_dev(&["--no-executor"]);
+    let (code, first) = ferry(&dev, &["webhooks", "secret"]);
+    assert_eq!(code, 0, "{first}");
+    let first: Vec<&str> = first.lines().filter(|l| l.starts_with("whsec_")).collect();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (_, again) = ferry(&dev, &["webhooks", "secret"]);
+    assert!(again.contains(first[0]), "{again}");
+    let (code, rotated) = ferry(&dev, &["webhooks", "rotate", "--json"]);
+    assert_eq!(code, 0, "{rotated}");
+    let rotated: serde_json::Value = serde_json::from_str(&rotated).unwrap();
+    let secrets = rotated["secrets"].as_array().unwrap();
+    assert_eq!(secrets.len(), 2, "{rotated}");
+    assert_eq!(secrets[1], first[0], "the old secret second");
+}
+
 #[test]
 fn bad_flags_are_refused() {
     let out =

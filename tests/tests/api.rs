@@ -121,6 +121,7 @@ both_backends!(
     unicode_round_trips,
     job_events_over_http,
     a_foreign_host_is_refused,
+    webhook_secrets_and_rotation,
 );
 
 async fn submit_get_list(backend: &str) {
@@ -586,4 +587,33 @@ async fn a_foreign_host_is_refused(backend: &str) {
         assert_eq!(status, StatusCode::ACCEPTED, "{host}: {body}");
     }
     assert_eq!(h.job_count(KEY_A).await, 2);
+}
+
+/// `GET /v1/webhooks/secret` makes a tenant's first secret and then answers the same one;
+/// `POST /v1/webhooks/secret/rotate` puts a new one first and keeps the old one beside it;
+/// tenants have their own; no key, no secret.
+async fn webhook_secrets_and_rotation(backend: &str) {
+    let Some(h) = start(backend, |_| {}).await else { return };
+    let secrets = |v: &Value| -> Vec<String> {
+        v["secrets"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    };
+    let (status, first) = send(h.req("GET", "/v1/webhooks/secret", Some(KEY_A))).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let first = secrets(&first);
+    assert_eq!(first.len(), 1);
+    assert!(ferry_core::webhook::WebhookSecret::parse(&first[0]).is_ok(), "{first:?}");
+    let (_, again) = send(h.req("GET", "/v1/webhooks/secret", Some(KEY_A))).await;
+    assert_eq!(secrets(&again), first, "the same secret until a rotation");
+    let (_, other) = send(h.req("GET", "/v1/webhooks/secret", Some(KEY_B))).await;
+    assert_ne!(secrets(&other), first, "each tenant has its own");
+    let (status, rotated) = send(h.req("POST", "/v1/webhooks/secret/rotate", Some(KEY_A))).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let rotated = secrets(&rotated);
+    assert_eq!(rotated.len(), 2);
+    assert_ne!(rotated[0], first[0]);
+    assert_eq!(rotated[1], first[0], "the old secret signs beside the new one");
+    let (_, now) = send(h.req("GET", "/v1/webhooks/secret", Some(KEY_A))).await;
+    assert_eq!(secrets(&now), rotated);
+    let (status, body) = send(h.req("GET", "/v1/webhooks/secret", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 }

@@ -226,6 +226,11 @@ async fn drive_api(d: &Deployment, api: &ferry_http::Api, tag: &str) -> String {
     assert_eq!(request(api, "GET", "/v1/models", None).await.0, 200);
     let (status, pools) = request(api, "GET", "/v1/pools", None).await;
     assert_eq!(status, 200, "{pools}");
+    // The tenant's webhook secrets: made on first use, rotated.
+    for (method, path) in [("GET", "/v1/webhooks/secret"), ("POST", "/v1/webhooks/secret/rotate")] {
+        let (status, secrets) = request(api, method, path, None).await;
+        assert_eq!(status, 200, "{path}: {secrets}");
+    }
     let (status, job) = request_with_key(
         api,
         "POST",

@@ -359,6 +359,19 @@ pub fn next_delay(attempts: u32, retry_after: Option<Duration>) -> Option<Durati
     Some(retry_after.map_or(scheduled, |r| r.max(scheduled)))
 }
 
+/// `GET /v1/webhooks/secret`'s answer: the signing secrets, the current one first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookSecretList {
+    /// `whsec_...`, current first.
+    pub secrets: Vec<String>,
+}
+
+impl From<&[WebhookSecret]> for WebhookSecretList {
+    fn from(secrets: &[WebhookSecret]) -> Self {
+        WebhookSecretList { secrets: secrets.iter().map(WebhookSecret::encode).collect() }
+    }
+}
+
 /// Why a tenant's secrets could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ferry_core::dispatch::Dispatcher;
-use ferry_core::ports::{ApiKeyStore, EventStore};
+use ferry_core::ports::{ApiKeyStore, EventStore, WebhookSecretStore};
 use ferry_core::ratelimit::RateLimiter;
 use ferry_core::root::Root;
 use ferry_core::service::JobService;
@@ -16,6 +16,8 @@ pub struct ApiState {
     pub keys: Arc<dyn ApiKeyStore>,
     /// Stored progress events (`GET /v1/jobs/{id}/events`).
     pub events: Arc<dyn EventStore>,
+    /// Tenants' webhook signing secrets (`/v1/webhooks/secret`).
+    pub webhook_secrets: Arc<dyn WebhookSecretStore>,
     /// The pools' dispatcher, read-only (`GET /v1/pools`).
     pub pools: Dispatcher,
     /// Per tenant, per process.
@@ -34,6 +36,7 @@ impl ApiState {
             service: root.service(),
             keys: root.ports.keys.clone(),
             events: root.ports.events.clone(),
+            webhook_secrets: root.ports.webhook_secrets.clone(),
             pools: root.dispatcher(),
             limiter: RateLimiter::new(config.rate_limit_per_s, config.rate_limit_burst),
             doc: crate::openapi(),

@@ -7,6 +7,7 @@ mod jobs;
 mod meta;
 mod openai;
 mod pools;
+mod webhooks;
 
 use axum::response::Response;
 use http::StatusCode;
@@ -25,6 +26,7 @@ pub(crate) fn all() -> OpenApiRouter<AppState> {
         .merge(jobs::routes())
         .merge(events::routes())
         .merge(openai::routes())
+        .merge(webhooks::routes())
 }
 
 /// A JSON response; serialization of our own types cannot fail.
