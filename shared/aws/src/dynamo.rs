@@ -28,8 +28,8 @@ use ferry_core::{JobId, Millis, TenantId};
 
 use crate::dynamo_codec::{
     FANOUT, FANOUT_STREAM, GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, event_pk, event_to_item, idem_pk,
-    idem_to_item, item_to_apikey, item_to_event, item_to_idem, item_to_job, job_pk, job_to_item, lifecycle_attrs, n, s,
-    tenant_gsi1pk, webhook_secrets_pk,
+    idem_to_item, item_to_apikey, item_to_event, item_to_idem, item_to_job, item_to_webhook_secrets, job_pk,
+    job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk, webhook_secrets_pk, webhook_secrets_to_item,
 };
 use crate::dynamo_error::{REFUSAL_CODES, THROTTLE_CODES, store_err};
 use crate::dynamo_index::Table;
@@ -658,32 +658,12 @@ impl WebhookSecretStore for DynamoWebhookSecrets {
             .send()
             .await
             .map_err(|e| store_err("GetItem", e))?;
-        let Some(item) = out.item else { return Ok(None) };
-        let corrupt = |what: &str| StoreError::Corrupt(format!("webhook secrets of {}: {what}", tenant.as_str()));
-        let version = item
-            .get("version")
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| corrupt("no version"))?;
-        let secrets = item
-            .get("secrets")
-            .and_then(|v| v.as_s().ok())
-            .ok_or_else(|| corrupt("no secrets"))
-            .and_then(|j| serde_json::from_str(j).map_err(|e| corrupt(&e.to_string())))?;
-        Ok(Some(WebhookSecrets { tenant: tenant.clone(), secrets, version }))
+        out.item.as_ref().map(|item| item_to_webhook_secrets(tenant, item)).transpose()
     }
 
     async fn put(&self, record: &WebhookSecrets) -> Result<bool, StoreError> {
         use aws_sdk_dynamodb::operation::put_item::PutItemError;
-        let secrets = serde_json::to_string(&record.secrets)
-            .map_err(|e| StoreError::Corrupt(format!("webhook secrets cannot be encoded: {e}")))?;
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item(PK, s(webhook_secrets_pk(&record.tenant)))
-            .item("secrets", s(secrets))
-            .item("version", n(record.version));
+        let mut put = self.client.put_item().table_name(&self.table).set_item(Some(webhook_secrets_to_item(record)?));
         put = match record.version {
             0 => return Ok(false),
             1 => put.condition_expression("attribute_not_exists(pk)"),

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use ferry_core::input::Input;
-use ferry_core::ports::{ApiKeyRecord, Connection, IdempotencyRecord, StoreError};
+use ferry_core::ports::{ApiKeyRecord, Connection, IdempotencyRecord, StoreError, WebhookSecrets};
 use ferry_core::progress::ProgressEvent;
 use ferry_core::{Job, JobError, JobId, Millis, TenantId};
 use sha2::{Digest, Sha256};
@@ -90,6 +90,25 @@ pub(crate) fn apikey_pk(key_hash: &str) -> String {
 
 pub(crate) fn webhook_secrets_pk(tenant: &ferry_core::TenantId) -> String {
     format!("whsec#{}", tenant.as_str())
+}
+
+pub(crate) fn webhook_secrets_to_item(rec: &WebhookSecrets) -> Result<Item, StoreError> {
+    let secrets = serde_json::to_string(&rec.secrets)
+        .map_err(|e| StoreError::Corrupt(format!("webhook secrets cannot be encoded: {e}")))?;
+    Ok(HashMap::from([
+        (PK.into(), s(webhook_secrets_pk(&rec.tenant))),
+        ("secrets".into(), s(secrets)),
+        ("version".into(), n(rec.version)),
+    ]))
+}
+
+pub(crate) fn item_to_webhook_secrets(
+    tenant: &ferry_core::TenantId,
+    item: &Item,
+) -> Result<WebhookSecrets, StoreError> {
+    let r = Reader(item);
+    let secrets = serde_json::from_str(&r.s("secrets")?).map_err(|e| r.corrupt("secrets", e))?;
+    Ok(WebhookSecrets { tenant: tenant.clone(), secrets, version: r.n("version")? })
 }
 
 pub(crate) fn event_pk(job_id: &JobId, seq: u64) -> String {
