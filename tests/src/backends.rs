@@ -32,6 +32,8 @@ pub struct Backend {
     pub dlq: Arc<dyn WorkQueue>,
     /// `"embedded"` or `"aws"`, for messages and the rare documented divergence.
     pub name: &'static str,
+    /// The DynamoDB table (and bucket) name on moto; empty for the embedded backend.
+    pub table: String,
 }
 
 impl std::ops::Deref for Backend {
@@ -110,7 +112,7 @@ pub fn embedded() -> Backend {
     );
     let queue = ports.queues.for_pool("cpu").clone();
     let dlq = ports.queues.dlq("cpu").expect("the cpu pool's dead-letter queue").clone();
-    Backend { ports, queue, dlq, name: "embedded" }
+    Backend { ports, queue, dlq, name: "embedded", table: String::new() }
 }
 
 /// The AWS adapters on this process's shared moto server, over a new table, a new queue
@@ -132,10 +134,13 @@ pub async fn aws() -> Option<Backend> {
     let urls = ferry_aws::ensure_queues(aws.sqs(), &name, MAX_RECEIVE_COUNT)
         .await
         .unwrap_or_else(|e| panic!("creating queue {name} on moto at {}: {e}", server.endpoint));
+    let webhooks = aws.sqs().create_queue().queue_name(format!("{name}-webhooks")).send().await;
+    let webhooks = webhooks.unwrap_or_else(|e| panic!("creating the webhook queue on moto: {e}"));
+    let aws = aws.with_webhook_queue(webhooks.queue_url());
     let (queue, dlq) = (aws.queue(urls.queue_url), aws.queue(urls.dlq_url));
     let queues = Queues::single(queue.clone()).with_pool("cpu", queue.clone()).with_dlq("cpu", dlq.clone());
     let ports = aws.ports(queues, Arc::new(NoLauncher), Arc::new(NoNotifier));
-    Some(Backend { ports, queue, dlq, name: "aws" })
+    Some(Backend { ports, queue, dlq, name: "aws", table: name })
 }
 
 /// [`aws`], with every AWS call going through a fault-injecting proxy in front of moto
@@ -153,7 +158,7 @@ pub async fn aws_through_proxy(timeouts: ferry_aws::Timeouts) -> Option<(Backend
     let (queue, dlq) = (aws.queue(urls.queue_url), aws.queue(urls.dlq_url));
     let queues = Queues::single(queue.clone()).with_pool("cpu", queue.clone()).with_dlq("cpu", dlq.clone());
     let ports = aws.ports(queues, Arc::new(NoLauncher), Arc::new(NoNotifier));
-    Some((Backend { ports, queue, dlq, name: "aws" }, proxy))
+    Some((Backend { ports, queue, dlq, name: "aws", table: name }, proxy))
 }
 
 /// A table and queue name no other test (in this process or another) uses: a ULID,

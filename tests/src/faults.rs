@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_core::job::{Job, JobId, JobStatus, Millis};
 use ferry_core::ports::{
-    Created, Delivery, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueDepth, QueueError, StoreError,
-    WorkMessage, WorkQueue,
+    Created, Delivery, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, MessageQueue, QueueDepth, QueueError,
+    StoreError, WorkMessage, WorkQueue,
 };
 use ferry_core::progress::ProgressEvent;
 
@@ -36,7 +36,7 @@ impl QueueFails {
 }
 
 #[async_trait]
-impl WorkQueue for QueueFails {
+impl MessageQueue<WorkMessage> for QueueFails {
     async fn send(&self, message: &WorkMessage) -> Result<(), QueueError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(QueueError::Unavailable("injected: the queue refuses sends".into()));

@@ -19,6 +19,7 @@ pub fn job(tenant: &str, status: JobStatus) -> Job {
         created_at: now,
         expires_at: now + 3_600_000,
         idempotency_key: None,
+        webhook: None,
         status,
         attempt: 1,
         started_at: running.then_some(now),
@@ -44,4 +45,22 @@ pub fn job_with_id(id: &str, tenant: &str, status: JobStatus) -> Job {
 pub fn generate(prompt: &str, max_new_tokens: u32) -> ferry_core::input::Input {
     let params = ferry_core::input::TextGenerationParams { max_new_tokens: Some(max_new_tokens), ..Default::default() };
     JobInput::TextGeneration { input: ferry_core::input::TextGenerationInput::prompt(prompt), params }.into()
+}
+
+/// A DynamoDB item as a stream record's image (DynamoDB JSON): how tests on moto, which runs
+/// no streams, build the records the dispatcher Lambda would receive.
+pub fn stream_image(
+    item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+) -> serde_json::Value {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut out = serde_json::Map::new();
+    for (k, v) in item {
+        let v = match v {
+            AttributeValue::S(s) => serde_json::json!({"S": s}),
+            AttributeValue::N(n) => serde_json::json!({"N": n}),
+            other => panic!("{k}: unexpected {other:?}"),
+        };
+        out.insert(k.clone(), v);
+    }
+    serde_json::Value::Object(out)
 }

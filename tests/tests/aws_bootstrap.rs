@@ -127,7 +127,7 @@ async fn a_call_to_an_endpoint_that_never_answers_fails_within_its_timeouts() {
 /// the wait for ReceiveMessage only, so an empty queue's 2 s poll ends empty, not in error.
 #[tokio::test]
 async fn a_long_poll_is_not_cut_by_the_attempt_timeout() {
-    use ferry_core::ports::WorkQueue;
+    use ferry_core::ports::MessageQueue;
     let Some(moto) = ferry_tests::moto::shared() else { return };
     let sdk = ferry_aws::sdk_config_for_endpoint_with(&moto.endpoint, &short_timeouts()).await;
     let name = unique();

@@ -329,8 +329,11 @@ async fn watchdog_stops_the_task_of_a_lost_executor_and_requeues_its_job() {
 async fn the_handler_reconciles_the_streamed_pool_and_everything_on_schedule() {
     let Some(s) = setup().await else { return eprintln!("skipping: moto_server not installed") };
     within(async {
-        let d = s.dispatcher();
-        let w = s.watchdog();
+        let h = ferry_dispatcher_lambda::Handlers {
+            dispatcher: s.dispatcher(),
+            watchdog: s.watchdog(),
+            webhooks: s.root.webhooks(std::sync::Arc::new(ferry_core::deliver::NoTransport), Default::default()),
+        };
         let gpu_job = s.enqueue("tiny-llama").await;
         s.enqueue("all-minilm-l6-v2").await;
 
@@ -343,7 +346,7 @@ async fn the_handler_reconciles_the_streamed_pool_and_everything_on_schedule() {
         record["NewImage"]["pk"] = pk;
         record["NewImage"]["id"] = serde_json::json!({"S": gpu_job.id.to_string()});
 
-        let out = ferry_dispatcher_lambda::handle(&d, &w, stream).await;
+        let out = ferry_dispatcher_lambda::handle(&h, stream).await.expect("no webhooks to queue");
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         assert!(out.watchdog.is_none(), "the stream does not run the watchdog");
         let names: Vec<&str> = out.pools.iter().map(|p| p.name.as_str()).collect();
@@ -358,7 +361,7 @@ async fn the_handler_reconciles_the_streamed_pool_and_everything_on_schedule() {
         // The gpu executor takes its job and is lost; a minute and more later, the schedule.
         s.claim("gpu", &gpu_tasks[0], 30_000).await;
         s.clock.advance(61_000);
-        let out = ferry_dispatcher_lambda::handle(&d, &w, s.event("schedule.json")).await;
+        let out = ferry_dispatcher_lambda::handle(&h, s.event("schedule.json")).await.expect("a schedule never fails");
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         let names: Vec<&str> = out.pools.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["cpu", "gpu"], "every pool");
@@ -381,7 +384,7 @@ async fn the_handler_reconciles_the_streamed_pool_and_everything_on_schedule() {
 
         // The next minute: the retry gets a new gpu executor.
         s.clock.advance(60_000);
-        let out = ferry_dispatcher_lambda::handle(&d, &w, s.event("schedule.json")).await;
+        let out = ferry_dispatcher_lambda::handle(&h, s.event("schedule.json")).await.expect("a schedule never fails");
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         let launched: Vec<(&str, u32)> = out.pools.iter().map(|p| (p.name.as_str(), p.launched)).collect();
         assert_eq!(launched, [("cpu", 0), ("gpu", 1)]);

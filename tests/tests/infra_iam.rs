@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args as _, FromArgMatches as _};
 use ferry_core::catalog::Catalog;
 use ferry_core::job::{Job, JobStatus};
-use ferry_core::ports::{ApiKeyRecord, Connection, WorkMessage, WorkQueue};
+use ferry_core::ports::{ApiKeyRecord, Connection, MessageQueue, WorkMessage};
 use ferry_executor::models::{LoadedModel, ModelError, Progress, RunOutcome, Runner};
 use ferry_tests::backends::unique_name;
 use ferry_tests::recorder::Recorder;
@@ -374,7 +374,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
         // executor, an unacknowledged cancel, an expired job, a dead letter; subscribers on
         // the jobs it settles.
         let (rec, env, sdk) = d.component().await;
-        let (dispatcher, watchdog) = ferry_dispatcher_lambda::build(&sdk, &|k| env.get(k).cloned()).await.unwrap();
+        let handlers = ferry_dispatcher_lambda::build(&sdk, &|k| env.get(k).cloned()).await.unwrap();
         let now = ferry_core::ports::Clock::now(&ferry_core::ports::SystemClock);
         d.job("gpu-llama", JobStatus::Queued, |_| {}).await;
         let lost = d
@@ -402,7 +402,7 @@ async fn each_role_allows_exactly_what_its_component_calls() {
                 .unwrap(),
         )
         .unwrap();
-        let outcome = ferry_dispatcher_lambda::handle(&dispatcher, &watchdog, event).await;
+        let outcome = ferry_dispatcher_lambda::handle(&handlers, event).await.expect("a schedule never fails");
         let report = outcome.watchdog.clone().expect("the schedule runs the watchdog");
         assert_eq!(
             (report.requeued, report.cancels_forced, report.expired, report.dead_lettered),

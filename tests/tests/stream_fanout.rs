@@ -13,22 +13,9 @@ use ferry_core::job::JobStatus;
 use ferry_core::ports::{Connection, NoNotifier, Queues};
 use ferry_core::progress::EventBody;
 use ferry_tests::backends::unique_name;
+use ferry_tests::fixtures::stream_image as image;
 use ferry_tests::recorder::Recorder;
 use serde_json::{Value, json};
-
-/// A DynamoDB item as a stream record's image (DynamoDB JSON).
-fn image(item: &std::collections::HashMap<String, AttributeValue>) -> Value {
-    let mut out = serde_json::Map::new();
-    for (k, v) in item {
-        let v = match v {
-            AttributeValue::S(s) => json!({"S": s}),
-            AttributeValue::N(n) => json!({"N": n}),
-            other => panic!("{k}: unexpected {other:?}"),
-        };
-        out.insert(k.clone(), v);
-    }
-    Value::Object(out)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_events_without_a_management_endpoint_are_pushed_from_the_stream() {
@@ -82,9 +69,8 @@ async fn executor_events_without_a_management_endpoint_are_pushed_from_the_strea
     ]
     .into();
     let rec_sdk = ferry_aws::sdk_config_for_endpoint(&rec.endpoint).await;
-    let (dispatcher, watchdog) =
-        ferry_dispatcher_lambda::build(&rec_sdk, &|k| env.get(k).cloned()).await.expect("dispatcher builds");
-    let outcome = ferry_dispatcher_lambda::handle(&dispatcher, &watchdog, json!({"Records": records})).await;
+    let handlers = ferry_dispatcher_lambda::build(&rec_sdk, &|k| env.get(k).cloned()).await.expect("dispatcher builds");
+    let outcome = ferry_dispatcher_lambda::handle(&handlers, json!({"Records": records})).await.expect("no webhooks");
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     assert_eq!(outcome.pushed, 1, "one frame to the one subscriber");
     let posts = rec.posts();

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_core::TenantId;
 use ferry_core::auth::hash_api_key;
+use ferry_core::deliver;
 use ferry_core::fleet::{Launcher, NoLauncher};
 use ferry_core::ports::{ApiKeyRecord, JobStore, Notifier, WorkQueue};
 use ferry_core::root::{Ports, Root};
 use ferry_core::ws::WsApi;
 use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
 use ferry_http::Api;
+use ferry_http::webhook_client::HttpTransport;
 use ferry_local::DirObjects;
 use ferry_local::gateway::{LocalNotifier, Registry};
 
@@ -98,7 +100,27 @@ impl Stack {
             let (root, scale, launcher, stop) = (self.root.clone(), scale.clone(), launcher.clone(), shutdown.clone());
             tasks.spawn(fleet::reconcile_loop(root, scale, stop, launcher));
         }
+        match self.webhooks() {
+            Ok(Some((webhooks, changes))) => {
+                let stop = shutdown.clone();
+                tasks.spawn(deliver::follow_changes(webhooks.clone(), changes, async move { stop.wait().await }));
+                let stop = shutdown.clone();
+                tasks.spawn(deliver::run_queue(webhooks, async move { stop.wait().await }));
+            }
+            Ok(None) => tracing::warn!("this backend has no change feed here: webhooks are not delivered by ferry dev"),
+            Err(e) => {
+                tracing::error!(error = %e, "the webhook transport could not be built: webhooks are not delivered")
+            }
+        }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// The webhook deliverer, and the job store's change feed it queues from (the embedded
+    /// store's; on AWS the dispatcher Lambda reads the table's stream instead).
+    fn webhooks(&self) -> anyhow::Result<Option<(deliver::Webhooks, deliver::JobChanges)>> {
+        let Some(changes) = self.root.ports.jobs.changes() else { return Ok(None) };
+        let transport = HttpTransport::new(self.root.config.webhook_policy, self.root.ports.resolver.clone())?;
+        Ok(Some((self.root.webhooks(Arc::new(transport), Default::default()), changes)))
     }
 }
 
@@ -185,7 +207,10 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
             (ferry_local::ports(&names, max_receives, launcher, notifier, objects.clone()), Some(objects))
         }
     };
-    let root = Root::new(ports, catalog, pools, opts.config.clone());
+    // Under `ferry dev` webhooks may go to loopback over http (never to metadata addresses).
+    let config =
+        ferry_core::config::Config { webhook_policy: ferry_core::webhook::UrlPolicy::LOCAL, ..opts.config.clone() };
+    let root = Root::new(ports, catalog, pools, config);
     for (key, tenant) in &api_keys {
         let record =
             ApiKeyRecord { key_hash: hash_api_key(key), tenant: tenant.clone(), created_at: root.ports.clock.now() };

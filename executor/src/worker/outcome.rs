@@ -163,6 +163,7 @@ mod tests {
             created_at: 1,
             expires_at: 2,
             idempotency_key: None,
+            webhook: None,
             status,
             attempt,
             started_at: Some(1),

@@ -4,18 +4,21 @@
 //! Two triggers, told apart by the event's shape (the stream's record layout is
 //! `ferry_aws::stream`'s to read):
 //! - the jobs table's DynamoDB stream: records of jobs that are (still) `queued` name the
-//!   pools to reconcile at once, so a new job gets an executor within seconds;
+//!   pools to reconcile at once, so a new job gets an executor within seconds; the writes of
+//!   jobs with a webhook queue the deliveries their events call for (`ferry_core::deliver`);
 //! - the EventBridge schedule (every minute, `{"source": "aws.events", ...}`): every pool is
 //!   reconciled and the watchdog runs.
 //!
 //! Both are level-triggered: the dispatcher reads the whole situation each time, so a
 //! duplicated, lost or reordered stream record is harmless (the next minute catches up).
-//! The stream's batch therefore never reports item failures.
+//! Webhook deliveries are not: when they cannot be queued the whole batch fails, so Lambda
+//! retries it (a delivery already recorded and tried is not queued twice).
 
 mod build;
 
 use std::collections::BTreeSet;
 
+use ferry_core::deliver::{JobChange, Webhooks};
 use ferry_core::dispatch::{Dispatcher, PoolView};
 use ferry_core::progress::ProgressEvent;
 use ferry_core::watchdog::{Watchdog, WatchdogReport};
@@ -29,7 +32,7 @@ pub use build::{BuildError, build};
 pub enum Trigger {
     /// Stream records: the pools of the queued jobs they show, and the progress events
     /// executors marked for the stream fan-out (they could not push them themselves).
-    Stream { pools: BTreeSet<String>, events: Vec<ProgressEvent>, records: usize },
+    Stream { pools: BTreeSet<String>, events: Vec<ProgressEvent>, changes: Vec<JobChange>, records: usize },
     /// The schedule (or any other event): everything, and the watchdog.
     Schedule,
 }
@@ -40,11 +43,25 @@ pub fn trigger(event: &Value, pool_of: impl Fn(&str) -> String) -> Trigger {
         Some(batch) => Trigger::Stream {
             pools: batch.queued_models.iter().map(|m| pool_of(m)).collect(),
             events: batch.events,
+            changes: batch.job_changes,
             records: batch.records,
         },
         None => Trigger::Schedule,
     }
 }
+
+/// What the Lambda runs: built once by [`build`].
+pub struct Handlers {
+    pub dispatcher: Dispatcher,
+    pub watchdog: Watchdog,
+    /// Queues webhook deliveries from the stream's job writes.
+    pub webhooks: Webhooks,
+}
+
+/// Why a stream batch failed as a whole (Lambda retries it).
+#[derive(Debug, thiserror::Error)]
+#[error("webhook deliveries could not be queued: {0}")]
+pub struct BatchFailed(String);
 
 /// The answer: what was reconciled, and the stream's (always empty) batch failures.
 #[derive(Debug, Serialize)]
@@ -54,18 +71,32 @@ pub struct Outcome {
     pub watchdog: Option<WatchdogReport>,
     /// Deliveries of streamed progress events (connections reached).
     pub pushed: u32,
+    /// Webhook deliveries queued.
+    pub webhooks: u32,
     #[serde(rename = "batchItemFailures")]
     pub batch_item_failures: Vec<Value>,
 }
 
-/// Handles one event.
-pub async fn handle(dispatcher: &Dispatcher, watchdog: &Watchdog, event: Value) -> Outcome {
+/// Handles one event. Fails only when a stream batch's webhook deliveries could not be
+/// queued (then Lambda retries the batch).
+pub async fn handle(handlers: &Handlers, event: Value) -> Result<Outcome, BatchFailed> {
+    let Handlers { dispatcher, watchdog, webhooks } = handlers;
     let service = &watchdog.service;
     let trigger = trigger(&event, |model| service.pool_of(model).to_string());
-    let mut out = Outcome { pools: vec![], errors: vec![], watchdog: None, pushed: 0, batch_item_failures: vec![] };
+    let mut out =
+        Outcome { pools: vec![], errors: vec![], watchdog: None, pushed: 0, webhooks: 0, batch_item_failures: vec![] };
     let pools: Vec<String> = match &trigger {
-        Trigger::Stream { pools, events, records } => {
-            tracing::info!(records, pools = ?pools, events = events.len(), "stream trigger");
+        Trigger::Stream { pools, events, changes, records } => {
+            tracing::info!(records, pools = ?pools, events = events.len(), changes = changes.len(), "stream trigger");
+            if !changes.is_empty() {
+                match webhooks.enqueue(changes).await {
+                    Ok(n) => out.webhooks = n as u32,
+                    Err(e) => {
+                        tracing::error!(error = %e, "webhook deliveries could not be queued; the batch is retried");
+                        return Err(BatchFailed(e.to_string()));
+                    }
+                }
+            }
             if !events.is_empty() {
                 let fan_out = service.progress.fan_out_events(events).await;
                 out.pushed = fan_out.delivered as u32;
@@ -98,7 +129,7 @@ pub async fn handle(dispatcher: &Dispatcher, watchdog: &Watchdog, event: Value) 
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -112,7 +143,10 @@ mod tests {
                 "pk": {"S": "job#01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B"}, "status": {"S": "queued"}, "model": {"S": "llama"}}}}
         ]});
         let t = trigger(&event, |m| if m == "llama" { "gpu".into() } else { "cpu".into() });
-        assert_eq!(t, Trigger::Stream { pools: ["gpu".to_string()].into(), events: vec![], records: 1 });
+        assert_eq!(
+            t,
+            Trigger::Stream { pools: ["gpu".to_string()].into(), events: vec![], changes: vec![], records: 1 }
+        );
         let schedule = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
         assert_eq!(trigger(&schedule, |_| "cpu".into()), Trigger::Schedule);
     }
@@ -130,7 +164,10 @@ mod tests {
             |model: &str| catalog.get(model).unwrap_or_else(|| panic!("{model} is a demo model")).pool.clone();
 
         let stream = trigger(&read("stream-new-job.json"), pool_of);
-        assert_eq!(stream, Trigger::Stream { pools: ["cpu".to_string()].into(), events: vec![], records: 1 });
+        assert_eq!(
+            stream,
+            Trigger::Stream { pools: ["cpu".to_string()].into(), events: vec![], changes: vec![], records: 1 }
+        );
         assert_eq!(trigger(&read("schedule.json"), pool_of), Trigger::Schedule);
     }
 }

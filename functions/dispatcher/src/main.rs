@@ -9,10 +9,9 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     ferry_core::telemetry::init(true);
     let sdk = ferry_aws::sdk_config_from_env().await?;
-    let (dispatcher, watchdog) = ferry_dispatcher_lambda::build(&sdk, &|k| std::env::var(k).ok()).await?;
-    let (dispatcher, watchdog) = (&dispatcher, &watchdog);
+    let handlers = &ferry_dispatcher_lambda::build(&sdk, &|k| std::env::var(k).ok()).await?;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let outcome = ferry_dispatcher_lambda::handle(dispatcher, watchdog, event.payload).await;
+        let outcome = ferry_dispatcher_lambda::handle(handlers, event.payload).await?;
         Ok::<_, Error>(serde_json::to_value(outcome)?)
     }))
     .await

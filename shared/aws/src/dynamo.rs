@@ -19,6 +19,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
+use ferry_core::deliver::{WebhookDelivery, WebhookDeliveryStore};
 use ferry_core::ports::{
     ApiKeyRecord, ApiKeyStore, Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery,
     StoreError, WebhookSecretStore, WebhookSecrets, is_append_batch,
@@ -27,9 +28,10 @@ use ferry_core::progress::ProgressEvent;
 use ferry_core::{JobId, Millis, TenantId};
 
 use crate::dynamo_codec::{
-    FANOUT, FANOUT_STREAM, GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, event_pk, event_to_item, idem_pk,
-    idem_to_item, item_to_apikey, item_to_event, item_to_idem, item_to_job, item_to_webhook_secrets, job_pk,
-    job_to_item, lifecycle_attrs, n, s, tenant_gsi1pk, webhook_secrets_pk, webhook_secrets_to_item,
+    FANOUT, FANOUT_STREAM, GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, delivery_gsi1pk, delivery_pk,
+    delivery_to_item, endpoint_pk, event_pk, event_to_item, idem_pk, idem_to_item, item_to_apikey, item_to_delivery,
+    item_to_event, item_to_idem, item_to_job, item_to_webhook_secrets, job_pk, job_to_item, lifecycle_attrs, n, s,
+    tenant_gsi1pk, webhook_secrets_pk, webhook_secrets_to_item,
 };
 use crate::dynamo_error::{REFUSAL_CODES, THROTTLE_CODES, store_err};
 use crate::dynamo_index::Table;
@@ -679,5 +681,131 @@ impl WebhookSecretStore for DynamoWebhookSecrets {
             }
             Err(err) => Err(store_err("PutItem", err)),
         }
+    }
+}
+
+/// Webhook deliveries in the jobs table (`whd#<job>#<id>`, on `gsi1` under `whd#<job>`) and
+/// the endpoints a 410 disabled (`whoff#<tenant>#<url hash>`).
+#[derive(Debug, Clone)]
+pub struct DynamoDeliveries {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDeliveries {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoDeliveries { client, table: table.into() }
+    }
+
+    /// Puts `item` under `condition` (a constant of this crate, on `version`/`pk` with
+    /// `:expected`); `Ok(false)` when the condition fails.
+    async fn put_if(&self, item: Item, condition: &str, expected: Option<u64>) -> Result<bool, StoreError> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        let mut put =
+            self.client.put_item().table_name(&self.table).set_item(Some(item)).condition_expression(condition);
+        if let Some(v) = expected {
+            put = put.expression_attribute_names("#version", "version").expression_attribute_values(":expected", n(v));
+        }
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(err) if matches!(err.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {
+                Ok(false)
+            }
+            Err(err) => Err(store_err("PutItem", err)),
+        }
+    }
+}
+
+#[async_trait]
+impl WebhookDeliveryStore for DynamoDeliveries {
+    async fn create(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
+        self.put_if(delivery_to_item(delivery)?, "attribute_not_exists(pk)", None).await
+    }
+
+    async fn get(&self, job_id: &JobId, id: &str) -> Result<Option<WebhookDelivery>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(delivery_pk(job_id, id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_err("GetItem", e))?;
+        out.item.as_ref().map(item_to_delivery).transpose()
+    }
+
+    async fn list(&self, job_id: &JobId) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let mut out = vec![];
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI1)
+                .key_condition_expression("gsi1pk = :pk")
+                .expression_attribute_values(":pk", s(delivery_gsi1pk(job_id)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| store_err("Query", e))?;
+            for item in page.items() {
+                out.push(item_to_delivery(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn update(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
+        let Some(expected) = delivery.version.checked_sub(1).filter(|v| *v > 0) else { return Ok(false) };
+        self.put_if(delivery_to_item(delivery)?, "#version = :expected", Some(expected)).await
+    }
+
+    async fn disabled_since(&self, tenant: &TenantId, url: &str) -> Result<Option<Millis>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(endpoint_pk(tenant, url)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_err("GetItem", e))?;
+        match out.item.as_ref().and_then(|item| item.get("at")) {
+            Some(AttributeValue::N(at)) => {
+                at.parse().map(Some).map_err(|_| StoreError::Corrupt(format!("whoff item: at {at:?}")))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn set_disabled(&self, tenant: &TenantId, url: &str, at: Option<Millis>) -> Result<(), StoreError> {
+        let key = s(endpoint_pk(tenant, url));
+        match at {
+            Some(at) => {
+                let item = HashMap::from([(PK.to_string(), key), ("at".to_string(), n(at))]);
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map_err(|e| store_err("PutItem", e))?;
+            }
+            None => {
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key(PK, key)
+                    .send()
+                    .await
+                    .map_err(|e| store_err("DeleteItem", e))?;
+            }
+        }
+        Ok(())
     }
 }

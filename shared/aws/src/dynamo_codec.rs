@@ -8,6 +8,10 @@
 //! - `apikey#<key hash>`: an API key's tenant.
 //! - `whsec#<tenant>`: the tenant's webhook signing secrets (`secrets`, JSON; `version`,
 //!   the compare-and-set counter).
+//! - `whd#<job id>#<webhook id>`: a webhook delivery (`delivery`, JSON; `version`, the
+//!   compare-and-set counter), on `gsi1` under `whd#<job id>` so a job's deliveries are one
+//!   query; its `ttl` is the job's retention.
+//! - `whoff#<tenant>#<sha256 hex of the URL>`: a webhook endpoint a 410 disabled (`at`).
 //! - `evt#<job id>#<seq, 20 digits>`: one progress event (`body` is the event's JSON);
 //!   its `ttl` is the job's retention. Written together with the job's `last_seq`.
 //! - `pool#<pool>`: the dispatcher's record of a pool (`state`, JSON; `version`, the
@@ -27,6 +31,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use ferry_core::deliver::WebhookDelivery;
 use ferry_core::input::Input;
 use ferry_core::ports::{ApiKeyRecord, Connection, IdempotencyRecord, StoreError, WebhookSecrets};
 use ferry_core::progress::ProgressEvent;
@@ -111,6 +116,38 @@ pub(crate) fn item_to_webhook_secrets(
     Ok(WebhookSecrets { tenant: tenant.clone(), secrets, version: r.n("version")? })
 }
 
+pub(crate) fn delivery_pk(job_id: &JobId, id: &str) -> String {
+    format!("whd#{job_id}#{id}")
+}
+
+pub(crate) fn delivery_gsi1pk(job_id: &JobId) -> String {
+    format!("whd#{job_id}")
+}
+
+pub(crate) fn delivery_to_item(d: &WebhookDelivery) -> Result<Item, StoreError> {
+    let record =
+        serde_json::to_string(d).map_err(|e| StoreError::Corrupt(format!("a delivery cannot be encoded: {e}")))?;
+    Ok(HashMap::from([
+        (PK.into(), s(delivery_pk(&d.job_id, &d.id))),
+        (GSI1PK.into(), s(delivery_gsi1pk(&d.job_id))),
+        (GSI1SK.into(), s(format!("{:020}#{}", d.created_at, d.id))),
+        ("delivery".into(), s(record)),
+        ("version".into(), n(d.version)),
+        (TTL.into(), ttl_secs(d.retain_until)),
+    ]))
+}
+
+pub(crate) fn item_to_delivery(item: &Item) -> Result<WebhookDelivery, StoreError> {
+    let r = Reader(item);
+    let d: WebhookDelivery = serde_json::from_str(&r.s("delivery")?).map_err(|e| r.corrupt("delivery", e))?;
+    Ok(WebhookDelivery { version: r.n("version")?, ..d })
+}
+
+/// The URL is hashed: client-chosen bytes never shape the partition key.
+pub(crate) fn endpoint_pk(tenant: &TenantId, url: &str) -> String {
+    format!("whoff#{}#{}", tenant.as_str(), hex::encode(Sha256::digest(url.as_bytes())))
+}
+
 pub(crate) fn event_pk(job_id: &JobId, seq: u64) -> String {
     // Zero-padded so the keys of one job sort by seq, should anything ever list them.
     format!("{EVENT_PREFIX}{job_id}#{seq:020}")
@@ -184,6 +221,9 @@ pub(crate) fn job_to_item(job: &Job) -> Item {
     if let Some(key) = &job.idempotency_key {
         item.insert("idempotency_key".into(), s(key.clone()));
     }
+    if let Some(hook) = &job.webhook {
+        item.insert("webhook".into(), s(serde_json::json!(hook).to_string()));
+    }
     item.insert("last_seq".into(), n(job.last_seq));
     for (name, value) in lifecycle_attrs(job) {
         if let Some(value) = value {
@@ -211,6 +251,10 @@ pub(crate) fn item_to_job(item: &Item) -> Result<Job, StoreError> {
         created_at: r.n("created_at")?,
         expires_at: r.n("expires_at")?,
         idempotency_key: r.opt_s("idempotency_key")?,
+        webhook: r
+            .opt_s("webhook")?
+            .map(|t| serde_json::from_str(&t).map_err(|e| r.corrupt("webhook", e)))
+            .transpose()?,
         status: r.parsed("status")?,
         attempt: r.n("attempt")?,
         started_at: r.opt_n("started_at")?,
@@ -409,6 +453,10 @@ mod unit {
             created_at: 1_700_000_000_000,
             expires_at: 1_700_000_600_000,
             idempotency_key: Some("k".into()),
+            webhook: Some(ferry_core::webhook::WebhookRequest {
+                url: "https://example.com/h".into(),
+                events: vec![ferry_core::webhook::WebhookEvent::Completed],
+            }),
             status: JobStatus::Failed,
             attempt: 2,
             started_at: Some(1),

@@ -38,12 +38,12 @@ pub use config::{
     sdk_config_for_endpoint_with, sdk_config_from_env,
 };
 pub use connections::DynamoConnectionStore;
-pub use dynamo::{DynamoApiKeyStore, DynamoJobStore, DynamoWebhookSecrets};
+pub use dynamo::{DynamoApiKeyStore, DynamoDeliveries, DynamoJobStore, DynamoWebhookSecrets};
 pub use ecs::EcsLauncher;
 pub use notifier::ApiGatewayNotifier;
 pub use root::{AwsPorts, api_root_from_lookup, root_from_lookup, ws_ports_from_lookup};
 pub use s3::{S3Objects, s3_client};
-pub use sqs::SqsWorkQueue;
+pub use sqs::{SqsQueue, SqsWebhookQueue, SqsWorkQueue};
 
 /// Re-exported so callers can build clients without naming the SDK crates themselves.
 pub use aws_config::SdkConfig;

@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
+use ferry_core::deliver::{SystemResolver, WebhookQueue};
 use ferry_core::fleet::Launcher;
 use ferry_core::pool::Pools;
-use ferry_core::ports::{NoNotifier, Notifier, Queues, SystemClock, WorkQueue};
+use ferry_core::ports::{NoNotifier, NoQueue, Notifier, Queues, SystemClock, WorkQueue};
 use ferry_core::root::{Ports, Root};
 
 use crate::config::{AwsSettings, table_from_lookup};
 use crate::{
-    ApiGatewayNotifier, AwsError, DynamoApiKeyStore, DynamoConnectionStore, DynamoJobStore, DynamoWebhookSecrets,
-    EcsLauncher, S3Objects, SdkConfig, SqsWorkQueue,
+    ApiGatewayNotifier, AwsError, DynamoApiKeyStore, DynamoConnectionStore, DynamoDeliveries, DynamoJobStore,
+    DynamoWebhookSecrets, EcsLauncher, S3Objects, SdkConfig, SqsWebhookQueue, SqsWorkQueue,
 };
 use ferry_core::objects::{NoObjects, ObjectStore};
 
@@ -31,6 +32,7 @@ pub struct AwsPorts {
     table: String,
     stream_fanout: bool,
     results_bucket: Option<String>,
+    webhook_queue_url: Option<String>,
 }
 
 impl AwsPorts {
@@ -43,6 +45,7 @@ impl AwsPorts {
             table: table.to_string(),
             stream_fanout: false,
             results_bucket: None,
+            webhook_queue_url: None,
         }
     }
 
@@ -58,6 +61,21 @@ impl AwsPorts {
     pub fn with_stream_fanout(mut self) -> AwsPorts {
         self.stream_fanout = true;
         self
+    }
+
+    /// Webhook deliveries are queued on the SQS queue at `url` (`FERRY_WEBHOOK_QUEUE_URL`);
+    /// without one, nothing is queued (a redelivery is refused with a clear error).
+    pub fn with_webhook_queue(mut self, url: Option<&str>) -> AwsPorts {
+        self.webhook_queue_url = url.map(str::trim).filter(|u| !u.is_empty()).map(String::from);
+        self
+    }
+
+    /// The webhook queue, or [`NoQueue`] without one.
+    pub fn webhook_queue(&self) -> Arc<WebhookQueue> {
+        match &self.webhook_queue_url {
+            Some(url) => Arc::new(SqsWebhookQueue::new(self.sqs.clone(), url)),
+            None => Arc::new(NoQueue),
+        }
     }
 
     pub fn table(&self) -> &str {
@@ -122,6 +140,9 @@ impl AwsPorts {
             connections: Arc::new(DynamoConnectionStore::new(self.dynamo.clone(), &self.table)),
             keys: Arc::new(DynamoApiKeyStore::new(self.dynamo.clone(), &self.table)),
             webhook_secrets: Arc::new(DynamoWebhookSecrets::new(self.dynamo.clone(), &self.table)),
+            deliveries: Arc::new(DynamoDeliveries::new(self.dynamo.clone(), &self.table)),
+            webhook_queue: self.webhook_queue(),
+            resolver: Arc::new(SystemResolver),
             objects: self.objects(),
             queues,
             pools: jobs,
@@ -163,9 +184,15 @@ pub async fn api_root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Ro
     lambda_root(aws, env).await
 }
 
-/// The api's and the dispatcher's root over `aws`, from the rest of their environment.
+/// The api's and the dispatcher's root over `aws`, from the rest of their environment (the
+/// webhook queue: `FERRY_WEBHOOK_QUEUE_URL`).
 async fn lambda_root(aws: AwsPorts, env: Lookup<'_>) -> Result<Root, AwsError> {
     let config_err = |e: &dyn std::fmt::Display| AwsError::Config(e.to_string());
+    let webhook_queue = env("FERRY_WEBHOOK_QUEUE_URL");
+    if webhook_queue.as_deref().is_none_or(|v| v.trim().is_empty()) {
+        tracing::warn!("FERRY_WEBHOOK_QUEUE_URL is not set: webhooks are not delivered");
+    }
+    let aws = aws.with_webhook_queue(webhook_queue.as_deref());
     let settings = AwsSettings::from_lookup(&aws.sqs, env).await?;
     let default_dlq = env("FERRY_DLQ_URL").filter(|v| !v.trim().is_empty());
     let notifier = aws.notifier(env("FERRY_WS_MANAGEMENT_ENDPOINT").as_deref());

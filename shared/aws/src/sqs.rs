@@ -1,4 +1,4 @@
-//! SQS adapter for the `WorkQueue` port.
+//! SQS adapter for the `MessageQueue` port: the work queues, and the webhook queue.
 //!
 //! A message carries ids only: the body is `{"job_id": "...", "attempt": n}` and the
 //! tenant, model and trace id ride in String message attributes (`ferry.tenant`,
@@ -14,7 +14,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::timeout::TimeoutConfig;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
-use ferry_core::ports::{Delivery, QueueDepth, QueueError, WorkMessage, WorkQueue};
+use ferry_core::deliver::WebhookMessage;
+use ferry_core::ports::{MessageQueue, QueueDepth, QueueError, Received, WorkMessage};
 use ferry_core::{JobId, TenantId};
 
 pub(crate) const ATTR_TENANT: &str = "ferry.tenant";
@@ -80,16 +81,31 @@ fn string_attr(value: &str) -> Result<MessageAttributeValue, QueueError> {
         .map_err(|e| QueueError::Unavailable(format!("SQS message attribute could not be built: {e}")))
 }
 
-/// The work queue on SQS.
-#[derive(Debug, Clone)]
-pub struct SqsWorkQueue {
-    client: Client,
-    queue_url: String,
+/// How a message type is carried by SQS: its body and message attributes.
+pub trait SqsMessage: Sized + Send + Sync + 'static {
+    /// The body and the attributes to send.
+    fn encode(&self) -> Result<(String, HashMap<String, MessageAttributeValue>), QueueError>;
+    /// A received message (its body and attributes) as `Self`.
+    fn decode(message: &Message) -> Result<Self, QueueError>;
 }
 
-impl SqsWorkQueue {
+/// A queue of `M` on SQS.
+#[derive(Debug, Clone)]
+pub struct SqsQueue<M> {
+    client: Client,
+    queue_url: String,
+    kind: std::marker::PhantomData<fn() -> M>,
+}
+
+/// The work queue on SQS.
+pub type SqsWorkQueue = SqsQueue<WorkMessage>;
+
+/// The webhook queue on SQS.
+pub type SqsWebhookQueue = SqsQueue<WebhookMessage>;
+
+impl<M> SqsQueue<M> {
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        SqsWorkQueue { client, queue_url: queue_url.into() }
+        SqsQueue { client, queue_url: queue_url.into(), kind: std::marker::PhantomData }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -97,80 +113,101 @@ impl SqsWorkQueue {
     }
 }
 
-/// Decodes one received message. The body gives the ids; the attributes give tenant,
-/// model and trace id. A missing model or trace id decodes as empty (they only route and
-/// correlate), but a message without a tenant cannot be attributed and is corrupt.
-pub(crate) fn decode(message: &Message) -> Result<Delivery, QueueError> {
-    let id = message.message_id().unwrap_or("?");
-    let corrupt = |why: String| QueueError::Corrupt(format!("message {id}: {why}"));
-    let receipt = message.receipt_handle().ok_or_else(|| corrupt("no receipt handle".into()))?;
-    let body: serde_json::Value = serde_json::from_str(message.body().unwrap_or_default())
-        .map_err(|e| corrupt(format!("body is not JSON: {e}")))?;
-    let job_id: JobId = body
-        .get("job_id")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| corrupt("body has no job_id".into()))?
-        .parse()
-        .map_err(|e| corrupt(format!("job_id: {e}")))?;
-    let attempt = body
-        .get("attempt")
-        .and_then(|v| v.as_u64())
-        .and_then(|a| u32::try_from(a).ok())
-        .ok_or_else(|| corrupt("body has no valid attempt".into()))?;
-
-    let attrs = message.message_attributes();
-    let attr = |name: &str| attrs.and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_string);
-    let tenant = attr(ATTR_TENANT).ok_or_else(|| corrupt(format!("no {ATTR_TENANT} attribute")))?;
-    let tenant = TenantId::new(tenant).map_err(|e| corrupt(format!("{ATTR_TENANT}: {e}")))?;
-
-    let receive_count = message
+/// How many times a message has been received (SQS's `ApproximateReceiveCount`).
+fn receive_count(message: &Message) -> u32 {
+    message
         .attributes()
         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .and_then(|c| c.parse().ok())
-        .unwrap_or(1);
-    Ok(Delivery {
-        message: WorkMessage {
+        .unwrap_or(1)
+}
+
+fn corrupt(message: &Message, why: String) -> QueueError {
+    QueueError::Corrupt(format!("message {}: {why}", message.message_id().unwrap_or("?")))
+}
+
+/// A received message as `M`, with its receipt and receive count.
+pub(crate) fn decode<M: SqsMessage>(message: &Message) -> Result<Received<M>, QueueError> {
+    let receipt = message.receipt_handle().ok_or_else(|| corrupt(message, "no receipt handle".into()))?;
+    Ok(Received { message: M::decode(message)?, receipt: receipt.to_string(), receive_count: receive_count(message) })
+}
+
+/// A work message: the body gives the ids; the attributes give tenant, model and trace id.
+/// A missing model or trace id decodes as empty (they only route and correlate), but a
+/// message without a tenant cannot be attributed and is corrupt.
+impl SqsMessage for WorkMessage {
+    fn encode(&self) -> Result<(String, HashMap<String, MessageAttributeValue>), QueueError> {
+        let body = serde_json::json!({"job_id": self.job_id.to_string(), "attempt": self.attempt});
+        let mut attributes = HashMap::from([(ATTR_TENANT.to_string(), string_attr(self.tenant.as_str())?)]);
+        // SQS rejects empty attribute values: leave empty ones out (they decode as empty).
+        for (name, value) in [(ATTR_MODEL, &self.model), (ATTR_TRACE, &self.trace_id)] {
+            if !value.is_empty() {
+                attributes.insert(name.to_string(), string_attr(value)?);
+            }
+        }
+        Ok((body.to_string(), attributes))
+    }
+
+    fn decode(message: &Message) -> Result<Self, QueueError> {
+        let corrupt = |why: String| corrupt(message, why);
+        let body: serde_json::Value = serde_json::from_str(message.body().unwrap_or_default())
+            .map_err(|e| corrupt(format!("body is not JSON: {e}")))?;
+        let job_id: JobId = body
+            .get("job_id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| corrupt("body has no job_id".into()))?
+            .parse()
+            .map_err(|e| corrupt(format!("job_id: {e}")))?;
+        let attempt = body
+            .get("attempt")
+            .and_then(|v| v.as_u64())
+            .and_then(|a| u32::try_from(a).ok())
+            .ok_or_else(|| corrupt("body has no valid attempt".into()))?;
+
+        let attrs = message.message_attributes();
+        let attr = |name: &str| attrs.and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_string);
+        let tenant = attr(ATTR_TENANT).ok_or_else(|| corrupt(format!("no {ATTR_TENANT} attribute")))?;
+        let tenant = TenantId::new(tenant).map_err(|e| corrupt(format!("{ATTR_TENANT}: {e}")))?;
+        Ok(WorkMessage {
             job_id,
             attempt,
             tenant,
             model: attr(ATTR_MODEL).unwrap_or_default(),
             trace_id: attr(ATTR_TRACE).unwrap_or_default(),
-        },
-        receipt: receipt.to_string(),
-        receive_count,
-    })
+        })
+    }
+}
+
+/// A webhook message: the whole message as the JSON body.
+impl SqsMessage for WebhookMessage {
+    fn encode(&self) -> Result<(String, HashMap<String, MessageAttributeValue>), QueueError> {
+        let body = serde_json::to_string(self).map_err(|e| QueueError::Corrupt(format!("webhook message: {e}")))?;
+        Ok((body, HashMap::new()))
+    }
+
+    fn decode(message: &Message) -> Result<Self, QueueError> {
+        serde_json::from_str(message.body().unwrap_or_default()).map_err(|e| corrupt(message, format!("body: {e}")))
+    }
 }
 
 #[async_trait]
-impl WorkQueue for SqsWorkQueue {
-    async fn send(&self, message: &WorkMessage) -> Result<(), QueueError> {
-        let body = serde_json::json!({"job_id": message.job_id.to_string(), "attempt": message.attempt});
-        let mut attributes = HashMap::from([(ATTR_TENANT.to_string(), string_attr(message.tenant.as_str())?)]);
-        // SQS rejects empty attribute values: leave empty ones out (they decode as empty).
-        for (name, value) in [(ATTR_MODEL, &message.model), (ATTR_TRACE, &message.trace_id)] {
-            if !value.is_empty() {
-                attributes.insert(name.to_string(), string_attr(value)?);
-            }
-        }
+impl<M: SqsMessage> MessageQueue<M> for SqsQueue<M> {
+    async fn send(&self, message: &M) -> Result<(), QueueError> {
+        let (body, attributes) = message.encode()?;
         let out = self
             .client
             .send_message()
             .queue_url(&self.queue_url)
-            .message_body(body.to_string())
-            .set_message_attributes(Some(attributes))
+            .message_body(body)
+            .set_message_attributes((!attributes.is_empty()).then_some(attributes))
             .send()
             .await
             .map_err(|e| queue_err("SendMessage", e))?;
-        tracing::debug!(
-            job_id = %message.job_id,
-            attempt = message.attempt,
-            message_id = out.message_id().unwrap_or_default(),
-            "work message sent"
-        );
+        tracing::debug!(queue = %self.queue_url, message_id = out.message_id().unwrap_or_default(), "message sent");
         Ok(())
     }
 
-    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Received<M>>, QueueError> {
         let wait_s = secs_ceil(wait, MAX_WAIT_S);
         let out = self
             .client
@@ -196,7 +233,7 @@ impl WorkQueue for SqsWorkQueue {
             match decode(message) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err(err) => {
-                    tracing::warn!(error = %err, "skipping corrupt work message");
+                    tracing::warn!(error = %err, "skipping a corrupt message");
                     first_error.get_or_insert(err);
                 }
             }

@@ -1,14 +1,17 @@
 //! The jobs table's DynamoDB stream, as the dispatcher Lambda receives it: which records
-//! show a queued job (its pool needs reconciling now) and which are progress events an
-//! executor marked for the stream fan-out (it could not push them itself). The item layout
-//! is this crate's ([`crate::dynamo_codec`]); the Lambda only asks what a batch says.
+//! show a queued job (its pool needs reconciling now), which are progress events an
+//! executor marked for the stream fan-out (it could not push them itself), and which job
+//! writes a webhook may be called for. The item layout is this crate's
+//! ([`crate::dynamo_codec`]); the Lambda only asks what a batch says.
 
 use std::collections::BTreeSet;
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use ferry_core::deliver::JobChange;
 use ferry_core::progress::ProgressEvent;
 use serde_json::Value;
 
-use crate::dynamo_codec::{EVENT_PREFIX, FANOUT, FANOUT_STREAM, JOB_PREFIX, PK};
+use crate::dynamo_codec::{EVENT_PREFIX, FANOUT, FANOUT_STREAM, Item, JOB_PREFIX, PK, item_to_job};
 
 /// What a batch of stream records says.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -17,6 +20,8 @@ pub struct StreamBatch {
     pub queued_models: BTreeSet<String>,
     /// The progress events marked for the stream fan-out, ordered by job and seq.
     pub events: Vec<ProgressEvent>,
+    /// The writes of jobs that have a webhook (old and new images), in stream order.
+    pub job_changes: Vec<JobChange>,
     /// How many records the batch held.
     pub records: usize,
 }
@@ -38,6 +43,14 @@ pub fn read_stream_event(event: &Value) -> Option<StreamBatch> {
                 batch.queued_models.insert(model.to_string());
             }
         }
+        if pk.starts_with(JOB_PREFIX) && image.get("webhook").is_some() {
+            let job = |image: &Value| image_to_item(image).and_then(|item| item_to_job(&item).ok());
+            match (job(image), r["dynamodb"].get("OldImage").map(job)) {
+                (Some(new), None) => batch.job_changes.push(JobChange::between(None, &new)),
+                (Some(new), Some(Some(old))) => batch.job_changes.push(JobChange::between(Some(&old), &new)),
+                _ => tracing::warn!(pk, "unreadable job image in the stream"),
+            }
+        }
         if pk.starts_with(EVENT_PREFIX) && string(FANOUT) == Some(FANOUT_STREAM) {
             match string("body").map(serde_json::from_str::<ProgressEvent>) {
                 Some(Ok(event)) => batch.events.push(event),
@@ -48,6 +61,28 @@ pub fn read_stream_event(event: &Value) -> Option<StreamBatch> {
     // The stream orders records per item; a job's events are ordered by seq here.
     batch.events.sort_by_key(|e| (e.job_id, e.seq));
     Some(batch)
+}
+
+/// A stream image (DynamoDB JSON, `{"name": {"S": "..."}}`) as an item; `None` when it holds
+/// something that is not DynamoDB JSON.
+pub(crate) fn image_to_item(image: &Value) -> Option<Item> {
+    image.as_object()?.iter().map(|(name, v)| Some((name.clone(), attribute(v)?))).collect()
+}
+
+fn attribute(v: &Value) -> Option<AttributeValue> {
+    let (kind, v) = v.as_object()?.iter().next()?;
+    let strings = |v: &Value| v.as_array()?.iter().map(|s| s.as_str().map(String::from)).collect::<Option<Vec<_>>>();
+    Some(match kind.as_str() {
+        "S" => AttributeValue::S(v.as_str()?.into()),
+        "N" => AttributeValue::N(v.as_str()?.into()),
+        "BOOL" => AttributeValue::Bool(v.as_bool()?),
+        "NULL" => AttributeValue::Null(true),
+        "SS" => AttributeValue::Ss(strings(v)?),
+        "NS" => AttributeValue::Ns(strings(v)?),
+        "L" => AttributeValue::L(v.as_array()?.iter().map(attribute).collect::<Option<_>>()?),
+        "M" => AttributeValue::M(image_to_item(v)?),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -66,7 +101,15 @@ mod tests {
             {"eventSource": "aws:dynamodb", "eventName": "REMOVE", "dynamodb": {}}
         ]});
         let batch = read_stream_event(&event).unwrap();
-        assert_eq!(batch, StreamBatch { queued_models: ["llama".to_string()].into(), events: vec![], records: 4 });
+        assert_eq!(
+            batch,
+            StreamBatch {
+                queued_models: ["llama".to_string()].into(),
+                events: vec![],
+                job_changes: vec![],
+                records: 4
+            }
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::catalog::ModelSpec;
 use crate::input::InputLimits;
+use crate::webhook::UrlPolicy;
 
 /// Everything the HTTP API and the job service can be tuned with.
 #[derive(Debug, Clone)]
@@ -38,6 +39,10 @@ pub struct Config {
     /// `FERRY_OUTPUT_URL_TTL_S`: how long a job view's `output_url` works. Default 3600;
     /// 60 to 604800 (SigV4's limit of 7 days).
     pub output_url_ttl_s: u64,
+    /// Which webhook URLs submit accepts and the deliverer calls: [`UrlPolicy::AWS`] (https
+    /// to public addresses) unless `ferry dev` sets [`UrlPolicy::LOCAL`]. Not a variable: a
+    /// deployment cannot be told to call its own network.
+    pub webhook_policy: UrlPolicy,
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             max_new_tokens: 4096,
             max_batch: 2048,
             output_url_ttl_s: crate::objects::DEFAULT_URL_TTL_S,
+            webhook_policy: UrlPolicy::AWS,
         }
     }
 }

@@ -222,6 +222,9 @@ pub struct Job {
     /// A queued job not started by then becomes `expired`.
     pub expires_at: Millis,
     pub idempotency_key: Option<String>,
+    /// Where the job's events are delivered ([`crate::deliver`]), when it asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::webhook::WebhookRequest>,
 
     // Lifecycle: written by conditional updates.
     pub status: JobStatus,

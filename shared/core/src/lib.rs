@@ -14,6 +14,7 @@ pub mod auth;
 pub mod catalog;
 pub mod chat;
 pub mod config;
+pub mod deliver;
 pub mod dispatch;
 pub mod error;
 pub mod fleet;

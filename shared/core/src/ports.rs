@@ -155,6 +155,12 @@ pub trait JobStore: Send + Sync {
     /// scan. Served from an index that may lag writes by a moment, so callers act only
     /// through a compare-and-set on what they read. A terminal status gives an empty page.
     async fn active(&self, status: JobStatus, limit: u32, after: Option<JobId>) -> Result<JobPage, StoreError>;
+
+    /// Every write from now on, in order, when the store has its own change feed (the
+    /// embedded one). DynamoDB's is the table's stream, which the dispatcher Lambda reads: `None`.
+    fn changes(&self) -> Option<crate::deliver::JobChanges> {
+        None
+    }
 }
 
 /// Most events one [`EventStore::append`] takes: DynamoDB's 100 items per transaction,
@@ -356,13 +362,16 @@ impl WorkMessage {
 
 /// A received message, invisible to other receivers until its visibility timeout lapses.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Delivery {
-    pub message: WorkMessage,
+pub struct Received<M> {
+    pub message: M,
     /// Opaque handle for `delete` and `set_visibility`.
     pub receipt: String,
     /// How many times this message has been received, this time included (starts at 1).
     pub receive_count: u32,
 }
+
+/// A received work message.
+pub type Delivery = Received<WorkMessage>;
 
 /// Approximate depth, as SQS reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -371,14 +380,15 @@ pub struct QueueDepth {
     pub in_flight: u64,
 }
 
-/// An at-least-once work queue with visibility timeouts (SQS semantics).
+/// An at-least-once queue of `M` with visibility timeouts (SQS semantics): the work queues
+/// ([`WorkQueue`]) and the webhook queue ([`crate::deliver::WebhookQueue`]).
 #[async_trait]
-pub trait WorkQueue: Send + Sync {
-    async fn send(&self, message: &WorkMessage) -> Result<(), QueueError>;
+pub trait MessageQueue<M: Send + Sync + 'static>: Send + Sync {
+    async fn send(&self, message: &M) -> Result<(), QueueError>;
 
     /// Receives up to `max` (1..=10) messages, waiting up to `wait` (<= 20 s) for the first;
     /// received messages are hidden for `visibility`.
-    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError>;
+    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Received<M>>, QueueError>;
 
     /// Acknowledges a message: it is never delivered again.
     async fn delete(&self, receipt: &str) -> Result<(), QueueError>;
@@ -389,15 +399,20 @@ pub trait WorkQueue: Send + Sync {
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
 }
 
+/// A queue of work: one per pool.
+pub trait WorkQueue: MessageQueue<WorkMessage> {}
+
+impl<T: MessageQueue<WorkMessage> + ?Sized> WorkQueue for T {}
+
 /// A queue for processes that send and receive no work (the `ws` Lambda): every call fails.
 pub struct NoQueue;
 
 #[async_trait]
-impl WorkQueue for NoQueue {
-    async fn send(&self, _: &WorkMessage) -> Result<(), QueueError> {
+impl<M: Send + Sync + 'static> MessageQueue<M> for NoQueue {
+    async fn send(&self, _: &M) -> Result<(), QueueError> {
         Err(no_queue())
     }
-    async fn receive(&self, _: u32, _: Duration, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive(&self, _: u32, _: Duration, _: Duration) -> Result<Vec<Received<M>>, QueueError> {
         Err(no_queue())
     }
     async fn delete(&self, _: &str) -> Result<(), QueueError> {

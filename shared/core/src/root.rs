@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::deliver::{DeliverySettings, Resolver, WebhookDeliveryStore, WebhookQueue, WebhookTransport, Webhooks};
 use crate::dispatch::Dispatcher;
 use crate::fleet::{Launcher, PoolStore};
 use crate::objects::ObjectStore;
@@ -40,6 +41,12 @@ pub struct Ports {
     pub keys: Arc<dyn ApiKeyStore>,
     /// Tenants' webhook signing secrets ([`crate::ports::NoWebhookSecrets`] in executors).
     pub webhook_secrets: Arc<dyn WebhookSecretStore>,
+    /// Webhook deliveries ([`crate::deliver::NoDeliveries`] where none are made).
+    pub deliveries: Arc<dyn WebhookDeliveryStore>,
+    /// The webhook queue ([`crate::ports::NoQueue`] where nothing is delivered).
+    pub webhook_queue: Arc<WebhookQueue>,
+    /// Resolves webhook hosts ([`crate::deliver::SystemResolver`] but in tests).
+    pub resolver: Arc<dyn Resolver>,
     /// Large inputs and outputs (the results bucket; [`crate::objects::NoObjects`] where
     /// none is configured).
     pub objects: Arc<dyn ObjectStore>,
@@ -110,6 +117,19 @@ impl Root {
             config: self.config.clone(),
             progress: self.hub(),
             fleet: self.fleet(),
+            resolver: self.ports.resolver.clone(),
+        }
+    }
+
+    /// Webhook delivery, posting through `transport`.
+    pub fn webhooks(&self, transport: Arc<dyn WebhookTransport>, settings: DeliverySettings) -> Webhooks {
+        Webhooks {
+            service: self.service(),
+            deliveries: self.ports.deliveries.clone(),
+            secrets: self.ports.webhook_secrets.clone(),
+            queue: self.ports.webhook_queue.clone(),
+            transport,
+            settings,
         }
     }
 

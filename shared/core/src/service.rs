@@ -55,6 +55,10 @@ pub enum ServiceError {
     /// The results store (large inputs and outputs) failed or is not configured.
     #[error(transparent)]
     Objects(#[from] ObjectError),
+    /// The request cannot be accepted as it is (a webhook URL resolving to a refused address):
+    /// the error to answer with.
+    #[error("refused: {}", .0.message)]
+    Rejected(crate::error::ApiError),
 }
 
 /// The outcome of a submit.
@@ -102,6 +106,8 @@ pub struct JobService {
     /// The pools and their records, so job views explain where a queued job stands
     /// (`queue_state`).
     pub fleet: crate::queue_state::Fleet,
+    /// Resolves webhook hosts at submit, so a name pointing at a refused address is a 422.
+    pub resolver: Arc<dyn crate::deliver::Resolver>,
 }
 
 impl JobService {
@@ -124,6 +130,11 @@ impl JobService {
         idempotency_key: Option<String>,
         trace_id: &str,
     ) -> Result<Submitted, ServiceError> {
+        if let Some(hook) = &req.webhook {
+            crate::deliver::check_webhook(hook, self.config.webhook_policy, self.resolver.as_ref())
+                .await
+                .map_err(ServiceError::Rejected)?;
+        }
         let now = self.clock.now();
         let c = &self.config;
         let expires_at = now + c.queue_ttl_s * 1000;
@@ -145,6 +156,7 @@ impl JobService {
             created_at: now,
             expires_at,
             idempotency_key: idempotency_key.clone(),
+            webhook: req.webhook.clone(),
             status: JobStatus::Queued,
             attempt: 1,
             started_at: None,

@@ -32,6 +32,9 @@ pub struct SubmitJob {
     /// Execution timeout in seconds (1 to the configured maximum).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+    /// Where to POST the job's events, signed (Standard Webhooks): `completed` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::webhook::WebhookRequest>,
 }
 
 /// A submission that passed every check.
@@ -40,6 +43,9 @@ pub struct ValidSubmit {
     pub model: ModelSpec,
     pub input: JobInput,
     pub timeout_s: u64,
+    /// Its URL's shape is checked; its addresses are checked by the service before the job
+    /// is recorded ([`crate::deliver::check_webhook`]).
+    pub webhook: Option<crate::webhook::WebhookRequest>,
     /// SHA-256 of the canonical request, for idempotency.
     pub request_hash: String,
 }
@@ -88,10 +94,37 @@ pub fn parse_submit(body: &[u8], catalog: &Catalog, config: &Config) -> Result<V
     let params = f.opt("params", |v, field| v.as_object().ok_or_else(|| wrong_type(field, "an object")))?;
     let input = JobInput::parse(model.task, input, params.unwrap_or(&empty), &config.input_limits(&model))?;
     check_chat(&input, &model)?;
+    let webhook = f.opt("webhook", |v, _| parse_webhook(v, config))?;
 
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "model": model.id, "input": input.input_json(), "params": input.params_json(), "timeout_s": timeout_s,
     });
+    if let Some(hook) = &webhook {
+        canonical["webhook"] = serde_json::json!(hook);
+    }
     let request_hash = sha256_hex(canonical.to_string().as_bytes());
-    Ok(ValidSubmit { model, input, timeout_s, request_hash })
+    Ok(ValidSubmit { model, input, timeout_s, webhook, request_hash })
+}
+
+/// A submit's `webhook` under the deployment's URL policy: unknown fields are 400, an
+/// unknown event or an unacceptable URL 422, each naming its field.
+pub fn parse_webhook(value: &Value, config: &Config) -> Result<crate::webhook::WebhookRequest, ApiError> {
+    let f = Fields::of(value, "webhook", "an object like {\"url\": \"https://...\"}", &["url", "events"])?;
+    let url = f.required("url", string)?;
+    let events = f.opt("events", |v, field| {
+        let list = v.as_array().ok_or_else(|| wrong_type(field, "an array of event names"))?;
+        list.iter()
+            .enumerate()
+            .map(|(i, e)| {
+                serde_json::from_value(e.clone()).map_err(|_| {
+                    ApiError::invalid(format!("{field}[{i}]"), "one of \"completed\", \"started\", \"output\"")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let hook = crate::webhook::WebhookRequest {
+        url,
+        events: events.unwrap_or_else(|| vec![crate::webhook::WebhookEvent::Completed]),
+    };
+    hook.checked(config.webhook_policy)
 }

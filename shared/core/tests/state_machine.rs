@@ -20,6 +20,7 @@ fn job(status: JobStatus, attempt: u32) -> Job {
         created_at: 1_000,
         expires_at: 100_000,
         idempotency_key: None,
+        webhook: None,
         status,
         attempt,
         started_at: None,

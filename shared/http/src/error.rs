@@ -42,6 +42,7 @@ impl From<ServiceError> for HttpError {
         let request_id = request_id();
         HttpError(match e {
             ServiceError::NotFound => ApiError::job_not_found(),
+            ServiceError::Rejected(e) => e,
             ServiceError::AlreadyFinished(s) => ApiError::conflict(format!("the job is already {s}")),
             ServiceError::IdempotencyMismatch => ApiError::conflict(e.to_string()).with_field("Idempotency-Key"),
             ServiceError::Contended | ServiceError::Store(StoreError::ConditionFailed { .. }) => {

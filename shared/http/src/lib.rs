@@ -12,6 +12,7 @@ mod error;
 mod extract;
 mod routes;
 mod state;
+pub mod webhook_client;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -18,6 +18,8 @@ pub struct ApiState {
     pub events: Arc<dyn EventStore>,
     /// Tenants' webhook signing secrets (`/v1/webhooks/secret`).
     pub webhook_secrets: Arc<dyn WebhookSecretStore>,
+    /// A job's webhook deliveries, listed and queued again (never posted from here).
+    pub webhooks: ferry_core::deliver::Webhooks,
     /// The pools' dispatcher, read-only (`GET /v1/pools`).
     pub pools: Dispatcher,
     /// Per tenant, per process.
@@ -37,6 +39,7 @@ impl ApiState {
             keys: root.ports.keys.clone(),
             events: root.ports.events.clone(),
             webhook_secrets: root.ports.webhook_secrets.clone(),
+            webhooks: root.webhooks(Arc::new(ferry_core::deliver::NoTransport), Default::default()),
             pools: root.dispatcher(),
             limiter: RateLimiter::new(config.rate_limit_per_s, config.rate_limit_burst),
             doc: crate::openapi(),

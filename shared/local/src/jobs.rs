@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ferry_core::Millis;
+use ferry_core::deliver::JobChange;
 use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{
     Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError, is_append_batch,
@@ -35,6 +36,20 @@ struct Inner {
     /// Progress events by (job, seq), under the same lock as the jobs so an append and
     /// its `last_seq` move are one atomic step, as the DynamoDB transaction is.
     events: BTreeMap<(JobId, u64), ProgressEvent>,
+    /// Receivers of every job write, in write order: the embedded table's stream.
+    watchers: Vec<tokio::sync::mpsc::UnboundedSender<JobChange>>,
+}
+
+impl Inner {
+    /// Tells the watchers of a write of `new` over `old` (done under the lock, so they see
+    /// writes in order).
+    fn changed(&mut self, old: Option<&Job>, new: &Job) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        let change = JobChange::between(old, new);
+        self.watchers.retain(|w| w.send(change.clone()).is_ok());
+    }
 }
 
 impl MemoryJobStore {
@@ -80,12 +95,21 @@ impl MemoryJobStore {
         }
         inner.by_tenant.entry(job.tenant.clone()).or_default().insert(job.id);
         inner.jobs.insert(job.id, job.clone());
+        inner.changed(None, job);
         Ok(Created::New)
     }
 }
 
 #[async_trait]
 impl JobStore for MemoryJobStore {
+    /// Every job write from now on, in order, as DynamoDB's stream shows them on AWS (what
+    /// `ferry dev` queues webhooks from).
+    fn changes(&self) -> Option<ferry_core::deliver::JobChanges> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        lock(&self.inner).watchers.push(tx);
+        Some(rx)
+    }
+
     async fn create(&self, job: &Job, idem: Option<&IdempotencyRecord>) -> Result<Created, StoreError> {
         self.create_bound(job, idem, None)
     }
@@ -135,13 +159,17 @@ impl JobStore for MemoryJobStore {
 
     async fn update(&self, job: &Job, expected: Expected) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
+        let watching = !inner.watchers.is_empty();
         let Some(stored) = inner.jobs.get_mut(&job.id) else {
             return Err(StoreError::ConditionFailed { current: None });
         };
         if stored.status != expected.status || stored.attempt != expected.attempt {
             return Err(StoreError::ConditionFailed { current: Some(Box::new(stored.clone())) });
         }
+        let old = watching.then(|| stored.clone());
         write_lifecycle(stored, job);
+        let new = stored.clone();
+        inner.changed(old.as_ref(), &new);
         Ok(())
     }
 
@@ -154,6 +182,7 @@ impl JobStore for MemoryJobStore {
         _retain_until: Millis,
     ) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
+        let watching = !inner.watchers.is_empty();
         let Some(stored) = inner.jobs.get_mut(&job.id) else {
             return Err(StoreError::ConditionFailed { current: None });
         };
@@ -165,11 +194,14 @@ impl JobStore for MemoryJobStore {
         if !ok {
             return Err(StoreError::ConditionFailed { current: Some(Box::new(stored.clone())) });
         }
+        let old = watching.then(|| stored.clone());
         write_lifecycle(stored, job);
         stored.last_seq = events[events.len() - 1].seq;
+        let new = stored.clone();
         for event in events {
             inner.events.insert((event.job_id, event.seq), event.clone());
         }
+        inner.changed(old.as_ref(), &new);
         Ok(())
     }
 }
@@ -202,6 +234,7 @@ impl EventStore for MemoryJobStore {
         _retain_until: Millis,
     ) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
+        let watching = !inner.watchers.is_empty();
         let Some(job_id) = events.first().map(|e| e.job_id) else {
             return Err(StoreError::ConditionFailed { current: None });
         };
@@ -213,7 +246,10 @@ impl EventStore for MemoryJobStore {
         if job.last_seq != expected_last_seq || !is_append_batch(events, expected_last_seq) {
             return Err(StoreError::ConditionFailed { current: Some(Box::new(job.clone())) });
         }
+        let old = watching.then(|| job.clone());
         job.last_seq = events[events.len() - 1].seq;
+        let new = job.clone();
+        inner.changed(old.as_ref(), &new);
         // Events are not expired here: the embedded store keeps them as long as the job
         // (which it does not expire either).
         for event in events {
@@ -255,6 +291,7 @@ mod tests {
             created_at: ts,
             expires_at: ts + 1000,
             idempotency_key: None,
+            webhook: None,
             status: JobStatus::Queued,
             attempt: 1,
             started_at: None,

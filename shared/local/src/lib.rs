@@ -18,6 +18,7 @@
 //! - [`remote`]: all of the above reached from another process (`ferry dev`'s executors).
 
 mod connections;
+mod deliveries;
 mod fleet;
 pub mod gateway;
 mod jobs;
@@ -28,6 +29,7 @@ pub mod remote;
 mod root;
 
 pub use connections::MemoryConnectionStore;
+pub use deliveries::MemoryDeliveries;
 pub use fleet::{MemoryLauncher, MemoryPoolStore};
 pub use jobs::MemoryJobStore;
 pub use keys::{MemoryApiKeyStore, MemoryWebhookSecrets};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::ports::{Delivery, QueueDepth, QueueError, WorkMessage, WorkQueue};
+use ferry_core::ports::{MessageQueue, QueueDepth, QueueError, Received};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -25,35 +25,42 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 /// Numbers queue instances, so a receipt from one queue is never valid on another.
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// An in-process, at-least-once queue with visibility timeouts and optional redrive.
+/// An in-process, at-least-once queue with visibility timeouts and optional redrive, of work
+/// messages unless told otherwise.
 #[derive(Debug)]
-pub struct MemoryQueue {
+pub struct MemoryQueue<M = ferry_core::ports::WorkMessage> {
     id: u64,
-    state: Mutex<State>,
+    state: Mutex<State<M>>,
     /// Wakes long-polling receivers when a message is sent or made visible early; lapsing
     /// visibility timeouts are covered by receivers sleeping until the earliest deadline.
     changed: Notify,
-    dead_letter: Option<DeadLetter>,
+    dead_letter: Option<DeadLetter<M>>,
 }
 
 #[derive(Debug)]
-struct DeadLetter {
-    queue: Arc<MemoryQueue>,
+struct DeadLetter<M> {
+    queue: Arc<MemoryQueue<M>>,
     max_receive_count: u32,
 }
 
-#[derive(Debug, Default)]
-struct State {
+#[derive(Debug)]
+struct State<M> {
     /// By sequence number: delivery order is send order (SQS only approximates it).
-    messages: BTreeMap<u64, Entry>,
+    messages: BTreeMap<u64, Entry<M>>,
     next_seq: u64,
     /// Counts deliveries, making every receipt distinct.
     deliveries: u64,
 }
 
+impl<M> Default for State<M> {
+    fn default() -> Self {
+        State { messages: BTreeMap::new(), next_seq: 0, deliveries: 0 }
+    }
+}
+
 #[derive(Debug)]
-struct Entry {
-    message: WorkMessage,
+struct Entry<M> {
+    message: M,
     /// Visible (deliverable) from this instant; in flight before it.
     visible_at: Instant,
     receive_count: u32,
@@ -61,13 +68,13 @@ struct Entry {
     receipt: Option<String>,
 }
 
-impl Default for MemoryQueue {
+impl<M: Clone> Default for MemoryQueue<M> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl MemoryQueue {
+impl<M: Clone> MemoryQueue<M> {
     /// A queue without a dead-letter queue: messages are redelivered forever until deleted.
     pub fn new() -> Self {
         MemoryQueue {
@@ -81,12 +88,12 @@ impl MemoryQueue {
     /// A queue whose messages move to `dlq` once they have been received
     /// `max_receive_count` times and come up again (SQS's redrive policy). The moved
     /// message starts afresh in `dlq`, with a receive count of zero.
-    pub fn with_dead_letter(dlq: Arc<MemoryQueue>, max_receive_count: u32) -> Self {
+    pub fn with_dead_letter(dlq: Arc<MemoryQueue<M>>, max_receive_count: u32) -> Self {
         assert!(max_receive_count >= 1, "SQS requires maxReceiveCount >= 1");
         MemoryQueue { dead_letter: Some(DeadLetter { queue: dlq, max_receive_count }), ..Self::new() }
     }
 
-    fn enqueue(&self, message: WorkMessage) {
+    fn enqueue(&self, message: M) {
         {
             let mut state = lock(&self.state);
             let seq = state.next_seq;
@@ -100,7 +107,7 @@ impl MemoryQueue {
     /// Delivers up to `max` visible messages, and takes out those due for the dead-letter
     /// queue (returned, so they are sent there without holding this queue's lock). Also
     /// returns the earliest instant an in-flight message becomes visible.
-    fn take_visible(&self, max: usize, visibility: Duration) -> (Vec<Delivery>, Vec<WorkMessage>, Option<Instant>) {
+    fn take_visible(&self, max: usize, visibility: Duration) -> (Vec<Received<M>>, Vec<M>, Option<Instant>) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let State { messages, deliveries, .. } = &mut *state;
@@ -132,7 +139,7 @@ impl MemoryQueue {
             } else {
                 next_visible = Some(next_visible.map_or(entry.visible_at, |t| t.min(entry.visible_at)));
             }
-            got.push(Delivery { message: entry.message.clone(), receipt, receive_count: entry.receive_count });
+            got.push(Received { message: entry.message.clone(), receipt, receive_count: entry.receive_count });
         }
         for seq in dead_seqs {
             if let Some(entry) = messages.remove(&seq) {
@@ -143,7 +150,7 @@ impl MemoryQueue {
     }
 
     /// Finds the message a receipt was issued for, if that receipt is still its latest.
-    fn entry_for<'a>(state: &'a mut State, receipt: &str) -> Option<(u64, &'a mut Entry)> {
+    fn entry_for<'a>(state: &'a mut State<M>, receipt: &str) -> Option<(u64, &'a mut Entry<M>)> {
         let seq: u64 = receipt.split('.').nth(1)?.parse().ok()?;
         let entry = state.messages.get_mut(&seq)?;
         (entry.receipt.as_deref() == Some(receipt)).then_some((seq, entry))
@@ -151,13 +158,13 @@ impl MemoryQueue {
 }
 
 #[async_trait]
-impl WorkQueue for MemoryQueue {
-    async fn send(&self, message: &WorkMessage) -> Result<(), QueueError> {
+impl<M: Clone + Send + Sync + 'static> MessageQueue<M> for MemoryQueue<M> {
+    async fn send(&self, message: &M) -> Result<(), QueueError> {
         self.enqueue(message.clone());
         Ok(())
     }
 
-    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive(&self, max: u32, wait: Duration, visibility: Duration) -> Result<Vec<Received<M>>, QueueError> {
         // SQS's limits, so a caller that works here is not rejected or capped there.
         let max = max.clamp(1, MAX_BATCH) as usize;
         let deadline = Instant::now() + wait.min(MAX_WAIT);
@@ -171,8 +178,7 @@ impl WorkQueue for MemoryQueue {
             let (got, dead, next_visible) = self.take_visible(max, visibility);
             if let Some(dl) = &self.dead_letter {
                 for message in dead {
-                    tracing::warn!(job_id = %message.job_id, attempt = message.attempt,
-                        max_receive_count = dl.max_receive_count, "message moved to the dead-letter queue");
+                    tracing::warn!(max_receive_count = dl.max_receive_count, "message moved to the dead-letter queue");
                     dl.queue.enqueue(message);
                 }
             }
@@ -224,6 +230,7 @@ impl WorkQueue for MemoryQueue {
 mod tests {
     use super::*;
     use ferry_core::job::{JobId, TenantId};
+    use ferry_core::ports::WorkMessage;
 
     fn msg(n: u64) -> WorkMessage {
         WorkMessage {
@@ -258,7 +265,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn long_poll_is_capped_at_20_s() {
-        let q = MemoryQueue::new();
+        let q = MemoryQueue::<WorkMessage>::new();
         let start = Instant::now();
         assert!(q.receive(1, Duration::from_secs(90), VIS).await.unwrap().is_empty());
         assert_eq!(start.elapsed(), Duration::from_secs(20));

@@ -19,8 +19,8 @@ use ferry_core::job::{Job, JobId, JobStatus, Millis};
 use ferry_core::objects::{ObjectError, ObjectStore, ObjectUrl};
 use ferry_core::ports::{
     ApiKeyRecord, ApiKeyStore, Connection, ConnectionStore, Created, Delivery, EventStore, Expected, IdempotencyRecord,
-    JobPage, JobStore, ListQuery, Notifier, QueueDepth, QueueError, Queues, StoreError, SystemClock, WorkMessage,
-    WorkQueue,
+    JobPage, JobStore, ListQuery, MessageQueue, Notifier, QueueDepth, QueueError, Queues, StoreError, SystemClock,
+    WorkMessage,
 };
 use ferry_core::progress::ProgressEvent;
 use ferry_core::root::Ports;
@@ -346,6 +346,9 @@ impl RemoteStack {
             connections: stack.clone(),
             keys: stack.clone(),
             webhook_secrets: Arc::new(ferry_core::ports::NoWebhookSecrets),
+            deliveries: Arc::new(ferry_core::deliver::NoDeliveries),
+            webhook_queue: Arc::new(ferry_core::ports::NoQueue),
+            resolver: Arc::new(ferry_core::deliver::SystemResolver),
             objects: stack.clone(),
             queues: Queues::single(Arc::new(self.queue(pool))),
             pools: stack,
@@ -491,7 +494,7 @@ pub struct RemoteQueue {
 }
 
 #[async_trait]
-impl WorkQueue for RemoteQueue {
+impl MessageQueue<WorkMessage> for RemoteQueue {
     async fn send(&self, message: &WorkMessage) -> Result<(), QueueError> {
         Ok(self.stack.call(&Call::QueueSend { pool: self.pool.clone(), message: message.clone() }).await?)
     }

@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
+use ferry_core::deliver::{SystemResolver, WebhookMessage};
 use ferry_core::fleet::Launcher;
 use ferry_core::objects::ObjectStore;
 use ferry_core::ports::{Notifier, Queues, SystemClock, WorkQueue};
 use ferry_core::root::Ports;
 
 use crate::{
-    MemoryApiKeyStore, MemoryConnectionStore, MemoryJobStore, MemoryPoolStore, MemoryQueue, MemoryWebhookSecrets,
+    MemoryApiKeyStore, MemoryConnectionStore, MemoryDeliveries, MemoryJobStore, MemoryPoolStore, MemoryQueue,
+    MemoryWebhookSecrets,
 };
 
 /// In-memory ports: one job store (also the event store), connections, keys and pool
@@ -45,6 +47,9 @@ pub fn ports(
         connections: Arc::new(MemoryConnectionStore::new()),
         keys: Arc::new(MemoryApiKeyStore::new()),
         webhook_secrets: Arc::new(MemoryWebhookSecrets::new()),
+        deliveries: Arc::new(MemoryDeliveries::new()),
+        webhook_queue: Arc::new(MemoryQueue::<WebhookMessage>::new()),
+        resolver: Arc::new(SystemResolver),
         objects,
         queues,
         pools: Arc::new(MemoryPoolStore::new()),
