@@ -3,20 +3,25 @@
 # (shared/aws/src: dynamo.rs, connections.rs, dynamo_fleet.rs, sqs.rs, ecs.rs,
 # notifier.rs, s3.rs; executor/src/fetch.rs):
 #
-#   api         table, both work queues (send, depth), ECS list/describe, Management API,
-#               results bucket (put inputs/, get outputs/ for presigned URLs); the same for
-#               api_stream, the same binary behind the Function URL (one document per
-#               function, differing only in the log group)
+#   api         table, both work queues (send, depth), the webhooks queue (send: a
+#               redelivery), ECS list/describe, Management API, results bucket (put
+#               inputs/, get outputs/ for presigned URLs); the same for api_stream, the same
+#               binary behind the Function URL (one document per function, differing only
+#               in the log group)
 #   ws          table, Management API
-#   dispatcher  table + its stream, queues (send, depth; DLQs receive/delete), ECS
-#               RunTask/List/Describe/Stop/Tag, PassRole to the executor roles, Management API
+#   dispatcher  table + its stream, queues (send, depth; DLQs receive/delete; the webhooks
+#               queue: send), ECS RunTask/List/Describe/Stop/Tag, PassRole to the executor
+#               roles, Management API
+#   webhooks    table (deliveries, their jobs, the tenants' secrets), the webhooks queue
+#               (the event source mapping's receive/delete/depth; the retry delay is the
+#               message's visibility), results bucket (get outputs/ for presigned URLs)
 #   executor    table, work queues (the whole consumer side), models bucket, results bucket
 #               (get inputs/, put outputs/), Management API
 #   execution   ECR pull, executor log streams (ECS uses it to start the task)
 #
 # Each role's table statement is limited by dynamodb:LeadingKeys to the item kinds (the
-# partition key's prefix: job#, evt#, idem#, apikey#, whsec#, conn#, subs#, pool#, exec#; an index's
-# for a query: tenant#, active#, executors#) its code reaches, so, for one, the executor
+# partition key's prefix: job#, evt#, idem#, apikey#, whsec#, whd#, whoff#, conn#, subs#, pool#,
+# exec#; an index's for a query: tenant#, active#, executors#, whd#) its code reaches, so, for one, the executor
 # cannot read or write API keys (apikey#) or idempotency bindings. tests/tests/infra_iam.rs
 # records the keys each component's calls name and checks them against these lists.
 #
@@ -31,6 +36,7 @@ locals {
   dynamodb_via         = "dynamodb.${var.region}.amazonaws.com"
   work_queue_arns      = [for p in local.pool_names : aws_sqs_queue.work[p].arn]
   dlq_arns             = [for p in local.pool_names : aws_sqs_queue.dlq[p].arn]
+  webhooks_queue_arn   = aws_sqs_queue.webhooks.arn
   ws_connections_arn   = "${aws_apigatewayv2_api.ws.execution_arn}/${local.ws_stage}/POST/@connections/*"
   cluster_arn          = aws_ecs_cluster.this.arn
   cluster_task_arns    = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${local.cluster_name}/*"
@@ -47,7 +53,7 @@ data "aws_iam_policy_document" "api" {
     condition {
       test     = "ForAllValues:StringLike"
       variable = "dynamodb:LeadingKeys"
-      values   = ["job#*", "idem#*", "evt#*", "apikey#*", "whsec#*", "tenant#*", "pool#*", "executors#*", "conn#*", "subs#*"]
+      values   = ["job#*", "idem#*", "evt#*", "apikey#*", "whsec#*", "whd#*", "whoff#*", "tenant#*", "pool#*", "executors#*", "conn#*", "subs#*"]
     }
   }
   statement {
@@ -64,6 +70,11 @@ data "aws_iam_policy_document" "api" {
     sid       = "EnqueueAndReadDepth"
     actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
     resources = local.work_queue_arns
+  }
+  statement {
+    sid       = "QueueWebhookDeliveries" # a redelivery
+    actions   = ["sqs:SendMessage"]
+    resources = [local.webhooks_queue_arn]
   }
   statement {
     sid       = "StoreLargeInputs"
@@ -164,7 +175,7 @@ data "aws_iam_policy_document" "dispatcher" {
     condition {
       test     = "ForAllValues:StringLike"
       variable = "dynamodb:LeadingKeys"
-      values   = ["job#*", "evt#*", "active#*", "pool#*", "executors#*", "conn#*", "subs#*"]
+      values   = ["job#*", "evt#*", "active#*", "pool#*", "executors#*", "conn#*", "subs#*", "whd#*"]
     }
   }
   statement {
@@ -199,6 +210,11 @@ data "aws_iam_policy_document" "dispatcher" {
     sid       = "DrainDeadLetters"
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage"]
     resources = local.dlq_arns
+  }
+  statement {
+    sid       = "QueueWebhookDeliveries" # the deliveries a job's change calls for
+    actions   = ["sqs:SendMessage"]
+    resources = [local.webhooks_queue_arn]
   }
   statement {
     sid       = "LaunchExecutors"
@@ -249,6 +265,71 @@ data "aws_iam_policy_document" "dispatcher" {
     sid       = "OwnLogGroup"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.lambda["dispatcher"].arn}:*"]
+  }
+  dynamic "statement" {
+    for_each = var.enable_xray ? [1] : []
+    content {
+      sid       = "XRay"
+      actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+      resources = ["*"] # X-Ray has no resource-level permissions
+    }
+  }
+}
+
+# The webhooks Lambda: reads a delivery and its job, signs with the tenant's secrets,
+# records the attempt, and notes an endpoint a 410 disabled. The queue's receive, delete
+# and depth are the event source mapping's, made with this role; ChangeMessageVisibility
+# is the function's own (a failed delivery's retry delay).
+data "aws_iam_policy_document" "webhooks" {
+  statement {
+    sid       = "JobsTable" # a delivery (read, then its try recorded), its job, the tenant's secrets
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["job#*", "whd#*", "whoff#*", "whsec#*"]
+    }
+  }
+  statement {
+    sid       = "JobsTableKeyThroughDynamoDB"
+    actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:ReEncrypt*", "kms:DescribeKey"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.dynamodb_via]
+    }
+  }
+  statement {
+    sid = "ConsumeWebhookDeliveries"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = [local.webhooks_queue_arn]
+  }
+  statement {
+    sid       = "SignOutputUrls" # presigned GETs of outputs are authorized as this role's GetObject
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.results.arn}/outputs/*"]
+  }
+  statement {
+    sid       = "ResultsKeyThroughS3" # reading outputs only: no GenerateDataKey
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+  statement {
+    sid       = "OwnLogGroup"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.lambda["webhooks"].arn}:*"]
   }
   dynamic "statement" {
     for_each = var.enable_xray ? [1] : []

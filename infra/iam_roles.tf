@@ -7,6 +7,7 @@ locals {
     api_stream = data.aws_iam_policy_document.api["api_stream"].json
     ws         = data.aws_iam_policy_document.ws.json
     dispatcher = data.aws_iam_policy_document.dispatcher.json
+    webhooks   = data.aws_iam_policy_document.webhooks.json
   }
 }
 

@@ -1,5 +1,5 @@
-# The three Lambdas (functions/*): Rust binaries on provided.al2023, arm64, from the zips
-# `cargo lambda build --profile lambda-release --arm64 --output-format zip --bin api --bin ws --bin dispatcher`
+# The Lambdas (functions/*): Rust binaries on provided.al2023, arm64, from the zips
+# `cargo lambda build --profile lambda-release --arm64 --output-format zip --bin api --bin ws --bin dispatcher --bin webhooks`
 # writes to target/lambda/<bin>/bootstrap.zip.
 #
 # - api: every HTTP API route (apigw_http.tf). 29 s: API Gateway cuts HTTP integrations at
@@ -12,6 +12,11 @@
 # - dispatcher: the jobs table's stream (new queued jobs: launch within seconds) and a
 #   one-minute schedule (every pool, plus the watchdog). Level-triggered, so safe to run
 #   concurrently, and a dropped stream batch costs at most a minute.
+# - webhooks: delivers webhooks from the webhooks queue (sqs.tf), ten messages a batch,
+#   reporting the failed ones (ReportBatchItemFailures) so only they come back; a failed
+#   delivery's retry delay is the message's own visibility (ChangeMessageVisibility, up to
+#   12 h). At most 20 at once (the mapping's maximum concurrency), so a burst of deliveries
+#   cannot take the account's whole concurrency from the other functions.
 #
 # Not in the VPC: they call only public AWS endpoints (DynamoDB, SQS, ECS, the Management
 # API); inside the VPC they would need the NAT gateway or more endpoints.
@@ -22,6 +27,7 @@ locals {
     api_stream = { bin = "api", memory = var.api_memory_mb, timeout = 900, env = local.api_stream_env }
     ws         = { bin = "ws", memory = var.ws_memory_mb, timeout = 10, env = local.ws_env }
     dispatcher = { bin = "dispatcher", memory = var.dispatcher_memory_mb, timeout = 60, env = local.dispatcher_env }
+    webhooks   = { bin = "webhooks", memory = var.webhooks_memory_mb, timeout = 60, env = local.webhooks_env }
   }
 }
 
@@ -36,7 +42,7 @@ resource "aws_cloudwatch_log_group" "lambda" {
 
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_117:Deliberately outside the VPC: the functions call only public AWS APIs, including the WebSocket Management API, which no VPC endpoint reaches; in a VPC they would need a NAT gateway.
-  #checkov:skip=CKV_AWS_116:No DLQ: api and ws are invoked synchronously (the caller gets the error), and the dispatcher is level-triggered, so a failed scheduled run is simply redone by the next one a minute later.
+  #checkov:skip=CKV_AWS_116:No DLQ: api and ws are invoked synchronously (the caller gets the error), the dispatcher is level-triggered, so a failed scheduled run is simply redone by the next one a minute later, and webhooks is fed by the webhooks queue, whose own DLQ keeps what it fails to deliver.
   #checkov:skip=CKV_AWS_173:The environment holds no secrets (table name, queue URLs, the model catalog, pool settings); Lambda encrypts it at rest with its AWS managed key.
   #checkov:skip=CKV_AWS_272:The zips are built by the operator with cargo lambda; there is no AWS Signer profile to verify them against.
   for_each = local.lambdas
@@ -119,7 +125,10 @@ resource "aws_lambda_permission" "api_stream_invoke" {
 # writes to the table cost no invocation): new jobs (their pool is reconciled at once; jobs
 # queued again by the watchdog or a retry are MODIFYs, which the one-minute schedule picks
 # up), and progress events that executors marked `fanout = "stream"` because they cannot
-# reach the Management API (no NAT): the dispatcher pushes those to the subscribers.
+# reach the Management API (no NAT): the dispatcher pushes those to the subscribers. And
+# every write of a job that has a webhook (its `webhook` attribute), INSERT or MODIFY:
+# the dispatcher compares the old and new images and queues the deliveries the change
+# calls for (started, output, completed) on the webhooks queue.
 resource "aws_lambda_event_source_mapping" "dispatcher_stream" {
   event_source_arn                   = aws_dynamodb_table.jobs.stream_arn
   function_name                      = aws_lambda_function.this["dispatcher"].arn
@@ -127,10 +136,13 @@ resource "aws_lambda_event_source_mapping" "dispatcher_stream" {
   batch_size                         = 100
   maximum_batching_window_in_seconds = 1
 
-  # Level-triggered: a batch that keeps failing is better dropped than retried for the
-  # stream's 24 h, blocking newer records behind it.
-  maximum_retry_attempts        = 2
-  maximum_record_age_in_seconds = 300
+  # Dispatch is level-triggered (a dropped batch costs at most a minute), but queuing a
+  # webhook delivery is not: the handler fails the batch when it cannot queue one, and it is
+  # retried, halved each time to isolate a bad record, for up to an hour before it is
+  # dropped rather than left blocking newer records for the stream's 24 h.
+  maximum_retry_attempts         = 10
+  maximum_record_age_in_seconds  = 3600
+  bisect_batch_on_function_error = true
 
   filter_criteria {
     filter {
@@ -143,6 +155,12 @@ resource "aws_lambda_event_source_mapping" "dispatcher_stream" {
       pattern = jsonencode({
         eventName = ["INSERT"]
         dynamodb  = { NewImage = { pk = { S = [{ prefix = "evt#" }] }, fanout = { S = ["stream"] } } }
+      })
+    }
+    filter {
+      pattern = jsonencode({
+        eventName = ["INSERT", "MODIFY"]
+        dynamodb  = { NewImage = { pk = { S = [{ prefix = "job#" }] }, webhook = { S = [{ exists = true }] } } }
       })
     }
   }
@@ -179,4 +197,24 @@ resource "aws_lambda_permission" "dispatcher_schedule" {
   function_name = aws_lambda_function.this["dispatcher"].function_name
   principal     = "events.amazonaws.com"
   source_arn    = aws_cloudwatch_event_rule.dispatcher_schedule.arn
+}
+
+# ---------------------------------------------------------------------------- webhooks trigger
+
+# The webhooks queue feeds the webhooks function. The function reports which messages of a
+# batch failed (ReportBatchItemFailures): those come back after the visibility it set on
+# each, the others are deleted; after 10 receives a message goes to the webhooks DLQ.
+# The queue's visibility (60 s) is at least the function's timeout, as Lambda requires.
+resource "aws_lambda_event_source_mapping" "webhooks" {
+  event_source_arn                   = aws_sqs_queue.webhooks.arn
+  function_name                      = aws_lambda_function.this["webhooks"].arn
+  batch_size                         = 10
+  maximum_batching_window_in_seconds = 1
+  function_response_types            = ["ReportBatchItemFailures"]
+
+  scaling_config {
+    maximum_concurrency = 20
+  }
+
+  depends_on = [aws_iam_role_policy.lambda]
 }

@@ -85,6 +85,7 @@ locals {
     FERRY_POOLS                  = local.pools_json
     FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint
     FERRY_RESULTS_BUCKET         = aws_s3_bucket.results.bucket
+    FERRY_WEBHOOK_QUEUE_URL      = aws_sqs_queue.webhooks.url
     RUST_LOG                     = var.rust_log
   }
 
@@ -108,7 +109,18 @@ locals {
     FERRY_POOLS                  = local.pools_json
     FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint
     FERRY_CANCEL_GRACE_S         = tostring(var.cancel_grace_s)
+    FERRY_WEBHOOK_QUEUE_URL      = aws_sqs_queue.webhooks.url
     RUST_LOG                     = var.rust_log
+  }
+
+  # The webhooks Lambda: the deliveries it reads and records, the queue it sets each
+  # message's retry delay on, and the results bucket whose output URLs it signs in the
+  # job views it posts.
+  webhooks_env = {
+    FERRY_TABLE             = aws_dynamodb_table.jobs.name
+    FERRY_WEBHOOK_QUEUE_URL = aws_sqs_queue.webhooks.url
+    FERRY_RESULTS_BUCKET    = aws_s3_bucket.results.bucket
+    RUST_LOG                = var.rust_log
   }
 
   # Executor environments (executor/README.md's flags), one literal map per pool so each is

@@ -1,6 +1,8 @@
 # Executor log groups, and the alarms that say a deployment needs a look:
 #
 #   NAME-POOL-dlq-not-empty        a job's message was dead-lettered (5 receives, no finish)
+#   NAME-webhooks-dlq-not-empty    a webhook delivery was dead-lettered (10 receives: its
+#                                  retries ran out, or the webhooks Lambda kept failing)
 #   NAME-POOL-queue-stuck          the oldest queued message is older than the threshold
 #                                  (no executor is taking work: launches failing, quota,
 #                                  image pull errors; see docs/DEPLOY.md "Troubleshooting")
@@ -47,6 +49,22 @@ resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
   namespace           = "AWS/SQS"
   metric_name         = "ApproximateNumberOfMessagesVisible"
   dimensions          = { QueueName = aws_sqs_queue.dlq[each.key].name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+resource "aws_cloudwatch_metric_alarm" "webhooks_dlq_not_empty" {
+  alarm_name          = "${var.name}-webhooks-dlq-not-empty"
+  alarm_description   = "A webhook delivery's message reached the webhooks dead-letter queue: its retries ran out or the webhooks Lambda kept failing on it. GET /v1/jobs/{id}/webhooks shows its attempts; read the webhooks Lambda's logs."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.webhooks_dlq.name }
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 1

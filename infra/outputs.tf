@@ -40,6 +40,16 @@ output "dead_letter_queue_urls" {
   value       = { for p in local.pool_names : p => aws_sqs_queue.dlq[p].url }
 }
 
+output "webhook_queue_url" {
+  description = "The webhooks queue (FERRY_WEBHOOK_QUEUE_URL): deliveries the webhooks Lambda sends."
+  value       = aws_sqs_queue.webhooks.url
+}
+
+output "webhook_dead_letter_queue_url" {
+  description = "The webhooks queue's dead-letter queue: deliveries whose retries ran out."
+  value       = aws_sqs_queue.webhooks_dlq.url
+}
+
 output "cluster_name" {
   description = "The ECS cluster executors run in."
   value       = aws_ecs_cluster.this.name
@@ -61,7 +71,7 @@ output "gpu_autoscaling_group" {
 }
 
 output "lambda_function_names" {
-  description = "The api, ws and dispatcher functions."
+  description = "The api, api_stream, ws, dispatcher and webhooks functions."
   value       = { for k, f in aws_lambda_function.this : k => f.function_name }
 }
 

@@ -42,11 +42,50 @@ resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
   })
 }
 
+# Webhook deliveries: one queue for the deployment, fed by the api (a redelivery) and the
+# dispatcher (a job that finished), drained by the webhooks Lambda (lambda.tf). Messages
+# carry a delivery's key, never the payload or the secret.
+#
+# - Visibility 60 s, the function's timeout: a batch that crashes comes back after a minute.
+#   A delivery that failed is retried after the delay the function sets on its message
+#   itself (ChangeMessageVisibility, up to SQS's 12 h).
+# - After 10 receives SQS moves the message to the webhooks DLQ (the retries span about
+#   28 h, so both queues keep messages for 14 days).
+# - SQS-managed SSE, as the work queues.
+
+resource "aws_sqs_queue" "webhooks_dlq" {
+  name                      = "${var.name}-webhooks-dlq"
+  message_retention_seconds = 1209600 # 14 days
+  sqs_managed_sse_enabled   = true
+}
+
+resource "aws_sqs_queue" "webhooks" {
+  name                       = "${var.name}-webhooks"
+  visibility_timeout_seconds = 60
+  message_retention_seconds  = 1209600 # 14 days: the retries span about 28 h
+  sqs_managed_sse_enabled    = true
+
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.webhooks_dlq.arn
+    maxReceiveCount     = 10
+  })
+}
+
+# Only the webhooks queue may dead-letter into its DLQ.
+resource "aws_sqs_queue_redrive_allow_policy" "webhooks_dlq" {
+  queue_url = aws_sqs_queue.webhooks_dlq.id
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = [aws_sqs_queue.webhooks.arn]
+  })
+}
+
 # Refuse plain-HTTP access to every queue (the SDKs use HTTPS; this makes it a rule).
 data "aws_iam_policy_document" "queue_tls_only" {
   for_each = merge(
     { for p in local.pool_names : "work-${p}" => aws_sqs_queue.work[p].arn },
     { for p in local.pool_names : "dlq-${p}" => aws_sqs_queue.dlq[p].arn },
+    { "webhooks" = aws_sqs_queue.webhooks.arn, "webhooks-dlq" = aws_sqs_queue.webhooks_dlq.arn },
   )
 
   statement {
@@ -72,6 +111,7 @@ resource "aws_sqs_queue_policy" "tls_only" {
   for_each = merge(
     { for p in local.pool_names : "work-${p}" => aws_sqs_queue.work[p].id },
     { for p in local.pool_names : "dlq-${p}" => aws_sqs_queue.dlq[p].id },
+    { "webhooks" = aws_sqs_queue.webhooks.id, "webhooks-dlq" = aws_sqs_queue.webhooks_dlq.id },
   )
 
   queue_url = each.value

@@ -121,6 +121,17 @@ variable "dispatcher_memory_mb" {
   }
 }
 
+variable "webhooks_memory_mb" {
+  description = "Memory of the webhooks Lambda (it delivers webhooks from the webhooks queue)."
+  type        = number
+  default     = 256
+
+  validation {
+    condition     = var.webhooks_memory_mb >= 128 && var.webhooks_memory_mb <= 10240
+    error_message = "webhooks_memory_mb must be between 128 and 10240."
+  }
+}
+
 variable "dispatcher_reserved_concurrency" {
   description = "Reserved concurrency of the dispatcher; -1 reserves none (the default: new accounts often have a concurrency quota of 10, and any reservation there fails). The dispatcher is safe to run concurrently."
   type        = number

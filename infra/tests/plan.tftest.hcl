@@ -93,7 +93,7 @@ run "defaults" {
   }
   assert {
     condition = jsonencode(sort(keys(aws_lambda_function.this["api"].environment[0].variables))) == jsonencode(sort([
-      "FERRY_TABLE", "FERRY_QUEUE_URL", "FERRY_DLQ_URL", "FERRY_MODELS", "FERRY_POOLS", "FERRY_WS_MANAGEMENT_ENDPOINT", "FERRY_RESULTS_BUCKET", "RUST_LOG",
+      "FERRY_TABLE", "FERRY_QUEUE_URL", "FERRY_DLQ_URL", "FERRY_MODELS", "FERRY_POOLS", "FERRY_WS_MANAGEMENT_ENDPOINT", "FERRY_RESULTS_BUCKET", "FERRY_WEBHOOK_QUEUE_URL", "RUST_LOG",
     ]))
     error_message = "api Lambda environment"
   }
@@ -108,8 +108,21 @@ run "defaults" {
     error_message = "ws Lambda environment"
   }
   assert {
-    condition     = aws_lambda_function.this["dispatcher"].environment[0].variables["FERRY_CANCEL_GRACE_S"] == "30"
+    condition = (aws_lambda_function.this["dispatcher"].environment[0].variables["FERRY_CANCEL_GRACE_S"] == "30"
+    && contains(keys(aws_lambda_function.this["dispatcher"].environment[0].variables), "FERRY_WEBHOOK_QUEUE_URL"))
     error_message = "dispatcher environment"
+  }
+  assert {
+    condition     = jsonencode(sort(keys(aws_lambda_function.this["webhooks"].environment[0].variables))) == jsonencode(sort(["FERRY_TABLE", "FERRY_WEBHOOK_QUEUE_URL", "FERRY_RESULTS_BUCKET", "RUST_LOG"]))
+    error_message = "webhooks Lambda environment"
+  }
+  assert {
+    condition = (aws_lambda_event_source_mapping.webhooks.batch_size == 10
+      && aws_lambda_event_source_mapping.webhooks.scaling_config[0].maximum_concurrency == 20
+      && contains(aws_lambda_event_source_mapping.webhooks.function_response_types, "ReportBatchItemFailures")
+      && aws_sqs_queue.webhooks.visibility_timeout_seconds >= aws_lambda_function.this["webhooks"].timeout
+    && jsondecode(aws_sqs_queue.webhooks.redrive_policy).maxReceiveCount == 10)
+    error_message = "The webhooks queue feeds the webhooks Lambda ten at a time, reporting failed items, and dead-letters after 10 receives."
   }
   assert {
     condition = jsonencode([for p in jsondecode(local.pools_json).pools : sort(keys(p))]) == jsonencode([for p in ["cpu", "gpu"] : sort([

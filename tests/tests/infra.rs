@@ -44,6 +44,8 @@ async fn lambda_reads(which: &str) -> BTreeSet<String> {
         ("FERRY_POOLS", r#"{"pools":[{"name":"cpu"}]}"#),
         ("FERRY_WS_MANAGEMENT_ENDPOINT", "http://127.0.0.1:1/live"),
         ("FERRY_CANCEL_GRACE_S", "30"),
+        ("FERRY_WEBHOOK_QUEUE_URL", "http://127.0.0.1:1/123456789012/ferry-webhooks"),
+        ("FERRY_RESULTS_BUCKET", "ferry-results"),
     ]
     .into();
     let mut values = values;
@@ -63,6 +65,7 @@ async fn lambda_reads(which: &str) -> BTreeSet<String> {
         }
         "ws" => drop(ferry_ws_lambda::build(&sdk, &env).expect("ws builds")),
         "dispatcher" => drop(ferry_dispatcher_lambda::build(&sdk, &env).await.expect("dispatcher builds")),
+        "webhooks" => drop(ferry_webhooks_lambda::build(&sdk, &env).await.expect("webhooks builds")),
         other => panic!("{other}"),
     }
     read.into_inner().unwrap()
@@ -88,9 +91,13 @@ async fn lambda_environments_match_what_each_lambda_reads() {
     optional.insert("FERRY_API_INVOKE_MODE".into());
     let stream = local_map_keys(&locals, "api_stream_env");
     assert!(stream.contains("FERRY_API_INVOKE_MODE"), "the Function URL's function streams its responses");
-    for (component, local) in
-        [("api", "api_env"), ("api_stream", "api_stream_env"), ("ws", "ws_env"), ("dispatcher", "dispatcher_env")]
-    {
+    for (component, local) in [
+        ("api", "api_env"),
+        ("api_stream", "api_stream_env"),
+        ("ws", "ws_env"),
+        ("dispatcher", "dispatcher_env"),
+        ("webhooks", "webhooks_env"),
+    ] {
         let reads = lambda_reads(component).await;
         let set = local_map_keys(&locals, local);
         assert!(set.contains("FERRY_TABLE"), "{local} exists and names the table");

@@ -29,7 +29,8 @@ fn infra_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra")
 }
 
-/// The role's actions our code must be the one to call (service-side statements removed).
+/// The role's actions our code must be the one to call (service-side statements removed:
+/// for the webhooks role also the SQS event source mapping's receive, delete and depth).
 fn granted(role: &str) -> BTreeSet<String> {
     let service_side = |a: &str| {
         a.starts_with("kms:")
@@ -37,6 +38,8 @@ fn granted(role: &str) -> BTreeSet<String> {
             || a.starts_with("xray:")
             || ["dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:DescribeStream", "dynamodb:ListStreams"]
                 .contains(&a)
+            || (role == "webhooks"
+                && ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"].contains(&a))
     };
     let document = infra::role_policy_document(&infra_dir(), role);
     infra::policy_actions(&infra_dir(), &document).into_values().flatten().filter(|a| !service_side(a)).collect()
@@ -77,6 +80,7 @@ struct Deployment {
     cache: PathBuf,
     /// The results bucket.
     results: String,
+    webhook_queue: String,
 }
 
 async fn deploy() -> Option<Deployment> {
@@ -107,6 +111,8 @@ async fn deploy() -> Option<Deployment> {
     let _ = std::fs::remove_dir_all(&local);
     let results = unique_name();
     s3.create_bucket().bucket(&results).send().await.unwrap();
+    let webhooks = sqs.create_queue().queue_name(format!("{table}-webhooks")).send().await.unwrap();
+    let webhook_queue = webhooks.queue_url().unwrap().to_string();
 
     let catalog = json!({"models": [
         {"id": "s3-llama", "task": "text-generation", "pool": "cpu", "s3_uri": format!("s3://{bucket}/models/tiny/")},
@@ -131,6 +137,7 @@ async fn deploy() -> Option<Deployment> {
         ("FERRY_POOLS", pools),
         ("FERRY_CANCEL_GRACE_S", "30".into()),
         ("FERRY_RESULTS_BUCKET", results.clone()),
+        ("FERRY_WEBHOOK_QUEUE_URL", webhook_queue.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -152,7 +159,7 @@ async fn deploy() -> Option<Deployment> {
         },
         ..root
     };
-    Some(Deployment { moto, env, table, cluster, catalog, queues, root, cache, results })
+    Some(Deployment { moto, env, table, cluster, catalog, queues, root, cache, results, webhook_queue })
 }
 
 impl Deployment {
@@ -200,6 +207,26 @@ impl Deployment {
         let object = input.object().expect("stored").clone();
         self.root.ports.objects.put(&object.key, body.unwrap()).await.unwrap();
         self.job(model, JobStatus::Queued, |j| j.input = input).await
+    }
+
+    /// A job with a webhook that just ended (written directly), its deliveries queued as the
+    /// dispatcher would (not recorded); the job.
+    async fn webhook_job(&self, edit: impl FnOnce(&mut Job)) -> Job {
+        let hook = ferry_core::webhook::WebhookRequest {
+            url: "https://93.184.216.34/hook".into(),
+            events: vec![ferry_core::webhook::WebhookEvent::Completed],
+        };
+        let job = self
+            .job("s3-llama", JobStatus::Succeeded, |j| {
+                j.webhook = Some(hook);
+                edit(j);
+            })
+            .await;
+        let running = Job { status: JobStatus::Running, ..job.clone() };
+        let change = ferry_core::deliver::JobChange::between(Some(&running), &job);
+        let webhooks = self.root.webhooks(Arc::new(ferry_core::deliver::NoTransport), Default::default());
+        assert_eq!(webhooks.enqueue(&[change]).await.unwrap(), 1);
+        job
     }
 
     /// Two subscribers on `job`: one live, one whose socket is gone (410: its record is deleted).
@@ -262,6 +289,12 @@ async fn drive_api(d: &Deployment, api: &ferry_http::Api, tag: &str) -> String {
     let redirect = raw_request(api, "GET", &format!("/v1/jobs/{}/output", stored.id)).await;
     assert_eq!(redirect.status(), 307);
     assert!(redirect.headers()["location"].to_str().unwrap().contains("X-Amz-Signature"));
+    // A job's webhook deliveries: listed, and sent again.
+    let hooked = d.webhook_job(|_| {}).await;
+    let (status, list) = request(api, "GET", &format!("/v1/jobs/{}/webhooks", hooked.id), None).await;
+    assert_eq!((status, list["deliveries"].as_array().map(Vec::len)), (200, Some(1)), "{list}");
+    let (status, queued) = request(api, "POST", &format!("/v1/jobs/{}/webhooks/redeliver", hooked.id), None).await;
+    assert_eq!(status, 202, "{queued}");
     // After the cancel the job has a stored event to read back.
     for path in [format!("/v1/jobs/{id}"), "/v1/jobs".to_string(), format!("/v1/jobs/{id}/events")] {
         let (status, body) = request(api, "GET", &path, None).await;
@@ -410,8 +443,66 @@ async fn each_role_allows_exactly_what_its_component_calls() {
             "{outcome:?}"
         );
         assert!(outcome.pools.iter().any(|p| p.name == "gpu" && p.launched >= 1), "{outcome:?}");
+        // A stream record of a job with a webhook ending: its delivery is recorded and queued.
+        let mut ended = ferry_tests::fixtures::job("acme", JobStatus::Succeeded);
+        ended.webhook = Some(ferry_core::webhook::WebhookRequest {
+            url: "https://93.184.216.34/hook".into(),
+            events: vec![ferry_core::webhook::WebhookEvent::Completed],
+        });
+        d.root.ports.jobs.create(&ended, None).await.unwrap();
+        let item = aws_sdk_dynamodb::Client::new(&d.moto.sdk)
+            .get_item()
+            .table_name(&d.table)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("job#{}", ended.id)))
+            .send()
+            .await
+            .unwrap()
+            .item
+            .unwrap();
+        let new = ferry_tests::fixtures::stream_image(&item);
+        let mut old = new.clone();
+        old["status"] = json!({"S": "running"});
+        let record = json!({"eventSource": "aws:dynamodb", "eventName": "MODIFY",
+            "dynamodb": {"NewImage": new, "OldImage": old}});
+        let outcome = ferry_dispatcher_lambda::handle(&handlers, json!({"Records": [record]})).await.unwrap();
+        assert_eq!(outcome.webhooks, 1, "{outcome:?}");
         assert_role("dispatcher", &rec.actions());
         assert_role_keys("dispatcher", &rec.leading_keys());
+
+        // The webhooks Lambda: a delivery of a job whose output is stored (its view's presigned
+        // URL, fetched by the receiver, is authorized as this role's GetObject), answered 500
+        // (the retry's delay is the message's visibility).
+        let (rec, env, sdk) = d.component().await;
+        let key = format!("outputs/{}/1.json", ulid::Ulid::new());
+        d.root.ports.objects.put(&key, STORED_OUTPUT.as_bytes().to_vec()).await.unwrap();
+        let object = ferry_core::objects::ObjectRef { key, bytes: STORED_OUTPUT.len() as u64 };
+        d.webhook_job(|j| j.output_object = Some(object)).await;
+        let mut webhooks = ferry_webhooks_lambda::build(&sdk, &|k| env.get(k).cloned()).await.unwrap();
+        let receiver = Arc::new(Answers500::default());
+        webhooks.transport = receiver.clone();
+        let got = aws_sdk_sqs::Client::new(&d.moto.sdk)
+            .receive_message()
+            .queue_url(&d.webhook_queue)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .unwrap();
+        let records: Vec<Value> = got
+            .messages()
+            .iter()
+            .map(|m| {
+                json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body(),
+                    "attributes": {"ApproximateReceiveCount": "1"}, "eventSource": "aws:sqs"})
+            })
+            .collect();
+        assert!(!records.is_empty(), "the deliveries queued above");
+        let answer = ferry_webhooks_lambda::handle(&webhooks, json!({"Records": records})).await;
+        assert_eq!(answer["batchItemFailures"].as_array().map(Vec::len), Some(records.len()), "{answer}");
+        let url = receiver.output_url().expect("a posted view with a presigned output URL");
+        assert_eq!(reqwest::get(&url).await.unwrap().bytes().await.unwrap().as_ref(), STORED_OUTPUT.as_bytes());
+        assert_role("webhooks", &rec.actions());
+        assert_role_keys("webhooks", &rec.leading_keys());
 
         // The executor: drains the cpu queue (the jobs the dispatcher left there, a model
         // fetched from S3, a job that fails once and is queued again, another pool's message
@@ -495,5 +586,29 @@ impl Runner for FailsOnce {
             return Err(ModelError::Runtime("device lost".into()));
         }
         Ok(RunOutcome::Done(json!({"text": "ok ".repeat(30_000)})))
+    }
+}
+
+/// A receiver answering 500, keeping the last presigned output URL it was posted.
+#[derive(Default)]
+struct Answers500(std::sync::Mutex<Option<String>>);
+
+impl Answers500 {
+    fn output_url(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl ferry_core::deliver::WebhookTransport for Answers500 {
+    async fn post(
+        &self,
+        post: ferry_core::deliver::WebhookPost,
+    ) -> Result<ferry_core::deliver::WebhookResponse, ferry_core::deliver::TransportError> {
+        let body: Value = serde_json::from_slice(&post.body).unwrap();
+        if let Some(url) = body["data"]["output_url"].as_str() {
+            *self.0.lock().unwrap() = Some(url.to_string());
+        }
+        Ok(ferry_core::deliver::WebhookResponse { status: 500, retry_after: None })
     }
 }

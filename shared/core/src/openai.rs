@@ -9,7 +9,7 @@
 //!
 //! Defaults are OpenAI's: `temperature` 1 (sampling), `max_tokens` 16 on `/completions`;
 //! Ferry's own params ride along where OpenAI has none (`top_k`, `repetition_penalty`,
-//! `timeout_s`, as a client's `extra_body`).
+//! `timeout_s`, `webhook`, as a client's `extra_body`).
 
 use base64::Engine;
 use serde_json::{Map, Value, json};
@@ -158,6 +158,7 @@ impl OpenAiCall {
                 "top_k",
                 "repetition_penalty",
                 "timeout_s",
+                "webhook",
             ],
             Endpoint::Completions => &[
                 "model",
@@ -179,8 +180,11 @@ impl OpenAiCall {
                 "top_k",
                 "repetition_penalty",
                 "timeout_s",
+                "webhook",
             ],
-            Endpoint::Embeddings => &["model", "input", "encoding_format", "dimensions", "user", "timeout_s"],
+            Endpoint::Embeddings => {
+                &["model", "input", "encoding_format", "dimensions", "user", "timeout_s", "webhook"]
+            }
         };
         for (key, value) in &req {
             if let Some((_, what)) = REFUSED.iter().find(|(k, _)| k == key) {
@@ -375,6 +379,9 @@ fn native_body(
     let mut body = json!({"model": model, "input": input});
     if !params.is_empty() {
         body["params"] = Value::Object(params);
+    }
+    if let Some(t) = req.get("webhook").filter(|v| !v.is_null()) {
+        body["webhook"] = t.clone();
     }
     if let Some(t) = req.get("timeout_s").filter(|v| !v.is_null()) {
         body["timeout_s"] = t.clone();

@@ -53,6 +53,8 @@ async fn the_document_and_the_router_agree() {
         ("POST", "/openai/v1/embeddings"),
         ("GET", "/v1/webhooks/secret"),
         ("POST", "/v1/webhooks/secret/rotate"),
+        ("GET", "/v1/jobs/{id}/webhooks"),
+        ("POST", "/v1/jobs/{id}/webhooks/redeliver"),
     ];
     let mut got: Vec<(String, String)> = routes.iter().map(|(m, p)| (m.to_string(), p.clone())).collect();
     let mut want: Vec<(String, String)> = expected.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
