@@ -203,7 +203,7 @@ resource "aws_lambda_permission" "dispatcher_schedule" {
 
 # The webhooks queue feeds the webhooks function. The function reports which messages of a
 # batch failed (ReportBatchItemFailures): those come back after the visibility it set on
-# each, the others are deleted; after 10 receives a message goes to the webhooks DLQ.
+# each, the others are deleted; after 16 receives a message goes to the webhooks DLQ.
 # The queue's visibility (60 s) is at least the function's timeout, as Lambda requires.
 resource "aws_lambda_event_source_mapping" "webhooks" {
   event_source_arn                   = aws_sqs_queue.webhooks.arn

@@ -1,7 +1,7 @@
 # Executor log groups, and the alarms that say a deployment needs a look:
 #
 #   NAME-POOL-dlq-not-empty        a job's message was dead-lettered (5 receives, no finish)
-#   NAME-webhooks-dlq-not-empty    a webhook delivery was dead-lettered (10 receives: its
+#   NAME-webhooks-dlq-not-empty    a webhook delivery was dead-lettered (16 receives: its
 #                                  retries ran out, or the webhooks Lambda kept failing)
 #   NAME-POOL-queue-stuck          the oldest queued message is older than the threshold
 #                                  (no executor is taking work: launches failing, quota,

@@ -49,7 +49,7 @@ resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
 # - Visibility 60 s, the function's timeout: a batch that crashes comes back after a minute.
 #   A delivery that failed is retried after the delay the function sets on its message
 #   itself (ChangeMessageVisibility, up to SQS's 12 h).
-# - After 10 receives SQS moves the message to the webhooks DLQ (the retries span about
+# - After 16 receives SQS moves the message to the webhooks DLQ (the retries span about
 #   28 h, so both queues keep messages for 14 days).
 # - SQS-managed SSE, as the work queues.
 
@@ -67,7 +67,7 @@ resource "aws_sqs_queue" "webhooks" {
 
   redrive_policy = jsonencode({
     deadLetterTargetArn = aws_sqs_queue.webhooks_dlq.arn
-    maxReceiveCount     = 10
+    maxReceiveCount     = 16 # ferry_core::deliver::MAX_RECEIVES: the eight tries and room to spare
   })
 }
 

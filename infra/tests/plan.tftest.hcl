@@ -121,8 +121,8 @@ run "defaults" {
       && aws_lambda_event_source_mapping.webhooks.scaling_config[0].maximum_concurrency == 20
       && contains(aws_lambda_event_source_mapping.webhooks.function_response_types, "ReportBatchItemFailures")
       && aws_sqs_queue.webhooks.visibility_timeout_seconds >= aws_lambda_function.this["webhooks"].timeout
-    && jsondecode(aws_sqs_queue.webhooks.redrive_policy).maxReceiveCount == 10)
-    error_message = "The webhooks queue feeds the webhooks Lambda ten at a time, reporting failed items, and dead-letters after 10 receives."
+    && jsondecode(aws_sqs_queue.webhooks.redrive_policy).maxReceiveCount == 16)
+    error_message = "The webhooks queue feeds the webhooks Lambda ten at a time, reporting failed items, and dead-letters after 16 receives."
   }
   assert {
     condition = jsonencode([for p in jsondecode(local.pools_json).pools : sort(keys(p))]) == jsonencode([for p in ["cpu", "gpu"] : sort([

@@ -137,3 +137,16 @@ fn executor_environments_match_its_flags() {
         }
     }
 }
+
+/// The webhooks queue dead-letters after the receives the deliverer plans for (the embedded
+/// queue of `ferry dev` uses the same constant).
+#[test]
+fn the_webhooks_queue_redrives_after_the_deliverers_receives() {
+    let sqs = std::fs::read_to_string(infra_dir().join("sqs.tf")).unwrap();
+    let block = &sqs[sqs.find("resource \"aws_sqs_queue\" \"webhooks\"").expect("the webhooks queue")..];
+    let block = &block[..block.find("\n}\n").expect("its end")];
+    let count = block.split("maxReceiveCount").nth(1).and_then(|rest| {
+        rest.trim_start_matches([' ', '=']).split(|c: char| !c.is_ascii_digit()).next().map(str::to_string)
+    });
+    assert_eq!(count, Some(ferry_core::deliver::MAX_RECEIVES.to_string()));
+}

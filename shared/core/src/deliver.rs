@@ -80,7 +80,10 @@ impl JobChange {
         let wants = |e: WebhookEvent| hook.events.contains(&e);
         let ended = self.status.is_terminal() && self.old_status.is_none_or(|s| !s.is_terminal());
         let started = matches!(self.status, JobStatus::Running) && self.old_status == Some(JobStatus::Queued);
-        let progressed = !self.status.is_terminal() && self.last_seq > self.old_last_seq;
+        // New progress events on a job whose status stayed (a status change's own event is
+        // not output).
+        let progressed =
+            !self.status.is_terminal() && self.old_status == Some(self.status) && self.last_seq > self.old_last_seq;
         let mut out = vec![];
         if started && wants(WebhookEvent::Started) {
             out.push((WebhookEvent::Started, format!("msg_{}_started", self.job_id)));
@@ -142,11 +145,20 @@ pub struct WebhookDelivery {
     pub attempts: Vec<DeliveryAttempt>,
     /// Tries since it was (re)queued: the retry schedule's position.
     pub tries: u32,
+    /// Whether a message for it is known to be on the queue: set once the send succeeded (or a
+    /// message was received), so a change seen again sends one only when the first send may
+    /// have been lost.
+    #[serde(default = "yes")]
+    pub queued: bool,
     pub next_try_at: Option<Millis>,
     /// 1 when created; each write stores the next (compare-and-set).
     pub version: u64,
     /// When the store may delete it (the job's retention).
     pub retain_until: Millis,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Webhook deliveries and the endpoints a 410 disabled. Writes are compare-and-set on the
@@ -338,11 +350,16 @@ pub struct Webhooks {
     pub settings: DeliverySettings,
 }
 
+/// Receives after which the webhook queue dead-letters a message (its redrive policy, in
+/// `infra/sqs.tf` and the embedded queue alike): past the schedule's eight tries, with room for
+/// receives that tried nothing (a store that was unavailable, an early copy).
+pub const MAX_RECEIVES: u32 = 16;
+
 /// Tries of a compare-and-set on a delivery before giving up on the write.
 const CAS_TRIES: usize = 5;
 
-/// A message received this much before its delivery's next try belongs to another copy of it
-/// (a redelivery's, or a stream record seen twice): it is dropped.
+/// A message received this much before its delivery's next try is early: it is hidden again
+/// until the try is due.
 const EARLY_SLACK_MS: u64 = 1000;
 
 impl Webhooks {
@@ -351,8 +368,8 @@ impl Webhooks {
     }
 
     /// Records and queues the deliveries `changes` call for; a delivery already recorded is
-    /// not queued again unless it was never tried (its first message may have been lost).
-    /// Returns how many messages were sent.
+    /// queued again only when its first send is not known to have succeeded (a send that
+    /// failed, after which the stream retries the batch). Returns how many messages were sent.
     pub async fn enqueue(&self, changes: &[JobChange]) -> Result<usize, WebhookError> {
         let now = self.now();
         let mut sent = 0;
@@ -369,17 +386,19 @@ impl Webhooks {
                     state: DeliveryState::Pending,
                     attempts: vec![],
                     tries: 0,
+                    queued: false,
                     next_try_at: Some(now),
                     version: 1,
                     retain_until: change.retain_until.max(now),
                 };
-                if !self.deliveries.create(&delivery).await? {
-                    match self.deliveries.get(&change.job_id, &id).await? {
-                        Some(d) if d.state == DeliveryState::Pending && d.tries == 0 => {}
+                let delivery = match self.deliveries.create(&delivery).await? {
+                    true => delivery,
+                    false => match self.deliveries.get(&change.job_id, &id).await? {
+                        Some(d) if d.state == DeliveryState::Pending && !d.queued => d,
                         _ => continue,
-                    }
-                }
-                self.queue.send(&WebhookMessage { job_id: change.job_id, id }).await?;
+                    },
+                };
+                self.send(delivery).await?;
                 tracing::info!(job_id = %change.job_id, event = event.type_name(), "webhook queued");
                 sent += 1;
             }
@@ -400,8 +419,11 @@ impl Webhooks {
             DeliveryState::Dead => return Ok(Step::DeadLetter),
             _ => return Ok(Step::Done),
         }
-        if delivery.next_try_at.is_some_and(|t| t > now + EARLY_SLACK_MS) {
-            return Ok(Step::Done);
+        if let Some(due) = delivery.next_try_at.filter(|t| *t > now + EARLY_SLACK_MS) {
+            // Early: a copy of the message (a redelivery's, a stream record seen twice), or one
+            // whose visibility could not be set. It waits for the try it would be early for,
+            // rather than be dropped and perhaps leave the delivery with no message at all.
+            return Ok(Step::RetryIn(Duration::from_millis(due - now)));
         }
         if self.deliveries.disabled_since(&delivery.tenant, &delivery.url).await?.is_some() {
             delivery.state = DeliveryState::Disabled;
@@ -464,6 +486,18 @@ impl Webhooks {
         Ok(step)
     }
 
+    /// Sends `delivery`'s message, then notes that it is queued (a note lost to a concurrent
+    /// write is harmless: the deliverer notes it as well).
+    async fn send(&self, delivery: WebhookDelivery) -> Result<WebhookDelivery, WebhookError> {
+        self.queue.send(&WebhookMessage { job_id: delivery.job_id, id: delivery.id.clone() }).await?;
+        let marked = WebhookDelivery { queued: true, version: delivery.version + 1, ..delivery };
+        Ok(if self.deliveries.update(&marked).await? {
+            marked
+        } else {
+            WebhookDelivery { version: marked.version - 1, ..marked }
+        })
+    }
+
     async fn post_bounded(&self, post: WebhookPost) -> Result<WebhookResponse, TransportError> {
         let timeout = post.timeout;
         // The transport honours the timeout; this bounds a transport that does not.
@@ -511,6 +545,7 @@ impl Webhooks {
     /// message wrote first; its write stands.
     async fn save(&self, mut delivery: WebhookDelivery) -> Result<(), WebhookError> {
         delivery.version += 1;
+        delivery.queued = true;
         if !self.deliveries.update(&delivery).await? {
             tracing::warn!(job_id = %delivery.job_id, id = delivery.id, "webhook delivery changed meanwhile");
         }
@@ -557,8 +592,7 @@ impl Webhooks {
         let mut queued = vec![];
         for d in chosen {
             let d = self.requeue(d).await?;
-            self.queue.send(&WebhookMessage { job_id: d.job_id, id: d.id.clone() }).await?;
-            queued.push(d);
+            queued.push(self.send(d).await?);
         }
         Ok(queued)
     }
@@ -570,6 +604,7 @@ impl Webhooks {
             let next = WebhookDelivery {
                 state: DeliveryState::Pending,
                 tries: 0,
+                queued: false,
                 next_try_at: Some(now),
                 version: delivery.version + 1,
                 ..delivery.clone()
@@ -768,7 +803,8 @@ mod tests {
         use WebhookEvent::*;
         let all = [Completed, Started, Output];
         assert!(kinds(&change(None, Queued, (0, 0), &all), 0).is_empty(), "a new job is no event");
-        assert_eq!(kinds(&change(Some(Queued), Running, (0, 1), &all), 5_400), ["started", "output_5"]);
+        assert_eq!(kinds(&change(Some(Queued), Running, (0, 1), &all), 5_400), ["started"]);
+        assert_eq!(kinds(&change(Some(Running), Running, (1, 4), &all), 5_400), ["output_5"]);
         assert_eq!(kinds(&change(Some(Running), Running, (1, 1), &all), 0), Vec::<String>::new(), "a lease renewal");
         assert_eq!(kinds(&change(Some(Running), Succeeded, (3, 5), &all), 0), ["completed"]);
         assert_eq!(kinds(&change(Some(Queued), Cancelled, (0, 1), &all), 0), ["completed"]);

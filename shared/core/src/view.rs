@@ -53,6 +53,8 @@ pub struct JobView {
     pub output_expires_at: Option<String>,
     pub error: Option<JobError>,
     pub idempotency_key: Option<String>,
+    /// Where the job's events are POSTed (`GET /v1/jobs/{id}/webhooks` shows the deliveries).
+    pub webhook: Option<crate::webhook::WebhookRequest>,
     /// Where the job stands: waiting for capacity, an executor launching, the model
     /// loading, running. Null for finished jobs and in list pages.
     pub queue_state: Option<crate::queue_state::QueueState>,
@@ -95,6 +97,7 @@ impl JobView {
             output_expires_at: None,
             error: job.error.clone(),
             idempotency_key: job.idempotency_key.clone(),
+            webhook: job.webhook.clone(),
             queue_state: None,
         }
     }

@@ -48,7 +48,10 @@ pub fn ports(
         keys: Arc::new(MemoryApiKeyStore::new()),
         webhook_secrets: Arc::new(MemoryWebhookSecrets::new()),
         deliveries: Arc::new(MemoryDeliveries::new()),
-        webhook_queue: Arc::new(MemoryQueue::<WebhookMessage>::new()),
+        webhook_queue: Arc::new(MemoryQueue::<WebhookMessage>::with_dead_letter(
+            Arc::new(MemoryQueue::new()),
+            ferry_core::deliver::MAX_RECEIVES,
+        )),
         resolver: Arc::new(SystemResolver),
         objects,
         queues,
