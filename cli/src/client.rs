@@ -131,6 +131,25 @@ impl Client {
         self.send(self.http.post(format!("{}/v1/webhooks/secret/rotate", self.base))).await
     }
 
+    /// `GET /v1/jobs/{id}/webhooks`.
+    pub async fn webhook_deliveries(&self, id: &str) -> Result<Answer<ferry_core::deliver::DeliveryList>, ClientError> {
+        self.send(self.http.get(format!("{}/v1/jobs/{id}/webhooks", self.base))).await
+    }
+
+    /// `POST /v1/jobs/{id}/webhooks/redeliver`, of one delivery or (`None`) the undelivered ones.
+    pub async fn redeliver_webhooks(
+        &self,
+        id: &str,
+        delivery: Option<&str>,
+    ) -> Result<Answer<ferry_core::deliver::DeliveryList>, ClientError> {
+        let req = self.http.post(format!("{}/v1/jobs/{id}/webhooks/redeliver", self.base));
+        let req = match delivery {
+            Some(d) => req.json(&serde_json::json!({"id": d})),
+            None => req,
+        };
+        self.send(req).await
+    }
+
     pub async fn models(&self) -> Result<Answer<ModelList>, ClientError> {
         self.send(self.http.get(format!("{}/v1/models", self.base))).await
     }

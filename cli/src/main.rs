@@ -208,6 +208,12 @@ struct SubmitArgs {
     /// Idempotency-Key header.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// POST the job's events to this URL, signed (Standard Webhooks); see `ferry webhooks secret`.
+    #[arg(long)]
+    webhook: Option<String>,
+    /// The events to deliver to --webhook: completed (the default), started, output (repeatable).
+    #[arg(long = "webhook-event", requires = "webhook", value_parser = ["completed", "started", "output"])]
+    webhook_events: Vec<String>,
     /// Wait up to N seconds (max 25) for the job to finish.
     #[arg(long)]
     wait: Option<u64>,
@@ -229,6 +235,23 @@ enum WebhooksAction {
     },
     /// Make a new current secret; the previous one keeps signing beside it for 24 hours.
     Rotate {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A job's webhook deliveries: each event, its state, its tries and the next one.
+    List {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a job's undelivered webhook deliveries again (or the one named by --delivery).
+    Redeliver {
+        /// Job id.
+        id: String,
+        /// A delivery's webhook-id (`msg_...`).
+        #[arg(long)]
+        delivery: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -298,6 +321,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(t) = a.timeout {
                 body["timeout_s"] = t.into();
             }
+            if let Some(url) = &a.webhook {
+                body["webhook"] = serde_json::json!({"url": url});
+                if !a.webhook_events.is_empty() {
+                    body["webhook"]["events"] = serde_json::json!(a.webhook_events);
+                }
+            }
             let c = client(&a.client);
             let ans = c.submit(&body, a.idempotency_key.as_deref(), a.wait).await?;
             if a.follow {
@@ -335,6 +364,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Webhooks { action: WebhooksAction::List { id, client: ca } } => {
+            print_deliveries(&client(&ca).webhook_deliveries(&id).await?.body, ca.json)
+        }
+        Command::Webhooks { action: WebhooksAction::Redeliver { id, delivery, client: ca } } => {
+            print_deliveries(&client(&ca).redeliver_webhooks(&id, delivery.as_deref()).await?.body, ca.json)
+        }
         Command::Webhooks { action } => {
             let (ca, answer) = match action {
                 WebhooksAction::Secret { client: ca } => {
@@ -345,6 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let a = client(&ca).rotate_webhook_secret().await?.body;
                     (ca, a)
                 }
+                WebhooksAction::List { .. } | WebhooksAction::Redeliver { .. } => unreachable!("matched above"),
             };
             if ca.json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -640,6 +676,30 @@ async fn aws(cmd: AwsCommand) -> anyhow::Result<ExitCode> {
             store.put(&record).await?;
             println!("API key for tenant {tenant} (shown once, stored hashed):\n{key}");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deliveries as JSON, or one line each: id, type, state, tries (status or error) and the next try.
+fn print_deliveries(list: &ferry_core::deliver::DeliveryList, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &list.deliveries {
+        let tries: Vec<String> = d
+            .attempts
+            .iter()
+            .map(|a| a.status.map(|s| s.to_string()).or_else(|| a.error.clone()).unwrap_or_default())
+            .collect();
+        let next = d.next_try_at.as_deref().map(|t| format!(" next {t}")).unwrap_or_default();
+        println!(
+            "{}  {:<13}  {:<9}  tries [{}]{next}",
+            d.id,
+            d.kind,
+            format!("{:?}", d.state).to_lowercase(),
+            tries.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

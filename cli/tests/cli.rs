@@ -212,3 +212,74 @@ fn bad_flags_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
 }
+
+/// A loopback receiver for one webhook POST: its headers (lower-case names) and body.
+fn receive_one_post() -> (String, std::sync::mpsc::Receiver<(Vec<(String, String)>, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut headers = vec![];
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = stream;
+        stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").unwrap();
+        tx.send((headers, body)).unwrap();
+    });
+    (url, rx)
+}
+
+/// `ferry submit --webhook URL`: `ferry dev` posts the finished job there, signed with the
+/// secret `ferry webhooks secret` prints; `ferry webhooks list` shows it delivered.
+#[test]
+fn dev_delivers_a_signed_webhook() {
+    let dev = start_dev(&[]);
+    let (url, posts) = receive_one_post();
+    let (code, out) = ferry(
+        &dev,
+        &["submit", "--model", "tiny-llama", "--prompt", "the river", "--params", r#"{"max_new_tokens": 4}"#]
+            .into_iter()
+            .chain(["--webhook", &url, "--wait", "20", "--json"])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{out}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = job["id"].as_str().unwrap();
+    let (headers, body) = posts.recv_timeout(Duration::from_secs(30)).expect("a webhook POST");
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(header("webhook-id"), format!("msg_{id}_completed"));
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((sent["type"].as_str(), sent["data"]["id"].as_str()), (Some("job.completed"), Some(id)));
+    let (code, secrets) = ferry(&dev, &["webhooks", "secret", "--json"]);
+    assert_eq!(code, 0, "{secrets}");
+    let secrets: serde_json::Value = serde_json::from_str(&secrets).unwrap();
+    let secret = ferry_core::webhook::WebhookSecret::parse(secrets["secrets"][0].as_str().unwrap()).unwrap();
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+    assert_eq!(header("webhook-signature"), secret.sign(&header("webhook-id"), timestamp, &body));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, list) = ferry(&dev, &["webhooks", "list", id]);
+        assert_eq!(code, 0, "{list}");
+        if list.contains("delivered") {
+            assert!(list.contains("tries [204]"), "{list}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never shown delivered: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

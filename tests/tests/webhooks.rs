@@ -575,3 +575,49 @@ async fn started_output_and_completed_are_delivered_output_coalesced() {
     assert_eq!(distinct.len(), ids.len(), "one webhook-id per event: {ids:?}");
     assert!(ids.iter().any(|i| *i == format!("msg_{}_started", job.id)));
 }
+
+/// A receiver answering one status.
+struct Answers(u16);
+
+#[async_trait]
+impl WebhookTransport for Answers {
+    async fn post(&self, _: WebhookPost) -> Result<ferry_core::deliver::WebhookResponse, TransportError> {
+        Ok(ferry_core::deliver::WebhookResponse { status: self.0, retry_after: None })
+    }
+}
+
+/// The Lambda's handler on `events/webhooks/sqs-batch.json`, its first record pointed at a
+/// real delivery whose receiver answers 503: both records stay in the queue (reported), the
+/// first hidden until its retry is due (the schedule's 5 s).
+#[tokio::test]
+async fn the_lambdas_handler_reports_the_records_to_keep() {
+    let b = backends::embedded();
+    let root = Root::new(b.ports.clone(), Catalog::demo(), Pools::default(), Config::default());
+    let mut job = ferry_tests::fixtures::job("acme", JobStatus::Succeeded);
+    job.webhook = Some(ferry_core::webhook::WebhookRequest {
+        url: "https://93.184.216.34/hook".into(),
+        events: vec![ferry_core::webhook::WebhookEvent::Completed],
+    });
+    root.ports.jobs.create(&job, None).await.unwrap();
+    let webhooks = root.webhooks(Arc::new(Answers(503)), DeliverySettings::default());
+    let running = Job { status: JobStatus::Running, ..job.clone() };
+    webhooks.enqueue(&[ferry_core::deliver::JobChange::between(Some(&running), &job)]).await.unwrap();
+    let queue = root.ports.webhook_queue.clone();
+    let got = queue.receive(1, Duration::ZERO, Duration::from_secs(60)).await.unwrap().remove(0);
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/webhooks/sqs-batch.json");
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    event["Records"][0]["body"] = json!(serde_json::to_string(&got.message).unwrap());
+    event["Records"][0]["receiptHandle"] = json!(got.receipt);
+    let answer = ferry_webhooks_lambda::handle(&webhooks, event.clone()).await;
+    let ids: Vec<&Value> = event["Records"].as_array().unwrap().iter().map(|r| &r["messageId"]).collect();
+    let failures: Vec<&Value> =
+        answer["batchItemFailures"].as_array().unwrap().iter().map(|f| &f["itemIdentifier"]).collect();
+    assert_eq!(failures.len(), 2, "{answer}");
+    assert!(ids.iter().all(|id| failures.contains(id)), "{answer}");
+    let d = &webhooks.list(&tenant(), &job.id).await.unwrap()[0];
+    assert_eq!((d.state, d.tries, d.attempts[0].status), (DeliveryState::Pending, 1, Some(503)));
+    let due = d.next_try_at.unwrap() - d.attempts[0].at;
+    assert_eq!(due, 5_000, "the schedule's first delay");
+    assert!(queue.receive(1, Duration::ZERO, Duration::from_secs(60)).await.unwrap().is_empty(), "hidden until then");
+}

@@ -414,6 +414,7 @@ impl Webhooks {
             return Ok(Step::Done);
         };
         let now = self.now();
+        let read = (delivery.version, delivery.tries);
         match delivery.state {
             DeliveryState::Pending => {}
             DeliveryState::Dead => return Ok(Step::DeadLetter),
@@ -428,13 +429,13 @@ impl Webhooks {
         if self.deliveries.disabled_since(&delivery.tenant, &delivery.url).await?.is_some() {
             delivery.state = DeliveryState::Disabled;
             delivery.next_try_at = None;
-            self.save(delivery).await?;
+            self.save(read, delivery).await?;
             return Ok(Step::Done);
         }
         let Some(job) = self.service.jobs.get(&delivery.job_id).await? else {
             delivery.state = DeliveryState::Failed;
             delivery.next_try_at = None;
-            self.save(delivery).await?;
+            self.save(read, delivery).await?;
             return Ok(Step::Done);
         };
         let post = self.signed_post(&delivery, &job, now).await?;
@@ -482,7 +483,7 @@ impl Webhooks {
                 }
             },
         };
-        self.save(delivery).await?;
+        self.save(read, delivery).await?;
         Ok(step)
     }
 
@@ -541,14 +542,24 @@ impl Webhooks {
         Ok(WebhookPost { url: delivery.url.clone(), headers, body, timeout: self.settings.timeout })
     }
 
-    /// Writes `delivery` as the next version. A lost compare-and-set means another copy of the
-    /// message wrote first; its write stands.
-    async fn save(&self, mut delivery: WebhookDelivery) -> Result<(), WebhookError> {
-        delivery.version += 1;
+    /// Writes `delivery` (read at `read`'s version and tries) as the next version. When the
+    /// compare-and-set loses to a write that tried nothing (the enqueuer noting the message
+    /// queued), it is made again over that write; when it loses to another try (a copy of the
+    /// message), that try's record stands.
+    async fn save(&self, read: (u64, u32), mut delivery: WebhookDelivery) -> Result<(), WebhookError> {
+        let (mut version, tries) = read;
         delivery.queued = true;
-        if !self.deliveries.update(&delivery).await? {
-            tracing::warn!(job_id = %delivery.job_id, id = delivery.id, "webhook delivery changed meanwhile");
+        for _ in 0..CAS_TRIES {
+            delivery.version = version + 1;
+            if self.deliveries.update(&delivery).await? {
+                return Ok(());
+            }
+            match self.deliveries.get(&delivery.job_id, &delivery.id).await? {
+                Some(fresh) if fresh.tries == tries && fresh.state == DeliveryState::Pending => version = fresh.version,
+                _ => break,
+            }
         }
+        tracing::warn!(job_id = %delivery.job_id, id = delivery.id, "webhook delivery changed meanwhile");
         Ok(())
     }
 
