@@ -10,6 +10,7 @@ pub mod follow;
 pub mod infra;
 pub mod moto;
 pub mod recorder;
+pub mod standard_webhooks;
 
 /// Generates `embedded::<name>` and `aws::<name>` tests from `async fn <name>(b: Backend)`
 /// cases in the calling module (the AWS ones skip, with a message, where moto is missing).
