@@ -282,3 +282,84 @@ pub async fn case_webhook_secrets(b: Backend) {
     let after = signing_secrets(store, &fresh, T0 + 10 + day).await.unwrap();
     assert_eq!(after, vec![rotated[0].clone()], "[{}] only the new one after the overlap", b.name);
 }
+
+/// Webhook deliveries: created once per (job, id), read back whole, written compare-and-set
+/// on the version, listed by job; endpoints disabled per tenant and enabled again. The webhook
+/// queue carries the messages with SQS semantics.
+pub async fn case_webhook_deliveries(b: Backend) {
+    use ferry_core::deliver::{DeliveryAttempt, DeliveryState, WebhookDelivery, WebhookMessage};
+    use ferry_core::webhook::WebhookEvent;
+    let store = b.deliveries.as_ref();
+    let t = tenant("hooks");
+    let (job, other_job) = (JobId::generate(T0), JobId::generate(T0 + 1));
+    let delivery = |job: JobId, id: &str, created_at| WebhookDelivery {
+        id: id.into(),
+        job_id: job,
+        tenant: t.clone(),
+        event: WebhookEvent::Completed,
+        url: format!("https://example.com/{TRICKY_TEXT}"),
+        created_at,
+        state: DeliveryState::Pending,
+        attempts: vec![],
+        tries: 0,
+        queued: false,
+        next_try_at: Some(created_at),
+        version: 1,
+        retain_until: T0 + 86_400_000,
+    };
+    let first = delivery(job, &format!("msg_{job}_started"), T0 + 5);
+    let second = delivery(job, &format!("msg_{job}_completed"), T0 + 9);
+    assert_eq!(store.get(&job, &first.id).await.unwrap(), None, "[{}]", b.name);
+    assert!(store.create(&second).await.unwrap(), "[{}]", b.name);
+    assert!(store.create(&first).await.unwrap(), "[{}]", b.name);
+    assert!(!store.create(&WebhookDelivery { url: "https://other".into(), ..first.clone() }).await.unwrap());
+    assert!(store.create(&delivery(other_job, &first.id, T0)).await.unwrap(), "[{}] ids are per job", b.name);
+    assert_eq!(store.get(&job, &first.id).await.unwrap(), Some(first.clone()), "[{}]", b.name);
+
+    let tried = WebhookDelivery {
+        state: DeliveryState::Delivered,
+        attempts: vec![
+            DeliveryAttempt {
+                at: T0 + 6,
+                status: None,
+                error: Some("no answer within 15s".into()),
+                duration_ms: 15_000,
+            },
+            DeliveryAttempt { at: T0 + 7, status: Some(204), error: None, duration_ms: 12 },
+        ],
+        tries: 2,
+        queued: true,
+        next_try_at: None,
+        version: 2,
+        ..first.clone()
+    };
+    assert!(store.update(&tried).await.unwrap(), "[{}]", b.name);
+    assert!(!store.update(&tried).await.unwrap(), "[{}] the same version again loses", b.name);
+    assert!(!store.update(&WebhookDelivery { version: 4, ..tried.clone() }).await.unwrap(), "[{}]", b.name);
+    let missing = delivery(job, "msg_missing", T0);
+    assert!(!store.update(&WebhookDelivery { version: 2, ..missing }).await.unwrap(), "[{}] no record", b.name);
+    assert_eq!(store.get(&job, &first.id).await.unwrap(), Some(tried.clone()), "[{}]", b.name);
+    let mut listed = store.list(&job).await.unwrap();
+    listed.sort_by_key(|d| d.created_at);
+    assert_eq!(listed, vec![tried, second], "[{}] the job's deliveries only", b.name);
+
+    let url = "https://example.com/hook?x=1";
+    assert_eq!(store.disabled_since(&t, url).await.unwrap(), None, "[{}]", b.name);
+    store.set_disabled(&t, url, Some(T0 + 3)).await.unwrap();
+    assert_eq!(store.disabled_since(&t, url).await.unwrap(), Some(T0 + 3), "[{}]", b.name);
+    assert_eq!(store.disabled_since(&tenant("hooks-2"), url).await.unwrap(), None, "[{}] per tenant", b.name);
+    assert_eq!(store.disabled_since(&t, "https://example.com/hook").await.unwrap(), None, "[{}] per URL", b.name);
+    store.set_disabled(&t, url, None).await.unwrap();
+    assert_eq!(store.disabled_since(&t, url).await.unwrap(), None, "[{}] enabled again", b.name);
+
+    let queue = b.webhook_queue.clone();
+    let message = WebhookMessage { job_id: job, id: format!("msg_{job}_completed") };
+    queue.send(&message).await.unwrap();
+    let got = queue.receive(10, std::time::Duration::from_secs(2), std::time::Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got.len(), 1, "[{}]", b.name);
+    assert_eq!((&got[0].message, got[0].receive_count), (&message, 1), "[{}]", b.name);
+    queue.set_visibility(&got[0].receipt, std::time::Duration::ZERO).await.unwrap();
+    let again = queue.receive(10, std::time::Duration::from_secs(2), std::time::Duration::from_secs(30)).await.unwrap();
+    assert_eq!(again[0].receive_count, 2, "[{}]", b.name);
+    queue.delete(&again[0].receipt).await.unwrap();
+}

@@ -56,6 +56,7 @@ conformance! {
     concurrent_updates_one_wins => update::case_concurrent_updates_one_wins,
     api_keys => jobs::case_api_keys,
     webhook_secrets => jobs::case_webhook_secrets,
+    webhook_deliveries => jobs::case_webhook_deliveries,
     append_read_round_trip => events::case_append_read_round_trip,
     read_across_batches => events::case_read_across_batches,
     append_batches => events::case_append_batches,
