@@ -592,3 +592,25 @@ async fn the_lambdas_handler_reports_the_records_to_keep() {
     assert_eq!(due, 5_000, "the schedule's first delay");
     assert!(queue.receive(1, Duration::ZERO, Duration::from_secs(60)).await.unwrap().is_empty(), "hidden until then");
 }
+
+/// The OpenAI-compatible routes take `webhook` as an extension field, checked as on submit: a
+/// refused URL is an OpenAI-shaped error naming `webhook.url`, and nothing is queued.
+#[tokio::test]
+async fn openai_routes_check_the_webhook_extension() {
+    let b = backends::embedded();
+    let root = Root::new(b.ports.clone(), Catalog::demo(), Pools::default(), Config::default());
+    root.ports.keys.put(&ApiKeyRecord { key_hash: hash_api_key(KEY), tenant: tenant(), created_at: 1 }).await.unwrap();
+    let body = json!({"model": "all-minilm-l6-v2", "input": "hi", "webhook": {"url": "https://169.254.169.254/x"}});
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/openai/v1/embeddings")
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap();
+    let resp = ferry_http::Api::new(&root).handle(req).await;
+    let answer: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert!(resp.status().is_client_error(), "{answer}");
+    assert_eq!(answer["error"]["param"], "webhook.url", "{answer}");
+    assert_eq!(b.queue.depth().await.unwrap(), ferry_core::ports::QueueDepth::default(), "nothing queued");
+}

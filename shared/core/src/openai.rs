@@ -521,6 +521,23 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_rides_along_to_the_native_submit() {
+        let hook = json!({"url": "https://example.com/h", "events": ["started"]});
+        for endpoint in [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings] {
+            let body = match endpoint {
+                Endpoint::Chat => {
+                    json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "webhook": hook})
+                }
+                Endpoint::Completions => json!({"model": "m", "prompt": "hi", "webhook": hook}),
+                Endpoint::Embeddings => json!({"model": "m", "input": "hi", "webhook": hook}),
+            };
+            let call = OpenAiCall::parse(endpoint, body.to_string().as_bytes()).unwrap();
+            let native: Value = serde_json::from_slice(&call.native_body()).unwrap();
+            assert_eq!(native["webhook"], hook, "{endpoint:?}");
+        }
+    }
+
+    #[test]
     fn a_chat_request_becomes_a_native_submit() {
         let call = chat(json!({"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text", "text": "brief"}]}, {"role": "user", "content": "hi"}],
                                "max_tokens": 5, "stop": "x", "seed": 3, "logprobs": true, "stream": true, "stream_options": {"include_usage": true}}))
