@@ -122,12 +122,14 @@ impl Client {
     }
 
     /// `GET /v1/webhooks/secret`.
-    pub async fn webhook_secrets(&self) -> Result<Answer<ferry_core::webhook::WebhookSecretList>, ClientError> {
+    pub async fn webhook_secrets(&self) -> Result<Answer<ferry_core::webhook_secrets::WebhookSecretList>, ClientError> {
         self.send(self.http.get(format!("{}/v1/webhooks/secret", self.base))).await
     }
 
     /// `POST /v1/webhooks/secret/rotate`.
-    pub async fn rotate_webhook_secret(&self) -> Result<Answer<ferry_core::webhook::WebhookSecretList>, ClientError> {
+    pub async fn rotate_webhook_secret(
+        &self,
+    ) -> Result<Answer<ferry_core::webhook_secrets::WebhookSecretList>, ClientError> {
         self.send(self.http.post(format!("{}/v1/webhooks/secret/rotate", self.base))).await
     }
 

@@ -223,7 +223,7 @@ impl Deployment {
             })
             .await;
         let running = Job { status: JobStatus::Running, ..job.clone() };
-        let change = ferry_core::deliver::JobChange::between(Some(&running), &job);
+        let change = ferry_core::ports::JobChange::between(Some(&running), &job);
         let webhooks = self.root.webhooks(Arc::new(ferry_core::deliver::NoTransport), Default::default());
         assert_eq!(webhooks.enqueue(&[change]).await.unwrap(), 1);
         job

@@ -23,18 +23,19 @@ use ferry_core::auth::hash_api_key;
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
 use ferry_core::deliver::{
-    DeliverySettings, DeliveryState, NoTransport, Resolver, SystemResolver, TransportError, WebhookPost,
-    WebhookTransport, Webhooks, follow_changes, run_queue,
+    DeliverySettings, DeliveryState, NoTransport, TransportError, WebhookPost, WebhookTransport, Webhooks,
+    follow_changes, run_queue,
 };
 use ferry_core::job::{Job, JobStatus, TenantId};
 use ferry_core::objects::Output;
 use ferry_core::pool::Pools;
-use ferry_core::ports::ApiKeyRecord;
+use ferry_core::ports::{ApiKeyRecord, Resolver, SystemResolver};
 use ferry_core::root::Root;
 use ferry_core::service::JobService;
 use ferry_core::state::Transition;
 use ferry_core::submit::parse_submit;
-use ferry_core::webhook::{UrlPolicy, WebhookSecret, rotate, signing_secrets};
+use ferry_core::webhook::{UrlPolicy, WebhookSecret};
+use ferry_core::webhook_secrets::{rotate, signing_secrets};
 use ferry_http::webhook_client::HttpTransport;
 use ferry_tests::backends::{self, Backend};
 use ferry_tests::standard_webhooks::{Case, verifies};
@@ -572,7 +573,7 @@ async fn the_lambdas_handler_reports_the_records_to_keep() {
     root.ports.jobs.create(&job, None).await.unwrap();
     let webhooks = root.webhooks(Arc::new(Answers(503)), DeliverySettings::default());
     let running = Job { status: JobStatus::Running, ..job.clone() };
-    webhooks.enqueue(&[ferry_core::deliver::JobChange::between(Some(&running), &job)]).await.unwrap();
+    webhooks.enqueue(&[ferry_core::ports::JobChange::between(Some(&running), &job)]).await.unwrap();
     let queue = root.ports.webhook_queue.clone();
     let got = queue.receive(1, Duration::ZERO, Duration::from_secs(60)).await.unwrap().remove(0);
 

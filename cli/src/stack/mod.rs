@@ -117,7 +117,7 @@ impl Stack {
 
     /// The webhook deliverer, and the job store's change feed it queues from (the embedded
     /// store's; on AWS the dispatcher Lambda reads the table's stream instead).
-    fn webhooks(&self) -> anyhow::Result<Option<(deliver::Webhooks, deliver::JobChanges)>> {
+    fn webhooks(&self) -> anyhow::Result<Option<(deliver::Webhooks, ferry_core::ports::JobChanges)>> {
         let Some(changes) = self.root.ports.jobs.changes() else { return Ok(None) };
         let transport = HttpTransport::new(self.root.config.webhook_policy, self.root.ports.resolver.clone())?;
         Ok(Some((self.root.webhooks(Arc::new(transport), Default::default()), changes)))

@@ -18,8 +18,9 @@ mod build;
 
 use std::collections::BTreeSet;
 
-use ferry_core::deliver::{JobChange, Webhooks};
+use ferry_core::deliver::Webhooks;
 use ferry_core::dispatch::{Dispatcher, PoolView};
+use ferry_core::ports::JobChange;
 use ferry_core::progress::ProgressEvent;
 use ferry_core::watchdog::{Watchdog, WatchdogReport};
 use serde::Serialize;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use ferry_core::catalog::Catalog;
 use ferry_core::config::Config;
-use ferry_core::deliver::{SystemResolver, WebhookQueue};
+use ferry_core::deliver::WebhookQueue;
 use ferry_core::fleet::Launcher;
 use ferry_core::pool::Pools;
-use ferry_core::ports::{NoNotifier, NoQueue, Notifier, Queues, SystemClock, WorkQueue};
+use ferry_core::ports::{NoNotifier, NoQueue, Notifier, Queues, SystemClock, SystemResolver, WorkQueue};
 use ferry_core::root::{Ports, Root};
 
 use crate::config::{AwsSettings, table_from_lookup};

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use ferry_core::deliver::JobChange;
+use ferry_core::ports::JobChange;
 use ferry_core::progress::ProgressEvent;
 use serde_json::Value;
 

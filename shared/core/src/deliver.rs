@@ -13,7 +13,6 @@
 //!    (SQS visibility reaches 12 h, past the longest delay), or let redrive dead-letter it.
 //! 3. `GET /v1/jobs/{id}/webhooks` lists the records; `POST .../redeliver` sends them again.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +20,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
 use crate::job::{Job, JobId, JobStatus, Millis, TenantId, rfc3339};
-use crate::ports::{MessageQueue, QueueError, StoreError, WebhookSecretStore};
+use crate::ports::{JobChange, JobChanges, MessageQueue, QueueError, StoreError, WebhookSecretStore};
 use crate::service::{JobService, ServiceError};
-use crate::webhook::{self, SecretsError, UrlPolicy, Verdict, WebhookEvent, WebhookRequest};
+use crate::webhook::{self, Verdict, WebhookEvent};
+use crate::webhook_secrets::{SecretsError, signing_secrets};
 
 /// One event to deliver: ids only, the delivery record holds the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,40 +37,7 @@ pub struct WebhookMessage {
 /// The webhook queue (its own SQS queue and dead-letter queue on AWS).
 pub type WebhookQueue = dyn MessageQueue<WebhookMessage>;
 
-/// A store's change feed ([`crate::ports::JobStore::changes`]).
-pub type JobChanges = tokio::sync::mpsc::UnboundedReceiver<JobChange>;
-
-/// What a job write changed, as far as webhooks care: read from a stream record's old and new
-/// images on AWS, from the embedded store's change feed in `ferry dev`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobChange {
-    pub job_id: JobId,
-    pub tenant: TenantId,
-    pub webhook: Option<WebhookRequest>,
-    pub status: JobStatus,
-    /// `None` when the write created the job.
-    pub old_status: Option<JobStatus>,
-    pub last_seq: u64,
-    pub old_last_seq: u64,
-    /// When the job record may go: its deliveries go with it.
-    pub retain_until: Millis,
-}
-
 impl JobChange {
-    /// The change from `old` (`None`: created) to `new`.
-    pub fn between(old: Option<&Job>, new: &Job) -> JobChange {
-        JobChange {
-            job_id: new.id,
-            tenant: new.tenant.clone(),
-            webhook: new.webhook.clone(),
-            status: new.status,
-            old_status: old.map(|j| j.status),
-            last_seq: new.last_seq,
-            old_last_seq: old.map_or(0, |j| j.last_seq),
-            retain_until: new.retain_until,
-        }
-    }
-
     /// The events this change is, among those its webhook asks for, with their ids: the job
     /// ended (`completed`), an executor took it for the first time (`started`), or it
     /// published progress (`output`, one id per second, so at most one delivery a second).
@@ -207,41 +173,6 @@ impl WebhookDeliveryStore for NoDeliveries {
 
 fn no_deliveries() -> StoreError {
     StoreError::Unavailable("this process has no webhook delivery store".into())
-}
-
-/// Resolves a host name to its addresses: the system's resolver, or a fixed table in tests.
-/// Submit checks a webhook's addresses through it, and the HTTP transport connects only to
-/// addresses it returned and [`webhook::check_addresses`] accepted.
-#[async_trait]
-pub trait Resolver: Send + Sync {
-    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
-}
-
-/// The system's resolver (getaddrinfo, through tokio).
-pub struct SystemResolver;
-
-#[async_trait]
-impl Resolver for SystemResolver {
-    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
-        Ok(tokio::net::lookup_host((host, port)).await?.map(|a| a.ip()).collect())
-    }
-}
-
-/// Checks `hook`'s URL and every address its host resolves to under `policy`: what submit
-/// refuses with 422 naming `webhook.url`.
-pub async fn check_webhook(hook: &WebhookRequest, policy: UrlPolicy, resolver: &dyn Resolver) -> Result<(), ApiError> {
-    let target = webhook::parse_url(&hook.url, policy)?;
-    if target.host.parse::<IpAddr>().is_ok() {
-        return Ok(()); // parse_url checked the literal
-    }
-    let addrs = resolver
-        .lookup(&target.host, target.port)
-        .await
-        .map_err(|e| ApiError::invalid("webhook.url", format!("the host {} does not resolve: {e}", target.host)))?;
-    if addrs.is_empty() {
-        return Err(ApiError::invalid("webhook.url", format!("the host {} has no address", target.host)));
-    }
-    webhook::check_addresses(&addrs, policy)
 }
 
 /// One signed POST.
@@ -529,7 +460,7 @@ impl Webhooks {
             "data": self.service.view(job).await,
         });
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        let secrets = webhook::signing_secrets(self.secrets.as_ref(), &delivery.tenant, now).await?;
+        let secrets = signing_secrets(self.secrets.as_ref(), &delivery.tenant, now).await?;
         let timestamp = (now / 1000) as i64;
         let signature = webhook::signature_header(&secrets, &delivery.id, timestamp, &body);
         let headers = vec![
@@ -787,6 +718,7 @@ impl From<&[WebhookDelivery]> for DeliveryList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::WebhookRequest;
 
     fn change(old: Option<JobStatus>, new: JobStatus, seqs: (u64, u64), events: &[WebhookEvent]) -> JobChange {
         JobChange {

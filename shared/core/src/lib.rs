@@ -38,6 +38,7 @@ pub mod telemetry;
 pub mod view;
 pub mod watchdog;
 pub mod webhook;
+pub mod webhook_secrets;
 pub mod ws;
 
 pub use job::{Job, JobError, JobId, JobStatus, Millis, Task, TenantId};

@@ -158,8 +158,62 @@ pub trait JobStore: Send + Sync {
 
     /// Every write from now on, in order, when the store has its own change feed (the
     /// embedded one). DynamoDB's is the table's stream, which the dispatcher Lambda reads: `None`.
-    fn changes(&self) -> Option<crate::deliver::JobChanges> {
+    fn changes(&self) -> Option<JobChanges> {
         None
+    }
+}
+
+/// What a job write changed, as far as webhooks care: read from a stream record's old and new
+/// images on AWS, from the embedded store's change feed in `ferry dev` ([`JobStore::changes`]).
+/// [`crate::deliver`] turns them into deliveries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobChange {
+    pub job_id: JobId,
+    pub tenant: TenantId,
+    pub webhook: Option<crate::webhook::WebhookRequest>,
+    pub status: JobStatus,
+    /// `None` when the write created the job.
+    pub old_status: Option<JobStatus>,
+    pub last_seq: u64,
+    pub old_last_seq: u64,
+    /// When the job record may go: its deliveries go with it.
+    pub retain_until: Millis,
+}
+
+impl JobChange {
+    /// The change from `old` (`None`: created) to `new`.
+    pub fn between(old: Option<&Job>, new: &Job) -> JobChange {
+        JobChange {
+            job_id: new.id,
+            tenant: new.tenant.clone(),
+            webhook: new.webhook.clone(),
+            status: new.status,
+            old_status: old.map(|j| j.status),
+            last_seq: new.last_seq,
+            old_last_seq: old.map_or(0, |j| j.last_seq),
+            retain_until: new.retain_until,
+        }
+    }
+}
+
+/// A store's change feed ([`JobStore::changes`]).
+pub type JobChanges = tokio::sync::mpsc::UnboundedReceiver<JobChange>;
+
+/// Resolves a host name to its addresses: the system's resolver, or a fixed table in tests.
+/// Submit checks a webhook's addresses through it, and the HTTP transport connects only to
+/// addresses it returned and [`crate::webhook::check_addresses`] accepted.
+#[async_trait]
+pub trait Resolver: Send + Sync {
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<std::net::IpAddr>>;
+}
+
+/// The system's resolver (getaddrinfo, through tokio).
+pub struct SystemResolver;
+
+#[async_trait]
+impl Resolver for SystemResolver {
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<std::net::IpAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.map(|a| a.ip()).collect())
     }
 }
 

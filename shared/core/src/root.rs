@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::deliver::{DeliverySettings, Resolver, WebhookDeliveryStore, WebhookQueue, WebhookTransport, Webhooks};
+use crate::deliver::{DeliverySettings, WebhookDeliveryStore, WebhookQueue, WebhookTransport, Webhooks};
 use crate::dispatch::Dispatcher;
 use crate::fleet::{Launcher, PoolStore};
 use crate::objects::ObjectStore;
 use crate::pool::Pools;
-use crate::ports::{ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, Notifier, Queues, WebhookSecretStore};
+use crate::ports::{
+    ApiKeyStore, Clock, ConnectionStore, EventStore, JobStore, Notifier, Queues, Resolver, WebhookSecretStore,
+};
 use crate::publish::ProgressHub;
 use crate::queue_state::Fleet;
 use crate::service::JobService;
@@ -45,7 +47,7 @@ pub struct Ports {
     pub deliveries: Arc<dyn WebhookDeliveryStore>,
     /// The webhook queue ([`crate::ports::NoQueue`] where nothing is delivered).
     pub webhook_queue: Arc<WebhookQueue>,
-    /// Resolves webhook hosts ([`crate::deliver::SystemResolver`] but in tests).
+    /// Resolves webhook hosts ([`crate::ports::SystemResolver`] but in tests).
     pub resolver: Arc<dyn Resolver>,
     /// Large inputs and outputs (the results bucket; [`crate::objects::NoObjects`] where
     /// none is configured).

@@ -2,24 +2,27 @@
 //! API calls it, and so will the WebSocket handler, the executor and the watchdog: the
 //! lifecycle rules live here once.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::input::Input;
 use crate::job::rfc3339;
 use crate::job::{ENQUEUE_FAILED, Job, JobError, JobId, JobStatus, TenantId};
 use crate::objects::{self, ObjectError, ObjectStore};
 use crate::ports::{
-    Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, Queues, StoreError,
-    WorkMessage, WorkQueue,
+    Clock, Created, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, QueueError, Queues, Resolver,
+    StoreError, WorkMessage, WorkQueue,
 };
 use crate::progress::{EventBody, ProgressEvent};
 use crate::publish::ProgressHub;
 use crate::state::{self, Transition, TransitionError};
 use crate::submit::ValidSubmit;
 use crate::view::JobView;
+use crate::webhook::{self, UrlPolicy, WebhookRequest};
 
 /// How many times a submit tries to take over an idempotency key from a job that was never
 /// queued before it reports the key as contended.
@@ -58,7 +61,7 @@ pub enum ServiceError {
     /// The request cannot be accepted as it is (a webhook URL resolving to a refused address):
     /// the error to answer with.
     #[error("refused: {}", .0.message)]
-    Rejected(crate::error::ApiError),
+    Rejected(ApiError),
 }
 
 /// The outcome of a submit.
@@ -107,7 +110,7 @@ pub struct JobService {
     /// (`queue_state`).
     pub fleet: crate::queue_state::Fleet,
     /// Resolves webhook hosts at submit, so a name pointing at a refused address is a 422.
-    pub resolver: Arc<dyn crate::deliver::Resolver>,
+    pub resolver: Arc<dyn Resolver>,
 }
 
 impl JobService {
@@ -131,7 +134,7 @@ impl JobService {
         trace_id: &str,
     ) -> Result<Submitted, ServiceError> {
         if let Some(hook) = &req.webhook {
-            crate::deliver::check_webhook(hook, self.config.webhook_policy, self.resolver.as_ref())
+            check_webhook(hook, self.config.webhook_policy, self.resolver.as_ref())
                 .await
                 .map_err(ServiceError::Rejected)?;
         }
@@ -407,4 +410,21 @@ impl JobService {
             interval = (interval * 3 / 2).min(Duration::from_millis(500));
         }
     }
+}
+
+/// Checks `hook`'s URL and every address its host resolves to under `policy`: what submit
+/// refuses with 422 naming `webhook.url`.
+pub async fn check_webhook(hook: &WebhookRequest, policy: UrlPolicy, resolver: &dyn Resolver) -> Result<(), ApiError> {
+    let target = webhook::parse_url(&hook.url, policy)?;
+    if target.host.parse::<IpAddr>().is_ok() {
+        return Ok(()); // parse_url checked the literal
+    }
+    let addrs = resolver
+        .lookup(&target.host, target.port)
+        .await
+        .map_err(|e| ApiError::invalid("webhook.url", format!("the host {} does not resolve: {e}", target.host)))?;
+    if addrs.is_empty() {
+        return Err(ApiError::invalid("webhook.url", format!("the host {} has no address", target.host)));
+    }
+    webhook::check_addresses(&addrs, policy)
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::deliver::{Resolver, TransportError, WebhookPost, WebhookResponse, WebhookTransport};
+use ferry_core::deliver::{TransportError, WebhookPost, WebhookResponse, WebhookTransport};
+use ferry_core::ports::Resolver;
 use ferry_core::webhook::{self, UrlPolicy};
 
 /// How long connecting may take, within the request's timeout.

@@ -9,10 +9,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ferry_core::Millis;
-use ferry_core::deliver::JobChange;
 use ferry_core::job::{Job, JobId, JobStatus, TenantId};
 use ferry_core::ports::{
-    Created, EventStore, Expected, IdempotencyRecord, JobPage, JobStore, ListQuery, StoreError, is_append_batch,
+    Created, EventStore, Expected, IdempotencyRecord, JobChange, JobChanges, JobPage, JobStore, ListQuery, StoreError,
+    is_append_batch,
 };
 use ferry_core::progress::ProgressEvent;
 
@@ -104,7 +104,7 @@ impl MemoryJobStore {
 impl JobStore for MemoryJobStore {
     /// Every job write from now on, in order, as DynamoDB's stream shows them on AWS (what
     /// `ferry dev` queues webhooks from).
-    fn changes(&self) -> Option<ferry_core::deliver::JobChanges> {
+    fn changes(&self) -> Option<JobChanges> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         lock(&self.inner).watchers.push(tx);
         Some(rx)

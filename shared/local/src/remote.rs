@@ -348,7 +348,7 @@ impl RemoteStack {
             webhook_secrets: Arc::new(ferry_core::ports::NoWebhookSecrets),
             deliveries: Arc::new(ferry_core::deliver::NoDeliveries),
             webhook_queue: Arc::new(ferry_core::ports::NoQueue),
-            resolver: Arc::new(ferry_core::deliver::SystemResolver),
+            resolver: Arc::new(ferry_core::ports::SystemResolver),
             objects: stack.clone(),
             queues: Queues::single(Arc::new(self.queue(pool))),
             pools: stack,

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use ferry_core::deliver::{SystemResolver, WebhookMessage};
+use ferry_core::deliver::WebhookMessage;
 use ferry_core::fleet::Launcher;
 use ferry_core::objects::ObjectStore;
-use ferry_core::ports::{Notifier, Queues, SystemClock, WorkQueue};
+use ferry_core::ports::{Notifier, Queues, SystemClock, SystemResolver, WorkQueue};
 use ferry_core::root::Ports;
 
 use crate::{

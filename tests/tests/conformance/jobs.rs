@@ -269,7 +269,8 @@ pub async fn case_webhook_secrets(b: Backend) {
 
     // Over the store: concurrent first uses agree on one secret; a rotation keeps the old one
     // signing for a day.
-    use ferry_core::webhook::{ROTATION_OVERLAP, rotate, signing_secrets};
+    use ferry_core::webhook::ROTATION_OVERLAP;
+    use ferry_core::webhook_secrets::{rotate, signing_secrets};
     let fresh = tenant("hooks-3");
     let firsts = futures_util::future::join_all((0..4).map(|_| signing_secrets(store, &fresh, T0))).await;
     let firsts: Vec<_> = firsts.into_iter().map(|r| r.unwrap()).collect();

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::Response;
 use ferry_core::deliver::{DeliveryList, WebhookError};
 use ferry_core::error::{ApiError, ErrorBody};
-use ferry_core::webhook::{SecretsError, WebhookSecretList, rotate, signing_secrets};
+use ferry_core::webhook_secrets::{SecretsError, WebhookSecretList, rotate, signing_secrets};
 use http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
