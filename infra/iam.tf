@@ -72,6 +72,16 @@ data "aws_iam_policy_document" "api" {
     resources = local.work_queue_arns
   }
   statement {
+    sid       = "WebhookSecretsKey" # the tenants' signing secrets, sealed per tenant (shared/aws/src/kms.rs)
+    actions   = ["kms:Encrypt", "kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:EncryptionContext:ferry:item"
+      values   = ["whsec"]
+    }
+  }
+  statement {
     sid       = "QueueWebhookDeliveries" # a redelivery
     actions   = ["sqs:SendMessage"]
     resources = [local.webhooks_queue_arn]
@@ -281,6 +291,16 @@ data "aws_iam_policy_document" "dispatcher" {
 # and depth are the event source mapping's, made with this role; ChangeMessageVisibility
 # is the function's own (a failed delivery's retry delay).
 data "aws_iam_policy_document" "webhooks" {
+  statement {
+    sid       = "WebhookSecretsKey" # the tenants' signing secrets, sealed per tenant (shared/aws/src/kms.rs)
+    actions   = ["kms:Encrypt", "kms:Decrypt"]
+    resources = [aws_kms_key.main.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:EncryptionContext:ferry:item"
+      values   = ["whsec"]
+    }
+  }
   statement {
     sid       = "JobsTable" # a delivery (read, then its try recorded), its job, the tenant's secrets
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]

@@ -25,7 +25,8 @@ resource "aws_kms_alias" "main" {
 
 # The key policy. Principals in this account use the key through their IAM policies (the
 # first statement delegates to IAM, as AWS's default key policy does); the roles in iam.tf
-# get only what DynamoDB and S3 need on their behalf. Two services act on their own:
+# get only what DynamoDB and S3 need on their behalf, and the api and webhooks roles
+# Encrypt/Decrypt under the `ferry:item = whsec` context (the tenants' sealed webhook secrets). Two services act on their own:
 # CloudWatch Logs encrypts this deployment's log groups, and CloudWatch alarms publish to
 # the encrypted SNS topic (an AWS managed SNS key would not let them).
 data "aws_iam_policy_document" "kms" {

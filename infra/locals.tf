@@ -86,6 +86,7 @@ locals {
     FERRY_WS_MANAGEMENT_ENDPOINT = local.ws_management_endpoint
     FERRY_RESULTS_BUCKET         = aws_s3_bucket.results.bucket
     FERRY_WEBHOOK_QUEUE_URL      = aws_sqs_queue.webhooks.url
+    FERRY_WEBHOOK_KEY_ID         = aws_kms_key.main.arn
     RUST_LOG                     = var.rust_log
   }
 
@@ -114,12 +115,13 @@ locals {
   }
 
   # The webhooks Lambda: the deliveries it reads and records, the queue it sets each
-  # message's retry delay on, and the results bucket whose output URLs it signs in the
-  # job views it posts.
+  # message's retry delay on, the results bucket whose output URLs it signs in the job
+  # views it posts, and the key the tenants' signing secrets are sealed with.
   webhooks_env = {
     FERRY_TABLE             = aws_dynamodb_table.jobs.name
     FERRY_WEBHOOK_QUEUE_URL = aws_sqs_queue.webhooks.url
     FERRY_RESULTS_BUCKET    = aws_s3_bucket.results.bucket
+    FERRY_WEBHOOK_KEY_ID    = aws_kms_key.main.arn
     RUST_LOG                = var.rust_log
   }
 

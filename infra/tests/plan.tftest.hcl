@@ -93,7 +93,7 @@ run "defaults" {
   }
   assert {
     condition = jsonencode(sort(keys(aws_lambda_function.this["api"].environment[0].variables))) == jsonencode(sort([
-      "FERRY_TABLE", "FERRY_QUEUE_URL", "FERRY_DLQ_URL", "FERRY_MODELS", "FERRY_POOLS", "FERRY_WS_MANAGEMENT_ENDPOINT", "FERRY_RESULTS_BUCKET", "FERRY_WEBHOOK_QUEUE_URL", "RUST_LOG",
+      "FERRY_TABLE", "FERRY_QUEUE_URL", "FERRY_DLQ_URL", "FERRY_MODELS", "FERRY_POOLS", "FERRY_WS_MANAGEMENT_ENDPOINT", "FERRY_RESULTS_BUCKET", "FERRY_WEBHOOK_QUEUE_URL", "FERRY_WEBHOOK_KEY_ID", "RUST_LOG",
     ]))
     error_message = "api Lambda environment"
   }
@@ -113,7 +113,7 @@ run "defaults" {
     error_message = "dispatcher environment"
   }
   assert {
-    condition     = jsonencode(sort(keys(aws_lambda_function.this["webhooks"].environment[0].variables))) == jsonencode(sort(["FERRY_TABLE", "FERRY_WEBHOOK_QUEUE_URL", "FERRY_RESULTS_BUCKET", "RUST_LOG"]))
+    condition     = jsonencode(sort(keys(aws_lambda_function.this["webhooks"].environment[0].variables))) == jsonencode(sort(["FERRY_TABLE", "FERRY_WEBHOOK_QUEUE_URL", "FERRY_RESULTS_BUCKET", "FERRY_WEBHOOK_KEY_ID", "RUST_LOG"]))
     error_message = "webhooks Lambda environment"
   }
   assert {

@@ -136,7 +136,8 @@ pub async fn aws() -> Option<Backend> {
         .unwrap_or_else(|e| panic!("creating queue {name} on moto at {}: {e}", server.endpoint));
     let webhooks = aws.sqs().create_queue().queue_name(format!("{name}-webhooks")).send().await;
     let webhooks = webhooks.unwrap_or_else(|e| panic!("creating the webhook queue on moto: {e}"));
-    let aws = aws.with_webhook_queue(webhooks.queue_url());
+    let key = moto_kms_key(&sdk).await;
+    let aws = aws.with_webhook_queue(webhooks.queue_url()).with_webhook_key(Some(&key)).unwrap();
     let (queue, dlq) = (aws.queue(urls.queue_url), aws.queue(urls.dlq_url));
     let queues = Queues::single(queue.clone()).with_pool("cpu", queue.clone()).with_dlq("cpu", dlq.clone());
     let ports = aws.ports(queues, Arc::new(NoLauncher), Arc::new(NoNotifier));
@@ -159,6 +160,14 @@ pub async fn aws_through_proxy(timeouts: ferry_aws::Timeouts) -> Option<(Backend
     let queues = Queues::single(queue.clone()).with_pool("cpu", queue.clone()).with_dlq("cpu", dlq.clone());
     let ports = aws.ports(queues, Arc::new(NoLauncher), Arc::new(NoNotifier));
     Some((Backend { ports, queue, dlq, name: "aws", table: name }, proxy))
+}
+
+/// A new symmetric KMS key on the moto server `sdk` points at: its id.
+pub async fn moto_kms_key(sdk: &ferry_aws::SdkConfig) -> String {
+    let kms = ferry_aws::kms::KmsKey::new(sdk, "none yet").unwrap();
+    let made = kms.call("CreateKey", &serde_json::json!({"Description": "ferry tests"})).await;
+    let made = made.unwrap_or_else(|e| panic!("creating a KMS key on moto: {e}"));
+    made["KeyMetadata"]["KeyId"].as_str().expect("a key id").to_string()
 }
 
 /// A table and queue name no other test (in this process or another) uses: a ULID,

@@ -251,6 +251,8 @@ pub fn iam_actions(method: &str, path: &str, query: &str, target: Option<&str>, 
             "sqs"
         } else if prefix.starts_with("AmazonEC2ContainerService") {
             "ecs"
+        } else if prefix == "TrentService" {
+            "kms"
         } else {
             return vec![format!("unknown:{target}")];
         };

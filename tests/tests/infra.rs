@@ -46,6 +46,7 @@ async fn lambda_reads(which: &str) -> BTreeSet<String> {
         ("FERRY_CANCEL_GRACE_S", "30"),
         ("FERRY_WEBHOOK_QUEUE_URL", "http://127.0.0.1:1/123456789012/ferry-webhooks"),
         ("FERRY_RESULTS_BUCKET", "ferry-results"),
+        ("FERRY_WEBHOOK_KEY_ID", "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"),
     ]
     .into();
     let mut values = values;

@@ -615,3 +615,34 @@ async fn openai_routes_check_the_webhook_extension() {
     assert_eq!(answer["error"]["param"], "webhook.url", "{answer}");
     assert_eq!(b.queue.depth().await.unwrap(), ferry_core::ports::QueueDepth::default(), "nothing queued");
 }
+
+/// On AWS a tenant's secrets are sealed by KMS under the tenant's encryption context: the item
+/// holds ciphertext only, and a store without the key cannot read it (a clear error, not a
+/// wrong secret).
+#[tokio::test]
+async fn secrets_are_sealed_by_kms_on_aws() {
+    let Some(b) = backends::aws().await else { return eprintln!("skipping: moto not installed") };
+    let store = b.ports.webhook_secrets.clone();
+    let first = signing_secrets(store.as_ref(), &tenant(), 1).await.unwrap();
+    assert_eq!(signing_secrets(store.as_ref(), &tenant(), 2).await.unwrap(), first, "read back through KMS");
+    let moto = ferry_tests::moto::shared().unwrap();
+    let sdk = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let item = dynamo
+        .get_item()
+        .table_name(&b.table)
+        .key("pk", AttributeValue::S("whsec#acme".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let AttributeValue::B(blob) = &item["secrets_kms"] else { panic!("{item:?}") };
+    let secret = first[0].encode();
+    let raw = String::from_utf8_lossy(blob.as_ref()).to_string() + &format!("{item:?}");
+    assert!(!raw.contains(&secret) && !raw.contains("whsec_"), "no secret in the clear: {item:?}");
+    assert!(!item.contains_key("secrets"));
+    let unkeyed = ferry_aws::DynamoWebhookSecrets::new(dynamo, &b.table);
+    let err = ferry_core::ports::WebhookSecretStore::get(&unkeyed, &tenant()).await.unwrap_err();
+    assert!(err.to_string().contains("FERRY_WEBHOOK_KEY_ID"), "{err}");
+}

@@ -27,8 +27,9 @@ pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The deliverer over the table (`FERRY_TABLE`), the webhook queue
 /// (`FERRY_WEBHOOK_QUEUE_URL`, required), the results bucket the job views sign output URLs
-/// in (`FERRY_RESULTS_BUCKET`) and the service's settings, posting over HTTPS to public
-/// addresses only.
+/// in (`FERRY_RESULTS_BUCKET`), the KMS key the tenants' secrets are sealed with
+/// (`FERRY_WEBHOOK_KEY_ID`) and the service's settings, posting over HTTPS to public addresses
+/// only.
 pub async fn build(
     sdk: &ferry_aws::SdkConfig,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
@@ -38,7 +39,8 @@ pub async fn build(
         .ok_or("FERRY_WEBHOOK_QUEUE_URL is required: the webhook queue's URL")?;
     let aws = ferry_aws::AwsPorts::new(sdk, &ferry_aws::config::table_from_lookup(env))
         .with_results_bucket(env("FERRY_RESULTS_BUCKET").as_deref())
-        .with_webhook_queue(Some(&queue));
+        .with_webhook_queue(Some(&queue))
+        .with_webhook_key(ferry_aws::root::webhook_key_from_lookup(env).as_deref())?;
     let ports = aws.ports(Queues::none(), Arc::new(NoLauncher), Arc::new(NoNotifier));
     let config = Config::from_lookup(env)?;
     // Job views need no catalog: the deliverer reads none.

@@ -28,10 +28,11 @@ use ferry_core::progress::ProgressEvent;
 use ferry_core::{JobId, Millis, TenantId};
 
 use crate::dynamo_codec::{
-    FANOUT, FANOUT_STREAM, GSI1, GSI1SK, Item, PK, apikey_pk, apikey_to_item, delivery_gsi1pk, delivery_pk,
-    delivery_to_item, endpoint_pk, event_pk, event_to_item, idem_pk, idem_to_item, item_to_apikey, item_to_delivery,
-    item_to_event, item_to_idem, item_to_job, item_to_webhook_secrets, job_pk, job_to_item, lifecycle_attrs, n, s,
-    tenant_gsi1pk, webhook_secrets_pk, webhook_secrets_to_item,
+    FANOUT, FANOUT_STREAM, GSI1, GSI1SK, Item, PK, StoredSecrets, apikey_pk, apikey_to_item, delivery_gsi1pk,
+    delivery_pk, delivery_to_item, endpoint_pk, event_pk, event_to_item, idem_pk, idem_to_item, item_to_apikey,
+    item_to_delivery, item_to_event, item_to_idem, item_to_job, item_to_stored_secrets, job_pk, job_to_item,
+    lifecycle_attrs, n, s, tenant_gsi1pk, webhook_secrets_from_json, webhook_secrets_json, webhook_secrets_pk,
+    webhook_secrets_to_item,
 };
 use crate::dynamo_error::{REFUSAL_CODES, THROTTLE_CODES, store_err};
 use crate::dynamo_index::Table;
@@ -633,18 +634,39 @@ impl ApiKeyStore for DynamoApiKeyStore {
     }
 }
 
-/// Tenants' webhook secrets in the jobs table (`whsec#<tenant>`: `secrets`, the JSON list;
-/// `version`, the compare-and-set counter). The table's customer managed key encrypts them at
-/// rest.
+/// Tenants' webhook secrets in the jobs table (`whsec#<tenant>`; `version`, the
+/// compare-and-set counter). With a KMS key ([`DynamoWebhookSecrets::sealed_with`], what a
+/// deployment configures) the JSON list is sealed by KMS under the tenant's encryption context
+/// (`secrets_kms`), so reading a secret takes `kms:Decrypt` for that tenant as well as the item;
+/// without one (`ferry dev --backend aws`) it is stored as is (`secrets`), under the table's
+/// encryption at rest.
 #[derive(Debug, Clone)]
 pub struct DynamoWebhookSecrets {
     client: Client,
     table: String,
+    key: Option<crate::kms::KmsKey>,
 }
 
 impl DynamoWebhookSecrets {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        DynamoWebhookSecrets { client, table: table.into() }
+        DynamoWebhookSecrets { client, table: table.into(), key: None }
+    }
+
+    /// Secrets are sealed with `key` (and sealed ones can be read).
+    pub fn sealed_with(mut self, key: Option<crate::kms::KmsKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    fn context(tenant: &TenantId) -> std::collections::BTreeMap<&'static str, &str> {
+        [("ferry:item", "whsec"), ("ferry:tenant", tenant.as_str())].into()
+    }
+
+    fn kms_err(e: crate::kms::KmsError) -> StoreError {
+        match e {
+            crate::kms::KmsError::Unavailable { .. } => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Refused(other.to_string()),
+        }
     }
 }
 
@@ -660,12 +682,35 @@ impl WebhookSecretStore for DynamoWebhookSecrets {
             .send()
             .await
             .map_err(|e| store_err("GetItem", e))?;
-        out.item.as_ref().map(|item| item_to_webhook_secrets(tenant, item)).transpose()
+        let Some(item) = out.item else { return Ok(None) };
+        let (stored, version) = item_to_stored_secrets(&item)?;
+        let json = match (stored, &self.key) {
+            (StoredSecrets::Plain(json), _) => json,
+            (StoredSecrets::Sealed(blob), Some(key)) => {
+                let plain = key.decrypt(&blob, &Self::context(tenant)).await.map_err(Self::kms_err)?;
+                String::from_utf8(plain).map_err(|e| StoreError::Corrupt(format!("whsec#{tenant}: {e}")))?
+            }
+            (StoredSecrets::Sealed(_), None) => {
+                return Err(StoreError::Unavailable(
+                    "the webhook secrets are sealed with KMS, and this process has no key (FERRY_WEBHOOK_KEY_ID)"
+                        .into(),
+                ));
+            }
+        };
+        webhook_secrets_from_json(tenant, &json, version).map(Some)
     }
 
     async fn put(&self, record: &WebhookSecrets) -> Result<bool, StoreError> {
         use aws_sdk_dynamodb::operation::put_item::PutItemError;
-        let mut put = self.client.put_item().table_name(&self.table).set_item(Some(webhook_secrets_to_item(record)?));
+        let json = webhook_secrets_json(record)?;
+        let stored = match &self.key {
+            Some(key) => StoredSecrets::Sealed(
+                key.encrypt(json.as_bytes(), &Self::context(&record.tenant)).await.map_err(Self::kms_err)?,
+            ),
+            None => StoredSecrets::Plain(json),
+        };
+        let item = webhook_secrets_to_item(record, stored);
+        let mut put = self.client.put_item().table_name(&self.table).set_item(Some(item));
         put = match record.version {
             0 => return Ok(false),
             1 => put.condition_expression("attribute_not_exists(pk)"),

@@ -97,23 +97,48 @@ pub(crate) fn webhook_secrets_pk(tenant: &ferry_core::TenantId) -> String {
     format!("whsec#{}", tenant.as_str())
 }
 
-pub(crate) fn webhook_secrets_to_item(rec: &WebhookSecrets) -> Result<Item, StoreError> {
-    let secrets = serde_json::to_string(&rec.secrets)
-        .map_err(|e| StoreError::Corrupt(format!("webhook secrets cannot be encoded: {e}")))?;
-    Ok(HashMap::from([
-        (PK.into(), s(webhook_secrets_pk(&rec.tenant))),
-        ("secrets".into(), s(secrets)),
-        ("version".into(), n(rec.version)),
-    ]))
+/// A tenant's secrets as the item holds them: the JSON list itself (`secrets`), or sealed by KMS
+/// (`secrets_kms`, the ciphertext of that JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StoredSecrets {
+    Plain(String),
+    Sealed(Vec<u8>),
 }
 
-pub(crate) fn item_to_webhook_secrets(
-    tenant: &ferry_core::TenantId,
-    item: &Item,
-) -> Result<WebhookSecrets, StoreError> {
+/// The JSON of a tenant's secrets list, as [`StoredSecrets`] holds it.
+pub(crate) fn webhook_secrets_json(rec: &WebhookSecrets) -> Result<String, StoreError> {
+    serde_json::to_string(&rec.secrets)
+        .map_err(|e| StoreError::Corrupt(format!("webhook secrets cannot be encoded: {e}")))
+}
+
+pub(crate) fn webhook_secrets_to_item(rec: &WebhookSecrets, stored: StoredSecrets) -> Item {
+    let secrets = match stored {
+        StoredSecrets::Plain(json) => ("secrets".to_string(), s(json)),
+        StoredSecrets::Sealed(blob) => ("secrets_kms".to_string(), AttributeValue::B(blob.into())),
+    };
+    HashMap::from([(PK.into(), s(webhook_secrets_pk(&rec.tenant))), secrets, ("version".into(), n(rec.version))])
+}
+
+/// The stored secrets and the version of a `whsec#` item.
+pub(crate) fn item_to_stored_secrets(item: &Item) -> Result<(StoredSecrets, u64), StoreError> {
     let r = Reader(item);
-    let secrets = serde_json::from_str(&r.s("secrets")?).map_err(|e| r.corrupt("secrets", e))?;
-    Ok(WebhookSecrets { tenant: tenant.clone(), secrets, version: r.n("version")? })
+    let stored = match item.get("secrets_kms") {
+        Some(AttributeValue::B(blob)) => StoredSecrets::Sealed(blob.clone().into_inner()),
+        Some(_) => return Err(r.corrupt("secrets_kms", "expected binary")),
+        None => StoredSecrets::Plain(r.s("secrets")?),
+    };
+    Ok((stored, r.n("version")?))
+}
+
+/// A tenant's record from the JSON of its secrets list.
+pub(crate) fn webhook_secrets_from_json(
+    tenant: &ferry_core::TenantId,
+    json: &str,
+    version: u64,
+) -> Result<WebhookSecrets, StoreError> {
+    let secrets = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("item \"whsec#{tenant}\", attribute \"secrets\": {e}")))?;
+    Ok(WebhookSecrets { tenant: tenant.clone(), secrets, version })
 }
 
 pub(crate) fn delivery_pk(job_id: &JobId, id: &str) -> String {

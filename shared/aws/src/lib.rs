@@ -26,6 +26,7 @@ mod dynamo_error;
 mod dynamo_fleet;
 mod dynamo_index;
 pub mod ecs;
+pub mod kms;
 pub mod notifier;
 pub mod root;
 pub mod s3;

@@ -33,6 +33,7 @@ pub struct AwsPorts {
     stream_fanout: bool,
     results_bucket: Option<String>,
     webhook_queue_url: Option<String>,
+    webhook_key: Option<crate::kms::KmsKey>,
 }
 
 impl AwsPorts {
@@ -46,6 +47,7 @@ impl AwsPorts {
             stream_fanout: false,
             results_bucket: None,
             webhook_queue_url: None,
+            webhook_key: None,
         }
     }
 
@@ -68,6 +70,17 @@ impl AwsPorts {
     pub fn with_webhook_queue(mut self, url: Option<&str>) -> AwsPorts {
         self.webhook_queue_url = url.map(str::trim).filter(|u| !u.is_empty()).map(String::from);
         self
+    }
+
+    /// Tenants' webhook secrets are sealed with the KMS key `key_id` (`FERRY_WEBHOOK_KEY_ID`:
+    /// an id, ARN or alias); without one (or with an empty one) they are stored as they are,
+    /// under the table's encryption at rest.
+    pub fn with_webhook_key(mut self, key_id: Option<&str>) -> Result<AwsPorts, AwsError> {
+        self.webhook_key = match key_id.map(str::trim).filter(|k| !k.is_empty()) {
+            Some(id) => Some(crate::kms::KmsKey::new(&self.sdk, id).map_err(|e| AwsError::Config(e.to_string()))?),
+            None => None,
+        };
+        Ok(self)
     }
 
     /// The webhook queue, or [`NoQueue`] without one.
@@ -139,7 +152,9 @@ impl AwsPorts {
             events,
             connections: Arc::new(DynamoConnectionStore::new(self.dynamo.clone(), &self.table)),
             keys: Arc::new(DynamoApiKeyStore::new(self.dynamo.clone(), &self.table)),
-            webhook_secrets: Arc::new(DynamoWebhookSecrets::new(self.dynamo.clone(), &self.table)),
+            webhook_secrets: Arc::new(
+                DynamoWebhookSecrets::new(self.dynamo.clone(), &self.table).sealed_with(self.webhook_key.clone()),
+            ),
             deliveries: Arc::new(DynamoDeliveries::new(self.dynamo.clone(), &self.table)),
             webhook_queue: self.webhook_queue(),
             resolver: Arc::new(SystemResolver),
@@ -173,14 +188,17 @@ pub async fn root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, 
 }
 
 /// The api Lambda's root: [`root_from_lookup`]'s, with the results bucket
-/// (`FERRY_RESULTS_BUCKET`) it stores large inputs in and signs output URLs of. (The
-/// dispatcher handles no input or output, so it has none.)
+/// (`FERRY_RESULTS_BUCKET`) it stores large inputs in and signs output URLs of, and the KMS
+/// key that seals webhook secrets (`FERRY_WEBHOOK_KEY_ID`). (The dispatcher handles no input,
+/// output or secret, so it has neither.)
 pub async fn api_root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, AwsError> {
     let bucket = env("FERRY_RESULTS_BUCKET");
     if bucket.as_deref().is_none_or(|v| v.trim().is_empty()) {
         tracing::warn!("FERRY_RESULTS_BUCKET is not set: inputs over 64 KiB are refused with 413");
     }
-    let aws = AwsPorts::new(sdk, &table_from_lookup(env)).with_results_bucket(bucket.as_deref());
+    let aws = AwsPorts::new(sdk, &table_from_lookup(env))
+        .with_results_bucket(bucket.as_deref())
+        .with_webhook_key(webhook_key_from_lookup(env).as_deref())?;
     lambda_root(aws, env).await
 }
 
@@ -221,4 +239,15 @@ pub fn ws_ports_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Ports, A
     let aws = AwsPorts::new(sdk, &table_from_lookup(env));
     tracing::info!(table = %aws.table, "AWS ports configured");
     Ok(aws.ports(Queues::none(), Arc::new(ferry_core::fleet::NoLauncher), aws.notifier(Some(&endpoint))))
+}
+
+/// `FERRY_WEBHOOK_KEY_ID`, warning when it is not set (webhook secrets are then stored unsealed).
+pub fn webhook_key_from_lookup(env: Lookup<'_>) -> Option<String> {
+    let key = env("FERRY_WEBHOOK_KEY_ID").filter(|v| !v.trim().is_empty());
+    if key.is_none() {
+        tracing::warn!(
+            "FERRY_WEBHOOK_KEY_ID is not set: webhook secrets are stored unsealed (the table's encryption only)"
+        );
+    }
+    key
 }
