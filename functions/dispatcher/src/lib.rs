@@ -170,5 +170,17 @@ mod tests {
             Trigger::Stream { pools: ["cpu".to_string()].into(), events: vec![], changes: vec![], records: 1 }
         );
         assert_eq!(trigger(&read("schedule.json"), pool_of), Trigger::Schedule);
+        // A job with a webhook ending: no pool to reconcile, one change that is `completed`.
+        let Trigger::Stream { pools, changes, .. } = trigger(&read("stream-job-completed-webhook.json"), pool_of)
+        else {
+            panic!("a stream batch")
+        };
+        assert!(pools.is_empty());
+        assert_eq!(changes.len(), 1);
+        let c = &changes[0];
+        assert_eq!((c.old_status, c.status), (Some(ferry_core::JobStatus::Running), ferry_core::JobStatus::Succeeded));
+        assert_eq!(c.webhook.as_ref().map(|h| h.url.as_str()), Some("https://hooks.example.com/ferry"));
+        let ids: Vec<String> = c.events(0).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(ids, ["msg_01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B_completed"]);
     }
 }
