@@ -283,3 +283,38 @@ fn dev_delivers_a_signed_webhook() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A webhook receiver that accepts connections and never answers: `ferry dev`'s executor
+/// finishes the job, and the next one, without waiting on it.
+#[test]
+fn a_hanging_webhook_receiver_delays_no_job() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for stream in listener.incoming() {
+            held.push(stream.unwrap()); // never answered
+            let _ = seen_tx.send(());
+        }
+    });
+    let dev = start_dev(&[]);
+    let run = |url: &str| {
+        let started = Instant::now();
+        let args = ["submit", "--model", "tiny-llama", "--prompt", "the river", "--params", r#"{"max_new_tokens": 4}"#];
+        let (code, out) =
+            ferry(&dev, &args.into_iter().chain(["--webhook", url, "--wait", "20", "--json"]).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{out}");
+        let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(job["status"], "succeeded", "{out}");
+        (job["id"].as_str().unwrap().to_string(), started.elapsed())
+    };
+    let (first, _) = run(&url);
+    seen.recv_timeout(Duration::from_secs(20)).expect("the delivery connected");
+    // Its try now hangs (for the 15 s timeout); the next job runs as fast as the first.
+    let (_, took) = run(&url);
+    assert!(took < Duration::from_secs(10), "the second job took {took:?}");
+    let (code, list) = ferry(&dev, &["webhooks", "list", &first]);
+    assert_eq!(code, 0, "{list}");
+    assert!(list.contains("pending"), "the hanging try is still in flight: {list}");
+}
