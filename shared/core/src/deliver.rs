@@ -228,8 +228,9 @@ pub enum Step {
     Done,
     /// Hide it for this long: the next try.
     RetryIn(Duration),
-    /// Make it visible again without deleting it, so the queue's redrive moves it to the
-    /// dead-letter queue (its receive count is past the redrive's limit by then).
+    /// Make it visible again without deleting it: each receive of a dead delivery answers this
+    /// again, until its receives reach the queue's redrive limit ([`MAX_RECEIVES`]) and SQS
+    /// moves it to the dead-letter queue.
     DeadLetter,
 }
 
@@ -402,17 +403,19 @@ impl Webhooks {
                 tracing::warn!(tenant = %delivery.tenant, "webhook endpoint answered 410: disabled");
                 Step::Done
             }
-            Verdict::Retry { retry_after } => match self.next_delay(delivery.tries, retry_after) {
-                Some(delay) => {
-                    delivery.next_try_at = Some(at + delay.as_millis() as Millis);
-                    Step::RetryIn(delay)
+            Verdict::Retry { retry_after } => {
+                match webhook::next_delay_on(&self.settings.delays, delivery.tries, retry_after) {
+                    Some(delay) => {
+                        delivery.next_try_at = Some(at + delay.as_millis() as Millis);
+                        Step::RetryIn(delay)
+                    }
+                    None => {
+                        delivery.state = DeliveryState::Dead;
+                        tracing::error!(job_id = %delivery.job_id, id = delivery.id, "webhook dead-lettered");
+                        Step::DeadLetter
+                    }
                 }
-                None => {
-                    delivery.state = DeliveryState::Dead;
-                    tracing::error!(job_id = %delivery.job_id, id = delivery.id, "webhook dead-lettered");
-                    Step::DeadLetter
-                }
-            },
+            }
         };
         self.save(read, delivery).await?;
         Ok(step)
@@ -437,13 +440,6 @@ impl Webhooks {
             Ok(answer) => answer,
             Err(_) => Err(TransportError::Timeout(timeout)),
         }
-    }
-
-    /// The delay before try `tries + 1`: the schedule's, or the receiver's `Retry-After` when
-    /// longer (capped at [`webhook::MAX_DELAY`]); `None` when the schedule is spent.
-    fn next_delay(&self, tries: u32, retry_after: Option<Duration>) -> Option<Duration> {
-        let scheduled = *self.settings.delays.get(usize::try_from(tries).ok()?.checked_sub(1)?)?;
-        Some(retry_after.map_or(scheduled, |r| r.max(scheduled)).min(webhook::MAX_DELAY))
     }
 
     /// The POST for `delivery`: the body `{"type", "timestamp", "data": <job view>}` and the

@@ -350,10 +350,17 @@ fn parse_retry_after(value: &str, now_unix: i64) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_DELAY))
 }
 
-/// When to try a failed delivery again, after `attempts` attempts (`None`: dead-letter it).
+/// When to try a failed delivery again, after `attempts` attempts, on [`RETRY_DELAYS`]
+/// (`None`: dead-letter it).
 pub fn next_delay(attempts: u32, retry_after: Option<Duration>) -> Option<Duration> {
-    let scheduled = *RETRY_DELAYS.get(usize::try_from(attempts).ok()?.checked_sub(1)?)?;
-    Some(retry_after.map_or(scheduled, |r| r.max(scheduled)))
+    next_delay_on(&RETRY_DELAYS, attempts, retry_after)
+}
+
+/// [`next_delay`] on another schedule (`delays[i]` after attempt `i + 1`): the schedule's delay,
+/// or the receiver's `Retry-After` when longer, capped at [`MAX_DELAY`].
+pub fn next_delay_on(delays: &[Duration], attempts: u32, retry_after: Option<Duration>) -> Option<Duration> {
+    let scheduled = *delays.get(usize::try_from(attempts).ok()?.checked_sub(1)?)?;
+    Some(retry_after.map_or(scheduled, |r| r.max(scheduled)).min(MAX_DELAY))
 }
 
 #[cfg(test)]
