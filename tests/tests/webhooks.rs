@@ -43,6 +43,8 @@ use serde_json::{Value, json};
 
 const KEY: &str = "fk_webhooks_test";
 
+ferry_tests::on_both!(retried_until_accepted, a_hanging_receiver_delays_nothing);
+
 /// What the receiver answers next.
 #[derive(Clone, Copy)]
 enum Reply {
@@ -328,17 +330,6 @@ async fn retried_until_accepted(b: Backend) {
     assert_eq!(status, 404, "another tenant's or no job");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_until_accepted_with_one_id_and_valid_signatures_embedded() {
-    retried_until_accepted(backends::embedded()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_until_accepted_with_one_id_and_valid_signatures_on_moto() {
-    let Some(b) = backends::aws().await else { return eprintln!("skipping: moto not installed") };
-    retried_until_accepted(b).await;
-}
-
 /// A receiver that never answers holds one delivery for the timeout, and nothing else: the
 /// job's end, a cancel and another job's delivery go on at once.
 async fn a_hanging_receiver_delays_nothing(b: Backend) {
@@ -376,17 +367,6 @@ async fn a_hanging_receiver_delays_nothing(b: Backend) {
         assert!(Instant::now() < deadline, "the hanging try was never recorded: {d:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_receiver_delays_nothing_embedded() {
-    a_hanging_receiver_delays_nothing(backends::embedded()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hanging_receiver_delays_nothing_on_moto() {
-    let Some(b) = backends::aws().await else { return eprintln!("skipping: moto not installed") };
-    a_hanging_receiver_delays_nothing(b).await;
 }
 
 /// Names resolve from a table: `metadata.test` to the cloud metadata address, `private.test`
