@@ -1,0 +1,332 @@
+//! A user's own program as a job (issue 16, per-job mode): one process per job, the job's
+//! input as one JSON line on stdin, progress and output as JSON lines on stdout.
+//!
+//! [`run_per_job`] runs one job's process and turns what it writes into [`HandlerEvent`]s:
+//! - each stdout line that is a JSON object with a `type` of `log` `{level, message}`,
+//!   `percentage` `{percent, message?}`, `token` `{text}` or `output` `{output}` is that event
+//!   (the last `output` is the job's output); any other stdout line is an info log;
+//! - stderr lines are warn logs, each capped at [`MAX_LINE`] bytes and at most
+//!   [`STDERR_LOGS_PER_S`] a second (the rest are counted, and the tail kept for the error).
+//!
+//! The process runs in its own process group with `FERRY_JOB_ID`, `FERRY_ATTEMPT`,
+//! `FERRY_DEADLINE` (RFC 3339) and `FERRY_WORK_DIR` (a private scratch directory, removed
+//! afterwards). Exit 0 is success, 75 (`EX_TEMPFAIL`) a retryable failure, anything else (a
+//! signal too) a failure with the last stderr lines as its message. A stop (cancel, timeout)
+//! sends SIGTERM to the whole group, then SIGKILL after the grace period; and whatever the
+//! end, the group is killed once the process is gone, so nothing it started outlives the job.
+//!
+//! Not yet wired to the worker, the catalog or the API: the next steps of issue 16.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::models::StopReason;
+
+/// The longest stdout or stderr line kept (longer ones are cut at a character boundary).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Stderr lines turned into log events per second; the rest are counted.
+pub const STDERR_LOGS_PER_S: u32 = 20;
+/// The stderr tail a failure's message keeps: this many lines, at most [`MAX_TAIL_BYTES`].
+pub const TAIL_LINES: usize = 20;
+pub const MAX_TAIL_BYTES: usize = 4 * 1024;
+/// The exit status of a retryable failure (`EX_TEMPFAIL` in sysexits.h).
+pub const EXIT_RETRY: i32 = 75;
+
+/// How to start a handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerCommand {
+    /// The program and its arguments (`["python3", "/app/agent.py"]`).
+    pub argv: Vec<String>,
+    /// Extra environment (the catalog entry's `env`).
+    pub env: BTreeMap<String, String>,
+    /// How long a stopped handler has between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+/// The job a process runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobContext {
+    pub job_id: String,
+    pub attempt: u32,
+    /// RFC 3339: when the job times out.
+    pub deadline: String,
+    /// Where the private scratch directory is made (`<work_root>/<job id>-<attempt>`).
+    pub work_root: PathBuf,
+}
+
+/// What a handler reported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerEvent {
+    Log {
+        level: String,
+        message: String,
+    },
+    Percentage {
+        percent: f32,
+        message: Option<String>,
+    },
+    Token {
+        text: String,
+    },
+    /// An output (the last one is the job's).
+    Output(Value),
+}
+
+/// How a handler's run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerEnd {
+    /// Exit 0, with the last `output` it wrote (`None`: it wrote none).
+    Succeeded { output: Option<Value> },
+    /// Exit 75: another attempt may succeed. `message`: the stderr tail.
+    Retryable { message: String },
+    /// Any other exit, or a signal. `message`: the stderr tail (or how it ended, without one).
+    Failed { message: String },
+    /// Stopped from outside (cancel, timeout); `partial`: the last `output` seen.
+    Stopped { reason: StopReason, partial: Option<Value> },
+}
+
+/// Why a handler could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("the handler has no command")]
+    NoCommand,
+    #[error("the handler {program:?} could not be started: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("the handler's scratch directory could not be made: {0}")]
+    WorkDir(std::io::Error),
+}
+
+/// Reads one stdout line as an event.
+pub fn parse_stdout_line(line: &str) -> HandlerEvent {
+    let info = || HandlerEvent::Log { level: "info".into(), message: cap(line).to_string() };
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else { return info() };
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
+    match obj.get("type").and_then(Value::as_str) {
+        Some("log") => {
+            let level = match text("level").as_deref() {
+                Some(l @ ("debug" | "info" | "warn" | "error")) => l.to_string(),
+                _ => "info".into(),
+            };
+            HandlerEvent::Log { level, message: cap(&text("message").unwrap_or_default()).to_string() }
+        }
+        Some("percentage") => match obj.get("percent").and_then(Value::as_f64) {
+            Some(p) if (0.0..=100.0).contains(&p) => {
+                HandlerEvent::Percentage { percent: p as f32, message: text("message") }
+            }
+            _ => info(),
+        },
+        Some("token") => match text("text") {
+            Some(t) => HandlerEvent::Token { text: t },
+            None => info(),
+        },
+        Some("output") => match obj.get("output") {
+            Some(v) => HandlerEvent::Output(v.clone()),
+            None => info(),
+        },
+        _ => info(),
+    }
+}
+
+/// `s` cut to at most [`MAX_LINE`] bytes, at a character boundary.
+fn cap(s: &str) -> &str {
+    cap_at(s, MAX_LINE)
+}
+
+fn cap_at(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The last stderr lines, for a failure's message.
+#[derive(Default)]
+struct Tail(VecDeque<String>);
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        self.0.push_back(cap_at(line, MAX_TAIL_BYTES).to_string());
+        while self.0.len() > TAIL_LINES || (self.0.len() > 1 && self.bytes() > MAX_TAIL_BYTES) {
+            self.0.pop_front();
+        }
+    }
+    fn bytes(&self) -> usize {
+        self.0.iter().map(|l| l.len() + 1).sum()
+    }
+    fn text(&self) -> String {
+        self.0.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Sends `signal` to the process group `pgid`; false when no process of it is left.
+fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory.
+    unsafe { libc::kill(-pgid, signal) == 0 }
+}
+
+/// Runs one job's handler process to its end, calling `on_event` for what it reports in order;
+/// `stop` completing stops it (SIGTERM to its group, SIGKILL after the grace period).
+pub async fn run_per_job(
+    command: &HandlerCommand,
+    job: &JobContext,
+    input: &Value,
+    mut on_event: impl FnMut(HandlerEvent),
+    stop: impl std::future::Future<Output = StopReason>,
+) -> Result<HandlerEnd, HandlerError> {
+    let (program, args) = command.argv.split_first().ok_or(HandlerError::NoCommand)?;
+    let work_dir = job.work_root.join(format!("{}-{}", job.job_id, job.attempt));
+    std::fs::create_dir_all(&work_dir).map_err(HandlerError::WorkDir)?;
+    let spawned = tokio::process::Command::new(program)
+        .args(args)
+        .envs(&command.env)
+        .env("FERRY_JOB_ID", &job.job_id)
+        .env("FERRY_ATTEMPT", job.attempt.to_string())
+        .env("FERRY_DEADLINE", &job.deadline)
+        .env("FERRY_WORK_DIR", &work_dir)
+        .current_dir(&work_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(source) => {
+            let _ = std::fs::remove_dir_all(&work_dir);
+            return Err(HandlerError::Spawn { program: program.clone(), source });
+        }
+    };
+    let pgid = child.id().map(|id| id as i32);
+    let end = drive(&mut child, command.grace, input, &mut on_event, stop).await;
+    // Whatever the end, nothing the handler started outlives the job.
+    if let Some(pgid) = pgid {
+        signal_group(pgid, libc::SIGKILL);
+    }
+    let _ = std::fs::remove_dir_all(&work_dir);
+    Ok(end)
+}
+
+/// Lets through at most [`STDERR_LOGS_PER_S`] stderr lines a second as log events.
+struct StderrLimiter {
+    window: tokio::time::Instant,
+    logged: u32,
+    dropped: u64,
+}
+
+impl StderrLimiter {
+    /// The events for one stderr line: a note of the lines held back in the last window when a
+    /// new one starts, then the line, unless this window is full.
+    fn events(&mut self, line: &str) -> Vec<HandlerEvent> {
+        let mut out = vec![];
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                out.push(warn(format!("({} stderr lines not shown)", self.dropped)));
+            }
+            (self.window, self.logged, self.dropped) = (tokio::time::Instant::now(), 0, 0);
+        }
+        if self.logged < STDERR_LOGS_PER_S {
+            self.logged += 1;
+            out.push(warn(cap(line).to_string()));
+        } else {
+            self.dropped += 1;
+        }
+        out
+    }
+}
+
+fn warn(message: String) -> HandlerEvent {
+    HandlerEvent::Log { level: "warn".into(), message }
+}
+
+/// Feeds the input, reads both pipes to their end and waits for the process; stops it when
+/// `stop` completes. When the process ends, its group is killed at once (what it left running
+/// would otherwise hold the pipes open), and what is still in the pipes is read.
+async fn drive(
+    child: &mut tokio::process::Child,
+    grace: Duration,
+    input: &Value,
+    on_event: &mut impl FnMut(HandlerEvent),
+    stop: impl std::future::Future<Output = StopReason>,
+) -> HandlerEnd {
+    let pgid = child.id().map(|id| id as i32);
+    let kill_group = |signal| {
+        if let Some(pgid) = pgid {
+            signal_group(pgid, signal);
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A handler that exits without reading its input is judged by its exit, not by this.
+        let _ = stdin.write_all(format!("{input}\n").as_bytes()).await;
+    } // dropped: EOF
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let (mut out_open, mut err_open) = (true, true);
+    let mut output: Option<Value> = None;
+    let mut tail = Tail::default();
+    let mut limiter = StderrLimiter { window: tokio::time::Instant::now(), logged: 0, dropped: 0 };
+    let mut exit: Option<std::io::Result<std::process::ExitStatus>> = None;
+    let mut stopped: Option<StopReason> = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    tokio::pin!(stop);
+    while exit.is_none() || out_open || err_open {
+        tokio::select! {
+            line = stdout.next_line(), if out_open => match line {
+                Ok(Some(line)) => {
+                    let event = parse_stdout_line(&line);
+                    if let HandlerEvent::Output(v) = &event {
+                        output = Some(v.clone());
+                    }
+                    on_event(event);
+                }
+                _ => out_open = false,
+            },
+            line = stderr.next_line(), if err_open => match line {
+                Ok(Some(line)) => {
+                    tail.push(&line);
+                    limiter.events(&line).into_iter().for_each(&mut *on_event);
+                }
+                _ => err_open = false,
+            },
+            status = child.wait(), if exit.is_none() => {
+                exit = Some(status);
+                kill_group(libc::SIGKILL);
+            },
+            reason = &mut stop, if stopped.is_none() && exit.is_none() => {
+                kill_group(libc::SIGTERM);
+                stopped = Some(reason);
+                kill_at = Some(tokio::time::Instant::now() + grace);
+            },
+            _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
+                kill_group(libc::SIGKILL);
+                kill_at = None;
+            },
+        }
+    }
+    if let Some(reason) = stopped {
+        return HandlerEnd::Stopped { reason, partial: output };
+    }
+    match exit.expect("the loop ends once the process has") {
+        Ok(s) if s.success() => HandlerEnd::Succeeded { output },
+        Ok(s) if s.code() == Some(EXIT_RETRY) => HandlerEnd::Retryable { message: tail.text() },
+        Ok(s) => {
+            let how = match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                (Some(code), _) => format!("the handler exited with status {code}"),
+                (None, Some(sig)) => format!("the handler was killed by signal {sig}"),
+                _ => "the handler ended abnormally".to_string(),
+            };
+            let text = tail.text();
+            HandlerEnd::Failed { message: if text.is_empty() { how } else { text } }
+        }
+        Err(e) => HandlerEnd::Failed { message: format!("the handler could not be waited for: {e}") },
+    }
+}

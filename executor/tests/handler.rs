@@ -1,0 +1,184 @@
+//! The per-job handler protocol (issue 16), with small `sh` programs: events in order, the
+//! last output as the job's, plain lines as logs, stderr as warn logs and as a failure's
+//! message, exit 75 retryable, the job's environment and scratch directory, and stops
+//! (cancel, timeout) that leave no process of the handler's group behind, even one that
+//! ignores SIGTERM or runs in the background.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry_executor::handler::{
+    EXIT_RETRY, HandlerCommand, HandlerEnd, HandlerEvent, JobContext, parse_stdout_line, run_per_job,
+};
+use ferry_executor::models::StopReason;
+use serde_json::{Value, json};
+
+fn sh(script: &str) -> HandlerCommand {
+    HandlerCommand {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+        grace: Duration::from_millis(500),
+    }
+}
+
+fn job(root: &std::path::Path) -> JobContext {
+    JobContext {
+        job_id: "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B".into(),
+        attempt: 2,
+        deadline: "2026-12-04T21:00:00.000Z".into(),
+        work_root: root.to_path_buf(),
+    }
+}
+
+fn root() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-handler-test-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn run(command: &HandlerCommand, input: Value) -> (HandlerEnd, Vec<HandlerEvent>) {
+    run_until(command, input, std::future::pending()).await
+}
+
+async fn run_until(
+    command: &HandlerCommand,
+    input: Value,
+    stop: impl std::future::Future<Output = StopReason>,
+) -> (HandlerEnd, Vec<HandlerEvent>) {
+    let root = root();
+    let mut events = vec![];
+    let end = run_per_job(command, &job(&root), &input, |e| events.push(e), stop).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    (end, events)
+}
+
+fn log(level: &str, message: &str) -> HandlerEvent {
+    HandlerEvent::Log { level: level.into(), message: message.into() }
+}
+
+#[test]
+fn stdout_lines_are_read_as_the_protocol_says() {
+    assert_eq!(parse_stdout_line(r#"{"type": "log", "level": "error", "message": "m"}"#), log("error", "m"));
+    assert_eq!(parse_stdout_line(r#"{"type": "log", "level": "loud", "message": "m"}"#), log("info", "m"));
+    assert_eq!(
+        parse_stdout_line(r#"{"type": "percentage", "percent": 40, "message": "step 2"}"#),
+        HandlerEvent::Percentage { percent: 40.0, message: Some("step 2".into()) }
+    );
+    assert_eq!(
+        parse_stdout_line(r#"{"type": "token", "text": " ferry"}"#),
+        HandlerEvent::Token { text: " ferry".into() }
+    );
+    assert_eq!(parse_stdout_line(r#"{"type": "output", "output": [1, 2]}"#), HandlerEvent::Output(json!([1, 2])));
+    for other in [r#"{"type": "percentage", "percent": 140}"#, r#"{"type": "nope"}"#, "[1, 2]", "plain words", ""] {
+        assert_eq!(parse_stdout_line(other), log("info", other), "{other}");
+    }
+    let long = "é".repeat(20_000);
+    let HandlerEvent::Log { message, .. } = parse_stdout_line(&long) else { panic!() };
+    assert!(message.len() <= ferry_executor::handler::MAX_LINE && message.chars().all(|c| c == 'é'));
+}
+
+#[tokio::test]
+async fn events_in_order_and_the_last_output_is_the_jobs() {
+    let script = r#"
+        read -r input
+        echo '{"type": "log", "level": "info", "message": "start"}'
+        echo '{"type": "percentage", "percent": 50}'
+        echo "not json"
+        echo "to stderr" >&2
+        echo '{"type": "output", "output": {"draft": 1}}'
+        echo "{\"type\": \"output\", \"output\": {\"input\": $input, \"env\": \"$GREETING $FERRY_JOB_ID $FERRY_ATTEMPT $FERRY_DEADLINE\", \"cwd\": \"$(pwd)\"}}"
+        test "$FERRY_WORK_DIR" = "$(pwd)" && touch "$FERRY_WORK_DIR/scratch"
+    "#;
+    let (end, events) = run(&sh(script), json!({"question": "why?"})).await;
+    let HandlerEnd::Succeeded { output: Some(output) } = &end else { panic!("{end:?}") };
+    assert_eq!(output["input"], json!({"question": "why?"}));
+    assert_eq!(output["env"], "hello 01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B 2 2026-12-04T21:00:00.000Z");
+    let cwd = PathBuf::from(output["cwd"].as_str().unwrap());
+    assert!(cwd.ends_with("01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B-2"), "{cwd:?}");
+    assert!(!cwd.exists(), "the scratch directory is removed afterwards");
+    let stdout: Vec<&HandlerEvent> =
+        events.iter().filter(|e| !matches!(e, HandlerEvent::Log { level, .. } if level == "warn")).collect();
+    assert_eq!(stdout[0], &log("info", "start"));
+    assert_eq!(stdout[1], &HandlerEvent::Percentage { percent: 50.0, message: None });
+    assert_eq!(stdout[2], &log("info", "not json"));
+    assert_eq!(stdout[3], &HandlerEvent::Output(json!({"draft": 1})));
+    assert!(events.contains(&log("warn", "to stderr")));
+}
+
+#[tokio::test]
+async fn exit_75_is_retryable_and_other_exits_fail_with_the_stderr_tail() {
+    let (end, _) = run(&sh(&format!("echo 'try later' >&2; exit {EXIT_RETRY}")), json!({})).await;
+    assert_eq!(end, HandlerEnd::Retryable { message: "try later".into() });
+    let script = "for i in $(seq 1 40); do echo \"line $i\" >&2; done; exit 1";
+    let (end, events) = run(&sh(script), json!({})).await;
+    let HandlerEnd::Failed { message } = end else { panic!("{end:?}") };
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), ferry_executor::handler::TAIL_LINES);
+    assert_eq!((lines[0], *lines.last().unwrap()), ("line 21", "line 40"), "the last lines");
+    let warns = events.iter().filter(|e| matches!(e, HandlerEvent::Log { level, .. } if level == "warn")).count();
+    assert_eq!(warns, ferry_executor::handler::STDERR_LOGS_PER_S as usize, "rate-limited in one second");
+    let (end, _) = run(&sh("kill -9 $$"), json!({})).await;
+    assert_eq!(end, HandlerEnd::Failed { message: "the handler was killed by signal 9".into() });
+    let missing = HandlerCommand { argv: vec!["/nonexistent/handler".into()], ..sh("") };
+    let root = root();
+    let err = run_per_job(&missing, &job(&root), &json!({}), |_| {}, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/handler"), "{err}");
+}
+
+/// Whether any process still runs with `marker` in its command line.
+fn running(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test]
+async fn a_stop_leaves_no_process_of_the_group_even_one_ignoring_sigterm() {
+    let marker = format!("ferry-marker-{}", ulid::Ulid::new());
+    // A background child and a foreground loop, both ignoring SIGTERM.
+    let script = format!(
+        "trap '' TERM; sh -c 'trap \"\" TERM; sleep 300; echo {marker}' & \
+         echo '{{\"type\": \"output\", \"output\": \"half\"}}'; while true; do sleep 0.05; done"
+    );
+    let started = Instant::now();
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        StopReason::Cancelled
+    };
+    let ran = tokio::time::timeout(Duration::from_secs(10), run_until(&sh(&script), json!({}), stop)).await;
+    let (end, _) = ran.expect("stopped within the grace period");
+    let took = started.elapsed();
+    assert_eq!(end, HandlerEnd::Stopped { reason: StopReason::Cancelled, partial: Some(json!("half")) });
+    assert!(took >= Duration::from_millis(800), "SIGTERM ignored: killed after the grace ({took:?})");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(!running(&marker), "the background child is gone too");
+}
+
+#[tokio::test]
+async fn a_handler_that_leaves_a_child_behind_ends_with_it() {
+    let marker = format!("ferry-marker-{}", ulid::Ulid::new());
+    let script = format!("sh -c 'sleep 300; echo {marker}' & echo '{{\"type\": \"output\", \"output\": 7}}'; exit 0");
+    let started = Instant::now();
+    let ran = tokio::time::timeout(Duration::from_secs(10), run(&sh(&script), json!({}))).await;
+    let (end, _) = ran.expect("not held by the child's open pipes");
+    assert_eq!(end, HandlerEnd::Succeeded { output: Some(json!(7)) });
+    assert!(started.elapsed() < Duration::from_secs(5), "not held by the child's open pipes");
+    assert!(!running(&marker), "no orphan");
+}
+
+#[tokio::test]
+async fn a_timeout_stops_a_handler_that_exits_on_sigterm() {
+    let script = "echo '{\"type\": \"token\", \"text\": \"a\"}'; exec sleep 300";
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        StopReason::TimedOut
+    };
+    let started = Instant::now();
+    let (end, events) = run_until(&sh(script), json!({}), stop).await;
+    assert_eq!(end, HandlerEnd::Stopped { reason: StopReason::TimedOut, partial: None });
+    assert!(started.elapsed() < Duration::from_millis(450), "SIGTERM sufficed, no wait for the grace");
+    assert_eq!(events, [HandlerEvent::Token { text: "a".into() }]);
+}
