@@ -30,6 +30,7 @@ pub mod publish;
 pub mod queue_state;
 pub mod ratelimit;
 pub mod root;
+pub mod schema;
 pub mod service;
 pub mod state;
 pub mod stream;
