@@ -15,6 +15,9 @@
 //! sends SIGTERM to the whole group, then SIGKILL after the grace period; and whatever the
 //! end, the group is killed once the process is gone, so nothing it started outlives the job.
 //!
+//! Worker mode ([`WorkerProcess`]): one long-lived process per slot, requests and replies as
+//! lines with the job's `id`; see its documentation.
+//!
 //! Not yet wired to the worker, the catalog or the API: the next steps of issue 16.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -99,6 +102,9 @@ pub enum HandlerError {
     Spawn { program: String, source: std::io::Error },
     #[error("the handler's scratch directory could not be made: {0}")]
     WorkDir(std::io::Error),
+    /// A worker-mode handler did not say it was ready.
+    #[error("the worker did not start: {0}")]
+    NotReady(String),
 }
 
 /// Reads one stdout line as an event.
@@ -328,5 +334,254 @@ async fn drive(
             HandlerEnd::Failed { message: if text.is_empty() { how } else { text } }
         }
         Err(e) => HandlerEnd::Failed { message: format!("the handler could not be waited for: {e}") },
+    }
+}
+
+/// How a worker-mode handler's job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerEnd {
+    /// `{"id", "type": "done"}`, with the last `output` it wrote for the job.
+    Done { output: Option<Value> },
+    /// `{"id", "type": "failed", "retryable", "message"}`.
+    Failed { retryable: bool, message: String },
+    /// Stopped from outside: the worker was stopped with it (SIGTERM to its group, SIGKILL after
+    /// the grace) and must be started again for the next job.
+    Stopped { reason: StopReason, partial: Option<Value> },
+    /// The worker died during the job (retryable); `message` is its stderr tail. Start it again.
+    Died { message: String },
+}
+
+/// A long-lived worker-mode handler: one process per slot, which can keep a model loaded.
+/// It writes `{"type": "ready"}` once when it can take requests; each request is one line
+/// `{"id", "input", "deadline"}` on its stdin, and it answers with the per-job line types
+/// plus `id`, ending with `done` or `failed`. Its stderr lines are warn logs of the job in
+/// progress.
+pub struct WorkerProcess {
+    child: tokio::process::Child,
+    pgid: Option<i32>,
+    stdin: tokio::process::ChildStdin,
+    /// Its stdout and stderr lines, read all along (so a worker writing between jobs never
+    /// blocks on a full pipe; what it wrote between jobs shows with the next one).
+    stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
+    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
+    grace: Duration,
+    work_dir: PathBuf,
+    /// How long it took to say it was ready.
+    pub startup: Duration,
+}
+
+impl WorkerProcess {
+    /// Starts the worker in its own process group (`FERRY_WORK_DIR`: a scratch directory for
+    /// its life, under `work_root`) and waits up to `ready_within` for its `ready` line; lines
+    /// before it go to `on_log`.
+    pub async fn start(
+        command: &HandlerCommand,
+        work_root: &std::path::Path,
+        ready_within: Duration,
+        mut on_log: impl FnMut(HandlerEvent),
+    ) -> Result<WorkerProcess, HandlerError> {
+        let (program, args) = command.argv.split_first().ok_or(HandlerError::NoCommand)?;
+        let work_dir = work_root.join(format!("worker-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&work_dir).map_err(HandlerError::WorkDir)?;
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .envs(&command.env)
+            .env("FERRY_WORK_DIR", &work_dir)
+            .current_dir(&work_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| HandlerError::Spawn { program: program.clone(), source })?;
+        let mut worker = WorkerProcess {
+            pgid: child.id().map(|id| id as i32),
+            stdin: child.stdin.take().expect("piped"),
+            stdout: read_lines(child.stdout.take().expect("piped")),
+            stderr: read_lines(child.stderr.take().expect("piped")),
+            child,
+            grace: command.grace,
+            work_dir,
+            startup: Duration::ZERO,
+        };
+        let started = tokio::time::Instant::now();
+        let deadline = started + ready_within;
+        let mut tail = Tail::default();
+        let mut err_open = true;
+        loop {
+            tokio::select! {
+                line = worker.stdout.recv() => match line {
+                    Some(line) if is_ready(&line) => break,
+                    Some(line) => on_log(parse_stdout_line(&line)),
+                    _ => {
+                        let message = format!("the worker ended before it was ready: {}", tail.text());
+                        worker.stop().await;
+                        return Err(HandlerError::NotReady(message));
+                    }
+                },
+                line = worker.stderr.recv(), if err_open => match line {
+                    Some(line) => {
+                        tail.push(&line);
+                        on_log(warn(cap(&line).to_string()));
+                    }
+                    None => err_open = false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    worker.stop().await;
+                    return Err(HandlerError::NotReady(format!("no ready line within {ready_within:?}")));
+                }
+            }
+        }
+        worker.startup = started.elapsed();
+        Ok(worker)
+    }
+
+    /// Runs one job on the worker. After `Stopped` or `Died` the worker is gone: drop it and
+    /// start another.
+    pub async fn run(
+        &mut self,
+        job_id: &str,
+        input: &Value,
+        deadline: &str,
+        mut on_event: impl FnMut(HandlerEvent),
+        stop: impl std::future::Future<Output = StopReason>,
+    ) -> WorkerEnd {
+        let request = serde_json::json!({"id": job_id, "input": input, "deadline": deadline});
+        if self.stdin.write_all(format!("{request}\n").as_bytes()).await.is_err() || self.stdin.flush().await.is_err() {
+            return WorkerEnd::Died { message: "the worker's stdin is closed".into() };
+        }
+        let mut output = None;
+        let mut tail = Tail::default();
+        let mut limiter = StderrLimiter { window: tokio::time::Instant::now(), logged: 0, dropped: 0 };
+        let mut err_open = true;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                line = self.stdout.recv() => {
+                    let Some(line) = line else {
+                        self.stop().await;
+                        return WorkerEnd::Died { message: died(&tail) };
+                    };
+                    match reply(&line, job_id) {
+                        Reply::Event(HandlerEvent::Output(v)) => {
+                            output = Some(v.clone());
+                            on_event(HandlerEvent::Output(v));
+                        }
+                        Reply::Event(e) => on_event(e),
+                        Reply::Done => return WorkerEnd::Done { output },
+                        Reply::Failed { retryable, message } => return WorkerEnd::Failed { retryable, message },
+                    }
+                }
+                line = self.stderr.recv(), if err_open => match line {
+                    Some(line) => {
+                        tail.push(&line);
+                        limiter.events(&line).into_iter().for_each(&mut on_event);
+                    }
+                    None => err_open = false,
+                },
+                reason = &mut stop => {
+                    self.stop().await;
+                    return WorkerEnd::Stopped { reason, partial: output };
+                }
+                _ = self.child.wait() => {
+                    // It exited (what it left running may hold the pipes open): its group goes
+                    // too, and what it wrote before is still read.
+                    if let Some(pgid) = self.pgid {
+                        signal_group(pgid, libc::SIGKILL);
+                    }
+                    // Every writer is gone now, so the pipes end soon.
+                    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(1), self.stdout.recv()).await {
+                        match reply(&line, job_id) {
+                            Reply::Event(HandlerEvent::Output(v)) => {
+                                output = Some(v.clone());
+                                on_event(HandlerEvent::Output(v));
+                            }
+                            Reply::Event(e) => on_event(e),
+                            Reply::Done => {
+                                self.stop().await;
+                                return WorkerEnd::Done { output };
+                            }
+                            Reply::Failed { retryable, message } => {
+                                self.stop().await;
+                                return WorkerEnd::Failed { retryable, message };
+                            }
+                        }
+                    }
+                    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(1), self.stderr.recv()).await {
+                        tail.push(&line);
+                    }
+                    self.stop().await;
+                    return WorkerEnd::Died { message: died(&tail) };
+                }
+            }
+        }
+    }
+
+    /// Stops the worker: SIGTERM to its group, SIGKILL after the grace period, its scratch
+    /// directory removed. Nothing it started outlives it.
+    pub async fn stop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            signal_group(pgid, libc::SIGTERM);
+            if tokio::time::timeout(self.grace, self.child.wait()).await.is_err() {
+                signal_group(pgid, libc::SIGKILL);
+                let _ = self.child.wait().await;
+            }
+            signal_group(pgid, libc::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+/// The lines of `pipe`, read by a task of their own until it closes.
+fn read_lines(
+    pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn died(tail: &Tail) -> String {
+    match tail.text() {
+        t if t.is_empty() => "the worker died".to_string(),
+        t => format!("the worker died: {t}"),
+    }
+}
+
+fn is_ready(line: &str) -> bool {
+    serde_json::from_str::<Value>(line).is_ok_and(|v| v["type"] == "ready" && v.get("id").is_none())
+}
+
+/// What one stdout line of a worker says about the job `job_id`.
+enum Reply {
+    Event(HandlerEvent),
+    Done,
+    Failed { retryable: bool, message: String },
+}
+
+fn reply(line: &str, job_id: &str) -> Reply {
+    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
+        return Reply::Event(parse_stdout_line(line));
+    };
+    if obj.get("id").and_then(Value::as_str) != Some(job_id) {
+        // Not about this job (no id, another one): shown, never taken as its answer.
+        return Reply::Event(HandlerEvent::Log { level: "info".into(), message: cap(line).to_string() });
+    }
+    match obj.get("type").and_then(Value::as_str) {
+        Some("done") => Reply::Done,
+        Some("failed") => Reply::Failed {
+            retryable: obj.get("retryable").and_then(Value::as_bool).unwrap_or(false),
+            message: cap(obj.get("message").and_then(Value::as_str).unwrap_or("the handler reported a failure"))
+                .to_string(),
+        },
+        _ => Reply::Event(parse_stdout_line(line)),
     }
 }

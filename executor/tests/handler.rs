@@ -182,3 +182,132 @@ async fn a_timeout_stops_a_handler_that_exits_on_sigterm() {
     assert!(started.elapsed() < Duration::from_millis(450), "SIGTERM sufficed, no wait for the grace");
     assert_eq!(events, [HandlerEvent::Token { text: "a".into() }]);
 }
+
+mod worker_mode {
+    use super::*;
+    use ferry_executor::handler::{HandlerError, WorkerEnd, WorkerProcess};
+
+    /// A Python worker: `ready` after a log line; answers requests by their `input.do`, keeping
+    /// a count of the jobs it ran (one process for all of them).
+    const WORKER: &str = r#"
+import json, os, sys, time
+print("loading the model", flush=True)
+print(json.dumps({"type": "ready"}), flush=True)
+count = 0
+for line in sys.stdin:
+    req = json.loads(line)
+    count += 1
+    i, do = req["id"], req["input"].get("do")
+    say = lambda **m: print(json.dumps(dict(m, id=i)), flush=True)
+    say(type="percentage", percent=50)
+    print(json.dumps({"type": "log", "message": "not for this job", "id": "other"}), flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    if do == "fail":
+        say(type="failed", retryable=False, message="bad question")
+    elif do == "busy":
+        say(type="failed", retryable=True, message="busy")
+    elif do == "crash":
+        print("segfault-ish", file=sys.stderr, flush=True)
+        os._exit(3)
+    elif do == "hang":
+        say(type="output", output="partial")
+        signal_ignored = __import__("signal").signal(__import__("signal").SIGTERM, __import__("signal").SIG_IGN)
+        os.system("sleep 300; echo " + req["input"]["marker"])
+    else:
+        say(type="output", output={"count": count, "deadline": req["deadline"], "echo": req["input"]})
+        say(type="done")
+"#;
+
+    fn python(script: &str) -> HandlerCommand {
+        HandlerCommand {
+            argv: vec!["python3".into(), "-c".into(), script.into()],
+            env: BTreeMap::new(),
+            grace: Duration::from_millis(500),
+        }
+    }
+
+    async fn start(root: &std::path::Path) -> (WorkerProcess, Vec<HandlerEvent>) {
+        let mut logs = vec![];
+        let w = WorkerProcess::start(&python(WORKER), root, Duration::from_secs(20), |e| logs.push(e)).await.unwrap();
+        (w, logs)
+    }
+
+    async fn run(w: &mut WorkerProcess, id: &str, input: Value) -> (WorkerEnd, Vec<HandlerEvent>) {
+        let mut events = vec![];
+        let end = w.run(id, &input, "2026-12-04T21:00:00.000Z", |e| events.push(e), std::future::pending()).await;
+        (end, events)
+    }
+
+    #[tokio::test]
+    async fn one_process_serves_job_after_job() {
+        let root = root();
+        let (mut w, logs) = start(&root).await;
+        assert_eq!(logs, [log("info", "loading the model")], "lines before ready are logs");
+        assert!(w.startup > Duration::ZERO);
+        let (end, events) = run(&mut w, "job-1", json!({"q": 1})).await;
+        let WorkerEnd::Done { output: Some(out) } = end else { panic!("{end:?}") };
+        assert_eq!(out, json!({"count": 1, "deadline": "2026-12-04T21:00:00.000Z", "echo": {"q": 1}}));
+        assert_eq!(events[0], HandlerEvent::Percentage { percent: 50.0, message: None });
+        assert!(events.contains(&log("warn", "to stderr")));
+        let other =
+            events.iter().any(|e| matches!(e, HandlerEvent::Log { message, .. } if message.contains("\"other\"")));
+        assert!(other, "a line for another id is shown, not taken as this job's: {events:?}");
+        let (end, _) = run(&mut w, "job-2", json!({})).await;
+        assert!(matches!(end, WorkerEnd::Done { output: Some(ref o) } if o["count"] == 2), "the same process: {end:?}");
+        let (end, _) = run(&mut w, "job-3", json!({"do": "fail"})).await;
+        assert_eq!(end, WorkerEnd::Failed { retryable: false, message: "bad question".into() });
+        let (end, _) = run(&mut w, "job-4", json!({"do": "busy"})).await;
+        assert_eq!(end, WorkerEnd::Failed { retryable: true, message: "busy".into() });
+        w.stop().await;
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_dies_fails_its_job_and_a_new_one_serves_the_next() {
+        let root = root();
+        let (mut w, _) = start(&root).await;
+        let (end, _) = run(&mut w, "job-1", json!({"do": "crash"})).await;
+        let WorkerEnd::Died { message } = end else { panic!("{end:?}") };
+        assert!(message.contains("segfault-ish"), "{message}");
+        let (mut again, _) = start(&root).await;
+        let (end, _) = run(&mut again, "job-2", json!({})).await;
+        assert!(matches!(end, WorkerEnd::Done { output: Some(ref o) } if o["count"] == 1), "a fresh process: {end:?}");
+        again.stop().await;
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_worker_and_everything_it_started() {
+        let root = root();
+        let (mut w, _) = start(&root).await;
+        let marker = format!("ferry-marker-{}", ulid::Ulid::new());
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            StopReason::TimedOut
+        };
+        let started = Instant::now();
+        let input = json!({"do": "hang", "marker": marker});
+        let run = w.run("job-1", &input, "d", |_| {}, stop);
+        let end = tokio::time::timeout(Duration::from_secs(10), run).await.expect("stopped within the grace");
+        assert_eq!(end, WorkerEnd::Stopped { reason: StopReason::TimedOut, partial: Some(json!("partial")) });
+        assert!(started.elapsed() >= Duration::from_millis(900), "SIGTERM ignored: SIGKILL after the grace");
+        assert!(!running(&marker), "nothing it started is left");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_never_says_ready_is_refused() {
+        let root = root();
+        let started = Instant::now();
+        let command = python("import time; time.sleep(300)");
+        let silent = WorkerProcess::start(&command, &root, Duration::from_millis(300), |_| {});
+        let err = silent.await.err().expect("refused");
+        assert!(matches!(err, HandlerError::NotReady(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let command = python("import sys; print('no', file=sys.stderr)");
+        let exits = WorkerProcess::start(&command, &root, Duration::from_secs(20), |_| {});
+        let err = exits.await.err().expect("refused");
+        assert!(err.to_string().contains("ended before it was ready"), "{err}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
