@@ -144,14 +144,28 @@ fn cap(s: &str) -> &str {
 }
 
 fn cap_at(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
+}
+
+/// `command` as a process in a group of its own, in `work_dir` (also `FERRY_WORK_DIR`), its
+/// three pipes taken, killed if dropped.
+fn process(
+    command: &HandlerCommand,
+    program: &str,
+    args: &[String],
+    work_dir: &std::path::Path,
+) -> tokio::process::Command {
+    let mut p = tokio::process::Command::new(program);
+    p.args(args)
+        .envs(&command.env)
+        .env("FERRY_WORK_DIR", work_dir)
+        .current_dir(work_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    p
 }
 
 /// The last stderr lines, for a failure's message.
@@ -191,19 +205,10 @@ pub async fn run_per_job(
     let (program, args) = command.argv.split_first().ok_or(HandlerError::NoCommand)?;
     let work_dir = job.work_root.join(format!("{}-{}", job.job_id, job.attempt));
     std::fs::create_dir_all(&work_dir).map_err(HandlerError::WorkDir)?;
-    let spawned = tokio::process::Command::new(program)
-        .args(args)
-        .envs(&command.env)
+    let spawned = process(command, program, args, &work_dir)
         .env("FERRY_JOB_ID", &job.job_id)
         .env("FERRY_ATTEMPT", job.attempt.to_string())
         .env("FERRY_DEADLINE", &job.deadline)
-        .env("FERRY_WORK_DIR", &work_dir)
-        .current_dir(&work_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
@@ -383,16 +388,7 @@ impl WorkerProcess {
         let (program, args) = command.argv.split_first().ok_or(HandlerError::NoCommand)?;
         let work_dir = work_root.join(format!("worker-{}", ulid::Ulid::new()));
         std::fs::create_dir_all(&work_dir).map_err(HandlerError::WorkDir)?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .envs(&command.env)
-            .env("FERRY_WORK_DIR", &work_dir)
-            .current_dir(&work_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
+        let mut child = process(command, program, args, &work_dir)
             .spawn()
             .map_err(|source| HandlerError::Spawn { program: program.clone(), source })?;
         let mut worker = WorkerProcess {
@@ -469,8 +465,17 @@ impl WorkerProcess {
                             on_event(HandlerEvent::Output(v));
                         }
                         Reply::Event(e) => on_event(e),
-                        Reply::Done => return WorkerEnd::Done { output },
-                        Reply::Failed { retryable, message } => return WorkerEnd::Failed { retryable, message },
+                        answer => {
+                            // Stderr written before the answer and already read is this job's.
+                            while let Ok(line) = self.stderr.try_recv() {
+                                tail.push(&line);
+                                limiter.events(&line).into_iter().for_each(&mut on_event);
+                            }
+                            return match answer {
+                                Reply::Failed { retryable, message } => WorkerEnd::Failed { retryable, message },
+                                _ => WorkerEnd::Done { output },
+                            };
+                        }
                     }
                 }
                 line = self.stderr.recv(), if err_open => match line {

@@ -126,13 +126,24 @@ async fn exit_75_is_retryable_and_other_exits_fail_with_the_stderr_tail() {
     assert!(err.to_string().contains("/nonexistent/handler"), "{err}");
 }
 
-/// Whether any process still runs with `marker` in its command line.
+/// Whether a process with `marker` in its command line is still there 2 s on (a SIGKILL is
+/// delivered after kill(2) returns).
 fn running(marker: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
-        std::fs::read(p.path().join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
-            .unwrap_or(false)
-    })
+    let listed = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+                .unwrap_or(false)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while listed() {
+        if Instant::now() > deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 #[tokio::test]
@@ -247,13 +258,18 @@ for line in sys.stdin:
         let (end, events) = run(&mut w, "job-1", json!({"q": 1})).await;
         let WorkerEnd::Done { output: Some(out) } = end else { panic!("{end:?}") };
         assert_eq!(out, json!({"count": 1, "deadline": "2026-12-04T21:00:00.000Z", "echo": {"q": 1}}));
-        assert_eq!(events[0], HandlerEvent::Percentage { percent: 50.0, message: None });
-        assert!(events.contains(&log("warn", "to stderr")));
+        // Stdout's events keep their order; stderr's come through another pipe, in between.
+        let stdout: Vec<&HandlerEvent> =
+            events.iter().filter(|e| !matches!(e, HandlerEvent::Log { level, .. } if level == "warn")).collect();
+        assert_eq!(stdout[0], &HandlerEvent::Percentage { percent: 50.0, message: None });
         let other =
             events.iter().any(|e| matches!(e, HandlerEvent::Log { message, .. } if message.contains("\"other\"")));
         assert!(other, "a line for another id is shown, not taken as this job's: {events:?}");
-        let (end, _) = run(&mut w, "job-2", json!({})).await;
+        let (end, later) = run(&mut w, "job-2", json!({})).await;
         assert!(matches!(end, WorkerEnd::Done { output: Some(ref o) } if o["count"] == 2), "the same process: {end:?}");
+        // Stderr comes through its own pipe: a line shows with the job in progress when it is read.
+        let warns = events.iter().chain(&later).filter(|e| **e == log("warn", "to stderr")).count();
+        assert!(warns >= 1, "{events:?} {later:?}");
         let (end, _) = run(&mut w, "job-3", json!({"do": "fail"})).await;
         assert_eq!(end, WorkerEnd::Failed { retryable: false, message: "bad question".into() });
         let (end, _) = run(&mut w, "job-4", json!({"do": "busy"})).await;

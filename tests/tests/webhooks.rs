@@ -246,6 +246,19 @@ fn split(
     )
 }
 
+/// POSTs `body` as JSON to `path` of `root`'s HTTP API, with the test key.
+async fn post_json(root: &Root, path: &str, body: &Value) -> (u16, Value) {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(body.to_string()))
+        .unwrap();
+    let resp = ferry_http::Api::new(root).handle(req).await;
+    (resp.status().as_u16(), serde_json::from_slice(resp.body()).unwrap_or(Value::Null))
+}
+
 fn tenant() -> TenantId {
     TenantId::new("acme").unwrap()
 }
@@ -415,19 +428,11 @@ async fn refused_urls_are_422_at_submit_naming_webhook_url() {
             .await
             .unwrap();
         let body = json!({"model": "all-minilm-l6-v2", "input": {"texts": ["hi"]}, "webhook": {"url": url}});
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("/v1/jobs")
-            .header("authorization", format!("Bearer {KEY}"))
-            .header("content-type", "application/json")
-            .body(Bytes::from(body.to_string()))
-            .unwrap();
-        let resp = ferry_http::Api::new(&root).handle(req).await;
-        let answer: Value = serde_json::from_slice(resp.body()).unwrap();
+        let (status, answer) = post_json(&root, "/v1/jobs", &body).await;
         if accepted {
-            assert_eq!(resp.status(), 202, "{url}: {answer}");
+            assert_eq!(status, 202, "{url}: {answer}");
         } else {
-            assert_eq!(resp.status(), 422, "{url}: {answer}");
+            assert_eq!(status, 422, "{url}: {answer}");
             assert_eq!(answer["error"]["field"], "webhook.url", "{url}: {answer}");
         }
     }
@@ -582,16 +587,8 @@ async fn openai_routes_check_the_webhook_extension() {
     let root = Root::new(b.ports.clone(), Catalog::demo(), Pools::default(), Config::default());
     root.ports.keys.put(&ApiKeyRecord { key_hash: hash_api_key(KEY), tenant: tenant(), created_at: 1 }).await.unwrap();
     let body = json!({"model": "all-minilm-l6-v2", "input": "hi", "webhook": {"url": "https://169.254.169.254/x"}});
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/openai/v1/embeddings")
-        .header("authorization", format!("Bearer {KEY}"))
-        .header("content-type", "application/json")
-        .body(Bytes::from(body.to_string()))
-        .unwrap();
-    let resp = ferry_http::Api::new(&root).handle(req).await;
-    let answer: Value = serde_json::from_slice(resp.body()).unwrap();
-    assert!(resp.status().is_client_error(), "{answer}");
+    let (status, answer) = post_json(&root, "/openai/v1/embeddings", &body).await;
+    assert!((400..500).contains(&status), "{answer}");
     assert_eq!(answer["error"]["param"], "webhook.url", "{answer}");
     assert_eq!(b.queue.depth().await.unwrap(), ferry_core::ports::QueueDepth::default(), "nothing queued");
 }

@@ -166,14 +166,7 @@ fn task_state(last_status: &str) -> Option<TaskState> {
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
 fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 /// Whether a StopTask error says the task does not exist (any more).
