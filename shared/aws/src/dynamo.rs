@@ -133,16 +133,7 @@ impl DynamoJobStore {
     }
 
     pub(crate) async fn get_item(&self, pk: String) -> Result<Option<Item>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(pk))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_err("GetItem", e))?;
-        Ok(out.item)
+        get_consistent(&self.client, &self.table, pk).await
     }
 
     /// The job and its binding in one transaction: either both are written, or the key is
@@ -673,16 +664,9 @@ impl DynamoWebhookSecrets {
 #[async_trait]
 impl WebhookSecretStore for DynamoWebhookSecrets {
     async fn get(&self, tenant: &TenantId) -> Result<Option<WebhookSecrets>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(webhook_secrets_pk(tenant)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_err("GetItem", e))?;
-        let Some(item) = out.item else { return Ok(None) };
+        let Some(item) = get_consistent(&self.client, &self.table, webhook_secrets_pk(tenant)).await? else {
+            return Ok(None);
+        };
         let (stored, version) = item_to_stored_secrets(&item)?;
         let json = match (stored, &self.key) {
             (StoredSecrets::Plain(json), _) => json,
@@ -701,7 +685,9 @@ impl WebhookSecretStore for DynamoWebhookSecrets {
     }
 
     async fn put(&self, record: &WebhookSecrets) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        if record.version == 0 {
+            return Ok(false);
+        }
         let json = webhook_secrets_json(record)?;
         let stored = match &self.key {
             Some(key) => StoredSecrets::Sealed(
@@ -710,22 +696,7 @@ impl WebhookSecretStore for DynamoWebhookSecrets {
             None => StoredSecrets::Plain(json),
         };
         let item = webhook_secrets_to_item(record, stored);
-        let mut put = self.client.put_item().table_name(&self.table).set_item(Some(item));
-        put = match record.version {
-            0 => return Ok(false),
-            1 => put.condition_expression("attribute_not_exists(pk)"),
-            v => put
-                .condition_expression("#version = :expected")
-                .expression_attribute_names("#version", "version")
-                .expression_attribute_values(":expected", n(v - 1)),
-        };
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(err) if matches!(err.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {
-                Ok(false)
-            }
-            Err(err) => Err(store_err("PutItem", err)),
-        }
+        put_versioned(&self.client, &self.table, item, record.version).await
     }
 }
 
@@ -741,43 +712,17 @@ impl DynamoDeliveries {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoDeliveries { client, table: table.into() }
     }
-
-    /// Puts `item` under `condition` (a constant of this crate, on `version`/`pk` with
-    /// `:expected`); `Ok(false)` when the condition fails.
-    async fn put_if(&self, item: Item, condition: &str, expected: Option<u64>) -> Result<bool, StoreError> {
-        use aws_sdk_dynamodb::operation::put_item::PutItemError;
-        let mut put =
-            self.client.put_item().table_name(&self.table).set_item(Some(item)).condition_expression(condition);
-        if let Some(v) = expected {
-            put = put.expression_attribute_names("#version", "version").expression_attribute_values(":expected", n(v));
-        }
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(err) if matches!(err.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {
-                Ok(false)
-            }
-            Err(err) => Err(store_err("PutItem", err)),
-        }
-    }
 }
 
 #[async_trait]
 impl WebhookDeliveryStore for DynamoDeliveries {
     async fn create(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
-        self.put_if(delivery_to_item(delivery)?, "attribute_not_exists(pk)", None).await
+        put_versioned(&self.client, &self.table, delivery_to_item(delivery)?, 1).await
     }
 
     async fn get(&self, job_id: &JobId, id: &str) -> Result<Option<WebhookDelivery>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(delivery_pk(job_id, id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_err("GetItem", e))?;
-        out.item.as_ref().map(item_to_delivery).transpose()
+        let item = get_consistent(&self.client, &self.table, delivery_pk(job_id, id)).await?;
+        item.as_ref().map(item_to_delivery).transpose()
     }
 
     async fn list(&self, job_id: &JobId) -> Result<Vec<WebhookDelivery>, StoreError> {
@@ -806,21 +751,16 @@ impl WebhookDeliveryStore for DynamoDeliveries {
     }
 
     async fn update(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
-        let Some(expected) = delivery.version.checked_sub(1).filter(|v| *v > 0) else { return Ok(false) };
-        self.put_if(delivery_to_item(delivery)?, "#version = :expected", Some(expected)).await
+        // An update writes version 2 or later: version 1 is `create`'s.
+        if delivery.version < 2 {
+            return Ok(false);
+        }
+        put_versioned(&self.client, &self.table, delivery_to_item(delivery)?, delivery.version).await
     }
 
     async fn disabled_since(&self, tenant: &TenantId, url: &str) -> Result<Option<Millis>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(endpoint_pk(tenant, url)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_err("GetItem", e))?;
-        match out.item.as_ref().and_then(|item| item.get("at")) {
+        let item = get_consistent(&self.client, &self.table, endpoint_pk(tenant, url)).await?;
+        match item.as_ref().and_then(|item| item.get("at")) {
             Some(AttributeValue::N(at)) => {
                 at.parse().map(Some).map_err(|_| StoreError::Corrupt(format!("whoff item: at {at:?}")))
             }
@@ -852,5 +792,41 @@ impl WebhookDeliveryStore for DynamoDeliveries {
             }
         }
         Ok(())
+    }
+}
+
+/// The item `pk` of `table`, read consistently.
+pub(crate) async fn get_consistent(client: &Client, table: &str, pk: String) -> Result<Option<Item>, StoreError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key(PK, s(pk))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| store_err("GetItem", e))?;
+    Ok(out.item)
+}
+
+/// Puts `item`, the `version`th of its record, if and only if the stored one is the one before
+/// it: none at all for version 1, else `version - 1` in its `version` attribute. `Ok(false)`
+/// when another writer got there first (or `version` is 0).
+pub(crate) async fn put_versioned(client: &Client, table: &str, item: Item, version: u64) -> Result<bool, StoreError> {
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    let put = client.put_item().table_name(table).set_item(Some(item));
+    let put = match version {
+        0 => return Ok(false),
+        1 => put.condition_expression("attribute_not_exists(pk)"),
+        v => put
+            .condition_expression("#version = :expected")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":expected", n(v - 1)),
+    };
+    match put.send().await {
+        Ok(_) => Ok(true),
+        Err(err) if matches!(err.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {
+            Ok(false)
+        }
+        Err(err) => Err(store_err("PutItem", err)),
     }
 }
