@@ -11,13 +11,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::catalog::Catalog;
-use ferry_core::config::Config;
 use ferry_core::deliver::{DeliverySettings, Step, WebhookMessage, Webhooks, settle};
-use ferry_core::fleet::NoLauncher;
-use ferry_core::pool::Pools;
-use ferry_core::ports::{NoNotifier, Queues};
-use ferry_core::root::Root;
 use ferry_core::webhook::UrlPolicy;
 use ferry_http::webhook_client::HttpTransport;
 use serde_json::{Value, json};
@@ -25,26 +19,13 @@ use serde_json::{Value, json};
 /// Why the Lambda cannot start.
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The deliverer over the table (`FERRY_TABLE`), the webhook queue
-/// (`FERRY_WEBHOOK_QUEUE_URL`, required), the results bucket the job views sign output URLs
-/// in (`FERRY_RESULTS_BUCKET`), the KMS key the tenants' secrets are sealed with
-/// (`FERRY_WEBHOOK_KEY_ID`) and the service's settings, posting over HTTPS to public addresses
-/// only.
+/// The deliverer over [`ferry_aws::webhooks_root_from_lookup`]'s root, posting over
+/// HTTPS to public addresses only.
 pub async fn build(
     sdk: &ferry_aws::SdkConfig,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Webhooks, BuildError> {
-    let queue = env("FERRY_WEBHOOK_QUEUE_URL")
-        .filter(|v| !v.trim().is_empty())
-        .ok_or("FERRY_WEBHOOK_QUEUE_URL is required: the webhook queue's URL")?;
-    let aws = ferry_aws::AwsPorts::new(sdk, &ferry_aws::config::table_from_lookup(env))
-        .with_results_bucket(env("FERRY_RESULTS_BUCKET").as_deref())
-        .with_webhook_queue(Some(&queue))
-        .with_webhook_key(ferry_aws::root::webhook_key_from_lookup(env).as_deref())?;
-    let ports = aws.ports(Queues::none(), Arc::new(NoLauncher), Arc::new(NoNotifier));
-    let config = Config::from_lookup(env)?;
-    // Job views need no catalog: the deliverer reads none.
-    let root = Root::new(ports, Catalog::default(), Pools::default(), config);
+    let root = ferry_aws::webhooks_root_from_lookup(sdk, env)?;
     let transport = HttpTransport::new(UrlPolicy::AWS, root.ports.resolver.clone())?;
     Ok(root.webhooks(Arc::new(transport), DeliverySettings::default()))
 }

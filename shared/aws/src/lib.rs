@@ -42,7 +42,7 @@ pub use connections::DynamoConnectionStore;
 pub use dynamo::{DynamoApiKeyStore, DynamoDeliveries, DynamoJobStore, DynamoWebhookSecrets};
 pub use ecs::EcsLauncher;
 pub use notifier::ApiGatewayNotifier;
-pub use root::{AwsPorts, api_root_from_lookup, root_from_lookup, ws_ports_from_lookup};
+pub use root::{AwsPorts, api_root_from_lookup, root_from_lookup, webhooks_root_from_lookup, ws_ports_from_lookup};
 pub use s3::{S3Objects, s3_client};
 pub use sqs::{SqsQueue, SqsWebhookQueue, SqsWorkQueue};
 

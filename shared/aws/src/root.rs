@@ -225,6 +225,25 @@ async fn lambda_root(aws: AwsPorts, env: Lookup<'_>) -> Result<Root, AwsError> {
     Ok(Root::new(aws.ports(queues, aws.ecs(), notifier), catalog, pools, config))
 }
 
+/// What the `webhooks` Lambda runs on: the table (`FERRY_TABLE`), the webhook queue
+/// (`FERRY_WEBHOOK_QUEUE_URL`, required), the results bucket whose output URLs its job views
+/// sign (`FERRY_RESULTS_BUCKET`), the key the tenants' secrets are sealed with
+/// (`FERRY_WEBHOOK_KEY_ID`) and the service's settings. It sends no work, launches nothing and
+/// reads no catalog (job views need none).
+pub fn webhooks_root_from_lookup(sdk: &SdkConfig, env: Lookup<'_>) -> Result<Root, AwsError> {
+    let queue = env("FERRY_WEBHOOK_QUEUE_URL")
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| AwsError::Config("FERRY_WEBHOOK_QUEUE_URL is required: the webhook queue's URL".into()))?;
+    let aws = AwsPorts::new(sdk, &table_from_lookup(env))
+        .with_results_bucket(env("FERRY_RESULTS_BUCKET").as_deref())
+        .with_webhook_queue(Some(&queue))
+        .with_webhook_key(webhook_key_from_lookup(env).as_deref())?;
+    let config = Config::from_lookup(env).map_err(|e| AwsError::Config(e.to_string()))?;
+    let ports = aws.ports(Queues::none(), Arc::new(ferry_core::fleet::NoLauncher), Arc::new(NoNotifier));
+    tracing::info!(table = %aws.table, "AWS ports configured");
+    Ok(Root::new(ports, Catalog::default(), Pools::default(), config))
+}
+
 /// What the `ws` Lambda runs on: the table's ports and the Management API
 /// (`FERRY_WS_MANAGEMENT_ENDPOINT`, required: replies are posted through it). It sends no
 /// work and launches nothing, so it reads no queue or pool settings.
