@@ -34,6 +34,7 @@ pub async fn run(client: &Client, ws_url: Option<&str>, out: &mut (dyn Write + S
         Task::Embeddings => serde_json::json!({
             "model": model.id, "input": {"texts": ["ferries cross rivers", "boats float"]},
         }),
+        Task::Handler => serde_json::json!({"model": model.id, "input": {"topic": "ferries"}}),
     };
     // With a WebSocket API to follow, submit without waiting and watch the tokens arrive.
     let wait = if ws_url.is_some() { None } else { Some(1) };

@@ -136,6 +136,10 @@ struct DevArgs {
     /// A model catalog file (JSON: {"models": [...]}).
     #[arg(long, env = "FERRY_MODELS_FILE")]
     models_file: Option<PathBuf>,
+    /// ID=COMMAND: serve your own program as a per-job handler (docs/HANDLERS.md), COMMAND
+    /// split as a shell splits words (repeatable), e.g. --handler 'agent=python3 agent.py'.
+    #[arg(long = "handler")]
+    handlers: Vec<String>,
     /// DynamoDB table (AWS backend).
     #[arg(long, env = "FERRY_TABLE", default_value = "ferry-jobs")]
     table: String,
@@ -541,6 +545,7 @@ async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         api_keys: a.api_keys,
         models: a.models,
         models_file: a.models_file,
+        handlers: a.handlers,
         table: a.table,
         queue: a.queue,
         aws_endpoint: None,
@@ -629,6 +634,10 @@ fn print_stack(stack: &stack::Stack, addr: SocketAddr, ws_host: SocketAddr, back
         println!("  API key for tenant {tenant}: {key}");
     }
     for m in &stack.root.catalog.models {
+        if let Some(argv) = &m.command {
+            println!("  handler {} (pool {}): {argv:?}", m.id, m.pool);
+            continue;
+        }
         let dir = m.path.as_ref().map_or("no directory: its jobs fail".to_string(), |p| p.display().to_string());
         println!("  model {} ({}, pool {}): {dir}", m.id, m.task.as_str(), m.pool);
     }

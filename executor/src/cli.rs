@@ -71,6 +71,9 @@ pub struct Args {
     /// Where models stored in S3 (`s3_uri` in the catalog) are copied before loading.
     #[arg(long, env = "FERRY_MODEL_CACHE", default_value = "/tmp/ferry-models")]
     pub model_cache: PathBuf,
+    /// Where handlers' private scratch directories (`FERRY_WORK_DIR`) are made.
+    #[arg(long, env = "FERRY_HANDLER_WORK_DIR", default_value = "/tmp/ferry-handlers")]
+    pub handler_work_dir: PathBuf,
     /// Recorded on claimed jobs and in the heartbeat (default: the ECS task ARN from the
     /// task metadata endpoint, else a new ULID).
     #[arg(long, env = "FERRY_EXECUTOR_ID")]
@@ -149,6 +152,7 @@ pub async fn build(args: &Args, sdk: Option<&ferry_aws::SdkConfig>) -> anyhow::R
         // A receive never outlasts the idle timeout, so an idle executor exits on time.
         poll_wait: Duration::from_secs(args.idle_timeout.clamp(1, 20)),
         api_url: args.api_url.clone().filter(|u| !u.trim().is_empty()),
+        handler_work_dir: args.handler_work_dir.clone(),
         ..WorkerConfig::default()
     };
     tracing::info!(executor_id = %config.executor_id, pool = %config.pool, device = %config.device, "executor starting");

@@ -18,7 +18,7 @@
 //! Worker mode ([`WorkerProcess`]): one long-lived process per slot, requests and replies as
 //! lines with the job's `id`; see its documentation.
 //!
-//! Not yet wired to the worker, the catalog or the API: the next steps of issue 16.
+//! [`crate::handlers`] runs the catalog's handlers with it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -187,6 +187,31 @@ impl Tail {
     }
 }
 
+/// How long a handler stopped for `reason` has between SIGTERM and SIGKILL: the grace period,
+/// or at most [`SHUTDOWN_GRACE`] when the executor itself is stopping (it has waited its own
+/// grace period for the job already, and ECS kills the whole task soon after).
+fn stop_grace(grace: Duration, reason: StopReason) -> Duration {
+    match reason {
+        StopReason::Shutdown => grace.min(SHUTDOWN_GRACE),
+        StopReason::Cancelled | StopReason::TimedOut => grace,
+    }
+}
+
+/// A handler's grace when the executor is stopping ([`stop_grace`]).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Kills a process group when dropped: a handler's run that is abandoned (its future dropped)
+/// leaves nothing behind either.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            signal_group(pgid, libc::SIGKILL);
+        }
+    }
+}
+
 /// Sends `signal` to the process group `pgid`; false when no process of it is left.
 fn signal_group(pgid: i32, signal: i32) -> bool {
     // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory.
@@ -217,12 +242,10 @@ pub async fn run_per_job(
             return Err(HandlerError::Spawn { program: program.clone(), source });
         }
     };
-    let pgid = child.id().map(|id| id as i32);
+    // Whatever the end (even this future dropped), nothing the handler started outlives the job.
+    let guard = GroupGuard(child.id().map(|id| id as i32));
     let end = drive(&mut child, command.grace, input, &mut on_event, stop).await;
-    // Whatever the end, nothing the handler started outlives the job.
-    if let Some(pgid) = pgid {
-        signal_group(pgid, libc::SIGKILL);
-    }
+    drop(guard);
     let _ = std::fs::remove_dir_all(&work_dir);
     Ok(end)
 }
@@ -315,7 +338,7 @@ async fn drive(
             reason = &mut stop, if stopped.is_none() && exit.is_none() => {
                 kill_group(libc::SIGTERM);
                 stopped = Some(reason);
-                kill_at = Some(tokio::time::Instant::now() + grace);
+                kill_at = Some(tokio::time::Instant::now() + stop_grace(grace, reason));
             },
             _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
                 kill_group(libc::SIGKILL);
@@ -486,7 +509,7 @@ impl WorkerProcess {
                     None => err_open = false,
                 },
                 reason = &mut stop => {
-                    self.stop().await;
+                    self.stop_within(stop_grace(self.grace, reason)).await;
                     return WorkerEnd::Stopped { reason, partial: output };
                 }
                 _ = self.child.wait() => {
@@ -526,12 +549,28 @@ impl WorkerProcess {
     /// Stops the worker: SIGTERM to its group, SIGKILL after the grace period, its scratch
     /// directory removed. Nothing it started outlives it.
     pub async fn stop(&mut self) {
-        if let Some(pgid) = self.pgid {
+        self.stop_within(self.grace).await;
+    }
+
+    async fn stop_within(&mut self, grace: Duration) {
+        // Taken: once the group is gone its id may be reused, and Drop must not signal it.
+        if let Some(pgid) = self.pgid.take() {
             signal_group(pgid, libc::SIGTERM);
-            if tokio::time::timeout(self.grace, self.child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
                 signal_group(pgid, libc::SIGKILL);
                 let _ = self.child.wait().await;
             }
+            signal_group(pgid, libc::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}
+
+impl Drop for WorkerProcess {
+    /// A worker dropped without [`WorkerProcess::stop`] (its executor exiting) takes its whole
+    /// group with it.
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
             signal_group(pgid, libc::SIGKILL);
         }
         let _ = std::fs::remove_dir_all(&self.work_dir);

@@ -3,13 +3,15 @@
 //! - [`worker`]: the work loop over the ports (slots, supervision, outcomes, heartbeat).
 //! - [`registry`]: the models of the executor's pool, loaded once (from S3 via [`fetch`]).
 //! - [`models`]: the model families on candle, behind [`models::LoadedModel`].
-//! - [`handler`]: a user's program as a job (per-job processes and their protocol; issue 16).
+//! - [`handler`]: a user's program as a job: the protocol (a process per job, or workers).
+//! - [`handlers`]: the catalog's handlers as runners beside the models.
 //! - [`cli`]: the program's flags and `main`, shared with `ferry executor`.
 //! - [`tiny`]: the tiny random Llama written in code (the demo model, the tests' fixture).
 //! - [`testing`]: helpers for tests.
 pub mod cli;
 pub mod fetch;
 pub mod handler;
+pub mod handlers;
 pub mod models;
 pub mod registry;
 pub mod testing;

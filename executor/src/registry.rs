@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ferry_core::catalog::{Catalog, ModelSpec};
+use ferry_core::job::Task;
 use ferry_core::progress::EventBody;
 use ferry_core::stream::ProgressStream;
 use tokio::sync::OnceCell;
 
+use crate::handlers::{HandlerOptions, HandlerRunner};
 use crate::models::generate::EngineOptions;
 use crate::models::{LoadedModel, ModelError, Placement};
 
@@ -30,6 +32,8 @@ pub struct ModelRegistry {
     /// `--max-batch-sequences`, for models whose catalog entry names none.
     max_batch_sequences: Option<usize>,
     s3: Option<S3Models>,
+    /// How the catalog's handlers of this pool run.
+    handlers: HandlerOptions,
     loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<LoadedModel>>>>>,
 }
 
@@ -45,12 +49,34 @@ impl ModelRegistry {
         s3: Option<S3Models>,
     ) -> ModelRegistry {
         let specs = catalog.models.iter().filter(|m| m.pool == pool).map(|m| (m.id.clone(), m.clone())).collect();
-        ModelRegistry { specs, device: device.to_string(), max_batch_sequences, s3, loaded: Mutex::new(HashMap::new()) }
+        ModelRegistry {
+            specs,
+            device: device.to_string(),
+            max_batch_sequences,
+            s3,
+            handlers: HandlerOptions::new(std::time::Duration::from_secs(25)),
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The registry with its handlers run under `options`.
+    pub fn with_handlers(mut self, options: HandlerOptions) -> ModelRegistry {
+        self.handlers = options;
+        self
+    }
+
+    /// Drops every loaded model and handler (a handler's idle workers are stopped with it,
+    /// their process groups killed): what an executor does as it exits.
+    pub fn close(&self) {
+        self.loaded.lock().unwrap().clear();
     }
 
     /// Sequences `spec`'s engine runs at once: the catalog's `max_batch_sequences`, else
     /// `--max-batch-sequences`, else 32 on CPU and 64 on CUDA.
     pub fn sequences_for(&self, spec: &ModelSpec) -> usize {
+        if spec.task == Task::Handler {
+            return HandlerRunner::concurrency(spec);
+        }
         let device = spec.device.as_deref().unwrap_or(&self.device);
         let default = if device.starts_with("cuda") { 64 } else { 32 };
         spec.max_batch_sequences.map(|n| n as usize).or(self.max_batch_sequences).unwrap_or(default).max(1)
@@ -88,6 +114,10 @@ impl ModelRegistry {
         }
         let loaded = cell
             .get_or_try_init(|| async {
+                if spec.task == Task::Handler {
+                    let runner = HandlerRunner::new(spec, self.handlers.clone())?;
+                    return Ok(Arc::new(LoadedModel::Custom(Arc::new(runner))));
+                }
                 let _ = stream.push(log("info", format!("loading model {model}")));
                 let started = Instant::now();
                 let mut spec = spec.clone();

@@ -2,6 +2,7 @@
 //! conformance suite runs against, and the moto emulator that hosts the AWS ones.
 
 pub mod backends;
+pub mod dev;
 pub mod ecs;
 pub mod event_files;
 pub mod faults;

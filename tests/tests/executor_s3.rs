@@ -17,18 +17,9 @@ use ferry_executor::worker::{S3Models, Shutdown, Worker, WorkerConfig};
 
 fn spec(id: &str, uri: &str) -> ModelSpec {
     ModelSpec {
-        id: id.into(),
-        task: Task::TextGeneration,
-        pool: "cpu".into(),
         architecture: Some("LlamaForCausalLM".into()),
-        path: None,
         s3_uri: Some(uri.into()),
-        dtype: None,
-        device: None,
-        max_new_tokens: None,
-        max_batch: None,
-        max_batch_sequences: None,
-        chat_template: None,
+        ..ModelSpec::new(id, Task::TextGeneration)
     }
 }
 

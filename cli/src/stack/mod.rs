@@ -134,7 +134,7 @@ pub async fn build(opts: &StackOptions) -> anyhow::Result<Stack> {
     // the executors (in process, or launched with this catalog) and the pools' default
     // jobs_per_task then agree.
     if let Some(n) = opts.worker.max_batch_sequences {
-        for m in &mut catalog.models {
+        for m in catalog.models.iter_mut().filter(|m| m.task != ferry_core::job::Task::Handler) {
             m.max_batch_sequences.get_or_insert(n as u32);
         }
     }

@@ -35,6 +35,8 @@ pub struct StackOptions {
     /// `ID=DIR` Hugging Face model directories or `ID=FILE.gguf` GGUF files.
     pub models: Vec<String>,
     pub models_file: Option<PathBuf>,
+    /// `ID=COMMAND` per-job handlers (`ferry dev --handler`).
+    pub handlers: Vec<String>,
     /// DynamoDB table and SQS queue names (AWS backend).
     pub table: String,
     pub queue: String,
@@ -119,6 +121,7 @@ impl StackOptions {
             api_keys: vec![],
             models: vec![],
             models_file: None,
+            handlers: vec![],
             table: "ferry-jobs".into(),
             queue: "ferry-work".into(),
             aws_endpoint: None,
@@ -236,15 +239,20 @@ pub fn parse_key_arg(arg: &str) -> anyhow::Result<(String, TenantId)> {
     Ok((key.to_string(), tenant))
 }
 
-/// The catalog: a file and/or `--model` directories, else `FERRY_MODELS[_FILE]`, else the demo.
+/// The catalog: a file and/or `--model` directories, else `FERRY_MODELS[_FILE]`, else the
+/// demo; with the `--handler`s added.
 pub fn build_catalog(opts: &StackOptions) -> anyhow::Result<Catalog> {
     let mut models = match &opts.models_file {
         Some(path) => Catalog::from_file(path)?.models,
-        None if opts.models.is_empty() => return Ok(Catalog::from_env()?),
+        None if opts.models.is_empty() => Catalog::from_env()?.models,
         None => vec![],
     };
     for arg in &opts.models {
         models.push(Catalog::spec_from_arg(arg)?);
+    }
+    // Handlers join whatever models are served (the demo's too).
+    for arg in &opts.handlers {
+        models.push(Catalog::handler_from_arg(arg)?);
     }
     Ok(Catalog::new(models)?)
 }

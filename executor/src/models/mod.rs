@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use candle_core::{DType, Device};
 use ferry_core::catalog::{ModelSpec, default_architecture};
@@ -80,6 +81,11 @@ pub enum ModelError {
     /// The computation failed (out of memory, a device error). Retryable elsewhere.
     #[error("inference failed: {0}")]
     Runtime(String),
+    /// A handler's program failed: `message` is what it said (its stderr's last lines, or
+    /// its worker's `failed` message); `retryable` when it asked for another attempt (exit
+    /// 75, `retryable: true`) or its worker died.
+    #[error("the handler failed: {message}")]
+    Handler { message: String, retryable: bool },
 }
 
 impl ModelError {
@@ -89,7 +95,7 @@ impl ModelError {
 
     /// Whether another attempt (maybe on another executor) could succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ModelError::Runtime(_))
+        matches!(self, ModelError::Runtime(_) | ModelError::Handler { retryable: true, .. })
     }
 
     /// The message recorded on the job, which its tenant reads: the input problem as it
@@ -101,6 +107,8 @@ impl ModelError {
             ModelError::InvalidInput { .. } => self.to_string(),
             ModelError::Load(_) => "the model could not be loaded on the executor; its log has the cause".into(),
             ModelError::Runtime(cause) => format!("inference failed: {}", ferry_core::error::redact(cause)),
+            // The handler's own words: the catalog's program, written for its tenants.
+            ModelError::Handler { message, .. } => message.clone(),
         }
     }
 
@@ -110,6 +118,7 @@ impl ModelError {
             ModelError::InvalidInput { .. } => "invalid_input",
             ModelError::Load(_) => "model_load_failed",
             ModelError::Runtime(_) => "inference_failed",
+            ModelError::Handler { .. } => "handler_failed",
         }
     }
 }
@@ -154,6 +163,9 @@ pub struct TokenOut {
 pub trait Progress: Send + Sync {
     fn token(&self, token: TokenOut);
     fn percentage(&self, percent: f32, message: Option<String>);
+    /// A log line for the job's progress (`level`: debug, info, warn, error); handlers
+    /// report them, models need not.
+    fn log(&self, _level: &str, _message: String) {}
     /// Checked between steps (every token, every batch): `Some` stops the work.
     fn stop_requested(&self) -> Option<StopReason>;
 }
@@ -215,10 +227,34 @@ impl Placement {
     }
 }
 
-/// Something that runs jobs: what [`LoadedModel::Custom`] holds (scripted models in tests,
-/// other model families later).
+/// The job a run is for, as a handler's process is told it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    pub job_id: String,
+    pub attempt: u32,
+    /// When the job times out, RFC 3339.
+    pub deadline: String,
+}
+
+/// How long a run may take to answer a stop request (cancel, timeout) with its partial
+/// output before the job is ended without it: a model checks between steps.
+pub const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// Something that runs jobs: what [`LoadedModel::Custom`] holds (handlers, scripted models
+/// in tests).
 pub trait Runner: Send + Sync {
     fn run(&self, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError>;
+
+    /// [`Runner::run`] for `job`: runners that must know the job (handlers) override it.
+    fn run_job(&self, _job: &JobRun, input: &JobInput, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
+        self.run(input, progress)
+    }
+
+    /// How long it may take to answer a stop request ([`STOP_WAIT`] unless it says more: a
+    /// handler is given its grace period to end).
+    fn stop_wait(&self) -> Duration {
+        STOP_WAIT
+    }
 }
 
 /// A model ready to serve jobs.
@@ -243,7 +279,10 @@ impl LoadedModel {
         if let Some(file) = ferry_core::gguf::gguf_file(dir) {
             return load_gguf(spec, &file, placement, engine);
         }
-        let arch = spec.architecture.as_deref().unwrap_or(default_architecture(spec.task));
+        let arch =
+            spec.architecture.as_deref().or(default_architecture(spec.task)).ok_or_else(|| {
+                ModelError::Load(format!("{}: a {} entry is not a model", spec.id, spec.task.as_str()))
+            })?;
         check_architecture(dir, arch)?;
         if let Some(family) = TEXT_FAMILIES.iter().find(|f| f.architecture == arch) {
             return Ok(LoadedModel::Text(decoder::load(dir, placement, engine, family)?));
@@ -271,6 +310,27 @@ impl LoadedModel {
                 "model",
                 format!("a {} job cannot run on {}", input.task().as_str(), model.family()),
             )),
+        }
+    }
+
+    /// [`LoadedModel::run`] for `job` (a handler is told which job it runs).
+    pub fn run_job(
+        &self,
+        job: &JobRun,
+        input: &JobInput,
+        progress: Arc<dyn Progress>,
+    ) -> Result<RunOutcome, ModelError> {
+        match self {
+            LoadedModel::Custom(r) => r.run_job(job, input, progress),
+            _ => self.run(input, progress),
+        }
+    }
+
+    /// How long a run may take to answer a stop request ([`Runner::stop_wait`]).
+    pub fn stop_wait(&self) -> Duration {
+        match self {
+            LoadedModel::Custom(r) => r.stop_wait(),
+            _ => STOP_WAIT,
         }
     }
 

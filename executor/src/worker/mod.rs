@@ -76,6 +76,9 @@ pub struct WorkerConfig {
     /// up and exits with an error ([`Exit::Unreachable`]), so that ECS replaces it and a
     /// billed instance never idles on errors.
     pub unreachable_exit: Duration,
+    /// Where handlers' private scratch directories are made (`FERRY_HANDLER_WORK_DIR`; a
+    /// writable place: the executor's root filesystem is read-only on ECS).
+    pub handler_work_dir: std::path::PathBuf,
     /// The HTTP API's base URL, for the `output_url` of `result` events too large for a
     /// WebSocket frame (`FERRY_API_URL`; the path alone when None).
     pub api_url: Option<String>,
@@ -97,6 +100,7 @@ impl Default for WorkerConfig {
             cancel_check: Duration::from_millis(500),
             outcome_retry_for: Duration::from_secs(300),
             unreachable_exit: Duration::from_secs(180),
+            handler_work_dir: std::env::temp_dir().join("ferry-handlers"),
             api_url: None,
         }
     }
@@ -143,8 +147,15 @@ impl Worker {
 
     /// Like [`Worker::new`], fetching models stored in S3 with `s3`.
     pub fn with_s3(root: &Root, config: WorkerConfig, s3: Option<S3Models>) -> Arc<Worker> {
-        let models =
-            Arc::new(ModelRegistry::new(&root.catalog, &config.pool, &config.device, config.max_batch_sequences, s3));
+        // A handler stopped by a cancel or a timeout has the grace period to end.
+        let handlers = crate::handlers::HandlerOptions {
+            work_root: config.handler_work_dir.clone(),
+            ..crate::handlers::HandlerOptions::new(config.grace_period)
+        };
+        let models = Arc::new(
+            ModelRegistry::new(&root.catalog, &config.pool, &config.device, config.max_batch_sequences, s3)
+                .with_handlers(handlers),
+        );
         Arc::new(Worker {
             service: root.service(),
             hub: root.hub(),
@@ -242,6 +253,8 @@ impl Worker {
             }
         }
         while jobs.join_next().await.is_some() {}
+        // Handlers' idle workers end with the executor.
+        self.models.close();
         beat_stop.trigger();
         let _ = beat.await;
         if shutdown.is_set() {

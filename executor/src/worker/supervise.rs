@@ -20,7 +20,7 @@ use ferry_core::stream::ProgressStream;
 
 use super::outcome::{self, Action, Decision};
 use super::{Shutdown, Worker};
-use crate::models::{ModelError, Progress, RunOutcome, StopReason, TokenOut};
+use crate::models::{JobRun, ModelError, Progress, RunOutcome, STOP_WAIT, StopReason, TokenOut};
 
 impl Worker {
     /// Runs a claimed job to its outcome, then records it and settles the message.
@@ -39,10 +39,19 @@ impl Worker {
         let progress: Arc<dyn Progress> = Arc::new(StreamProgress { stream: stream.clone(), flag: flag.clone() });
         let (activity, clock) = (self.activity.clone(), self.service.clock.clone());
         let load_stream = stream.clone();
+        let run = JobRun {
+            job_id: job.id.to_string(),
+            attempt: job.attempt,
+            deadline: ferry_core::job::rfc3339(self.service.clock.now() + job.timeout_s * 1000),
+        };
+        // How long the work may take to answer a stop: the model's, once it is loaded.
+        let stop_wait = Arc::new(std::sync::OnceLock::new());
+        let model_stop_wait = stop_wait.clone();
         let mut work = tokio::spawn(async move {
             let model = models.get(&model_id, &load_stream).await?;
+            let _ = model_stop_wait.set(model.stop_wait());
             activity.set(ExecutorActivity::Busy, clock.now(), Some(model_id.clone()));
-            tokio::task::spawn_blocking(move || model.run(&input, progress))
+            tokio::task::spawn_blocking(move || model.run_job(&run, &input, progress))
                 .await
                 .map_err(|e| ModelError::Runtime(format!("the model panicked: {e}")))?
         });
@@ -62,12 +71,13 @@ impl Worker {
             if now >= deadline {
                 flag.set(StopReason::TimedOut);
             }
-            // A cancel or timeout the work has not answered within STOP_WAIT (a model busy in
-            // one long pass, a download, a load) is carried out without it: the job ends now
-            // and the work, abandoned, finishes on its own with its result dropped.
+            // A cancel or timeout the work has not answered within its stop wait (a model busy
+            // in one long pass, a download, a load; a handler past its grace period) is carried
+            // out without it: the job ends now and the work, abandoned, finishes on its own
+            // with its result dropped.
             if let Some(reason) = flag.get().filter(|r| *r != StopReason::Shutdown) {
                 let since = *stop_since.get_or_insert(now);
-                if now >= since + STOP_WAIT {
+                if now >= since + stop_wait.get().copied().unwrap_or(STOP_WAIT) {
                     tracing::warn!(job_id = %current.id, ?reason, "the work did not stop in time; ending the job without it");
                     work.abort();
                     break Ok(RunOutcome::Stopped { reason, partial: serde_json::Value::Null });
@@ -311,10 +321,6 @@ impl Worker {
     }
 }
 
-/// How long a running job's work may take to answer a cancel or a timeout before the job
-/// is ended without it.
-const STOP_WAIT: Duration = Duration::from_secs(1);
-
 /// Backoff for an outcome waiting to be stored ([`Worker::wait_to_retry`]).
 struct OutcomeRetry {
     give_up_at: Instant,
@@ -364,6 +370,10 @@ impl Progress for StreamProgress {
 
     fn percentage(&self, percent: f32, message: Option<String>) {
         let _ = self.stream.push(EventBody::Percentage { percent, message });
+    }
+
+    fn log(&self, level: &str, message: String) {
+        let _ = self.stream.push(EventBody::Log { level: level.into(), message });
     }
 
     fn stop_requested(&self) -> Option<StopReason> {

@@ -3,6 +3,7 @@
 //! loads models from it. One JSON file (`FERRY_MODELS_FILE`) or inline JSON (`FERRY_MODELS`)
 //! shared by both, or models registered from Hugging Face directories by `ferry dev --model`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,9 +55,146 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub chat_template: Option<crate::chat::ChatTemplate>,
+    /// A handler's program and its arguments (`["python3", "/app/agent.py"]`); handlers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// How a handler runs: a process per job (the default) or long-lived workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<HandlerMode>,
+    /// A JSON Schema (2020-12) a handler's input must satisfy; the API checks it at submit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub input_schema: Option<serde_json::Value>,
+    /// Environment variables a handler's processes get besides Ferry's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// The timeout of a handler's jobs that name none (bounded by `FERRY_MAX_TIMEOUT_S`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// A handler's jobs one executor runs at once (in worker mode, its worker processes);
+    /// default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
+/// How a handler's program is run (docs/HANDLERS.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandlerMode {
+    /// One process per job: the input on stdin, then EOF.
+    #[default]
+    PerJob,
+    /// One long-lived process per slot, taking requests as lines on stdin.
+    Worker,
+}
+
+/// The most jobs of one handler an executor runs at once (`concurrency`).
+pub const MAX_HANDLER_CONCURRENCY: u32 = 256;
+
+/// Environment variables Ferry sets for a handler itself, which `env` may not override.
+pub const HANDLER_RESERVED_ENV: &[&str] = &["FERRY_JOB_ID", "FERRY_ATTEMPT", "FERRY_DEADLINE", "FERRY_WORK_DIR"];
+
 impl ModelSpec {
+    /// An entry with nothing but its id and task set (the pool `cpu`).
+    pub fn new(id: impl Into<String>, task: Task) -> ModelSpec {
+        ModelSpec {
+            id: id.into(),
+            task,
+            pool: default_pool(),
+            architecture: None,
+            path: None,
+            s3_uri: None,
+            dtype: None,
+            device: None,
+            max_new_tokens: None,
+            max_batch: None,
+            max_batch_sequences: None,
+            chat_template: None,
+            command: None,
+            mode: None,
+            input_schema: None,
+            env: None,
+            timeout_s: None,
+            concurrency: None,
+        }
+    }
+
+    /// A per-job handler running `command`.
+    pub fn handler(id: impl Into<String>, command: Vec<String>) -> ModelSpec {
+        ModelSpec { command: Some(command), ..ModelSpec::new(id, Task::Handler) }
+    }
+
+    /// The compiled `input_schema`, when the entry has one (the catalog refused entries
+    /// whose schema does not compile).
+    pub fn schema(&self) -> Result<Option<crate::schema::Schema>, crate::schema::SchemaError> {
+        self.input_schema.as_ref().map(crate::schema::Schema::compile).transpose()
+    }
+
+    /// The fields only a handler has, or only a model has, that this entry sets wrongly.
+    fn check_handler_fields(&self) -> Result<(), CatalogError> {
+        let bad = |message: String| Err(CatalogError::Handler { model: self.id.clone(), message });
+        let handler_fields = [
+            ("command", self.command.is_some()),
+            ("mode", self.mode.is_some()),
+            ("input_schema", self.input_schema.is_some()),
+            ("env", self.env.is_some()),
+            ("timeout_s", self.timeout_s.is_some()),
+            ("concurrency", self.concurrency.is_some()),
+        ];
+        let model_fields = [
+            ("architecture", self.architecture.is_some()),
+            ("path", self.path.is_some()),
+            ("s3_uri", self.s3_uri.is_some()),
+            ("dtype", self.dtype.is_some()),
+            ("max_new_tokens", self.max_new_tokens.is_some()),
+            ("max_batch", self.max_batch.is_some()),
+            ("max_batch_sequences", self.max_batch_sequences.is_some()),
+            ("chat_template", self.chat_template.is_some()),
+        ];
+        if self.task != Task::Handler {
+            return match handler_fields.iter().find(|(_, set)| *set) {
+                Some((field, _)) => {
+                    bad(format!("{field} is for handlers (task \"handler\"), not {}", self.task.as_str()))
+                }
+                None => Ok(()),
+            };
+        }
+        if let Some((field, _)) = model_fields.iter().find(|(_, set)| *set) {
+            return bad(format!("{field} is for models; a handler runs its command"));
+        }
+        match self.command.as_deref() {
+            None | Some([]) => return bad("a handler needs a command: [program, args...]".into()),
+            Some(argv) if argv.iter().any(|a| a.is_empty() || a.contains('\0')) => {
+                return bad("command: every part must be a non-empty string without NUL".into());
+            }
+            Some(_) => {}
+        }
+        for key in self.env.iter().flat_map(|e| e.keys()) {
+            let plain = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !plain {
+                return bad(format!("env: {key:?} is not a variable name (letters, digits and _)"));
+            }
+            if HANDLER_RESERVED_ENV.contains(&key.as_str()) {
+                return bad(format!("env: {key} is set by Ferry for each job"));
+            }
+        }
+        if self.env.iter().flat_map(|e| e.values()).any(|v| v.contains('\0')) {
+            return bad("env: values may not contain NUL".into());
+        }
+        if self.timeout_s == Some(0) {
+            return bad("timeout_s must be at least 1".into());
+        }
+        if self.concurrency.is_some_and(|n| !(1..=MAX_HANDLER_CONCURRENCY).contains(&n)) {
+            return bad(format!("concurrency must be 1 to {MAX_HANDLER_CONCURRENCY}"));
+        }
+        if let Err(e) = self.schema() {
+            return bad(e.to_string());
+        }
+        Ok(())
+    }
+
     /// Reads the chat template of a text-generation model with a local directory (none
     /// when the model has none).
     pub fn read_chat_template(&mut self) -> Result<(), CatalogError> {
@@ -110,6 +248,10 @@ pub enum CatalogError {
     BadSpec(String),
     #[error("{0}")]
     ChatTemplate(String),
+    #[error("model {model:?}: {message}")]
+    Handler { model: String, message: String },
+    #[error("--handler expects ID=COMMAND, got {0:?}")]
+    BadHandlerSpec(String),
 }
 
 /// The file format: `{"models": [ModelSpec, ...]}`.
@@ -132,6 +274,7 @@ impl Catalog {
             if !seen.insert(m.id.clone()) {
                 return Err(CatalogError::Duplicate(m.id.clone()));
             }
+            m.check_handler_fields()?;
             if m.max_batch_sequences.is_some_and(|n| !(1..=MAX_BATCH_SEQUENCES).contains(&n)) {
                 return Err(CatalogError::BadBatch(m.id.clone()));
             }
@@ -181,20 +324,8 @@ impl Catalog {
 
     /// What `ferry dev` serves with no flags: a small chat model and a sentence embedder.
     pub fn demo() -> Self {
-        let spec = |id: &str, task, arch: &str| ModelSpec {
-            id: id.into(),
-            task,
-            pool: default_pool(),
-            architecture: Some(arch.into()),
-            path: None,
-            s3_uri: None,
-            dtype: None,
-            device: None,
-            max_new_tokens: None,
-            max_batch: None,
-            max_batch_sequences: None,
-            chat_template: None,
-        };
+        let spec =
+            |id: &str, task, arch: &str| ModelSpec { architecture: Some(arch.into()), ..ModelSpec::new(id, task) };
         Catalog {
             models: vec![
                 spec("tiny-llama", Task::TextGeneration, "LlamaForCausalLM"),
@@ -220,20 +351,7 @@ impl Catalog {
             }
             None => Self::dir_architecture(dir)?,
         };
-        let mut spec = ModelSpec {
-            id: id.into(),
-            task,
-            pool: default_pool(),
-            architecture: Some(arch),
-            path: Some(dir.to_owned()),
-            s3_uri: None,
-            dtype: None,
-            device: None,
-            max_new_tokens: None,
-            max_batch: None,
-            max_batch_sequences: None,
-            chat_template: None,
-        };
+        let mut spec = ModelSpec { architecture: Some(arch), path: Some(dir.to_owned()), ..ModelSpec::new(id, task) };
         spec.read_chat_template()?;
         Ok(spec)
     }
@@ -255,6 +373,20 @@ impl Catalog {
                 format!("architectures {archs:?}, model_type {model_type:?}"),
             )
         })
+    }
+
+    /// Parses `ID=COMMAND` as given to `ferry dev --handler`: a per-job handler, its
+    /// command split as a POSIX shell splits words (quotes and backslashes; no expansion).
+    pub fn handler_from_arg(arg: &str) -> Result<ModelSpec, CatalogError> {
+        let bad = || CatalogError::BadHandlerSpec(arg.into());
+        let (id, command) = arg.split_once('=').ok_or_else(bad)?;
+        if !valid_model_id(id) {
+            return Err(CatalogError::BadId(id.into()));
+        }
+        let argv = shlex::split(command).filter(|a| !a.is_empty()).ok_or_else(bad)?;
+        let spec = ModelSpec::handler(id, argv);
+        spec.check_handler_fields()?;
+        Ok(spec)
     }
 
     /// Parses `ID=DIR` or `ID=FILE.gguf` as given to `ferry dev --model`.
@@ -281,10 +413,11 @@ pub const ARCHITECTURES: &[(&str, Task)] = &[
 
 /// The architecture a catalog entry that names none is served by: the one family of its task
 /// the executor implemented first (the executor checks the model's own `config.json` agrees).
-pub fn default_architecture(task: Task) -> &'static str {
+pub fn default_architecture(task: Task) -> Option<&'static str> {
     match task {
-        Task::TextGeneration => "LlamaForCausalLM",
-        Task::Embeddings => "BertModel",
+        Task::TextGeneration => Some("LlamaForCausalLM"),
+        Task::Embeddings => Some("BertModel"),
+        Task::Handler => None,
     }
 }
 

@@ -24,6 +24,9 @@ pub enum Task {
     TextGeneration,
     /// Input `{"texts": [string, ...]}`; no params.
     Embeddings,
+    /// The catalog entry's own program ([`crate::catalog::HandlerSpec`]): any JSON input
+    /// (checked against the entry's `input_schema` when it has one); no params.
+    Handler,
 }
 
 impl Task {
@@ -31,6 +34,7 @@ impl Task {
         match self {
             Task::TextGeneration => "text-generation",
             Task::Embeddings => "embeddings",
+            Task::Handler => "handler",
         }
     }
 }
@@ -41,6 +45,7 @@ impl FromStr for Task {
         match s {
             "text-generation" => Ok(Task::TextGeneration),
             "embeddings" => Ok(Task::Embeddings),
+            "handler" => Ok(Task::Handler),
             other => Err(format!("unknown task {other:?}")),
         }
     }
@@ -50,8 +55,17 @@ impl FromStr for Task {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "StoredInput", into = "StoredInput")]
 pub enum JobInput {
-    TextGeneration { input: TextGenerationInput, params: TextGenerationParams },
-    Embeddings { input: EmbeddingsInput },
+    TextGeneration {
+        input: TextGenerationInput,
+        params: TextGenerationParams,
+    },
+    Embeddings {
+        input: EmbeddingsInput,
+    },
+    /// A handler's input: any JSON, handed to the program as it was submitted.
+    Handler {
+        input: Value,
+    },
 }
 
 /// Input of a `text-generation` job: a raw prompt (tokenized as the model's tokenizer
@@ -354,6 +368,10 @@ impl JobInput {
                 Fields::new(params, "params", &[])?;
                 Ok(JobInput::Embeddings { input })
             }
+            Task::Handler => {
+                Fields::new(params, "params", &[])?;
+                Ok(JobInput::Handler { input: input.clone() })
+            }
         }
     }
 
@@ -362,6 +380,7 @@ impl JobInput {
         match self {
             JobInput::TextGeneration { .. } => Task::TextGeneration,
             JobInput::Embeddings { .. } => Task::Embeddings,
+            JobInput::Handler { .. } => Task::Handler,
         }
     }
 
@@ -370,6 +389,7 @@ impl JobInput {
         let v = match self {
             JobInput::TextGeneration { input, .. } => serde_json::to_value(input),
             JobInput::Embeddings { input } => serde_json::to_value(input),
+            JobInput::Handler { input } => Ok(input.clone()),
         };
         v.unwrap_or_default()
     }
@@ -378,7 +398,7 @@ impl JobInput {
     pub fn params_json(&self) -> Value {
         match self {
             JobInput::TextGeneration { params, .. } => serde_json::to_value(params).unwrap_or_default(),
-            JobInput::Embeddings { .. } => Value::Object(Map::new()),
+            JobInput::Embeddings { .. } | JobInput::Handler { .. } => Value::Object(Map::new()),
         }
     }
 
@@ -531,6 +551,7 @@ impl TryFrom<StoredInput> for JobInput {
                 },
             }),
             Task::Embeddings => Ok(JobInput::Embeddings { input: serde_json::from_value(s.input)? }),
+            Task::Handler => Ok(JobInput::Handler { input: s.input }),
         }
     }
 }

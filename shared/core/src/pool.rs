@@ -227,6 +227,9 @@ impl Pools {
                     .iter()
                     .filter(|m| m.pool == pool.name)
                     .map(|m| {
+                        if m.task == crate::job::Task::Handler {
+                            return m.concurrency.unwrap_or(1);
+                        }
                         let cuda = m.device.as_deref().is_some_and(|d| d.starts_with("cuda"));
                         m.max_batch_sequences.unwrap_or(if cuda { 64 } else { DEFAULT_JOBS_PER_TASK })
                     })

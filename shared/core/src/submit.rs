@@ -69,6 +69,22 @@ pub fn check_chat(input: &JobInput, model: &ModelSpec) -> Result<(), ApiError> {
     }
 }
 
+/// A handler's input against its catalog entry's `input_schema` (JSON Schema 2020-12): a
+/// 422 naming the failing field (`input.steps[2].url`), before anything is queued.
+pub fn check_schema(input: &JobInput, model: &ModelSpec) -> Result<(), ApiError> {
+    let JobInput::Handler { input } = input else { return Ok(()) };
+    // The catalog compiled every schema when it was loaded: one that fails now is the
+    // deployment's fault, not the tenant's.
+    let schema = model.schema().map_err(|e| {
+        tracing::error!(model = %model.id, error = %e, "a catalog input_schema does not compile");
+        ApiError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "this handler's input_schema is unusable")
+    })?;
+    match schema.map(|s| s.validate(input)) {
+        Some(Err(invalid)) => Err(ApiError::invalid(invalid.field, invalid.message)),
+        _ => Ok(()),
+    }
+}
+
 /// Validates a submit body (already size- and media-type-checked).
 pub fn parse_submit(body: &[u8], catalog: &Catalog, config: &Config) -> Result<ValidSubmit, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -88,12 +104,14 @@ pub fn parse_submit(body: &[u8], catalog: &Catalog, config: &Config) -> Result<V
         })?
         .clone();
     let timeout_s = f.opt("timeout_s", |v, field| integer(v, field, 1, config.max_timeout_s))?;
-    let timeout_s = timeout_s.unwrap_or(config.default_timeout_s);
+    let default_timeout_s = model.timeout_s.unwrap_or(config.default_timeout_s).min(config.max_timeout_s);
+    let timeout_s = timeout_s.unwrap_or(default_timeout_s);
     let input = f.required("input", |v, _| Ok(v))?;
     let empty = Map::new();
     let params = f.opt("params", |v, field| v.as_object().ok_or_else(|| wrong_type(field, "an object")))?;
     let input = JobInput::parse(model.task, input, params.unwrap_or(&empty), &config.input_limits(&model))?;
     check_chat(&input, &model)?;
+    check_schema(&input, &model)?;
     let webhook = f.opt("webhook", |v, _| parse_webhook(v, config))?;
 
     let mut canonical = serde_json::json!({

@@ -120,6 +120,10 @@ pub struct ModelView {
     pub architecture: Option<String>,
     pub dtype: Option<String>,
     pub device: Option<String>,
+    /// A handler's input schema (JSON Schema 2020-12), which submits are checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub input_schema: Option<serde_json::Value>,
 }
 
 impl From<&ModelSpec> for ModelView {
@@ -131,6 +135,7 @@ impl From<&ModelSpec> for ModelView {
             architecture: m.architecture.clone(),
             dtype: m.dtype.clone(),
             device: m.device.clone(),
+            input_schema: m.input_schema.clone(),
         }
     }
 }
