@@ -28,7 +28,6 @@ if do == "progress":
     emit(type="percentage", percent=25, message="fetched")
     print("a plain line", flush=True)
     print("a warning on stderr", file=sys.stderr, flush=True)
-    time.sleep(0.3)  # the stderr line is read before what follows
     emit(type="token", text="Fer")
     emit(type="token", text="ry")
     emit(type="percentage", percent=100)

@@ -158,3 +158,63 @@ fn config_reads_env_and_refuses_nonsense() {
         assert!(err.to_string().contains("FERRY_"), "{err}");
     }
 }
+
+/// Handler entries (issue 16): their own fields only, each checked when the catalog loads.
+#[test]
+fn handler_entries_are_checked_when_the_catalog_loads() {
+    let load = |entry: serde_json::Value| Catalog::from_json(&serde_json::json!({"models": [entry]}).to_string());
+    let ok = load(serde_json::json!({
+        "id": "research-agent", "task": "handler", "command": ["python3", "/app/agent.py"], "mode": "worker",
+        "pool": "agents", "input_schema": {"type": "object", "required": ["question"]},
+        "env": {"OPENAI_BASE_URL": "http://x"}, "timeout_s": 900, "concurrency": 2,
+    }))
+    .unwrap();
+    let spec = ok.get("research-agent").unwrap();
+    assert_eq!((spec.task, spec.pool.as_str(), spec.timeout_s), (Task::Handler, "agents", Some(900)));
+    assert!(spec.schema().unwrap().unwrap().validate(&serde_json::json!({"question": "q"})).is_ok());
+
+    let refused = |entry: serde_json::Value, needle: &str| {
+        let e = load(entry.clone()).expect_err(&entry.to_string()).to_string();
+        assert!(e.contains(needle), "{entry}: {e}");
+    };
+    let handler = |extra: serde_json::Value| {
+        let mut e = serde_json::json!({"id": "h", "task": "handler", "command": ["run"]});
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        e
+    };
+    refused(serde_json::json!({"id": "h", "task": "handler"}), "needs a command");
+    refused(handler(serde_json::json!({"command": []})), "needs a command");
+    refused(handler(serde_json::json!({"command": ["python3", ""]})), "non-empty");
+    refused(handler(serde_json::json!({"mode": "daemon"})), "unknown variant");
+    refused(handler(serde_json::json!({"architecture": "BertModel"})), "architecture is for models");
+    refused(handler(serde_json::json!({"path": "/models/x"})), "path is for models");
+    refused(handler(serde_json::json!({"env": {"FERRY_JOB_ID": "x"}})), "set by Ferry");
+    refused(handler(serde_json::json!({"env": {"NOT-A-NAME": "x"}})), "not a variable name");
+    refused(handler(serde_json::json!({"timeout_s": 0})), "timeout_s");
+    refused(handler(serde_json::json!({"concurrency": 0})), "concurrency");
+    refused(handler(serde_json::json!({"input_schema": {"type": "object", "unevaluatedProperties": false}})), "input_schema");
+    refused(handler(serde_json::json!({"input_schema": {"pattern": "("}})), "input_schema");
+    refused(
+        serde_json::json!({"id": "m", "task": "embeddings", "command": ["run"]}),
+        "command is for handlers (task \"handler\"), not embeddings",
+    );
+    refused(
+        serde_json::json!({"id": "m", "task": "text-generation", "input_schema": {}}),
+        "input_schema is for handlers",
+    );
+}
+
+/// `ferry dev --handler ID=COMMAND`: the command split as a POSIX shell splits words.
+#[test]
+fn handler_args_are_split_like_a_shell() {
+    let spec = Catalog::handler_from_arg(r#"agent=python3 "/my apps/agent.py" --depth 'two words' a\ b"#).unwrap();
+    assert_eq!(spec.id, "agent");
+    assert_eq!(
+        spec.command.unwrap(),
+        ["python3", "/my apps/agent.py", "--depth", "two words", "a b"].map(String::from)
+    );
+    assert!(matches!(Catalog::handler_from_arg("no-command"), Err(CatalogError::BadHandlerSpec(_))));
+    assert!(matches!(Catalog::handler_from_arg("x="), Err(CatalogError::BadHandlerSpec(_))));
+    assert!(matches!(Catalog::handler_from_arg("x=python3 'unclosed"), Err(CatalogError::BadHandlerSpec(_))));
+    assert!(matches!(Catalog::handler_from_arg("bad id=run"), Err(CatalogError::BadId(_))));
+}
