@@ -10,7 +10,7 @@
 //!
 //! The process runs in its own process group with `FERRY_JOB_ID`, `FERRY_ATTEMPT`,
 //! `FERRY_DEADLINE` (RFC 3339) and `FERRY_WORK_DIR` (a private scratch directory, removed
-//! afterwards). Exit 0 is success, 75 (`EX_TEMPFAIL`) a retryable failure, anything else (a
+//! afterwards; the working directory stays the executor's). Exit 0 is success, 75 (`EX_TEMPFAIL`) a retryable failure, anything else (a
 //! signal too) a failure with the last stderr lines as its message. A stop (cancel, timeout)
 //! sends SIGTERM to the whole group, then SIGKILL after the grace period; and whatever the
 //! end, the group is killed once the process is gone, so nothing it started outlives the job.
@@ -147,7 +147,9 @@ fn cap_at(s: &str, max: usize) -> &str {
     &s[..s.floor_char_boundary(max)]
 }
 
-/// `command` as a process in a group of its own, in `work_dir` (also `FERRY_WORK_DIR`), its
+/// `command` as a process in a group of its own, its scratch directory `work_dir` given as
+/// `FERRY_WORK_DIR` (its working directory stays the executor's, so that relative paths in
+/// its command, `python3 agent.py` under `ferry dev`, mean what they meant where it was typed), its
 /// three pipes taken, killed if dropped.
 fn process(
     command: &HandlerCommand,
@@ -159,7 +161,6 @@ fn process(
     p.args(args)
         .envs(&command.env)
         .env("FERRY_WORK_DIR", work_dir)
-        .current_dir(work_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -544,6 +545,12 @@ impl WorkerProcess {
                 }
             }
         }
+    }
+
+    /// Whether the worker process is still running (one that exited while idle is not given
+    /// another job).
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stops the worker: SIGTERM to its group, SIGKILL after the grace period, its scratch

@@ -137,8 +137,16 @@ impl HandlerRunner {
         }
     }
 
+    /// An idle worker still alive (one that exited while idle is dropped, its group killed).
     fn take_idle(&self) -> Option<WorkerProcess> {
-        self.idle.lock().unwrap().pop()
+        let mut idle = self.idle.lock().unwrap();
+        while let Some(mut worker) = idle.pop() {
+            if worker.is_alive() {
+                return Some(worker);
+            }
+            tracing::warn!(handler = %self.id, "an idle worker had exited; starting another");
+        }
+        None
     }
 
     /// A new worker, its start-up reported to the job as log events.

@@ -87,16 +87,18 @@ async fn events_in_order_and_the_last_output_is_the_jobs() {
         echo "not json"
         echo "to stderr" >&2
         echo '{"type": "output", "output": {"draft": 1}}'
-        echo "{\"type\": \"output\", \"output\": {\"input\": $input, \"env\": \"$GREETING $FERRY_JOB_ID $FERRY_ATTEMPT $FERRY_DEADLINE\", \"cwd\": \"$(pwd)\"}}"
-        test "$FERRY_WORK_DIR" = "$(pwd)" && touch "$FERRY_WORK_DIR/scratch"
+        echo "{\"type\": \"output\", \"output\": {\"input\": $input, \"env\": \"$GREETING $FERRY_JOB_ID $FERRY_ATTEMPT $FERRY_DEADLINE\", \"work\": \"$FERRY_WORK_DIR\", \"pwd\": \"$(pwd)\"}}"
+        test -d "$FERRY_WORK_DIR" && touch "$FERRY_WORK_DIR/scratch"
     "#;
     let (end, events) = run(&sh(script), json!({"question": "why?"})).await;
     let HandlerEnd::Succeeded { output: Some(output) } = &end else { panic!("{end:?}") };
     assert_eq!(output["input"], json!({"question": "why?"}));
     assert_eq!(output["env"], "hello 01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B 2 2026-12-04T21:00:00.000Z");
-    let cwd = PathBuf::from(output["cwd"].as_str().unwrap());
-    assert!(cwd.ends_with("01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B-2"), "{cwd:?}");
-    assert!(!cwd.exists(), "the scratch directory is removed afterwards");
+    let work = PathBuf::from(output["work"].as_str().unwrap());
+    assert!(work.ends_with("01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B-2"), "{work:?}");
+    assert!(!work.exists(), "the scratch directory is removed afterwards");
+    // The handler runs where the executor runs, so relative paths in its command work.
+    assert_eq!(PathBuf::from(output["pwd"].as_str().unwrap()), std::env::current_dir().unwrap());
     let stdout: Vec<&HandlerEvent> =
         events.iter().filter(|e| !matches!(e, HandlerEvent::Log { level, .. } if level == "warn")).collect();
     assert_eq!(stdout[0], &log("info", "start"));

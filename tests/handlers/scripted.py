@@ -37,7 +37,9 @@ if do == "progress":
         "job_id": os.environ["FERRY_JOB_ID"],
         "attempt": int(os.environ["FERRY_ATTEMPT"]),
         "deadline": os.environ["FERRY_DEADLINE"],
-        "work_dir_is_private": os.path.isdir(os.environ["FERRY_WORK_DIR"]) and os.getcwd() == os.environ["FERRY_WORK_DIR"],
+        "work_dir_is_private": os.path.isdir(os.environ["FERRY_WORK_DIR"])
+        and os.listdir(os.environ["FERRY_WORK_DIR"]) == []
+        and os.path.basename(os.environ["FERRY_WORK_DIR"]).startswith(os.environ["FERRY_JOB_ID"]),
         "env": os.environ.get("SCRIPTED_ENV"),
     })
 elif do == "big":

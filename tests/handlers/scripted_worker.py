@@ -36,6 +36,10 @@ for line in sys.stdin:
             os._exit(3)
         emit(job_id, type="output", output={"served": served, "pid": os.getpid()})
         emit(job_id, type="done")
+    elif do == "exit-after":
+        emit(job_id, type="output", output={"pid": os.getpid()})
+        emit(job_id, type="done")
+        sys.exit(0)  # gone while idle: the next job must not be sent to it
     elif do == "refuse":
         emit(job_id, type="failed", retryable=False, message="the image is not a chart")
     elif do == "hang":

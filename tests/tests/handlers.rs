@@ -333,6 +333,16 @@ async fn workers(aws: bool) {
     assert!(!alive(first["output"]["pid"].as_u64().unwrap() as u32), "the crashed worker is gone");
     let (next, _) = dev.run(&json!({"model": "scripted-worker", "input": {"do": "count"}}), LIMIT).await;
     assert_eq!(dev.job(&next).await["status"], "succeeded");
+
+    // A worker that exits while idle is not handed the next job: that job runs once, on a new one.
+    let (gone, _) = dev.run(&json!({"model": "scripted-worker", "input": {"do": "exit-after"}}), LIMIT).await;
+    let gone = dev.job(&gone).await;
+    assert_eq!(gone["status"], "succeeded", "{gone}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (next, _) = dev.run(&json!({"model": "scripted-worker", "input": {"do": "count"}}), LIMIT).await;
+    let next = dev.job(&next).await;
+    assert_eq!((&next["status"], &next["attempt"]), (&json!("succeeded"), &json!(1)), "{next}");
+    assert_ne!(next["output"]["pid"], gone["output"]["pid"]);
     dev.stop().await;
 }
 

@@ -192,7 +192,10 @@ fn handler_entries_are_checked_when_the_catalog_loads() {
     refused(handler(serde_json::json!({"env": {"NOT-A-NAME": "x"}})), "not a variable name");
     refused(handler(serde_json::json!({"timeout_s": 0})), "timeout_s");
     refused(handler(serde_json::json!({"concurrency": 0})), "concurrency");
-    refused(handler(serde_json::json!({"input_schema": {"type": "object", "unevaluatedProperties": false}})), "input_schema");
+    refused(
+        handler(serde_json::json!({"input_schema": {"type": "object", "unevaluatedProperties": false}})),
+        "input_schema",
+    );
     refused(handler(serde_json::json!({"input_schema": {"pattern": "("}})), "input_schema");
     refused(
         serde_json::json!({"id": "m", "task": "embeddings", "command": ["run"]}),
