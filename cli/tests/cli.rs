@@ -318,3 +318,20 @@ fn a_hanging_webhook_receiver_delays_no_job() {
     assert_eq!(code, 0, "{list}");
     assert!(list.contains("pending"), "the hanging try is still in flight: {list}");
 }
+
+/// `ferry dev --handler ID=COMMAND`: the command split as a shell would, run by the executor
+/// processes `ferry dev` launches, from the directory `ferry dev` was started in (the script's
+/// path is relative); `ferry submit --follow` shows its progress and its report.
+#[test]
+fn dev_runs_a_handler_given_on_the_command_line() {
+    let dev = start_dev(&["--handler", "agent=python3 '../examples/handlers/research_agent.py'"]);
+    let (code, out) = ferry(&dev, &["models"]);
+    assert!(code == 0 && out.contains("agent") && out.contains("handler"), "{out}");
+    let input = r#"{"question": "How do ferries cross rivers?",
+        "sources": [{"title": "notes", "text": "Ferries cross rivers on cables. Boats float."}]}"#;
+    let (code, out) = ferry(&dev, &["submit", "--model", "agent", "--input", input, "--follow", "--ws-url", &dev.ws]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("step 5/5: writing the report"), "its logs are followed: {out}");
+    assert!(out.contains("# How do ferries cross rivers?"), "its report is printed: {out}");
+    assert!(out.contains("1. Ferries cross rivers on cables."), "{out}");
+}
