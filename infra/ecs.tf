@@ -55,14 +55,22 @@ resource "aws_ecs_cluster_capacity_providers" "this" {
 }
 
 locals {
+  pool_image_tags = merge(
+    { cpu = var.cpu_image_tag, gpu = var.gpu_image_tag },
+    { for p, h in var.handler_pools : p => h.image_tag },
+  )
+
   # The container, as both pools run it; the gpu one adds its GPU and sizes.
   executor_container = { for p in local.pool_names : p => {
     name                   = "executor"
-    image                  = "${aws_ecr_repository.executor[p].repository_url}:${p == "gpu" ? var.gpu_image_tag : var.cpu_image_tag}"
+    image                  = "${aws_ecr_repository.executor[p].repository_url}:${local.pool_image_tags[p]}"
     essential              = true
     environment            = [for k, v in local.executor_env[p] : { name = k, value = v }]
     stopTimeout            = 30
     readonlyRootFilesystem = true
+    # An init process as PID 1 reaps what a job handler's killed process group leaves behind
+    # (the executor would otherwise be PID 1, and orphans would stay zombies).
+    linuxParameters = { initProcessEnabled = true }
     mountPoints = [
       { sourceVolume = "models", containerPath = "/models", readOnly = false },
       { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
@@ -141,9 +149,52 @@ resource "aws_ecs_task_definition" "executor_gpu" {
   })])
 }
 
+# A handler pool (var.handler_pools): the executor with the user's program in it, on Fargate
+# like the cpu pool, or on the GPU instances like the gpu pool when `gpu = true`.
+resource "aws_ecs_task_definition" "handler" {
+  for_each = var.handler_pools
+
+  family                   = local.task_families[each.key]
+  requires_compatibilities = [each.value.gpu ? "EC2" : "FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = each.value.gpu ? null : tostring(each.value.task_cpu)
+  memory                   = each.value.gpu ? null : tostring(each.value.task_memory_mib)
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.executor.arn
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = each.value.gpu ? "X86_64" : var.cpu_architecture
+  }
+
+  dynamic "ephemeral_storage" {
+    for_each = each.value.gpu ? [] : [each.value.ephemeral_storage_gib]
+    content {
+      size_in_gib = ephemeral_storage.value
+    }
+  }
+
+  volume {
+    name      = "models"
+    host_path = each.value.gpu ? "/var/lib/ferry/models" : null
+  }
+
+  volume {
+    name = "tmp"
+  }
+
+  # On the GPU instances the container is sized and given its GPU, as the gpu pool's is; on
+  # Fargate the task is sized (above) and these stay unset.
+  container_definitions = jsonencode([merge(local.executor_container[each.key], {
+    cpu                  = each.value.gpu ? var.gpu_task_cpu : null
+    memory               = each.value.gpu ? var.gpu_task_memory_mib : null
+    resourceRequirements = each.value.gpu ? [{ type = "GPU", value = "1" }] : null
+  })])
+}
+
 check "gpu_capacity" {
   assert {
-    condition     = var.pools.gpu.max_tasks <= var.gpu_max_instances
-    error_message = "pools.gpu.max_tasks (${var.pools.gpu.max_tasks}) is above gpu_max_instances (${var.gpu_max_instances}): with one GPU per task and one GPU per ${var.gpu_instance_type}, the extra tasks would wait for capacity that never comes."
+    condition     = sum(concat([var.pools.gpu.max_tasks], [for h in values(var.handler_pools) : h.max_tasks if h.gpu])) <= var.gpu_max_instances
+    error_message = "pools.gpu.max_tasks and the gpu handler pools' max_tasks add up to more than gpu_max_instances (${var.gpu_max_instances}): with one GPU per task and one GPU per ${var.gpu_instance_type}, the extra tasks would wait for capacity that never comes."
   }
 }

@@ -14,8 +14,10 @@ locals {
 
   table_name   = "${var.name}-jobs"
   cluster_name = var.name
-  pool_names   = ["cpu", "gpu"]
-  ws_stage     = "live"
+  # The model pools, then the handler pools (var.handler_pools), in one list: every per-pool
+  # resource (repository, queues, log group, alarms, task definition, IAM) iterates it.
+  pool_names = concat(["cpu", "gpu"], sort(keys(var.handler_pools)))
+  ws_stage   = "live"
 
   # The ECS task definition families; FERRY_POOLS names them without a revision, so
   # RunTask always starts the latest ACTIVE one.
@@ -46,33 +48,44 @@ locals {
     { name = "FARGATE", weight = 1, base = 0 },
   ]
 
-  pool_capacity_providers = {
-    cpu = local.cpu_capacity_providers
-    gpu = [{ name = aws_ecs_capacity_provider.gpu.name, weight = 1, base = 0 }]
-  }
+  gpu_capacity_providers = [{ name = aws_ecs_capacity_provider.gpu.name, weight = 1, base = 0 }]
+
+  pool_capacity_providers = merge(
+    { cpu = local.cpu_capacity_providers, gpu = local.gpu_capacity_providers },
+    { for p, h in var.handler_pools : p => h.gpu ? local.gpu_capacity_providers : local.cpu_capacity_providers },
+  )
+
+  # Each pool's scaling and pricing, model pools and handler pools alike.
+  pool_settings = merge({ cpu = var.pools.cpu, gpu = var.pools.gpu }, var.handler_pools)
+
+  # The registered task definition family of each pool.
+  pool_task_definitions = merge(
+    { cpu = aws_ecs_task_definition.executor_cpu.family, gpu = aws_ecs_task_definition.executor_gpu.family },
+    { for p, _ in var.handler_pools : p => aws_ecs_task_definition.handler[p].family },
+  )
 
   # FERRY_POOLS, exactly the shape ferry_core::pool::PoolConfig reads (unknown fields are
   # refused there, so nothing else goes in).
   pools_json = jsonencode({
     pools = [for p in local.pool_names : {
       name           = p
-      min_warm       = var.pools[p].min_warm
-      max_tasks      = var.pools[p].max_tasks
-      jobs_per_task  = var.pools[p].jobs_per_task
-      idle_timeout_s = var.pools[p].idle_timeout_s
+      min_warm       = local.pool_settings[p].min_warm
+      max_tasks      = local.pool_settings[p].max_tasks
+      jobs_per_task  = local.pool_settings[p].jobs_per_task
+      idle_timeout_s = local.pool_settings[p].idle_timeout_s
       queue_url      = aws_sqs_queue.work[p].url
       dlq_url        = aws_sqs_queue.dlq[p].url
       ecs = {
         cluster            = aws_ecs_cluster.this.name
-        task_definition    = p == "cpu" ? aws_ecs_task_definition.executor_cpu.family : aws_ecs_task_definition.executor_gpu.family
+        task_definition    = local.pool_task_definitions[p]
         container          = "executor"
         capacity_providers = local.pool_capacity_providers[p]
         subnets            = aws_subnet.private[*].id
         security_groups    = [aws_security_group.tasks.id]
         assign_public_ip   = false
       }
-      hourly_price = var.pools[p].hourly_price
-      cold_start_s = var.pools[p].cold_start_s
+      hourly_price = local.pool_settings[p].hourly_price
+      cold_start_s = local.pool_settings[p].cold_start_s
     }]
   })
 
@@ -166,5 +179,12 @@ locals {
       RUST_LOG                   = var.rust_log
     }
   }
-  executor_env = { for p, env in local.executor_env_base : p => merge(env, local.executor_ws_env) }
+  # A handler pool's executors: the same settings, for their own queue and pool.
+  handler_env = { for p, h in var.handler_pools : p => merge(local.executor_env_base[h.gpu ? "gpu" : "cpu"], {
+    FERRY_QUEUE_URL      = aws_sqs_queue.work[p].url
+    FERRY_POOL           = p
+    FERRY_CONCURRENCY    = tostring(h.jobs_per_task)
+    FERRY_IDLE_TIMEOUT_S = tostring(h.idle_timeout_s)
+  }) }
+  executor_env = { for p, env in merge(local.executor_env_base, local.handler_env) : p => merge(env, local.executor_ws_env) }
 }

@@ -38,6 +38,48 @@ variable "pools" {
   }
 }
 
+variable "handler_pools" {
+  description = "Pools for your own job handlers (docs/HANDLERS.md), by name: each runs an image built FROM the executor image with your program in it (executor/Dockerfile.handler), pushed to its own NAME-executor-<pool> repository with image_tag. Fargate unless gpu = true (then the GPU Auto Scaling group's capacity, one GPU per task). A catalog entry runs there when its pool is the name. task_cpu, task_memory_mib and ephemeral_storage_gib size Fargate tasks; gpu pools use gpu_task_cpu and gpu_task_memory_mib."
+  type = map(object({
+    image_tag             = string
+    gpu                   = optional(bool, false)
+    min_warm              = optional(number, 0)
+    max_tasks             = optional(number, 2)
+    jobs_per_task         = optional(number, 1) # a handler's own `concurrency` is 1 by default
+    idle_timeout_s        = optional(number, 120)
+    hourly_price          = optional(number, 0.0494) # Fargate x86, 1 vCPU + 2 GB, us-east-1 on-demand
+    cold_start_s          = optional(number, 60)
+    task_cpu              = optional(number, 1024)
+    task_memory_mib       = optional(number, 2048)
+    ephemeral_storage_gib = optional(number, 21)
+  }))
+  default = {}
+
+  validation {
+    condition     = alltrue([for name, _ in var.handler_pools : can(regex("^[a-z][a-z0-9-]{0,23}$", name)) && !contains(["cpu", "gpu"], name)])
+    error_message = "Handler pool names are 1 to 24 lowercase letters, digits or '-', starting with a letter, and neither cpu nor gpu (the model pools)."
+  }
+  validation {
+    condition = alltrue([for p in values(var.handler_pools) :
+      p.min_warm >= 0 && p.max_tasks >= 1 && p.jobs_per_task >= 1 && p.idle_timeout_s >= 1 && p.min_warm <= p.max_tasks &&
+      floor(p.min_warm) == p.min_warm && floor(p.max_tasks) == p.max_tasks && floor(p.jobs_per_task) == p.jobs_per_task &&
+      p.hourly_price >= 0 && p.cold_start_s >= 0
+    ])
+    error_message = "Each handler pool needs whole numbers with 0 <= min_warm <= max_tasks, max_tasks >= 1, jobs_per_task >= 1, idle_timeout_s >= 1, and non-negative hourly_price and cold_start_s."
+  }
+  validation {
+    condition = alltrue([for p in values(var.handler_pools) :
+      contains([256, 512, 1024, 2048, 4096, 8192, 16384], p.task_cpu) && p.task_memory_mib >= 512 && p.task_memory_mib <= 122880 &&
+      p.ephemeral_storage_gib >= 21 && p.ephemeral_storage_gib <= 200
+    ])
+    error_message = "A handler pool's task_cpu must be a Fargate CPU size (256 to 16384), task_memory_mib 512 to 122880 and ephemeral_storage_gib 21 to 200."
+  }
+  validation {
+    condition     = alltrue([for p in values(var.handler_pools) : length(p.image_tag) > 0])
+    error_message = "Each handler pool needs the image_tag of its image in its NAME-executor-<pool> repository."
+  }
+}
+
 # ---------------------------------------------------------------------------- images
 
 variable "cpu_image_tag" {

@@ -151,3 +151,38 @@ fn the_webhooks_queue_redrives_after_the_deliverers_receives() {
     });
     assert_eq!(count, Some(ferry_core::deliver::MAX_RECEIVES.to_string()));
 }
+
+/// Handler pools (`var.handler_pools`, issue 16) get what a model pool gets because every
+/// per-pool resource iterates the one list of pools, which holds them: a resource that
+/// iterated a list of its own would leave a handler pool without its queue, log group,
+/// repository or IAM. Each handler pool has its task definition.
+#[test]
+fn handler_pools_get_every_per_pool_resource() {
+    let locals = infra::locals(&infra_dir());
+    let pool_names = locals["pool_names"].to_string();
+    assert!(pool_names.contains("var.handler_pools"), "pool_names = {pool_names}");
+    let mut per_pool = BTreeSet::new();
+    let mut handler_task_definition = false;
+    for (path, body) in infra::bodies(&infra_dir()) {
+        for block in body.blocks().filter(|b| b.identifier() == "resource") {
+            let labels: Vec<String> = block.labels().iter().map(|l| l.as_str().to_string()).collect();
+            let Some(for_each) = block.body.attributes().find(|a| a.key() == "for_each") else { continue };
+            let expr = for_each.expr().to_string();
+            if expr.contains("pool") {
+                assert!(
+                    (expr.contains("local.pool_names") || expr == "var.handler_pools") && !expr.contains("\"cpu\""),
+                    "{}: {labels:?} iterates {expr}, not the pools",
+                    path.display()
+                );
+                per_pool.insert(labels.join("."));
+            }
+            handler_task_definition |= labels == ["aws_ecs_task_definition", "handler"] && expr == "var.handler_pools";
+        }
+    }
+    assert!(handler_task_definition, "a task definition per handler pool");
+    for r in
+        ["aws_sqs_queue.work", "aws_sqs_queue.dlq", "aws_ecr_repository.executor", "aws_cloudwatch_log_group.executor"]
+    {
+        assert!(per_pool.contains(r), "{r} is per pool: {per_pool:?}");
+    }
+}
