@@ -209,6 +209,15 @@ impl Runner for HandlerRunner {
     fn stop_wait(&self) -> Duration {
         self.options.grace + STOP_MARGIN
     }
+
+    /// Idle workers end with the executor (dropped: their process groups are killed; none
+    /// is running a job).
+    fn close(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap());
+        if !idle.is_empty() {
+            tracing::info!(handler = %self.id, workers = idle.len(), "stopping idle workers");
+        }
+    }
 }
 
 /// A job's handler events as progress: logs, percentages and tokens (numbered in order). An

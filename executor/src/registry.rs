@@ -65,10 +65,14 @@ impl ModelRegistry {
         self
     }
 
-    /// Drops every loaded model and handler (a handler's idle workers are stopped with it,
-    /// their process groups killed): what an executor does as it exits.
+    /// Stops what the loaded models keep running between jobs (a handler's idle workers,
+    /// their process groups killed): what an executor does as its work loop returns. The
+    /// models stay loaded, for another run of the loop.
     pub fn close(&self) {
-        self.loaded.lock().unwrap().clear();
+        let loaded: Vec<_> = self.loaded.lock().unwrap().values().filter_map(|c| c.get().cloned()).collect();
+        for model in loaded {
+            model.close();
+        }
     }
 
     /// Sequences `spec`'s engine runs at once: the catalog's `max_batch_sequences`, else

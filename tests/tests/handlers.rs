@@ -343,7 +343,11 @@ async fn workers(aws: bool) {
     let next = dev.job(&next).await;
     assert_eq!((&next["status"], &next["attempt"]), (&json!("succeeded"), &json!(1)), "{next}");
     assert_ne!(next["output"]["pid"], gone["output"]["pid"]);
+    // The idle worker ends with the executor.
+    let idle = next["output"]["pid"].as_u64().unwrap() as u32;
+    assert!(alive(idle));
     dev.stop().await;
+    all_gone(&[idle], Duration::from_secs(2)).await;
 }
 
 /// `examples/handlers/research_agent.py`: five steps with progress after each, a source it

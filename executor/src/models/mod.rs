@@ -255,6 +255,10 @@ pub trait Runner: Send + Sync {
     fn stop_wait(&self) -> Duration {
         STOP_WAIT
     }
+
+    /// Stops what it keeps running between jobs (a handler's idle workers), as the executor
+    /// stops.
+    fn close(&self) {}
 }
 
 /// A model ready to serve jobs.
@@ -323,6 +327,13 @@ impl LoadedModel {
         match self {
             LoadedModel::Custom(r) => r.run_job(job, input, progress),
             _ => self.run(input, progress),
+        }
+    }
+
+    /// Stops what it keeps running between jobs ([`Runner::close`]).
+    pub fn close(&self) {
+        if let LoadedModel::Custom(r) = self {
+            r.close();
         }
     }
 
