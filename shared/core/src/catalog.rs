@@ -409,6 +409,7 @@ pub const ARCHITECTURES: &[(&str, Task)] = &[
     ("Gemma3ForCausalLM", Task::TextGeneration),
     ("BertModel", Task::Embeddings),
     ("BertForMaskedLM", Task::Embeddings),
+    ("CLIPModel", Task::ImageEmbeddings),
 ];
 
 /// The architecture a catalog entry that names none is served by: the one family of its task
@@ -417,6 +418,7 @@ pub fn default_architecture(task: Task) -> Option<&'static str> {
     match task {
         Task::TextGeneration => Some("LlamaForCausalLM"),
         Task::Embeddings => Some("BertModel"),
+        Task::ImageEmbeddings => Some("CLIPModel"),
         Task::Handler => None,
     }
 }
@@ -449,6 +451,7 @@ fn architecture_for_model_type(model_type: &str) -> Option<&'static str> {
         "phi3" => Some("Phi3ForCausalLM"),
         "gemma2" => Some("Gemma2ForCausalLM"),
         "gemma3_text" => Some("Gemma3ForCausalLM"),
+        "clip" => Some("CLIPModel"),
         "bert" => Some("BertModel"),
         _ => None,
     }

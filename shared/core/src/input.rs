@@ -24,6 +24,9 @@ pub enum Task {
     TextGeneration,
     /// Input `{"texts": [string, ...]}`; no params.
     Embeddings,
+    /// Input `{"images": [data: URI or stored input URL, ...], "texts"?: [string, ...]}`
+    /// ([`ImageEmbeddingsInput`]); no params.
+    ImageEmbeddings,
     /// The catalog entry's own program ([`crate::catalog::HandlerSpec`]): any JSON input
     /// (checked against the entry's `input_schema` when it has one); no params.
     Handler,
@@ -34,6 +37,7 @@ impl Task {
         match self {
             Task::TextGeneration => "text-generation",
             Task::Embeddings => "embeddings",
+            Task::ImageEmbeddings => "image-embeddings",
             Task::Handler => "handler",
         }
     }
@@ -45,6 +49,7 @@ impl FromStr for Task {
         match s {
             "text-generation" => Ok(Task::TextGeneration),
             "embeddings" => Ok(Task::Embeddings),
+            "image-embeddings" => Ok(Task::ImageEmbeddings),
             "handler" => Ok(Task::Handler),
             other => Err(format!("unknown task {other:?}")),
         }
@@ -61,6 +66,9 @@ pub enum JobInput {
     },
     Embeddings {
         input: EmbeddingsInput,
+    },
+    ImageEmbeddings {
+        input: ImageEmbeddingsInput,
     },
     /// A handler's input: any JSON, handed to the program as it was submitted.
     Handler {
@@ -101,6 +109,19 @@ impl TextGenerationInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingsInput {
+    pub texts: Vec<String>,
+}
+
+/// Input of an `image-embeddings` job: one vector per image, then one per text, in order.
+/// Each image is a `data:image/png|jpeg|webp;base64,` URI or the URL of an input object
+/// stored with `POST /v1/inputs` ([`crate::images`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEmbeddingsInput {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// Texts for the model's text tower (a model without a tokenizer refuses them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub texts: Vec<String>,
 }
 
@@ -155,7 +176,7 @@ pub struct OutOfBounds {
 }
 
 impl OutOfBounds {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         OutOfBounds { field: field.into(), message: message.into() }
     }
 }
@@ -350,6 +371,74 @@ impl EmbeddingsInput {
     }
 }
 
+impl ImageEmbeddingsInput {
+    /// The shape and every check that needs no store: each image's source parses, and a
+    /// `data:` image's header shows a PNG, JPEG or WebP of a size within bounds. Stored
+    /// inputs are checked by the service, which reads them ([`Self::stored`]).
+    fn parse(input: &Value, limits: &InputLimits) -> Result<Self, ApiError> {
+        let expected = "an object like {\"images\": [\"data:image/png;base64,...\"]}";
+        let f = Fields::of(input, "input", expected, &field_names::<Self>())?;
+        let list = |v: &Value, field: &str| match v {
+            Value::Array(items) => Ok(items.clone()),
+            _ => Err(wrong_type(field, "an array of strings")),
+        };
+        let images = f.opt("images", list)?.unwrap_or_default();
+        let texts = f.opt("texts", list)?.unwrap_or_default();
+        if images.is_empty() && texts.is_empty() {
+            return Err(ApiError::invalid("input.images", "give at least one image (or text in input.texts)"));
+        }
+        let max = crate::images::MAX_IMAGES;
+        if images.len() > max {
+            return Err(ApiError::invalid(
+                "input.images",
+                format!("must hold at most {max} images, got {}", images.len()),
+            ));
+        }
+        if texts.len() > limits.max_texts as usize {
+            let n = limits.max_texts;
+            return Err(ApiError::invalid("input.texts", format!("must hold at most {n} texts, got {}", texts.len())));
+        }
+        let images = images
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let field = format!("input.images[{i}]");
+                let s = string(v, &field)?;
+                match crate::images::parse_source(&s).map_err(|m| ApiError::invalid(&field, m))? {
+                    crate::images::ImageSource::Data(bytes) => {
+                        crate::images::check(&bytes, &field)?;
+                    }
+                    crate::images::ImageSource::Stored(_) => {}
+                }
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let texts = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let field = format!("input.texts[{i}]");
+                let text = string(t, &field)?;
+                check_text(&text, &field)?;
+                Ok(text)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(ImageEmbeddingsInput { images, texts })
+    }
+
+    /// The images that are input objects stored by Ferry: (index in `images`, id).
+    pub fn stored(&self) -> Vec<(usize, String)> {
+        self.images
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match crate::images::parse_source(s) {
+                Ok(crate::images::ImageSource::Stored(id)) => Some((i, id)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl JobInput {
     /// Reads a submit's `input` and `params` for a model of `task`: the API's validation.
     pub fn parse(
@@ -368,6 +457,11 @@ impl JobInput {
                 Fields::new(params, "params", &[])?;
                 Ok(JobInput::Embeddings { input })
             }
+            Task::ImageEmbeddings => {
+                let input = ImageEmbeddingsInput::parse(input, limits)?;
+                Fields::new(params, "params", &[])?;
+                Ok(JobInput::ImageEmbeddings { input })
+            }
             Task::Handler => {
                 Fields::new(params, "params", &[])?;
                 Ok(JobInput::Handler { input: input.clone() })
@@ -380,6 +474,7 @@ impl JobInput {
         match self {
             JobInput::TextGeneration { .. } => Task::TextGeneration,
             JobInput::Embeddings { .. } => Task::Embeddings,
+            JobInput::ImageEmbeddings { .. } => Task::ImageEmbeddings,
             JobInput::Handler { .. } => Task::Handler,
         }
     }
@@ -389,6 +484,7 @@ impl JobInput {
         let v = match self {
             JobInput::TextGeneration { input, .. } => serde_json::to_value(input),
             JobInput::Embeddings { input } => serde_json::to_value(input),
+            JobInput::ImageEmbeddings { input } => serde_json::to_value(input),
             JobInput::Handler { input } => Ok(input.clone()),
         };
         v.unwrap_or_default()
@@ -398,7 +494,9 @@ impl JobInput {
     pub fn params_json(&self) -> Value {
         match self {
             JobInput::TextGeneration { params, .. } => serde_json::to_value(params).unwrap_or_default(),
-            JobInput::Embeddings { .. } | JobInput::Handler { .. } => Value::Object(Map::new()),
+            JobInput::Embeddings { .. } | JobInput::ImageEmbeddings { .. } | JobInput::Handler { .. } => {
+                Value::Object(Map::new())
+            }
         }
     }
 
@@ -551,6 +649,7 @@ impl TryFrom<StoredInput> for JobInput {
                 },
             }),
             Task::Embeddings => Ok(JobInput::Embeddings { input: serde_json::from_value(s.input)? }),
+            Task::ImageEmbeddings => Ok(JobInput::ImageEmbeddings { input: serde_json::from_value(s.input)? }),
             Task::Handler => Ok(JobInput::Handler { input: s.input }),
         }
     }

@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod error;
 pub mod fleet;
 pub mod gguf;
+pub mod images;
 pub mod input;
 pub mod job;
 pub mod objects;
