@@ -34,6 +34,9 @@ pub async fn run(client: &Client, ws_url: Option<&str>, out: &mut (dyn Write + S
         Task::Embeddings => serde_json::json!({
             "model": model.id, "input": {"texts": ["ferries cross rivers", "boats float"]},
         }),
+        Task::ImageEmbeddings => serde_json::json!({
+            "model": model.id, "input": {"images": [demo_image()], "texts": ["a sunset over the sea"]},
+        }),
         Task::Handler => serde_json::json!({"model": model.id, "input": {"topic": "ferries"}}),
     };
     // With a WebSocket API to follow, submit without waiting and watch the tokens arrive.
@@ -107,4 +110,21 @@ pub async fn run(client: &Client, ws_url: Option<&str>, out: &mut (dyn Write + S
     )?;
     writeln!(out, "the demo job finished: {status}")?;
     Ok(status)
+}
+
+/// A 64x48 gradient (an orange sky over a blue sea) as a `data:image/png;base64,` URI.
+fn demo_image() -> String {
+    use base64::Engine;
+    use ferry_executor::models::image::{RgbImage, encode_png};
+    let (width, height) = (64, 48);
+    let data = (0..height)
+        .flat_map(|y| {
+            (0..width).flat_map(move |x| match y < height / 2 {
+                true => [255, (120 + y * 4) as u8, (40 + x) as u8],
+                false => [20, (60 + x) as u8, (140 + y * 2) as u8],
+            })
+        })
+        .collect();
+    let png = encode_png(&RgbImage { width, height, data });
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
 }

@@ -1,8 +1,10 @@
-//! The embeddings engine: one thread owns a loaded encoder ([`BertEmbedder`]) and packs the
-//! texts of every concurrent embeddings job into shared forward passes.
+//! The embeddings engine: one thread owns a loaded encoder ([`BertEmbedder`], or any
+//! [`PassModel`]: CLIP's towers) and packs the inputs of every concurrent embeddings job
+//! into shared forward passes.
 //!
-//! A job's texts are checked and tokenized on the job's own thread ([`Embedder::embed`]),
-//! then handed to the engine, which loops:
+//! A job's inputs are checked and prepared on the job's own thread (tokenized:
+//! [`Embedder::embed`]; decoded and preprocessed: [`Embedder::embed_items`]), then handed
+//! to the engine, which loops:
 //!
 //! 1. takes every job that arrived; when it was idle and the first job alone does not fill
 //!    a pass, it waits up to [`EmbedOptions::gather`] (a few ms) for others to join;
@@ -30,6 +32,32 @@ use tokenizers::Encoding;
 
 use super::bert::{BATCH_SIZE, BertEmbedder, vector_to_json};
 use super::{ModelError, Progress, RunOutcome};
+
+/// A model whose inputs are embedded each on its own (a vector does not depend on its pass
+/// mates), so the engine may pack any jobs' inputs into one pass.
+pub trait PassModel: Send + Sync + 'static {
+    /// One input, ready for a pass (a tokenized text, a preprocessed image).
+    type Item: Send + 'static;
+    /// What progress messages count ("texts").
+    const UNIT: &'static str;
+    /// The vectors of `batch`, in its order.
+    fn embed_batch(&self, batch: &[&Self::Item]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// A job's output from its vectors (as JSON arrays).
+    fn output(&self, vectors: Vec<Value>) -> Value;
+}
+
+impl PassModel for BertEmbedder {
+    type Item = Encoding;
+    const UNIT: &'static str = "texts";
+
+    fn embed_batch(&self, batch: &[&Encoding]) -> Result<Vec<Vec<f32>>, ModelError> {
+        BertEmbedder::embed_batch(self, batch)
+    }
+
+    fn output(&self, vectors: Vec<Value>) -> Value {
+        BertEmbedder::output(self, vectors)
+    }
+}
 
 /// How the engine gathers texts into passes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,34 +92,43 @@ struct Counters {
 }
 
 /// A loaded encoder serving embeddings jobs through its engine thread.
-pub struct Embedder {
-    model: Arc<BertEmbedder>,
+pub struct Embedder<M: PassModel = BertEmbedder> {
+    model: Arc<M>,
     options: EmbedOptions,
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<Request<M::Item>>,
     counters: Arc<Counters>,
 }
 
-struct Request {
-    encodings: Vec<Encoding>,
+struct Request<I> {
+    items: Vec<I>,
     progress: Arc<dyn Progress>,
     reply: mpsc::Sender<Result<RunOutcome, ModelError>>,
 }
 
-/// A job in the engine: its vectors so far (for its first `vectors.len()` texts).
-struct Job {
-    request: Request,
+/// A job in the engine: its vectors so far (for its first `vectors.len()` inputs).
+struct Job<I> {
+    request: Request<I>,
     vectors: Vec<Value>,
 }
 
-impl Job {
+impl<I> Job<I> {
     fn left(&self) -> usize {
-        self.request.encodings.len() - self.vectors.len()
+        self.request.items.len() - self.vectors.len()
     }
 }
 
-impl Embedder {
+impl Embedder<BertEmbedder> {
+    /// Embeds `texts` (one job) beside whatever else runs: the output of
+    /// [`BertEmbedder::embed`], or the vectors done so far when `progress` asks to stop.
+    pub fn embed(&self, texts: &[String], progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
+        let encodings = self.model.tokenize(texts)?;
+        self.embed_items(encodings, progress)
+    }
+}
+
+impl<M: PassModel> Embedder<M> {
     /// Starts the engine thread for `model`.
-    pub fn start(model: BertEmbedder, options: EmbedOptions) -> Result<Embedder, ModelError> {
+    pub fn start(model: M, options: EmbedOptions) -> Result<Embedder<M>, ModelError> {
         let model = Arc::new(model);
         let (requests, inbox) = mpsc::channel();
         let counters = Arc::new(Counters::default());
@@ -104,7 +141,7 @@ impl Embedder {
     }
 
     /// The model (its dimensions, pooling, limits).
-    pub fn model(&self) -> &BertEmbedder {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
@@ -121,28 +158,27 @@ impl Embedder {
         }
     }
 
-    /// Embeds `texts` (one job) beside whatever else runs: the output of
-    /// [`BertEmbedder::embed`], or the vectors done so far when `progress` asks to stop.
-    pub fn embed(&self, texts: &[String], progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
-        let encodings = self.model.tokenize(texts)?;
+    /// Embeds one job's prepared `items` beside whatever else runs: [`PassModel::output`]
+    /// of their vectors, or of the vectors done so far when `progress` asks to stop.
+    pub fn embed_items(&self, items: Vec<M::Item>, progress: Arc<dyn Progress>) -> Result<RunOutcome, ModelError> {
         let (reply, outcome) = mpsc::channel();
         self.requests
-            .send(Request { encodings, progress, reply })
+            .send(Request { items, progress, reply })
             .map_err(|_| ModelError::Runtime("the embeddings engine has stopped".into()))?;
         outcome.recv().map_err(|_| ModelError::Runtime("the embeddings engine stopped during the job".into()))?
     }
 }
 
-struct Engine {
-    model: Arc<BertEmbedder>,
+struct Engine<M: PassModel> {
+    model: Arc<M>,
     options: EmbedOptions,
-    inbox: mpsc::Receiver<Request>,
+    inbox: mpsc::Receiver<Request<M::Item>>,
     counters: Arc<Counters>,
 }
 
-impl Engine {
+impl<M: PassModel> Engine<M> {
     fn run(self) {
-        let mut jobs: VecDeque<Job> = VecDeque::new();
+        let mut jobs: VecDeque<Job<M::Item>> = VecDeque::new();
         let max = self.options.max_texts.max(1);
         loop {
             if jobs.is_empty() {
@@ -179,11 +215,11 @@ impl Engine {
 
     /// One forward pass over `takes[i]` texts of job `i`; replies to the jobs it completes
     /// (or fails).
-    fn pass(&self, jobs: &mut VecDeque<Job>, takes: &[usize]) {
-        let batch: Vec<&Encoding> = jobs
+    fn pass(&self, jobs: &mut VecDeque<Job<M::Item>>, takes: &[usize]) {
+        let batch: Vec<&M::Item> = jobs
             .iter()
             .zip(takes)
-            .flat_map(|(job, &take)| job.request.encodings[job.vectors.len()..][..take].iter())
+            .flat_map(|(job, &take)| job.request.items[job.vectors.len()..][..take].iter())
             .collect();
         let in_pass = takes.iter().filter(|&&t| t > 0).count() as u64;
         self.counters.passes.fetch_add(1, Ordering::Relaxed);
@@ -211,10 +247,11 @@ impl Engine {
         for (job, &take) in jobs.iter_mut().zip(takes) {
             job.vectors.extend(vectors.by_ref().take(take));
             if take > 0 {
-                let (done, total) = (job.vectors.len(), job.request.encodings.len());
+                let (done, total) = (job.vectors.len(), job.request.items.len());
+                let unit = M::UNIT;
                 job.request
                     .progress
-                    .percentage(done as f32 / total as f32 * 100.0, Some(format!("{done}/{total} texts")));
+                    .percentage(done as f32 / total as f32 * 100.0, Some(format!("{done}/{total} {unit}")));
             }
         }
         jobs.retain_mut(|job| {

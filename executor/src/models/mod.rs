@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub mod batch;
 pub mod bert;
+pub mod clip;
 pub mod decoder;
 pub mod embed;
 pub mod encoder;
@@ -25,6 +26,7 @@ pub mod gemma2;
 pub mod gemma3;
 pub mod generate;
 pub mod gguf;
+pub mod image;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -267,6 +269,8 @@ pub enum LoadedModel {
     Text(generate::Generator),
     /// An embeddings model behind its engine, which packs concurrent jobs' texts together.
     Bert(embed::Embedder),
+    /// A CLIP model behind the same engine, which packs concurrent jobs' images together.
+    Clip(embed::Embedder<clip::ClipEmbedder>),
     Custom(std::sync::Arc<dyn Runner>),
 }
 
@@ -296,6 +300,10 @@ impl LoadedModel {
                 let model = bert::BertEmbedder::load(dir, placement)?;
                 Ok(LoadedModel::Bert(embed::Embedder::start(model, embed::EmbedOptions::default())?))
             }
+            "CLIPModel" => {
+                let model = clip::ClipEmbedder::load(dir, placement)?;
+                Ok(LoadedModel::Clip(embed::Embedder::start(model, embed::EmbedOptions::default())?))
+            }
             other => Err(ModelError::Load(format!("{}: architecture {other} is not implemented", spec.id))),
         }
     }
@@ -310,6 +318,10 @@ impl LoadedModel {
                 TextGenerationInput::Chat { messages } => m.generate_chat(messages, params, progress),
             },
             (LoadedModel::Bert(m), JobInput::Embeddings { input }) => m.embed(&input.texts, progress),
+            (LoadedModel::Clip(m), JobInput::ImageEmbeddings { input }) => {
+                let items = m.model().prepare(input)?;
+                m.embed_items(items, progress)
+            }
             (model, input) => Err(ModelError::invalid(
                 "model",
                 format!("a {} job cannot run on {}", input.task().as_str(), model.family()),
@@ -349,6 +361,7 @@ impl LoadedModel {
         match self {
             LoadedModel::Text(_) => "a text-generation model",
             LoadedModel::Bert(_) => "an embeddings model",
+            LoadedModel::Clip(_) => "an image-embeddings model",
             LoadedModel::Custom(_) => "a custom runner",
         }
     }
