@@ -16,6 +16,8 @@ locals {
     "GET /v1/jobs/{id}"         = { v1 = true }
     "POST /v1/jobs/{id}/cancel" = { v1 = true }
     "GET /v1/jobs/{id}/events"  = { v1 = true }
+    "POST /v1/inputs"           = { v1 = true }
+    "GET /v1/inputs/{id}"       = { v1 = true }
     "$default"                  = { v1 = false }
   }
   jwt_enabled = var.jwt_issuer != ""

@@ -92,6 +92,11 @@ data "aws_iam_policy_document" "api" {
     resources = ["${aws_s3_bucket.results.arn}/inputs/*"]
   }
   statement {
+    sid       = "ReadUploadedInputs" # POST /v1/inputs writes under inputs/ (above); a submit checks them, GET reads them
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.results.arn}/inputs/uploads/*"]
+  }
+  statement {
     sid       = "SignOutputUrls" # presigned GETs of outputs are authorized as this role's GetObject
     actions   = ["s3:GetObject"]
     resources = ["${aws_s3_bucket.results.arn}/outputs/*"]

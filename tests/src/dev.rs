@@ -76,6 +76,20 @@ impl DevStack {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /v1/inputs` with `bytes` as the body: the status and the answer.
+    pub async fn upload(&self, bytes: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/v1/inputs", self.http))
+            .bearer_auth(&self.key)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(format!("{}{path}", self.http)).bearer_auth(&self.key).send().await.unwrap()
     }

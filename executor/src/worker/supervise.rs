@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::fleet::ExecutorActivity;
-use ferry_core::input::JobInput;
+use ferry_core::input::{ImageEmbeddingsInput, JobInput};
 use ferry_core::job::{Job, JobStatus};
 use ferry_core::objects::{ObjectError, ObjectRef};
 use ferry_core::ports::{Delivery, StoreError};
@@ -129,6 +129,39 @@ impl Worker {
     /// The job's typed input: the record's, or read back from the results store when it
     /// was too large for the record.
     async fn read_input(&self, job: &Job) -> Result<JobInput, ModelError> {
+        let mut input = self.read_job_input(job).await?;
+        if let JobInput::ImageEmbeddings { input } = &mut input {
+            self.read_stored_images(job, input).await?;
+        }
+        Ok(input)
+    }
+
+    /// Replaces each image of `input` that is an input object stored by Ferry with its bytes
+    /// (as a `data:` URI): models read images from the input alone.
+    async fn read_stored_images(&self, job: &Job, input: &mut ImageEmbeddingsInput) -> Result<(), ModelError> {
+        use base64::Engine;
+        for (i, id) in input.stored() {
+            let field = format!("input.images[{i}]");
+            let key = ferry_core::images::upload_key(job.tenant.as_str(), &id);
+            let bytes = match self.service.objects.get(&key).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    return Err(ModelError::invalid(&field, format!("input {id} is gone (past its retention)")));
+                }
+                Err(ObjectError::NotConfigured) => {
+                    return Err(ModelError::invalid(&field, "this executor has no results store to read inputs from"));
+                }
+                Err(e) => return Err(ModelError::Runtime(format!("could not read input {id}: {e}"))),
+            };
+            let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            // The header's format names the media type; an undecodable image fails in the model.
+            let media = ferry_core::images::sniff(&bytes).map(|h| h.format.media_type()).unwrap_or("image/png");
+            input.images[i] = format!("data:{media};base64,{data}");
+        }
+        Ok(())
+    }
+
+    async fn read_job_input(&self, job: &Job) -> Result<JobInput, ModelError> {
         let Some(object) = job.input.object() else {
             return job.input.resolve(None).map_err(|e| ModelError::Runtime(e.to_string()));
         };

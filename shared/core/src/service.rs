@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::input::Input;
+use crate::input::{ImageEmbeddingsInput, Input, JobInput};
 use crate::job::rfc3339;
 use crate::job::{ENQUEUE_FAILED, Job, JobError, JobId, JobStatus, TenantId};
 use crate::objects::{self, ObjectError, ObjectStore};
@@ -138,6 +138,9 @@ impl JobService {
                 .await
                 .map_err(ServiceError::Rejected)?;
         }
+        if let JobInput::ImageEmbeddings { input } = &req.input {
+            self.check_stored_images(tenant, input).await?;
+        }
         let now = self.clock.now();
         let c = &self.config;
         let expires_at = now + c.queue_ttl_s * 1000;
@@ -218,6 +221,38 @@ impl JobService {
     /// message cannot be sent is failed (`enqueue_failed`) rather than left queued with no
     /// message, and the result is then `EnqueueFailed`. The watchdog (a lost executor) and
     /// the executor (a retryable failure) both requeue through here.
+    /// Stores `body` as one of `tenant`'s input objects (`POST /v1/inputs`); its new id.
+    /// Only this tenant reads it back ([`Service::stored_input`], or a job's `images`).
+    pub async fn store_input(&self, tenant: &TenantId, body: Vec<u8>) -> Result<String, ServiceError> {
+        let id = crate::images::new_input_id();
+        self.objects.put(&crate::images::upload_key(tenant.as_str(), &id), body).await?;
+        Ok(id)
+    }
+
+    /// One of `tenant`'s input objects; None when there is none by that id (never stored,
+    /// someone else's, or expired).
+    pub async fn stored_input(&self, tenant: &TenantId, id: &str) -> Result<Option<Vec<u8>>, ServiceError> {
+        if !crate::images::is_input_id(id) {
+            return Ok(None);
+        }
+        Ok(self.objects.get(&crate::images::upload_key(tenant.as_str(), id)).await?)
+    }
+
+    /// Each image of `input` that is a stored input object exists for `tenant` and its header
+    /// shows an image within bounds: a 422 naming `input.images[i]` otherwise, before anything
+    /// is queued.
+    async fn check_stored_images(&self, tenant: &TenantId, input: &ImageEmbeddingsInput) -> Result<(), ServiceError> {
+        for (i, id) in input.stored() {
+            let field = format!("input.images[{i}]");
+            let Some(bytes) = self.stored_input(tenant, &id).await? else {
+                let message = format!("no input {id} is stored for this API key (POST /v1/inputs stores one)");
+                return Err(ServiceError::Rejected(ApiError::invalid(field, message)));
+            };
+            crate::images::check(&bytes, &field).map_err(|e| ServiceError::Rejected(e.into()))?;
+        }
+        Ok(())
+    }
+
     pub async fn requeue(&self, job: &Job, trace_id: &str) -> Result<Job, ServiceError> {
         let next = self.apply(job, Transition::Requeue { next_attempt: true }).await?;
         self.enqueue(&next, trace_id, "the retry could not be queued").await?;

@@ -47,6 +47,8 @@ async fn the_document_and_the_router_agree() {
         ("POST", "/v1/jobs/{id}/cancel"),
         ("GET", "/v1/jobs/{id}/events"),
         ("GET", "/v1/jobs/{id}/output"),
+        ("POST", "/v1/inputs"),
+        ("GET", "/v1/inputs/{id}"),
         ("GET", "/openai/v1/models"),
         ("POST", "/openai/v1/chat/completions"),
         ("POST", "/openai/v1/completions"),

@@ -3,6 +3,7 @@
 //! function and a `routes!` line in its module.
 
 mod events;
+mod inputs;
 mod jobs;
 mod meta;
 mod openai;
@@ -24,6 +25,7 @@ pub(crate) fn all() -> OpenApiRouter<AppState> {
         .merge(meta::routes())
         .merge(pools::routes())
         .merge(jobs::routes())
+        .merge(inputs::routes())
         .merge(events::routes())
         .merge(openai::routes())
         .merge(webhooks::routes())
