@@ -31,3 +31,20 @@ macro_rules! on_both {
         )* }
     };
 }
+
+/// Generates `embedded::<name>` and `aws::<name>` tests from `async fn <name>(aws: bool)`
+/// cases in the calling module that start a whole stack ([`dev::DevStack`], which skips the
+/// AWS ones where moto is missing); four worker threads, as `ferry dev` runs.
+#[macro_export]
+macro_rules! on_both_stacks {
+    ($($name:ident),* $(,)?) => {
+        mod embedded { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(false).await }
+        )* }
+        mod aws { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(true).await }
+        )* }
+    };
+}

@@ -26,20 +26,7 @@ const KEY: &str = "k-handlers";
 const GRACE: Duration = Duration::from_secs(1);
 const LIMIT: Duration = Duration::from_secs(60);
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod embedded { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(false).await }
-        )* }
-        mod aws { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(true).await }
-        )* }
-    };
-}
-
-on_both!(per_job_protocol, stops_kill_the_whole_group, workers, the_research_agent_example);
+ferry_tests::on_both_stacks!(per_job_protocol, stops_kill_the_whole_group, workers, the_research_agent_example);
 
 fn script(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers").join(name).display().to_string()

@@ -19,20 +19,7 @@ use serde_json::{Value, json};
 const KEY: &str = "k-images";
 const LIMIT: Duration = Duration::from_secs(60);
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod embedded { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(false).await }
-        )* }
-        mod aws { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() { super::$name(true).await }
-        )* }
-    };
-}
-
-on_both!(image_embeddings_end_to_end);
+ferry_tests::on_both_stacks!(image_embeddings_end_to_end);
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../executor/tests/fixtures/clip")

@@ -263,6 +263,11 @@ async fn drive_api(d: &Deployment, api: &ferry_http::Api, tag: &str) -> String {
         let (status, secrets) = request(api, method, path, None).await;
         assert_eq!(status, 200, "{path}: {secrets}");
     }
+    // An input object stored (POST /v1/inputs) and read back.
+    let (status, stored) = request(api, "POST", "/v1/inputs", Some(json!({"any": "bytes"}))).await;
+    assert_eq!(status, 201, "{stored}");
+    let read = raw_request(api, "GET", &format!("/v1/inputs/{}", stored["id"].as_str().unwrap())).await;
+    assert_eq!(read.status(), 200);
     let (status, job) = request_with_key(
         api,
         "POST",

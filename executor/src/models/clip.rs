@@ -17,15 +17,19 @@
 //! token), up to `max_position_embeddings` tokens (transformers refuses longer ones too).
 //!
 //! Jobs reach the model through [`super::embed::Embedder`]: images are decoded and
-//! preprocessed on the job's own thread, and the engine packs every job's images into
-//! shared passes (32 at most).
+//! preprocessed on the job's thread (in parallel over the job's images), and the engine
+//! packs every job's images into shared passes (32 at most). The vision tower is ours
+//! ([`VisionTower`]: each linear layer one product over every token of the pass); the
+//! text tower is candle-transformers'.
 
 use std::path::Path;
 
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig, ClipTextTransformer};
-use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+use candle_transformers::models::clip::vision_model::ClipVisionConfig;
+
+use super::batch::Dense;
 use ferry_core::images::{ImageSource, parse_source};
 use ferry_core::input::{ImageEmbeddingsInput, check_text};
 use serde_json::{Value, json};
@@ -54,7 +58,7 @@ struct TextTower {
 
 /// A loaded CLIP model.
 pub struct ClipEmbedder {
-    vision: ClipVisionTransformer,
+    vision: VisionTower,
     visual_projection: Linear,
     text: Option<TextTower>,
     preprocessor: Preprocessor,
@@ -141,8 +145,8 @@ impl ClipEmbedder {
         if !vb.contains_tensor("vision_model.embeddings.class_embedding") {
             return Err(load_err(&weights_path, "no vision_model.embeddings.class_embedding: not CLIPModel weights"));
         }
-        let vision = ClipVisionTransformer::new(vb.pp("vision_model"), &vision_config)
-            .map_err(|e| load_err(&weights_path, e))?;
+        let vision =
+            VisionTower::load(vb.pp("vision_model"), &vision_config).map_err(|e| load_err(&weights_path, e))?;
         let visual_projection =
             candle_nn::linear_no_bias(vision_config.embed_dim, projection_dim, vb.pp("visual_projection"))
                 .map_err(|e| load_err(&weights_path, e))?;
@@ -207,18 +211,26 @@ impl ClipEmbedder {
     /// A job's images decoded and preprocessed, then its texts tokenized, in that order:
     /// each problem an [`ModelError::InvalidInput`] naming its field (`input.images[i]`).
     pub fn prepare(&self, input: &ImageEmbeddingsInput) -> Result<Vec<ClipItem>, ModelError> {
-        let mut items = Vec::with_capacity(input.images.len() + input.texts.len());
-        for (i, source) in input.images.iter().enumerate() {
-            let field = format!("input.images[{i}]");
-            let bytes = match parse_source(source).map_err(|m| ModelError::invalid(&field, m))? {
-                ImageSource::Data(bytes) => bytes,
-                ImageSource::Stored(_) => {
-                    return Err(ModelError::invalid(&field, "the stored input could not be read on the executor"));
-                }
-            };
-            let image = decode(&bytes, &field)?;
-            items.push(ClipItem::Image(self.preprocessor.pixels(&image)));
-        }
+        use rayon::prelude::*;
+        // Images decode and preprocess in parallel (the first error in input order wins).
+        let mut items = input
+            .images
+            .par_iter()
+            .enumerate()
+            .map(|(i, source)| {
+                let field = format!("input.images[{i}]");
+                let bytes = match parse_source(source).map_err(|m| ModelError::invalid(&field, m))? {
+                    ImageSource::Data(bytes) => bytes,
+                    ImageSource::Stored(_) => {
+                        return Err(ModelError::invalid(&field, "the stored input could not be read on the executor"));
+                    }
+                };
+                let image = decode(&bytes, &field)?;
+                Ok(ClipItem::Image(self.preprocessor.pixels(&image)))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect::<Result<Vec<_>, ModelError>>()?;
         if !input.texts.is_empty() {
             let tower = self.text.as_ref().ok_or_else(|| {
                 ModelError::invalid(
@@ -267,6 +279,114 @@ impl ClipEmbedder {
         let pooled = hidden.i((.., at, ..))?;
         let features = tower.projection.forward(&pooled)?;
         Ok(normalized_rows(&features)?.remove(0))
+    }
+}
+
+/// The vision transformer, on the engine's stacked-rows layers: every linear layer is one
+/// matrix product over all the pass's images' tokens (candle's CLIP multiplies each image's
+/// 50 rows on their own), the patch embedding a product over the flattened patches, and
+/// attention in f32.
+struct VisionTower {
+    patch: Dense,
+    class: Tensor,
+    positions: Tensor,
+    pre_norm: LayerNorm,
+    layers: Vec<VisionLayer>,
+    post_norm: LayerNorm,
+    patch_size: usize,
+    hidden: usize,
+    heads: usize,
+}
+
+struct VisionLayer {
+    norm1: LayerNorm,
+    qkv: Dense,
+    out: Dense,
+    norm2: LayerNorm,
+    fc1: Dense,
+    fc2: Dense,
+}
+
+fn dense(vb: &VarBuilder, parts: &[&str], rows: usize, cols: usize) -> candle_core::Result<Dense> {
+    let weights = parts.iter().map(|p| vb.get((rows, cols), &format!("{p}.weight"))).collect::<Result<Vec<_>, _>>()?;
+    let biases = parts.iter().map(|p| vb.get(rows, &format!("{p}.bias"))).collect::<Result<Vec<_>, _>>()?;
+    Dense::fused(&weights, Some(&biases))
+}
+
+impl VisionTower {
+    fn load(vb: VarBuilder, c: &ClipVisionConfig) -> candle_core::Result<VisionTower> {
+        let (hidden, p) = (c.embed_dim, c.patch_size);
+        let seq = (c.image_size / p).pow(2) + 1;
+        let e = vb.pp("embeddings");
+        let patch = e.get((hidden, c.num_channels, p, p), "patch_embedding.weight")?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let l = vb.pp(format!("encoder.layers.{i}"));
+                let a = l.pp("self_attn");
+                Ok(VisionLayer {
+                    norm1: candle_nn::layer_norm(hidden, 1e-5, l.pp("layer_norm1"))?,
+                    qkv: dense(&a, &["q_proj", "k_proj", "v_proj"], hidden, hidden)?,
+                    out: dense(&a, &["out_proj"], hidden, hidden)?,
+                    norm2: candle_nn::layer_norm(hidden, 1e-5, l.pp("layer_norm2"))?,
+                    fc1: dense(&l.pp("mlp"), &["fc1"], c.intermediate_size, hidden)?,
+                    fc2: dense(&l.pp("mlp"), &["fc2"], hidden, c.intermediate_size)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(VisionTower {
+            patch: Dense::new(patch.reshape((hidden, c.num_channels * p * p))?),
+            class: e.get(hidden, "class_embedding")?.reshape((1, 1, hidden))?,
+            positions: e.get((seq, hidden), "position_embedding.weight")?,
+            pre_norm: candle_nn::layer_norm(hidden, 1e-5, vb.pp("pre_layrnorm"))?,
+            layers,
+            post_norm: candle_nn::layer_norm(hidden, 1e-5, vb.pp("post_layernorm"))?,
+            patch_size: p,
+            hidden,
+            heads: c.num_attention_heads,
+        })
+    }
+
+    /// `pixels` (b x 3 x size x size) to the pooled class tokens (b x hidden), as
+    /// transformers' `CLIPVisionTransformer` computes `pooler_output`.
+    fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, _) = pixels.dims4()?;
+        let (p, hidden) = (self.patch_size, self.hidden);
+        let g = h / p;
+        let seq = g * g + 1;
+        // The patch convolution (stride = kernel) as one product over the flattened patches.
+        let patches = pixels
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * g * g, c * p * p))?;
+        let x = self.patch.forward(&patches)?.reshape((b, g * g, hidden))?;
+        let class = self.class.broadcast_as((b, 1, hidden))?.contiguous()?;
+        let x = Tensor::cat(&[&class, &x], 1)?.broadcast_add(&self.positions)?;
+        let mut x = self.pre_norm.forward(&x.reshape((b * seq, hidden))?)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, b, seq, self.heads)?;
+        }
+        let class = x.reshape((b, seq, hidden))?.i((.., 0, ..))?.contiguous()?;
+        self.post_norm.forward(&class)
+    }
+}
+
+impl VisionLayer {
+    /// `x`: the pass's tokens stacked (b * seq x hidden).
+    fn forward(&self, x: &Tensor, b: usize, seq: usize, heads: usize) -> candle_core::Result<Tensor> {
+        let hidden = x.dim(1)?;
+        let hd = hidden / heads;
+        let dtype = x.dtype();
+        let qkv = self.qkv.forward(&self.norm1.forward(x)?)?;
+        let qkv = qkv.reshape((b, seq, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?.to_dtype(DType::F32)?;
+        let q = (qkv.i(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
+        let (k, v) = (qkv.i(1)?.contiguous()?, qkv.i(2)?.contiguous()?);
+        let weights = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let attended = weights.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((b * seq, hidden))?;
+        let x = (x + self.out.forward(&attended.to_dtype(dtype)?)?)?;
+        let h = self.fc1.forward(&self.norm2.forward(&x)?)?;
+        let h = (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?;
+        x + self.fc2.forward(&h)?
     }
 }
 

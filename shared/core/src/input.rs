@@ -357,16 +357,7 @@ impl EmbeddingsInput {
         if texts.is_empty() || texts.len() > max as usize {
             return Err(ApiError::invalid("input.texts", format!("must hold 1 to {max} texts, got {}", texts.len())));
         }
-        let texts = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let field = format!("input.texts[{i}]");
-                let text = string(t, &field)?;
-                check_text(&text, &field)?;
-                Ok(text)
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+        let texts = checked_texts(&texts)?;
         Ok(EmbeddingsInput { texts })
     }
 }
@@ -413,16 +404,7 @@ impl ImageEmbeddingsInput {
                 Ok(s)
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let texts = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let field = format!("input.texts[{i}]");
-                let text = string(t, &field)?;
-                check_text(&text, &field)?;
-                Ok(text)
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+        let texts = checked_texts(&texts)?;
         Ok(ImageEmbeddingsInput { images, texts })
     }
 
@@ -437,6 +419,20 @@ impl ImageEmbeddingsInput {
             })
             .collect()
     }
+}
+
+/// `input.texts`' items, each a string of [`check_text`].
+fn checked_texts(items: &[Value]) -> Result<Vec<String>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = format!("input.texts[{i}]");
+            let text = string(t, &field)?;
+            check_text(&text, &field)?;
+            Ok(text)
+        })
+        .collect()
 }
 
 impl JobInput {
@@ -947,6 +943,28 @@ mod tests {
         let e = JobInput::parse(Task::Embeddings, &json!({"texts": ["a"]}), with_params.as_object().unwrap(), &LIMITS)
             .unwrap_err();
         assert_eq!((e.status.as_u16(), e.field.as_deref()), (400, Some("params.top_k")));
+    }
+
+    #[test]
+    fn image_inputs_are_checked_as_far_as_their_headers() {
+        let none = Map::new();
+        let parse = |input: Value| JobInput::parse(Task::ImageEmbeddings, &input, &none, &LIMITS);
+        let stored = "https://api.example.com/v1/inputs/01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B";
+        let ok = parse(json!({"images": [stored], "texts": ["a cat"]})).unwrap();
+        let JobInput::ImageEmbeddings { input } = &ok else { panic!("{ok:?}") };
+        assert_eq!(input.stored(), [(0, "01JD3Q7ZK8M6W0Y8V6ZQ0C9F1B".to_string())]);
+        assert_eq!(ok.input_json(), json!({"images": [stored], "texts": ["a cat"]}));
+        let field = |input: Value| {
+            let e = parse(input).unwrap_err();
+            (e.status.as_u16(), e.field.unwrap_or_default())
+        };
+        assert_eq!(field(json!({})), (422, "input.images".into()));
+        assert_eq!(field(json!({"images": "x"})), (400, "input.images".into()));
+        assert_eq!(field(json!({"images": [1]})), (400, "input.images[0]".into()));
+        assert_eq!(field(json!({"images": [stored, "data:image/png;base64,AAAA"]})), (422, "input.images[1]".into()));
+        assert_eq!(field(json!({"images": vec![stored; 65]})), (422, "input.images".into()));
+        assert_eq!(field(json!({"texts": ["ok", ""]})), (422, "input.texts[1]".into()));
+        assert_eq!(field(json!({"images": [stored], "urls": []})), (400, "input.urls".into()));
     }
 
     #[test]
