@@ -71,7 +71,7 @@ fn on_white(c: u8, alpha: u8) -> u8 {
 /// Decodes `bytes` (PNG, JPEG or WebP) to RGB. Every problem, a decoder's panic included,
 /// is an [`OutOfBounds`] naming `field`: a bad image fails its job, never the executor.
 pub fn decode(bytes: &[u8], field: &str) -> Result<RgbImage, OutOfBounds> {
-    let header = ferry_core::images::check(bytes, field)?;
+    let header = ferry_core::images::check(bytes).map_err(|m| OutOfBounds::new(field, m))?;
     let decoded = catch_unwind(AssertUnwindSafe(|| match header.format {
         ImageFormat::Png => decode_png(bytes),
         ImageFormat::Jpeg => decode_jpeg(bytes),

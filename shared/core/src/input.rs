@@ -397,7 +397,7 @@ impl ImageEmbeddingsInput {
                 let s = string(v, &field)?;
                 match crate::images::parse_source(&s).map_err(|m| ApiError::invalid(&field, m))? {
                     crate::images::ImageSource::Data(bytes) => {
-                        crate::images::check(&bytes, &field)?;
+                        crate::images::check(&bytes).map_err(|m| ApiError::invalid(&field, m))?;
                     }
                     crate::images::ImageSource::Stored(_) => {}
                 }

@@ -248,7 +248,7 @@ impl JobService {
                 let message = format!("no input {id} is stored for this API key (POST /v1/inputs stores one)");
                 return Err(ServiceError::Rejected(ApiError::invalid(field, message)));
             };
-            crate::images::check(&bytes, &field).map_err(|e| ServiceError::Rejected(e.into()))?;
+            crate::images::check(&bytes).map_err(|m| ServiceError::Rejected(ApiError::invalid(field, m)))?;
         }
         Ok(())
     }
