@@ -129,9 +129,12 @@ async fn a_call_to_an_endpoint_that_never_answers_fails_within_its_timeouts() {
 async fn a_long_poll_is_not_cut_by_the_attempt_timeout() {
     use ferry_core::ports::MessageQueue;
     let Some(moto) = ferry_tests::moto::shared() else { return };
-    let sdk = ferry_aws::sdk_config_for_endpoint_with(&moto.endpoint, &short_timeouts()).await;
+    // The table and queue are made with the default timeouts (a loaded moto may take more
+    // than 900 ms to answer DescribeTable); only the poll runs under the short ones.
+    let setup = ferry_aws::sdk_config_for_endpoint(&moto.endpoint).await;
     let name = unique();
-    let urls = ferry_aws::bootstrap(&sdk, &name, &name).await.expect("bootstrap");
+    let urls = ferry_aws::bootstrap(&setup, &name, &name).await.expect("bootstrap");
+    let sdk = ferry_aws::sdk_config_for_endpoint_with(&moto.endpoint, &short_timeouts()).await;
     let queue = ferry_aws::SqsWorkQueue::new(aws_sdk_sqs::Client::new(&sdk), urls.queue_url);
     let started = std::time::Instant::now();
     let got = queue.receive(1, std::time::Duration::from_secs(2), std::time::Duration::from_secs(30)).await;
