@@ -318,8 +318,9 @@ impl JobService {
     /// a terminal state) is written in one atomic write with `bodies` and its final status
     /// event (moving `last_seq`): a follower gets that event exactly when the job ended,
     /// never a job that ended silently (a crash between two writes) nor an end that lost
-    /// its race. Events published since `job` was read (the executor's own progress) only
-    /// renumber the write: it is tried again on the fresh `last_seq`. Other transitions
+    /// its race; so is a cancel request (`cancelling`). Events published since `job` was read
+    /// (the executor's own progress) only renumber the write: it is tried again on the
+    /// fresh `last_seq`. Other transitions
     /// write the job, then publish `bodies` and the status (if it changed) as before: the
     /// record is the truth, the events are best effort.
     pub async fn apply_with_events(
@@ -334,7 +335,10 @@ impl JobService {
             let now = self.clock.now();
             let mut next = state::transition(&read, &t, now, retention)?;
             let expected = Expected { status: read.status, attempt: read.attempt };
-            if !next.status.is_terminal() {
+            // A cancel request is written with its status event too: the executor ends the job
+            // only once it reads `cancelling`, so a follower always gets `cancelling` before
+            // `cancelled` (published after the write, a slow publish could number it later).
+            if !next.status.is_terminal() && next.status != JobStatus::Cancelling {
                 self.jobs.update(&next, expected).await?;
                 if !bodies.is_empty()
                     && let Err(e) = self.progress.publish_batch(&next.id, bodies).await
