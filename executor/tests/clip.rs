@@ -19,6 +19,7 @@ use ferry_executor::models::embed::PassModel;
 use ferry_executor::models::generate::EngineOptions;
 use ferry_executor::models::image::{Preprocessor, RgbImage, decode, encode_png};
 use ferry_executor::models::{LoadedModel, ModelError, NoProgress, Placement, RunOutcome};
+use ferry_executor::testing::ScratchDir;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -211,46 +212,22 @@ fn bad_images_are_invalid_input_naming_the_image() {
 }
 
 /// A copy of the fixture model with `edit` applied to its JSON file `name`.
-fn edited(name: &str, edit: impl Fn(&mut Value)) -> tempdir::Dir {
-    let dir = tempdir::Dir::new();
+fn edited(name: &str, edit: impl Fn(&mut Value)) -> ScratchDir {
+    let dir = ScratchDir::new("clip-test").unwrap();
     for f in std::fs::read_dir(fixtures().join("model")).unwrap() {
         let f = f.unwrap().path();
-        std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
-    let path = dir.0.join(name);
+    let path = dir.path().join(name);
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(&path, v.to_string()).unwrap();
     dir
 }
 
-mod tempdir {
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    pub struct Dir(pub PathBuf);
-
-    impl Dir {
-        pub fn new() -> Dir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::SeqCst);
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clip-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Dir(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 #[test]
 fn what_is_not_implemented_is_refused_at_load() {
-    let refused = |dir: &tempdir::Dir, says: &str| match ClipEmbedder::load(&dir.0, &cpu()) {
+    let refused = |dir: &ScratchDir, says: &str| match ClipEmbedder::load(dir.path(), &cpu()) {
         Err(ModelError::Load(m)) => assert!(m.contains(says), "{m:?} does not say {says:?}"),
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("loaded; expected a refusal saying {says:?}"),
@@ -265,8 +242,8 @@ fn what_is_not_implemented_is_refused_at_load() {
     );
     // Without a tokenizer, images are served and texts refused.
     let images_only = edited("config.json", |_| {});
-    std::fs::remove_file(images_only.0.join("tokenizer.json")).unwrap();
-    let model = ClipEmbedder::load(&images_only.0, &cpu()).unwrap();
+    std::fs::remove_file(images_only.path().join("tokenizer.json")).unwrap();
+    let model = ClipEmbedder::load(images_only.path(), &cpu()).unwrap();
     let (field, _) = invalid(embed(&model, &image_input(vec![], vec!["a cat"])));
     assert_eq!(field, "input.texts");
 }

@@ -277,16 +277,6 @@ impl Preprocessor {
         Ok(Preprocessor { resize, crop, rescale, normalize })
     }
 
-    /// The (height, width) of what [`Preprocessor::pixels`] makes of a `width` x `height`
-    /// image.
-    pub fn output_size(&self, width: usize, height: usize) -> (usize, usize) {
-        if let Some((h, w)) = self.crop {
-            return (h, w);
-        }
-        let (w, h) = self.resized_size(width, height);
-        (h, w)
-    }
-
     /// (width, height) after the resize.
     fn resized_size(&self, width: usize, height: usize) -> (usize, usize) {
         match self.resize {
